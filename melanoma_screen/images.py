@@ -1,0 +1,118 @@
+"""Safe image decoding shared by data preparation, training and the app.
+
+Every entry point that touches an image file goes through `load_rgb_image`, so
+a corrupt upload and a corrupt training file fail the same way: with an
+`ImageLoadError` whose message can be shown to a person as it is.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Anything larger than this is refused before decoding: a 300x300 dermoscopy
+# image is 0.09 MP, a 50 MP phone photo is plenty, and a decompression bomb
+# announces hundreds of megapixels in its header.
+MAX_PIXELS = 60_000_000
+# Below this the model would be looking at upsampled noise.
+MIN_SIDE = 32
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+
+class ImageLoadError(ValueError):
+    """An input that cannot be used as a lesion image; the message is for people."""
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        array = source
+        if array.dtype != np.uint8:
+            # Gradio hands over float or 16-bit arrays for some PNGs.
+            high = float(array.max()) if array.size else 0.0
+            scale = 255.0 / 65535.0 if high > 255 else (255.0 if high <= 1.0 else 1.0)
+            array = np.clip(array.astype(np.float64) * scale, 0, 255).astype(np.uint8)
+        return Image.fromarray(array)
+    if isinstance(source, bytes):
+        return Image.open(io.BytesIO(source))
+    path = Path(source)
+    if not path.is_file():
+        raise ImageLoadError(f"File not found: {path.name}.")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path.name} is an empty file, not an image.")
+    return Image.open(path)
+
+
+def load_rgb_image(source: ImageSource, min_side: int = MIN_SIDE) -> Image.Image:
+    """Decode `source` into an upright 8-bit RGB image, or raise ImageLoadError.
+
+    Handles EXIF orientation, animated images (first frame), palette and
+    transparent images (composited on white), grayscale, CMYK and 16-bit.
+    """
+    if source is None:
+        raise ImageLoadError("No image was given. Please upload a photo of the lesion.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = _open(source)
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageLoadError(
+                    f"The image is too large ({width}x{height} pixels). "
+                    f"Please upload an image under {MAX_PIXELS // 1_000_000} megapixels."
+                )
+            if getattr(image, "is_animated", False):
+                image.seek(0)
+            image.load()
+    except ImageLoadError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        if isinstance(error, UnidentifiedImageError):
+            raise ImageLoadError("This file is not an image that can be read (use JPEG or PNG).") from error
+        raise ImageLoadError("The image is too large to process safely. Please upload a smaller image.") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageLoadError(f"The image file is damaged or truncated and cannot be read ({error}).") from error
+
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block should not cost the image itself
+        pass
+    image = _to_rgb(image)
+    if min(image.size) < min_side:
+        raise ImageLoadError(
+            f"The image is too small ({image.size[0]}x{image.size[1]} pixels). "
+            f"Please upload an image at least {min_side}x{min_side} pixels."
+        )
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        high = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array * (255.0 / high), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def image_error_or_none(path: ImageSource) -> str | None:
+    """The reason `path` cannot be used as an image, or None when it can."""
+    try:
+        load_rgb_image(path, min_side=1)
+    except ImageLoadError as error:
+        return str(error)
+    return None
