@@ -1,0 +1,135 @@
+"""Find the labelled images of a dataset and keep only the ones that decode.
+
+A dataset on disk is laid out as {split}/{label}/*, e.g. train/benign/x.jpg.
+Every file is decoded with melanoma_screen.images.load_rgb_image, the same
+gate the app puts in front of uploads, so a file that the app would refuse
+never reaches training either. Files that fail are not fatal: they are listed
+in ScanReport.skipped with the reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from melanoma_screen.images import ImageLoadError, load_rgb_image
+
+# The position in this tuple is the class id used everywhere (0 benign, 1 malignant).
+LABELS = ("benign", "malignant")
+
+
+@dataclass
+class ImageRecord:
+    path: str  # absolute file path, or "hub://<dataset>/<split>/<index>" for hub datasets
+    label: int  # index into LABELS
+    split: str  # the split the image came from ("train" or "test"), not the train/validation split we make
+    image: Any = None  # decoded PIL image for hub datasets, which have no file to re-read; None for files
+
+    @property
+    def label_name(self) -> str:
+        return LABELS[self.label]
+
+
+@dataclass
+class ScanReport:
+    records: list[ImageRecord]  # valid images only
+    skipped: list[dict]  # {"path", "split", "label", "reason"} for everything that was not used
+    counts: dict = field(default_factory=dict)  # {split: {label name: n valid images}}
+
+    def to_dict(self, include_records: bool = False) -> dict:
+        result = {
+            "n_images": len(self.records),
+            "counts": self.counts,
+            "n_skipped": len(self.skipped),
+            "skipped": self.skipped,
+        }
+        if include_records:
+            result["records"] = [{"path": r.path, "label": r.label, "split": r.split} for r in self.records]
+        return result
+
+
+def count_labels(records: list[ImageRecord], splits) -> dict:
+    counts = {split: {name: 0 for name in LABELS} for split in splits}
+    for record in records:
+        counts.setdefault(record.split, {name: 0 for name in LABELS})[record.label_name] += 1
+    return counts
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _find_child(directory: Path, name: str) -> Path | None:
+    # Case-insensitive so "Train/Benign" from a Windows zip works like "train/benign".
+    for child in sorted(directory.iterdir()):
+        if child.is_dir() and child.name.lower() == name.lower():
+            return child
+    return None
+
+
+def _files_under(directory: Path) -> list[Path]:
+    # Recursive, so images kept in sub-folders of a class folder still count; hidden
+    # files and folders (.DS_Store, .ipynb_checkpoints) are never data.
+    files = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not _is_hidden(d))
+        files.extend(Path(root) / name for name in sorted(names) if not _is_hidden(name))
+    return files
+
+
+def scan_image_folder(data_dir, splits=("train", "test"), progress: bool = True) -> ScanReport:
+    """Every decodable image under data_dir/{split}/{label}/, with the rest reported as skipped.
+
+    A missing split folder just leaves that split out, except "train": without
+    it there is nothing to learn from, so that is a ValueError.
+    """
+    data_dir = Path(data_dir).expanduser().resolve()
+    if not data_dir.is_dir():
+        raise ValueError(f"Data folder {data_dir} does not exist.")
+
+    candidates: list[tuple[Path, str, int]] = []  # (file, split, label id)
+    skipped: list[dict] = []
+    found_splits = []
+    for split in splits:
+        split_dir = _find_child(data_dir, split)
+        if split_dir is None:
+            if split == "train":
+                raise ValueError(
+                    f"No 'train' folder in {data_dir}; expected {data_dir}/train/benign/*.jpg "
+                    f"and {data_dir}/train/malignant/*.jpg."
+                )
+            continue
+        found_splits.append(split)
+        for child in sorted(split_dir.iterdir()):
+            if _is_hidden(child.name):
+                continue
+            label_name = child.name.lower()
+            if child.is_dir() and label_name in LABELS:
+                candidates.extend((path, split, LABELS.index(label_name)) for path in _files_under(child))
+            else:
+                # Reported instead of guessed at: a stray file or an unknown class folder
+                # is more likely a packaging mistake than data.
+                what = "folder" if child.is_dir() else "file"
+                skipped.append({
+                    "path": str(child), "split": split, "label": None,
+                    "reason": f"This {what} is not inside a class folder ({' or '.join(LABELS)}), so it was not used.",
+                })
+
+    records = []
+    for path, split, label in tqdm(candidates, desc="Checking images", unit="img", disable=not progress):
+        try:
+            load_rgb_image(path)
+        except ImageLoadError as error:
+            skipped.append({"path": str(path), "split": split, "label": LABELS[label], "reason": str(error)})
+            continue
+        except Exception as error:  # one odd file must not end a scan of thousands
+            reason = f"This file could not be read as an image ({type(error).__name__}: {error})."
+            skipped.append({"path": str(path), "split": split, "label": LABELS[label], "reason": reason})
+            continue
+        records.append(ImageRecord(path=str(path), label=label, split=split))
+
+    return ScanReport(records=records, skipped=skipped, counts=count_labels(records, found_splits))

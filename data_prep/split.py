@@ -1,0 +1,122 @@
+"""Carve a validation set out of train, and balance the classes used for training.
+
+The test split is never touched here: it is whatever the dataset calls "test".
+Validation is taken from train, stratified by label so both sides keep the
+class ratio, and group-aware so the copies the audit found stay together (a
+validation image whose flipped twin is in training would flatter the model).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from .audit import UnionFind
+from .folder import LABELS, ImageRecord
+
+
+def group_ids(records: list[ImageRecord], audit_report: dict) -> list[int]:
+    """A group id per record: records in one exact or near-duplicate group share it, all others get their own."""
+    index_of = {record.path: i for i, record in enumerate(records)}
+    union = UnionFind(len(records))
+    for group in audit_report["exact_duplicate_groups"] + audit_report["near_duplicate_groups"]:
+        members = [index_of[path] for path in group["paths"] if path in index_of]
+        for member in members[1:]:
+            union.union(members[0], member)
+    dense: dict[int, int] = {}
+    return [dense.setdefault(union.find(i), len(dense)) for i in range(len(records))]
+
+
+def train_val_split(records: list[ImageRecord], val_fraction: float = 0.1, seed: int = 42,
+                    groups: list[int] | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """(train, validation): stratified by label, whole groups on one side, the same for the same seed.
+
+    Each class sends round(val_fraction * its size) images to validation, at least one when
+    it has two or more, so even a 10-image toy dataset validates on both classes. Groups are
+    dealt out whole, so with large groups the fraction is met as closely as they allow.
+    """
+    if not records:
+        raise ValueError("There are no training images to split.")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, not {val_fraction}.")
+    if groups is None:
+        groups = list(range(len(records)))
+    if len(groups) != len(records):
+        raise ValueError(f"groups has {len(groups)} entries for {len(records)} records.")
+
+    members: dict[int, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+
+    # A group belongs to the class most of its images have (duplicates with
+    # conflicting labels are rare, and the audit reports them).
+    by_class: dict[int, list[list[int]]] = {label: [] for label in range(len(LABELS))}
+    for m in members.values():
+        majority = Counter(records[i].label for i in m).most_common(1)[0][0]
+        by_class[majority].append(m)
+
+    rng = random.Random(seed)
+    in_validation = [False] * len(records)
+    for class_groups in by_class.values():
+        # Sorted by first path before shuffling, so the split depends on the seed, not on scan order.
+        class_groups.sort(key=lambda m: min(records[i].path for i in m))
+        rng.shuffle(class_groups)
+        n_class = sum(len(m) for m in class_groups)
+        target = round(val_fraction * n_class)
+        if n_class >= 2:
+            target = min(max(target, 1), n_class - 1)  # one image each side at least
+        taken = 0
+        for group in class_groups:
+            if taken + len(group) <= target:
+                taken += len(group)
+                for i in group:
+                    in_validation[i] = True
+        if taken == 0 and target > 0:
+            # Every group was too big to fit: take the smallest one that still leaves training some of this class.
+            smallest = min(class_groups, key=len)
+            if len(smallest) < n_class:
+                for i in smallest:
+                    in_validation[i] = True
+
+    train = [record for record, is_val in zip(records, in_validation) if not is_val]
+    validation = [record for record, is_val in zip(records, in_validation) if is_val]
+    return train, validation
+
+
+def class_counts(records: list[ImageRecord]) -> dict:
+    counts = {name: 0 for name in LABELS}
+    for record in records:
+        counts[LABELS[record.label]] += 1
+    return counts
+
+
+def balance(records: list[ImageRecord], method: str = "none",
+            seed: int = 42) -> tuple[list[ImageRecord], list[float] | None, dict]:
+    """(records to train on, class weights or None, class counts of those records).
+
+    "undersample" drops random images of the larger class down to the smaller one's size;
+    "class_weights" keeps everything and weights each class by inverse frequency, scaled
+    so the weights average 1 (the loss keeps its usual magnitude); "none" changes nothing.
+    """
+    counts = class_counts(records)
+    if method == "none":
+        return list(records), None, counts
+    if method not in ("undersample", "class_weights"):
+        raise ValueError(f"balance method must be none, undersample or class_weights, not {method!r}.")
+    missing = [name for name, n in counts.items() if n == 0]
+    if missing:
+        raise ValueError(f"Cannot balance classes: there are no {' or '.join(missing)} training images.")
+
+    if method == "class_weights":
+        inverse = [1.0 / counts[name] for name in LABELS]
+        mean = sum(inverse) / len(inverse)
+        return list(records), [w / mean for w in inverse], counts
+
+    smallest = min(counts.values())
+    rng = random.Random(seed)
+    keep = set()
+    for label in range(len(LABELS)):
+        indices = [i for i, record in enumerate(records) if record.label == label]
+        keep.update(rng.sample(indices, smallest))
+    kept = [record for i, record in enumerate(records) if i in keep]  # original order, for readability
+    return kept, None, class_counts(kept)

@@ -1,0 +1,270 @@
+"""Render the Hub model card (README.md) from the `model_card.md` template.
+
+The YAML front matter is built with huggingface_hub's ModelCardData so the
+Hub can parse the license, pipeline tag and the model-index with the real test
+metrics. The body is the template with `{{ name }}` placeholders substituted.
+
+Context keys (all required unless marked):
+    model_id, base_model (str or None), init_description, dataset_id,
+    dataset_description, command, image_size, n_parameters,
+    class_counts_used (dict), split_sizes (dict), temperature,
+    screening_threshold, high_risk_threshold, min_sensitivity, min_specificity,
+    test_metrics_at_05, test_metrics_at_screening, validation_metrics
+    (dicts from metrics.binary_metrics), audit_summary (str),
+    license (optional, default cc-by-nc-4.0), date (optional, default today),
+    tags (optional list), dataset_name (optional, for the model-index).
+Plots are linked by the fixed names in PLOT_FILES, next to README.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCardData
+
+PLOT_FILES = {"roc_curve": "roc_curve.png", "confusion_matrix": "confusion_matrix.png",
+              "reliability_diagram": "reliability_diagram.png"}
+DEFAULT_LICENSE = "cc-by-nc-4.0"  # ISIC images are mostly CC-BY-NC
+DEFAULT_DATASET_NAME = "Melanoma Skin Cancer Dataset of 10000 Images"
+NOT_EVALUATED = "Not evaluated: this run had no test split."
+DEFAULT_TAGS = ["vision", "image-classification", "vit", "medical-imaging", "dermatology",
+                "dermoscopy", "melanoma", "skin-lesion"]
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
+_HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class MissingPlaceholderError(ValueError, KeyError):
+    """A template placeholder with no value in the context. Also a KeyError, for callers expecting one."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return ValueError.__str__(self)
+
+
+# ---------------------------------------------------------------- formatting
+
+def format_value(value) -> str:
+    """Metrics with 3 decimals, counts as integers, missing values as n/a."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _rounded(value: float, rounding: str, places: str = "0.0001") -> str:
+    return str(Decimal(repr(float(value))).quantize(Decimal(places), rounding=rounding))
+
+
+def format_screening_threshold(value: float) -> str:
+    # Rounded *down*: a reader who copies the printed threshold flags at least
+    # the cases the exact one did, so the sensitivity guarantee still holds.
+    return _rounded(value, ROUND_FLOOR)
+
+
+def format_high_risk_threshold(value: float) -> str:
+    # Rounded *up*, for the same reason on the specificity side.
+    return _rounded(value, ROUND_CEILING)
+
+
+def _percent(value: float) -> str:
+    return f"{100 * float(value):g}%"
+
+
+_METRIC_ROWS = [("accuracy", "Accuracy"), ("sensitivity", "Sensitivity (recall of malignant)"),
+                ("specificity", "Specificity"), ("precision", "Precision (PPV)"), ("f1", "F1"),
+                ("roc_auc", "ROC AUC"), ("ece", "ECE (top-label, 15 bins)"), ("n", "Images"),
+                ("n_malignant", "Malignant"), ("n_benign", "Benign")]
+
+
+def metrics_table(columns: dict[str, dict | None]) -> str:
+    """Markdown table, one column per metrics dict (from binary_metrics); None shows as n/a."""
+    lines = ["| Metric | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for key, name in _METRIC_ROWS:
+        lines.append(f"| {name} | " + " | ".join(format_value((m or {}).get(key)) for m in columns.values()) + " |")
+    return "\n".join(lines)
+
+
+def confusion_table(cm) -> str:
+    """[[tn, fp], [fn, tp]] as a Markdown table with labelled rows and columns."""
+    if cm is None:
+        return NOT_EVALUATED
+    (tn, fp), (fn, tp) = cm
+    return "\n".join([
+        "| | predicted benign | predicted malignant |",
+        "|---|---:|---:|",
+        f"| **true benign** | {tn} (true negative) | {fp} (false positive) |",
+        f"| **true malignant** | {fn} (false negative) | {tp} (true positive) |",
+    ])
+
+
+def counts_table(counts: dict, key_header: str, value_header: str) -> str:
+    lines = [f"| {key_header} | {value_header} |", "|---|---:|"]
+    lines += [f"| {key} | {format_value(value)} |" for key, value in counts.items()]
+    lines.append(f"| **total** | {sum(counts.values())} |")
+    return "\n".join(lines)
+
+
+def _n_parameters(n: int) -> str:
+    return f"{int(n):,} ({int(n) / 1e6:.1f} M)"
+
+
+def _base_model_link(base_model) -> str:
+    if not base_model:
+        return "none (trained from scratch)"
+    return f"[{base_model}](https://huggingface.co/{base_model})"
+
+
+def _metrics_columns(c: dict) -> str:
+    def at(metrics: dict | None) -> str:
+        return "n/a" if metrics is None else f"{metrics['threshold']:.4g}"
+
+    return metrics_table({
+        f"Test @ {at(c['test_metrics_at_05'])}": c["test_metrics_at_05"],
+        f"Test @ screening ({at(c['test_metrics_at_screening'])})": c["test_metrics_at_screening"],
+        f"Validation @ {at(c['validation_metrics'])}": c["validation_metrics"],
+    })
+
+
+def _test(context: dict, split_key: str, metric: str):
+    # Test metrics are None when the run had no test split.
+    metrics = context[split_key]
+    return None if metrics is None else metrics[metric]
+
+
+# Placeholders computed from the context: name -> (context keys needed, formatter).
+# Anything else is looked up in the context directly and formatted by format_value.
+_DERIVED = {
+    "screening_threshold": (("screening_threshold",), lambda c: format_screening_threshold(c["screening_threshold"])),
+    "high_risk_threshold": (("high_risk_threshold",), lambda c: format_high_risk_threshold(c["high_risk_threshold"])),
+    "min_sensitivity": (("min_sensitivity",), lambda c: _percent(c["min_sensitivity"])),
+    "min_specificity": (("min_specificity",), lambda c: _percent(c["min_specificity"])),
+    "n_parameters": (("n_parameters",), lambda c: _n_parameters(c["n_parameters"])),
+    "base_model_link": (("base_model",), lambda c: _base_model_link(c["base_model"])),
+    "metrics_table": (("test_metrics_at_05", "test_metrics_at_screening", "validation_metrics"), _metrics_columns),
+    "confusion_matrix_at_05": (("test_metrics_at_05",), lambda c: confusion_table(_test(c, "test_metrics_at_05", "confusion_matrix"))),
+    "confusion_matrix_at_screening": (("test_metrics_at_screening",),
+                                      lambda c: confusion_table(_test(c, "test_metrics_at_screening", "confusion_matrix"))),
+    "test_n": (("test_metrics_at_05",), lambda c: format_value(_test(c, "test_metrics_at_05", "n"))),
+    "test_n_malignant": (("test_metrics_at_05",), lambda c: format_value(_test(c, "test_metrics_at_05", "n_malignant"))),
+    "test_n_benign": (("test_metrics_at_05",), lambda c: format_value(_test(c, "test_metrics_at_05", "n_benign"))),
+    "class_counts_table": (("class_counts_used",), lambda c: counts_table(c["class_counts_used"], "Class", "Images")),
+    "split_sizes_table": (("split_sizes",), lambda c: counts_table(c["split_sizes"], "Split", "Images")),
+    "audit_summary": (("audit_summary",), lambda c: str(c["audit_summary"]).strip() or "not run"),
+}
+
+
+def _with_defaults(context: dict) -> dict:
+    context = dict(context)
+    context.setdefault("license", DEFAULT_LICENSE)
+    context.setdefault("date", datetime.date.today().isoformat())
+    return context
+
+
+def substitute(template: str, context: dict, source: str = "template") -> str:
+    """Replace every {{ name }} in one pass; raise MissingPlaceholderError naming all missing ones."""
+    missing = []
+
+    def value_for(name: str) -> str | None:
+        if name in _DERIVED:
+            needed, formatter = _DERIVED[name]
+            absent = [key for key in needed if key not in context]
+            if absent:
+                missing.append(f"{name} (needs context key {', '.join(absent)})")
+                return None
+            return formatter(context)
+        if name not in context:
+            missing.append(name)
+            return None
+        return format_value(context[name])
+
+    values = {name: value_for(name) for name in dict.fromkeys(_PLACEHOLDER.findall(template))}
+    if missing:
+        raise MissingPlaceholderError(f"{source} uses placeholders missing from the context: {', '.join(missing)}.")
+    # A single regex pass, so a substituted value containing "{{" is left alone.
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+
+
+# ------------------------------------------------------------- front matter
+
+def _looks_like_hub_dataset(dataset_id: str) -> bool:
+    # The Hub's `datasets:` field must hold Hub repo ids; a local folder path
+    # (which may also contain a slash) would render as a broken dataset link.
+    return bool(_HUB_REPO_ID.match(dataset_id)) and not Path(dataset_id).exists()
+
+
+def _eval_results(context: dict) -> list[EvalResult]:
+    dataset_id = str(context["dataset_id"])
+    common = {
+        "task_type": "image-classification",
+        "task_name": "Image Classification",
+        "dataset_type": dataset_id if _looks_like_hub_dataset(dataset_id) else "imagefolder",
+        "dataset_name": context.get("dataset_name", DEFAULT_DATASET_NAME),
+        "dataset_split": "test",
+    }
+    at_05, at_screening = context["test_metrics_at_05"], context["test_metrics_at_screening"]
+    if at_05 is None or at_screening is None:
+        return []  # no test split: no model-index rather than made-up numbers
+    rows = [("accuracy", "accuracy", "Accuracy"), ("roc_auc", "roc_auc", "ROC AUC"), ("f1", "f1", "F1"),
+            ("sensitivity", "recall", "Sensitivity (recall of malignant)"),
+            ("specificity", "specificity", "Specificity"), ("precision", "precision", "Precision"),
+            ("ece", "ece", "Expected calibration error")]
+    results = [
+        EvalResult(**common, metric_type=metric_type, metric_name=name, metric_value=round(float(at_05[key]), 4),
+                   metric_args={"threshold": at_05["threshold"]})
+        for key, metric_type, name in rows if at_05.get(key) is not None  # roc_auc is None with one class
+    ]
+    # The screening operating point is what the tool is used at; report it too.
+    for key, metric_type, name in [("sensitivity", "recall", "Sensitivity at screening threshold"),
+                                   ("specificity", "specificity", "Specificity at screening threshold")]:
+        results.append(EvalResult(**common, metric_type=metric_type, metric_name=name,
+                                  metric_value=round(float(at_screening[key]), 4),
+                                  metric_config="screening_threshold",
+                                  metric_args={"threshold": at_screening["threshold"]}))
+    return results
+
+
+def card_metadata(context: dict) -> ModelCardData:
+    context = _with_defaults(context)
+    missing = [key for key in ("model_id", "dataset_id", "test_metrics_at_05", "test_metrics_at_screening")
+               if key not in context]
+    if missing:
+        raise MissingPlaceholderError(f"model card metadata needs context keys missing from the context: {', '.join(missing)}.")
+    dataset_id = str(context["dataset_id"])
+    return ModelCardData(
+        model_name=str(context["model_id"]),
+        license=context["license"],
+        base_model=context.get("base_model") or None,  # omitted from the YAML when None
+        datasets=[dataset_id] if _looks_like_hub_dataset(dataset_id) else None,
+        metrics=["accuracy", "roc_auc", "f1", "recall", "specificity", "precision", "ece"],
+        pipeline_tag="image-classification",
+        library_name="transformers",
+        tags=DEFAULT_TAGS + [tag for tag in context.get("tags", []) if tag not in DEFAULT_TAGS],
+        eval_results=_eval_results(context) or None,
+    )
+
+
+# ------------------------------------------------------------------ public
+
+def render_model_card(template_path, context: dict) -> str:
+    """YAML front matter + the template body with placeholders filled in."""
+    template = Path(template_path).read_text(encoding="utf-8")
+    # A leading HTML comment is a note to template editors, not card content.
+    if template.lstrip().startswith("<!--"):
+        template = template.split("-->", 1)[1].lstrip("\n")
+    context = _with_defaults(context)
+    body = substitute(template, context, source=f"Model card template {template_path}")
+    return f"---\n{card_metadata(context).to_yaml()}\n---\n\n{body}"
+
+
+def write_model_card(output_dir, template_path, context: dict) -> Path:
+    """Render the card and write it to OUTPUT_DIR/README.md, where the Hub looks for it."""
+    path = Path(output_dir) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_model_card(template_path, context), encoding="utf-8")
+    return path

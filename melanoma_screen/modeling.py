@@ -1,0 +1,44 @@
+"""Model sizes, labels and checkpoint bookkeeping shared by the training scripts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import Trainer
+
+ID2LABEL = {0: "benign", 1: "malignant"}
+LABEL2ID = {label: index for index, label in ID2LABEL.items()}
+
+# The standard ViT family (Dosovitskiy et al. 2021), with "tiny" from DeiT.
+SCRATCH_CONFIGS = {
+    "tiny": dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, intermediate_size=768),
+    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
+def last_checkpoint(checkpoint_dir) -> str | None:
+    """The newest Trainer checkpoint in `checkpoint_dir`, or None."""
+    checkpoints = sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+class CheckpointSafeTrainer(Trainer):
+    """Trainer that reloads its own checkpoints through `from_pretrained`.
+
+    transformers 5 saves ViT checkpoints under the legacy key names
+    (`encoder.layer.N.attention.attention.query`) but Trainer reloads them
+    with a raw `load_state_dict`, which skips the key renaming: every encoder
+    weight stays random after `load_best_model_at_end` or `--resume`, with
+    only a warning. `from_pretrained` applies the renaming.
+    """
+
+    def _load_weights(self, checkpoint: str) -> None:
+        reloaded = type(self.model).from_pretrained(checkpoint)
+        self.model.load_state_dict(reloaded.state_dict(), strict=True)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        self._load_weights(resume_from_checkpoint)
+
+    def _load_best_model(self):
+        self._load_weights(self.state.best_model_checkpoint)

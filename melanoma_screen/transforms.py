@@ -1,0 +1,103 @@
+"""Image processor and training augmentation, with PIL and numpy only.
+
+torchvision cannot be installed beside this project's torch build, so the
+augmentations are written out here. Evaluation preprocessing is exactly the
+saved image processor, which is what `transformers.pipeline` applies, so the
+numbers we report are the numbers pipeline users get.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageEnhance
+from transformers import ViTImageProcessorPil
+
+# Mean/std of 0.5 is what google/vit-base-patch16-224-in21k uses, so a scratch
+# model and a fine-tuned one see inputs on the same scale.
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
+def build_image_processor(image_size: int, image_mean=DEFAULT_MEAN, image_std=DEFAULT_STD) -> ViTImageProcessorPil:
+    return ViTImageProcessorPil(
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        resample=Image.Resampling.BILINEAR,
+        do_rescale=True,
+        do_normalize=True,
+        image_mean=list(image_mean),
+        image_std=list(image_std),
+    )
+
+
+def processor_image_size(image_processor) -> int:
+    size = image_processor.size
+    return int(size["height"] if "height" in size else size["shortest_edge"])
+
+
+@dataclass
+class DermoscopyAugmentation:
+    """Augmentations that keep a dermoscopic image plausible.
+
+    A lesion has no canonical orientation, so all eight flips/90° rotations
+    are equally likely. The crop range simulates different zoom levels and
+    framing; colour jitter stays mild because colour is diagnostic (blue-white
+    veil, regression) and a strong hue shift would change the label's meaning.
+    """
+
+    image_size: int
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    brightness: float = 0.15
+    contrast: float = 0.15
+    saturation: float = 0.15
+    hue: float = 0.02
+
+    def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
+        image = self.random_resized_crop(image, rng)
+        if rng.random() < 0.5:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        quarter_turns = rng.randrange(4)
+        if quarter_turns:
+            image = image.transpose(
+                (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)[quarter_turns - 1]
+            )
+        return self.colour_jitter(image, rng)
+
+    def random_resized_crop(self, image: Image.Image, rng: random.Random) -> Image.Image:
+        width, height = image.size
+        area = width * height
+        for _ in range(10):
+            target_area = area * rng.uniform(*self.crop_scale)
+            log_ratio = (math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1]))
+            aspect = math.exp(rng.uniform(*log_ratio))
+            crop_w = int(round(math.sqrt(target_area * aspect)))
+            crop_h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < crop_w <= width and 0 < crop_h <= height:
+                left = rng.randint(0, width - crop_w)
+                top = rng.randint(0, height - crop_h)
+                box = (left, top, left + crop_w, top + crop_h)
+                break
+        else:
+            side = min(width, height)
+            box = ((width - side) // 2, (height - side) // 2, (width + side) // 2, (height + side) // 2)
+        return image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, box=box)
+
+    def colour_jitter(self, image: Image.Image, rng: random.Random) -> Image.Image:
+        for enhancer, strength in (
+            (ImageEnhance.Brightness, self.brightness),
+            (ImageEnhance.Contrast, self.contrast),
+            (ImageEnhance.Color, self.saturation),
+        ):
+            if strength > 0:
+                image = enhancer(image).enhance(rng.uniform(1 - strength, 1 + strength))
+        if self.hue > 0:
+            shift = int(round(rng.uniform(-self.hue, self.hue) * 255))
+            if shift:
+                hue, sat, val = image.convert("HSV").split()
+                hue = hue.point(lambda value: (value + shift) % 256)
+                image = Image.merge("HSV", (hue, sat, val)).convert("RGB")
+        return image

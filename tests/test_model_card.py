@@ -1,0 +1,175 @@
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from melanoma_screen.calibration import choose_operating_points
+from melanoma_screen.metrics import binary_metrics
+from melanoma_screen.model_card import (
+    PLOT_FILES,
+    MissingPlaceholderError,
+    render_model_card,
+    write_model_card,
+)
+from melanoma_screen.plots import save_confusion_matrix, save_reliability_diagram, save_roc_curve
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+DISCLAIMER = "It does NOT give a diagnosis and is not a medical device"
+
+
+def _synthetic_split(seed, n=200):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    prob = np.clip(0.5 + (y - 0.5) * 0.6 + rng.normal(0, 0.25, n), 0.001, 0.999)
+    return y, prob
+
+
+def make_context(**overrides):
+    y_val, p_val = _synthetic_split(0)
+    y_test, p_test = _synthetic_split(1)
+    points = choose_operating_points(y_val, p_val)
+    context = {
+        "model_id": "someone/vit-melanoma-screening",
+        "base_model": "google/vit-base-patch16-224-in21k",
+        "init_description": "fine-tuned from google/vit-base-patch16-224-in21k",
+        "dataset_id": "someone/melanoma-10000",
+        "dataset_description": "9,600 training and 1,000 test dermoscopic images, 300x300 JPEG.",
+        "command": "python train_vit.py --data data/melanoma_cancer_dataset --epochs 5 --push-to-hub",
+        "image_size": 224,
+        "n_parameters": 85_800_194,
+        "class_counts_used": {"benign": 5000, "malignant": 4605},
+        "split_sizes": {"train": 8165, "validation": 1440, "test": 1000},
+        "temperature": 1.734,
+        "screening_threshold": points["screening_threshold"],
+        "high_risk_threshold": points["high_risk_threshold"],
+        "min_sensitivity": 0.95,
+        "min_specificity": 0.95,
+        "test_metrics_at_05": binary_metrics(y_test, p_test, 0.5),
+        "test_metrics_at_screening": binary_metrics(y_test, p_test, points["screening_threshold"]),
+        "validation_metrics": binary_metrics(y_val, p_val, points["screening_threshold"]),
+        "audit_summary": "12 exact duplicates found across train/test and removed from train.",
+        "license": "cc-by-nc-4.0",
+        "date": "2025-01-31",
+    }
+    context.update(overrides)
+    return context
+
+
+def test_front_matter_parses_and_matches_metrics():
+    context = make_context()
+    card = ModelCard(render_model_card(TEMPLATE, context))
+    data = card.data
+    assert data.license == "cc-by-nc-4.0"
+    assert data.pipeline_tag == "image-classification"
+    assert data.library_name == "transformers"
+    assert data.datasets == ["someone/melanoma-10000"]
+    assert data.base_model == "google/vit-base-patch16-224-in21k"
+    assert data.model_name == "someone/vit-melanoma-screening"
+
+    at_05 = context["test_metrics_at_05"]
+    by_name = {result.metric_name: result for result in data.eval_results}
+    expected = {"Accuracy": "accuracy", "ROC AUC": "roc_auc", "F1": "f1",
+                "Sensitivity (recall of malignant)": "sensitivity", "Specificity": "specificity",
+                "Precision": "precision", "Expected calibration error": "ece"}
+    for name, key in expected.items():
+        assert by_name[name].metric_value == pytest.approx(at_05[key], abs=1e-4), name
+        assert by_name[name].task_type == "image-classification"
+        assert by_name[name].dataset_split == "test"
+    assert by_name["Sensitivity (recall of malignant)"].metric_type == "recall"
+    at_screening = context["test_metrics_at_screening"]
+    assert by_name["Sensitivity at screening threshold"].metric_value == pytest.approx(at_screening["sensitivity"], abs=1e-4)
+    assert by_name["Sensitivity at screening threshold"].metric_args == {"threshold": at_screening["threshold"]}
+
+
+def test_body_content():
+    context = make_context()
+    text = render_model_card(TEMPLATE, context)
+    body = text.split("\n---\n", 1)[1].lstrip()
+    assert body.splitlines()[0].startswith("> **Disclaimer:**") and DISCLAIMER in body.splitlines()[0]
+    assert not re.search(r"\{\{\s*\w+\s*\}\}", body)  # every placeholder filled
+    assert "<!--" not in body  # the template's editor note is dropped
+    assert f'pipeline("image-classification", model="{context["model_id"]}")' in body
+    assert context["command"] in body
+    assert context["audit_summary"] in body
+    for name in PLOT_FILES.values():
+        assert f"]({name})" in body
+    # metrics at 3 decimals, counts as integers
+    assert f"{context['test_metrics_at_05']['accuracy']:.3f}" in body
+    tn, fp = context["test_metrics_at_05"]["confusion_matrix"][0]
+    assert f"{tn} (true negative)" in body and f"{fp} (false positive)" in body
+    assert "85,800,194" in body and "95%" in body
+    for words in ("Intended use", "Out-of-scope", "Limitations", "HAM10000", "Codella", "isic-archive.com",
+                  "Muhammad Hasnain Javid", "temperature", "Fitzpatrick"):
+        assert words in body, words
+
+
+def test_printed_thresholds_keep_their_guarantees():
+    text = render_model_card(TEMPLATE, make_context(screening_threshold=0.123456, high_risk_threshold=0.654321))
+    assert "p_malignant >= 0.1234" in text  # rounded down: flags at least as many
+    assert "p_malignant >= 0.6544" in text  # rounded up: clears at least as many
+
+
+def test_missing_placeholder_raises_naming_it():
+    context = make_context()
+    del context["command"]
+    with pytest.raises(ValueError, match="command"):
+        render_model_card(TEMPLATE, context)
+    context = make_context()
+    del context["validation_metrics"]
+    with pytest.raises(KeyError, match="metrics_table.*validation_metrics"):
+        render_model_card(TEMPLATE, context)
+
+
+def test_missing_placeholder_in_custom_template(tmp_path):
+    template = tmp_path / "card.md"
+    template.write_text("# {{ model_id }}\n{{ not_in_context }} and {{ also_missing}}\n")
+    with pytest.raises(MissingPlaceholderError, match="not_in_context, also_missing"):
+        render_model_card(template, make_context())
+
+
+def test_base_model_absent_when_none_and_local_dataset_not_listed(tmp_path):
+    context = make_context(base_model=None, init_description="ViT-tiny from scratch", dataset_id=str(tmp_path))
+    card = ModelCard(render_model_card(TEMPLATE, context))
+    assert "base_model" not in card.data.to_dict()
+    assert card.data.datasets is None  # a local folder is not a Hub dataset id
+    assert "none (trained from scratch)" in card.text
+    assert card.data.eval_results[0].dataset_type == "imagefolder"
+
+
+def test_write_model_card_with_real_plots(tmp_path):
+    context = make_context()
+    y_test, p_test = _synthetic_split(1)
+    out = tmp_path / "model"
+    save_roc_curve(y_test, p_test, out / PLOT_FILES["roc_curve"], operating_points=context)
+    save_confusion_matrix(context["test_metrics_at_screening"]["confusion_matrix"], out / PLOT_FILES["confusion_matrix"])
+    save_reliability_diagram(y_test, p_test ** 0.5, p_test, out / PLOT_FILES["reliability_diagram"])
+    readme = write_model_card(out, TEMPLATE, context)
+    assert readme == out / "README.md"
+    assert ModelCard.load(readme).data.license == "cc-by-nc-4.0"
+    for name in PLOT_FILES.values():
+        path = out / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as image:
+            assert image.format == "PNG"
+            assert image.width > 300 and image.height > 300
+
+
+def test_plots_tolerate_edge_cases(tmp_path):
+    # one class only: ROC undefined but the figure is still written
+    save_roc_curve([0, 0, 0], [0.1, 0.2, 0.3], tmp_path / "roc.png")
+    save_reliability_diagram([0, 1], None, [0.2, 0.7], tmp_path / "rel.png")
+    save_confusion_matrix([[0, 0], [0, 0]], tmp_path / "cm.png")
+    for name in ("roc.png", "rel.png", "cm.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_without_test_split_renders_without_model_index():
+    context = make_context(test_metrics_at_05=None, test_metrics_at_screening=None)
+    card = ModelCard(render_model_card(TEMPLATE, context))
+    assert card.data.eval_results is None
+    assert "model-index" not in card.content
+    assert "Not evaluated: this run had no test split." in card.text
+    assert "| Accuracy | n/a | n/a |" in card.text

@@ -1,0 +1,419 @@
+"""Fine-tune a Vision Transformer to tell benign from malignant skin lesions.
+
+Reads top to bottom: arguments -> data -> model -> Trainer -> calibration and
+operating points on validation -> final test report -> save -> model card ->
+optional Hub push.
+
+    python train_vit.py --data-dir ../shared/data/melanoma_cancer_dataset --output-dir runs/vit
+    python train_vit.py --data-dir DIR --scratch-config tiny --image-size 64 --max-steps 20 --output-dir /tmp/m
+    accelerate launch --cpu --num_processes 2 train_vit.py --data-dir DIR ...
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shlex
+import sys
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from datasets import Dataset, Image as ImageFeature
+from transformers import (
+    AutoImageProcessor,
+    EarlyStoppingCallback,
+    HfArgumentParser,
+    TrainingArguments,
+    ViTConfig,
+    ViTForImageClassification,
+    set_seed,
+)
+
+import data_prep
+from melanoma_screen import calibration, metrics, plots
+from melanoma_screen.hub import HubPushError, push_folder_to_hub
+from melanoma_screen.images import load_rgb_image
+from melanoma_screen.model_card import write_model_card
+from melanoma_screen.modeling import ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, last_checkpoint, CheckpointSafeTrainer
+from melanoma_screen.transforms import DermoscopyAugmentation, build_image_processor, processor_image_size
+
+logger = logging.getLogger("train_vit")
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+@dataclass
+class DataArguments:
+    data_dir: Optional[str] = field(default=None, metadata={"help": "Image folder laid out as {train,test}/{benign,malignant}/*.jpg."})
+    dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hugging Face Hub dataset id (needs network)."})
+    val_fraction: float = field(default=0.1, metadata={"help": "Share of train carved out, stratified, for validation."})
+    drop_duplicates: bool = field(default=False, metadata={"help": "Run the duplicate audit and drop train images that duplicate test images or each other."})
+    audit_file: Optional[str] = field(default=None, metadata={"help": "Reuse a report from `python -m data_prep audit` instead of auditing again."})
+    balance: str = field(default="none", metadata={"help": "Class balancing for training.", "choices": ["none", "undersample", "class_weights"]})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (for quick runs)."})
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default="google/vit-base-patch16-224-in21k", metadata={"help": "Pretrained ViT on the Hub or a local folder."})
+    scratch_config: Optional[str] = field(default=None, metadata={"help": "Build a ViT from its config instead (offline).", "choices": list(SCRATCH_CONFIGS)})
+    init_from: Optional[str] = field(default=None, metadata={"help": "Local folder with ViT encoder weights we produced (e.g. MAE pretraining)."})
+    image_size: int = field(default=224, metadata={"help": "Input resolution for --scratch-config."})
+    patch_size: int = field(default=16, metadata={"help": "Patch size for --scratch-config."})
+    dropout: float = field(default=0.1, metadata={"help": "Hidden and attention dropout for --scratch-config."})
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = field(metadata={"help": "Where the model, report, plots and card are written."})
+    epochs: float = field(default=10.0, metadata={"help": "Training epochs (ignored when --max-steps > 0)."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps."})
+    batch_size: int = field(default=32)
+    eval_batch_size: int = field(default=64)
+    learning_rate: float = field(default=1e-4)
+    weight_decay: float = field(default=0.05)
+    warmup_ratio: float = field(default=0.1)
+    label_smoothing: float = field(default=0.0)
+    eval_steps: Optional[int] = field(default=None, metadata={"help": "Validate every N steps (default: every epoch)."})
+    early_stopping_patience: int = field(default=3, metadata={"help": "Validations without ROC AUC gain before stopping."})
+    min_sensitivity: float = field(default=0.95, metadata={"help": "Sensitivity the screening threshold must reach on validation."})
+    min_specificity: float = field(default=0.95, metadata={"help": "Specificity the high-risk threshold must reach on validation."})
+    seed: int = field(default=42)
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in OUTPUT/checkpoints."})
+    push_to_hub: bool = field(default=False)
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Hub repo id, e.g. user/vit-melanoma."})
+    hub_private: bool = field(default=False)
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser((DataArguments, ModelArguments, TrainArguments), description=__doc__.split("\n\n")[0])
+    data_args, model_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    if bool(data_args.data_dir) == bool(data_args.dataset_name):
+        parser.error("pass exactly one of --data-dir or --dataset-name")
+    if train_args.push_to_hub and not train_args.hub_model_id:
+        parser.error("--push-to-hub needs --hub-model-id")
+    return data_args, model_args, train_args
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_records(data_args: DataArguments, train_args: TrainArguments):
+    if data_args.data_dir:
+        scan = data_prep.scan_image_folder(data_args.data_dir)
+    else:
+        scan = data_prep.load_hub_dataset(data_args.dataset_name)
+    for skipped in scan.skipped:
+        logger.warning("skipped %s: %s", skipped["path"], skipped["reason"])
+    logger.info("valid images per split and label: %s", scan.counts)
+
+    audit = None
+    if data_args.audit_file:
+        audit = json.loads(Path(data_args.audit_file).read_text())
+    elif data_args.drop_duplicates:
+        audit = data_prep.audit_duplicates(scan.records)
+    dropped = data_prep.leaked_paths(audit) if (audit and data_args.drop_duplicates) else set()
+
+    train_pool = [r for r in scan.records if r.split == "train" and r.path not in dropped]
+    test_records = [r for r in scan.records if r.split == "test"]
+    # Duplicates of one image must sit on one side of the validation split,
+    # or validation turns into a memory test and thresholds come out too rosy.
+    groups = data_prep.group_ids(train_pool, audit) if audit else None
+    train_records, val_records = data_prep.train_val_split(
+        train_pool, val_fraction=data_args.val_fraction, seed=train_args.seed, groups=groups
+    )
+    if data_args.max_train_samples:
+        train_records = random.Random(train_args.seed).sample(train_records, min(data_args.max_train_samples, len(train_records)))
+    train_records, class_weights, class_counts = data_prep.balance(train_records, method=data_args.balance, seed=train_args.seed)
+    logger.info("class counts used for training: %s (weights %s)", class_counts, class_weights)
+    return dict(
+        scan=scan, audit=audit, dropped=sorted(dropped), train=train_records, validation=val_records,
+        test=test_records, class_weights=class_weights, class_counts=class_counts,
+    )
+
+
+def to_dataset(records) -> Dataset:
+    images = [r.image if r.image is not None else r.path for r in records]
+    dataset = Dataset.from_dict({"image": images, "label": [r.label for r in records]})
+    return dataset.cast_column("image", ImageFeature())
+
+
+def make_transforms(image_processor, seed: int):
+    augment = DermoscopyAugmentation(image_size=processor_image_size(image_processor))
+    rng = random.Random(seed)
+
+    def train_transform(batch):
+        images = [augment(load_rgb_image(image, min_side=1), rng) for image in batch["image"]]
+        return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
+
+    def eval_transform(batch):
+        images = [load_rgb_image(image, min_side=1) for image in batch["image"]]
+        return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
+
+    return train_transform, eval_transform
+
+
+def collate(examples):
+    return {
+        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+        "labels": torch.tensor([example["labels"] for example in examples]),
+    }
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(model_args: ModelArguments):
+    """Returns (model, image_processor, base_model id or None, a sentence on the initialisation)."""
+    label_kwargs = dict(num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID)
+    if model_args.scratch_config:
+        config = ViTConfig(
+            **SCRATCH_CONFIGS[model_args.scratch_config],
+            image_size=model_args.image_size,
+            patch_size=model_args.patch_size,
+            hidden_dropout_prob=model_args.dropout,
+            attention_probs_dropout_prob=model_args.dropout,
+            **label_kwargs,
+        )
+        model = ViTForImageClassification(config)
+        processor = build_image_processor(model_args.image_size)
+        return model, processor, None, f"ViT-{model_args.scratch_config} trained from random initialisation"
+    source = model_args.init_from or model_args.model_name_or_path
+    if model_args.init_from and not Path(source).is_dir():
+        raise SystemExit(f"--init-from {source} is not a folder with ViT encoder weights.")
+    try:
+        model = ViTForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True, **label_kwargs)
+        try:
+            processor = AutoImageProcessor.from_pretrained(source)
+        except OSError:
+            processor = build_image_processor(model.config.image_size)
+    except OSError as error:
+        raise SystemExit(
+            f"Could not load '{source}' ({error.__class__.__name__}). Offline, pass a local folder, "
+            "--init-from DIR, or --scratch-config tiny|small|base."
+        ) from error
+    how = "initialised from our self-supervised encoder" if model_args.init_from else "fine-tuned from"
+    return model, processor, (None if Path(source).is_dir() else source), f"ViT {how} {source}"
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def malignant_probability(logits, temperature: float = 1.0) -> np.ndarray:
+    return calibration.softmax_probs(np.asarray(logits), temperature)[:, 1]
+
+
+def compute_validation_metrics(eval_prediction):
+    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+    report = metrics.binary_metrics(labels, malignant_probability(logits))
+    auc = report["roc_auc"]
+    return {
+        "roc_auc": float("nan") if auc is None else auc,
+        "accuracy": report["accuracy"],
+        "sensitivity": report["sensitivity"],
+        "specificity": report["specificity"],
+    }
+
+
+def weighted_loss(class_weights, label_smoothing):
+    weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+
+    def compute_loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]
+        return torch.nn.functional.cross_entropy(
+            logits, labels, weight=None if weight is None else weight.to(logits.device), label_smoothing=label_smoothing
+        )
+
+    return compute_loss
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    data_args, model_args, train_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(train_args.seed)
+    output_dir = Path(train_args.output_dir)
+    command = "python " + " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+    data = load_records(data_args, train_args)
+    if not data["train"] or not data["validation"]:
+        raise SystemExit("Not enough valid training images to carve a validation split.")
+    model, image_processor, base_model, init_description = build_model(model_args)
+    train_transform, eval_transform = make_transforms(image_processor, train_args.seed)
+    train_dataset = to_dataset(data["train"]).with_transform(train_transform)
+    val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
+    test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None
+
+    every = dict(eval_strategy="steps", eval_steps=train_args.eval_steps, save_strategy="steps", save_steps=train_args.eval_steps) \
+        if train_args.eval_steps else dict(eval_strategy="epoch", save_strategy="epoch")
+    training_args = TrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        num_train_epochs=train_args.epochs,
+        max_steps=train_args.max_steps,
+        per_device_train_batch_size=train_args.batch_size,
+        per_device_eval_batch_size=train_args.eval_batch_size,
+        learning_rate=train_args.learning_rate,
+        weight_decay=train_args.weight_decay,
+        warmup_steps=train_args.warmup_ratio,
+        lr_scheduler_type="cosine",
+        logging_steps=10,
+        **every,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="roc_auc",
+        greater_is_better=True,
+        seed=train_args.seed,
+        dataloader_num_workers=train_args.num_workers,
+        remove_unused_columns=False,
+        report_to="none",
+        dataloader_pin_memory=False,
+        # The Hub push is ours, after the output is complete; Trainer's would
+        # try to create the repo at start-up and die offline before training.
+        push_to_hub=False,
+    )
+    trainer = CheckpointSafeTrainer(
+        model=model,
+        args=training_args,
+        data_collator=collate,
+        train_dataset=train_dataset,
+        eval_dataset=val_dataset,
+        processing_class=image_processor,
+        compute_metrics=compute_validation_metrics,
+        compute_loss_func=weighted_loss(data["class_weights"], train_args.label_smoothing),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=train_args.early_stopping_patience)],
+    )
+    resume_from = last_checkpoint(training_args.output_dir) if train_args.resume else None
+    if train_args.resume:
+        logger.info("resuming from %s", resume_from or "scratch (no checkpoint found)")
+    trainer.train(resume_from_checkpoint=resume_from)
+
+    # Calibration and operating points come from validation only; the test
+    # split is touched once, below, for the report.
+    val_logits = trainer.predict(val_dataset).predictions
+    val_labels = np.array([r.label for r in data["validation"]])
+    temperature = calibration.fit_temperature(val_logits, val_labels)
+    val_prob = malignant_probability(val_logits, temperature)
+    operating_points = calibration.choose_operating_points(
+        val_labels, val_prob, min_sensitivity=train_args.min_sensitivity, min_specificity=train_args.min_specificity
+    )
+    calibration.fold_temperature_into_classifier(trainer.model, temperature)
+    trainer.model.config.update(
+        {
+            "calibration_temperature": temperature,
+            "temperature_folded_into_classifier": True,
+            "screening_threshold": operating_points["screening_threshold"],
+            "high_risk_threshold": operating_points["high_risk_threshold"],
+            "min_sensitivity": train_args.min_sensitivity,
+            "min_specificity": train_args.min_specificity,
+        }
+    )
+    validation_metrics = metrics.binary_metrics(val_labels, val_prob, threshold=operating_points["screening_threshold"])
+
+    report = {
+        "operating_points": operating_points,
+        "calibration_temperature": temperature,
+        "validation_at_screening_threshold": validation_metrics,
+        "class_counts_used": data["class_counts"],
+        "class_weights": data["class_weights"],
+        "split_sizes": {"train": len(data["train"]), "validation": len(data["validation"]), "test": len(data["test"])},
+        "skipped_files": data["scan"].skipped,
+        "dropped_duplicates": len(data["dropped"]),
+        "command": command,
+    }
+    if test_dataset is not None:
+        # The classifier now holds the temperature, so these logits are calibrated.
+        test_logits = trainer.predict(test_dataset).predictions
+        test_labels = np.array([r.label for r in data["test"]])
+        test_prob = malignant_probability(test_logits)
+        test_prob_uncalibrated = malignant_probability(test_logits * temperature)
+        report.update(
+            test_at_0_5=metrics.binary_metrics(test_labels, test_prob, threshold=0.5),
+            test_at_screening_threshold=metrics.binary_metrics(test_labels, test_prob, threshold=operating_points["screening_threshold"]),
+            test_at_high_risk_threshold=metrics.binary_metrics(test_labels, test_prob, threshold=operating_points["high_risk_threshold"]),
+            test_ece_uncalibrated=metrics.expected_calibration_error(test_labels, test_prob_uncalibrated),
+        )
+    else:
+        logger.warning("no test split: the report holds validation figures only")
+
+    if not trainer.is_world_process_zero():
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # save_pretrained rather than trainer.save_model: the latter adds a pickled training_args.bin.
+    trainer.model.save_pretrained(output_dir)
+    image_processor.save_pretrained(output_dir)
+    (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
+    if test_dataset is not None:
+        plots.save_roc_curve(test_labels, test_prob, output_dir / "roc_curve.png", operating_points=operating_points)
+        plots.save_confusion_matrix(report["test_at_screening_threshold"]["confusion_matrix"], output_dir / "confusion_matrix.png")
+        plots.save_reliability_diagram(test_labels, test_prob_uncalibrated, test_prob, output_dir / "reliability_diagram.png")
+    write_model_card(
+        output_dir,
+        REPO_ROOT / "model_card.md",
+        model_card_context(train_args, model_args, data_args, data, report, base_model, init_description, model, command),
+    )
+    logger.info("saved model, eval_results.json, plots and model card to %s", output_dir)
+    print_summary(report)
+
+    if train_args.push_to_hub:
+        try:
+            url = push_folder_to_hub(output_dir, train_args.hub_model_id, private=train_args.hub_private)
+            logger.info("pushed to %s", url)
+        except HubPushError as error:
+            print(error, file=sys.stderr)
+            raise SystemExit(2)
+
+
+def model_card_context(train_args, model_args, data_args, data, report, base_model, init_description, model, command):
+    audit = data["audit"]
+    audit_summary = "not run (pass --drop-duplicates to audit and drop duplicates)"
+    if audit:
+        audit_summary = f"{json.dumps(audit['summary'])}; {len(data['dropped'])} train images dropped"
+    return dict(
+        model_id=train_args.hub_model_id or Path(train_args.output_dir).name,
+        base_model=base_model,
+        init_description=init_description,
+        dataset_id=data_args.dataset_name or Path(data_args.data_dir).name,
+        dataset_description="Melanoma Skin Cancer Dataset of 10000 Images (Kaggle, M. H. Javid), derived from the ISIC archive",
+        command=command,
+        image_size=int(model.config.image_size),
+        n_parameters=sum(p.numel() for p in model.parameters()),
+        class_counts_used=data["class_counts"],
+        split_sizes=report["split_sizes"],
+        temperature=report["calibration_temperature"],
+        screening_threshold=report["operating_points"]["screening_threshold"],
+        high_risk_threshold=report["operating_points"]["high_risk_threshold"],
+        min_sensitivity=train_args.min_sensitivity,
+        min_specificity=train_args.min_specificity,
+        test_metrics_at_05=report.get("test_at_0_5"),
+        test_metrics_at_screening=report.get("test_at_screening_threshold"),
+        validation_metrics=report["validation_at_screening_threshold"],
+        audit_summary=audit_summary,
+        license="cc-by-nc-4.0",
+        date=date.today().isoformat(),
+    )
+
+
+def print_summary(report):
+    rows = [("validation @ screening", report["validation_at_screening_threshold"])]
+    for key, name in (("test_at_0_5", "test @ 0.5"), ("test_at_screening_threshold", "test @ screening")):
+        if key in report:
+            rows.append((name, report[key]))
+    print(f"\n{'':24s} {'AUC':>6s} {'acc':>6s} {'sens':>6s} {'spec':>6s} {'ECE':>6s}")
+    for name, m in rows:
+        auc = "  n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"
+        print(f"{name:24s} {auc:>6s} {m['accuracy']:6.3f} {m['sensitivity']:6.3f} {m['specificity']:6.3f} {m['ece']:6.3f}")
+    points = report["operating_points"]
+    print(f"temperature={report['calibration_temperature']:.3f} screening_threshold={points['screening_threshold']:.4f} "
+          f"high_risk_threshold={points['high_risk_threshold']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
