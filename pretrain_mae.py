@@ -14,6 +14,7 @@ processor, so `train_vit.py --init-from` loads it like any ViT checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class PretrainArguments:
     output_dir: str = field(metadata={"help": "Checkpoints go to OUTPUT/checkpoints, the encoder to OUTPUT/encoder."})
     data_dir: Optional[str] = field(default=None, metadata={"help": "Image folder; only its train/ split is read."})
     dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hub dataset id (needs network); only its train split is read."})
+    audit_file: Optional[str] = field(default=None, metadata={"help": "A `python -m data_prep audit` report: train images that copy test images are left out."})
     scratch_config: str = field(default="tiny", metadata={"help": "Encoder size.", "choices": list(SCRATCH_CONFIGS)})
     image_size: int = field(default=128)
     patch_size: int = field(default=16)
@@ -92,6 +94,10 @@ def main(argv=None):
         raise SystemExit("pass exactly one of --data-dir or --dataset-name")
     scan = data_prep.scan_image_folder(args.data_dir, splits=("train",)) if args.data_dir else data_prep.load_hub_dataset(args.dataset_name)
     train_records = [record for record in scan.records if record.split == "train"]
+    if args.audit_file:
+        # Even unlabelled, a test image's copy seen in pretraining would flatter the test report.
+        leaked = data_prep.leaked_paths(json.loads(Path(args.audit_file).read_text()), drop="cross_split")
+        train_records = [record for record in train_records if record.path not in leaked]
     logger.info("pretraining on %d unlabelled train images", len(train_records))
 
     processor = build_image_processor(args.image_size)

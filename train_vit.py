@@ -275,10 +275,14 @@ def main(argv=None):
         remove_unused_columns=False,
         report_to="none",
         dataloader_pin_memory=False,
+        # Without a GPU, several launched processes then form a gloo group
+        # (torchrun, or accelerate launch --multi_gpu) instead of each training alone.
+        use_cpu=not torch.cuda.is_available(),
         # The Hub push is ours, after the output is complete; Trainer's would
         # try to create the repo at start-up and die offline before training.
         push_to_hub=False,
     )
+    logger.info("process %d of %d (%s)", training_args.process_index, training_args.world_size, training_args.parallel_mode)
     trainer = CheckpointSafeTrainer(
         model=model,
         args=training_args,

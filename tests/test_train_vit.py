@@ -92,3 +92,14 @@ def test_push_without_network_keeps_the_local_model(tiny_image_folder, tmp_path)
     assert "Hugging Face Hub" in last_line and str(output_dir) in last_line
     assert "Traceback" not in result.stderr
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "README.md").is_file()
+
+
+def test_two_process_gloo_training_completes(tiny_image_folder, tmp_path):
+    output_dir = tmp_path / "ddp"
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29531",
+               "train_vit.py", "--data-dir", str(tiny_image_folder), "--scratch-config", "tiny", "--image-size", "32",
+               "--max-steps", "4", "--output-dir", str(output_dir)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "process 1 of 2 (ParallelMode.DISTRIBUTED)" in result.stderr
+    assert (output_dir / "model.safetensors").is_file() and (output_dir / "eval_results.json").is_file()
