@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -27,7 +26,7 @@ from transformers import HfArgumentParser, TrainingArguments, ViTConfig, ViTMAEC
 import data_prep
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.modeling import SCRATCH_CONFIGS, last_checkpoint, CheckpointSafeTrainer
-from melanoma_screen.transforms import DermoscopyAugmentation, build_image_processor
+from melanoma_screen.transforms import DermoscopyAugmentation, augmentation_rng, build_image_processor
 from train_vit import to_dataset
 
 logger = logging.getLogger("pretrain_mae")
@@ -102,10 +101,8 @@ def main(argv=None):
 
     processor = build_image_processor(args.image_size)
     augment = DermoscopyAugmentation(image_size=args.image_size, crop_scale=(0.3, 1.0))
-    rng = random.Random(args.seed)
-
     def transform(batch):
-        images = [augment(load_rgb_image(image, min_side=1), rng) for image in batch["image"]]
+        images = [augment(load_rgb_image(image, min_side=1), augmentation_rng()) for image in batch["image"]]
         return {"pixel_values": processor(images, return_tensors="pt")["pixel_values"]}
 
     dataset = to_dataset(train_records).with_transform(transform)

@@ -40,7 +40,7 @@ from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.model_card import write_model_card
 from melanoma_screen.modeling import ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, last_checkpoint, CheckpointSafeTrainer
-from melanoma_screen.transforms import DermoscopyAugmentation, build_image_processor, processor_image_size
+from melanoma_screen.transforms import DermoscopyAugmentation, augmentation_rng, build_image_processor, processor_image_size
 
 logger = logging.getLogger("train_vit")
 
@@ -142,12 +142,10 @@ def to_dataset(records) -> Dataset:
     return dataset.cast_column("image", ImageFeature())
 
 
-def make_transforms(image_processor, seed: int):
+def make_transforms(image_processor):
     augment = DermoscopyAugmentation(image_size=processor_image_size(image_processor))
-    rng = random.Random(seed)
-
     def train_transform(batch):
-        images = [augment(load_rgb_image(image, min_side=1), rng) for image in batch["image"]]
+        images = [augment(load_rgb_image(image, min_side=1), augmentation_rng()) for image in batch["image"]]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
 
     def eval_transform(batch):
@@ -245,7 +243,7 @@ def main(argv=None):
     if not data["train"] or not data["validation"]:
         raise SystemExit("Not enough valid training images to carve a validation split.")
     model, image_processor, base_model, init_description = build_model(model_args)
-    train_transform, eval_transform = make_transforms(image_processor, train_args.seed)
+    train_transform, eval_transform = make_transforms(image_processor)
     train_dataset = to_dataset(data["train"]).with_transform(train_transform)
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None

@@ -12,6 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 
+import torch
 from PIL import Image, ImageEnhance
 from transformers import ViTImageProcessorPil
 
@@ -101,3 +102,21 @@ class DermoscopyAugmentation:
                 hue = hue.point(lambda value: (value + shift) % 256)
                 image = Image.merge("HSV", (hue, sat, val)).convert("RGB")
         return image
+
+
+_rng_cache: dict[int, random.Random] = {}
+
+
+def augmentation_rng() -> random.Random:
+    """A random generator for augmentation that differs per DataLoader worker and per epoch.
+
+    A Random built once in the main process is copied into every worker at
+    each fork with the same state, so every worker and every epoch would see
+    the same crops and flips. torch gives each worker a fresh seed per epoch
+    (and the main process the one from set_seed), so key the generator on it.
+    """
+    seed = torch.initial_seed()
+    if seed not in _rng_cache:
+        _rng_cache.clear()
+        _rng_cache[seed] = random.Random(seed)
+    return _rng_cache[seed]
