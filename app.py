@@ -1,0 +1,658 @@
+"""Gradio app (and Hugging Face Space) of the melanoma screening aid.
+
+    python app.py                         # http://127.0.0.1:7860, model from ./model
+    python app.py --model runs/vit-tiny   # a local folder or a Hub model id
+    MODEL_ID=owner/name python app.py     # same, through the environment (Spaces)
+
+The model is loaded once, when this module is imported; `demo` is the module-level
+Blocks that Spaces (and `gradio app.py`) serve. When no model can be loaded the app
+still starts and every request answers with one sentence on how to train one.
+
+HTTP API: one public endpoint, `/predict`, takes an image file and returns JSON
+(`{label, probabilities, risk_level, screening_threshold, high_risk_threshold,
+model_id}`), or `{"error": "<message>"}` for an input it cannot use. The page's
+own events are private, so the API page lists only `/predict`.
+
+Feedback ("Report a wrong prediction") is stored only when that button is pressed:
+in FEEDBACK_DIR (default ./feedback), or in the Hub dataset FEEDBACK_DATASET when set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import csv
+import html
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from melanoma_screen.explain import HOW_TO_READ, overlay_heatmap  # noqa: E402
+from melanoma_screen.feedback import FeedbackStore  # noqa: E402
+from melanoma_screen.images import ImageLoadError, load_rgb_image  # noqa: E402
+from melanoma_screen.inference import ModelLoadError, ScreeningModel  # noqa: E402
+
+logger = logging.getLogger("app")
+
+REPO_ROOT = Path(__file__).resolve().parent
+DEFAULT_MODEL_DIR = REPO_ROOT / "model"
+EXAMPLES_DIR = REPO_ROOT / "examples"
+TRAIN_COMMAND = ("python train_vit.py --data-dir ../shared/data/melanoma_cancer_dataset "
+                 "--scratch-config tiny --image-size 64 --max-steps 20 --output-dir model")
+CLASSES = ("benign", "malignant")
+TRUE_LABELS = ("benign", "malignant", "other", "unknown")
+RISK_COLOURS = {  # background, border; dark text reads on all three in light and dark themes
+    "low": ("#e7f6ec", "#2e7d32"),
+    "moderate": ("#fff4e0", "#b26a00"),
+    "high": ("#fdeaea", "#c62828"),
+}
+MAX_COMMENT_CHARS = 2000
+HEATMAP_MAX_SIDE = 1024
+
+# ---------------------------------------------------------------------------- texts
+
+TEXT = {
+    "en": {
+        "title": "# Melanoma screening aid",
+        "intro": ("Upload a **dermoscopic** image of a skin lesion, take one with the camera or pick an "
+                  "example, then press **Analyse**. The model estimates how likely the lesion is to be a "
+                  "melanoma and shows which areas drove its score."),
+        "disclaimer": ("<strong>Screening aid, not a diagnosis.</strong> A low score never rules out "
+                       "melanoma. See a doctor about any lesion that changes, bleeds or worries you. The "
+                       "model was trained on dermoscopic images (taken through a dermatoscope): an ordinary "
+                       "phone photo is outside what it learned, and its result may then be meaningless."),
+        "image": "Lesion image (dermoscopy)",
+        "analyse": "Analyse",
+        "examples": "Examples from the test set, with their true diagnosis",
+        "example": "Example",
+        "true_diagnosis": "True diagnosis",
+        "probabilities": "Calibrated probabilities",
+        "classes": {"benign": "benign", "malignant": "malignant (melanoma)"},
+        "risk_title": "Risk level:",
+        "risk": {"low": "Low", "moderate": "Moderate", "high": "High"},
+        "advice": {
+            "low": "No urgent sign, but see a doctor if the lesion changes, bleeds or itches.",
+            "moderate": "Show this lesion to a doctor, who may refer you to a dermatologist.",
+            "high": "Ask for a dermatologist appointment soon.",
+        },
+        "probability_line": ("Probability of melanoma: {p}. The risk is moderate from {s} and high from {h} "
+                             "(thresholds chosen on validation data)."),
+        "probability_line_one_threshold": ("Probability of melanoma: {p}. The risk is high from {h} (threshold "
+                                           "chosen on validation data; this model has no moderate band)."),
+        "waiting": "The result appears here after you press <strong>Analyse</strong>.",
+        "heatmap": "Where the model looked (attention rollout)",
+        "how_to_read": HOW_TO_READ.get("en", ""),
+        "no_image": "No image was given. Upload a photo of the lesion, take one, or pick an example.",
+        "bad_image": "This image could not be analysed: {reason}",
+        "internal": "Something went wrong while analysing this image. Please try another image.",
+        "no_model": ("No model is loaded, so the app cannot analyse images ({reason}). Train one with "
+                     "<code>{command}</code> and restart the app, or set MODEL_ID (or --model) to a trained "
+                     "model folder or Hugging Face Hub id."),
+        "feedback_title": "Report a wrong prediction",
+        "feedback_intro": ("Know the true diagnosis of the lesion you analysed? Tell us. Only when you press "
+                           "the button below are the image (without its metadata), the prediction and your "
+                           "report stored, to help improve the model; nothing is stored otherwise."),
+        "truth_label": "True diagnosis",
+        "truth_choices": {"benign": "Benign", "malignant": "Malignant (melanoma)",
+                          "other": "Another diagnosis", "unknown": "I don't know"},
+        "comment": "Comment (optional)",
+        "comment_placeholder": "e.g. biopsy result, what the doctor said",
+        "send": "Send report",
+        "thanks": "Thank you. Your report was saved (reference {id}).",
+        "analyse_first": "Analyse an image first, then report what is wrong with its result.",
+        "already_reported": "This result has already been reported (reference {id}).",
+        "choose_truth": "Choose the true diagnosis first.",
+        "feedback_failed": "Sorry, the report could not be saved ({reason}).",
+        "about_title": "About the model",
+        "about_model": "**Model:** `{id}` · **version:** `{version}` · **input size:** {size}×{size} pixels",
+        "about_no_report": "This model has no test report (eval_results.json), so no test metrics can be shown.",
+        "about_metrics_intro": "Measured once on the held-out test split ({n} images, {m} melanomas):",
+        "metric": "Metric",
+        "value": "Value",
+        "metrics": {
+            "roc_auc": "ROC AUC",
+            "accuracy": "Accuracy (threshold 0.5)",
+            "sensitivity": "Sensitivity at the screening threshold ({t})",
+            "specificity": "Specificity at the screening threshold ({t})",
+            "ece": "Expected calibration error (ECE)",
+        },
+        "about_thresholds": ("Risk is **low** below the screening threshold ({s}), **moderate** up to the "
+                             "high-risk threshold ({h}) and **high** from there; both were chosen on "
+                             "validation data, before the test split was used."),
+        "about_limits": ("Trained on dermoscopic images from the ISIC archive, mostly of light skin; its "
+                         "performance on other skin types, cameras and clinics is not established. Not a "
+                         "medical device."),
+        "no_model_about": "No model is loaded.",
+    },
+    "fr": {
+        "title": "# Aide au dépistage du mélanome",
+        "intro": ("Importez une image **dermoscopique** d'une lésion de la peau, prenez-en une avec la caméra "
+                  "ou choisissez un exemple, puis appuyez sur **Analyser**. Le modèle estime la probabilité "
+                  "que la lésion soit un mélanome et montre les zones qui ont compté dans son score."),
+        "disclaimer": ("<strong>Aide au dépistage, pas un diagnostic.</strong> Un score faible n'exclut jamais "
+                       "un mélanome. Consultez un médecin pour toute lésion qui change, saigne ou vous "
+                       "inquiète. Le modèle a été entraîné sur des images dermoscopiques (prises au "
+                       "dermatoscope) : une photo ordinaire prise au téléphone sort de ce qu'il a appris, et "
+                       "son résultat peut alors n'avoir aucun sens."),
+        "image": "Image de la lésion (dermoscopie)",
+        "analyse": "Analyser",
+        "examples": "Exemples du jeu de test, avec leur diagnostic réel",
+        "example": "Exemple",
+        "true_diagnosis": "Diagnostic réel",
+        "probabilities": "Probabilités calibrées",
+        "classes": {"benign": "bénin", "malignant": "malin (mélanome)"},
+        "risk_title": "Niveau de risque :",
+        "risk": {"low": "Faible", "moderate": "Modéré", "high": "Élevé"},
+        "advice": {
+            "low": "Aucun signe urgent, mais consultez un médecin si la lésion change, saigne ou démange.",
+            "moderate": "Montrez cette lésion à un médecin, qui pourra vous orienter vers un dermatologue.",
+            "high": "Demandez rapidement un rendez-vous chez un dermatologue.",
+        },
+        "probability_line": ("Probabilité de mélanome : {p}. Le risque est modéré à partir de {s} et élevé à "
+                             "partir de {h} (seuils choisis sur les données de validation)."),
+        "probability_line_one_threshold": ("Probabilité de mélanome : {p}. Le risque est élevé à partir de {h} "
+                                           "(seuil choisi sur les données de validation ; ce modèle n'a pas de "
+                                           "zone de risque modéré)."),
+        "waiting": "Le résultat s'affiche ici après un appui sur <strong>Analyser</strong>.",
+        "heatmap": "Où le modèle a regardé (attention rollout)",
+        "how_to_read": HOW_TO_READ.get("fr", HOW_TO_READ.get("en", "")),
+        "no_image": "Aucune image fournie. Importez une photo de la lésion, prenez-en une ou choisissez un exemple.",
+        "bad_image": "Cette image n'a pas pu être analysée : {reason}",
+        "internal": "Un problème est survenu pendant l'analyse de cette image. Essayez une autre image.",
+        "no_model": ("Aucun modèle n'est chargé : l'application ne peut pas analyser d'images ({reason}). "
+                     "Entraînez-en un avec <code>{command}</code> puis relancez l'application, ou indiquez "
+                     "dans MODEL_ID (ou --model) un dossier de modèle entraîné ou un identifiant du Hugging "
+                     "Face Hub."),
+        "feedback_title": "Signaler une prédiction erronée",
+        "feedback_intro": ("Vous connaissez le diagnostic réel de la lésion analysée ? Dites-le-nous. C'est "
+                           "seulement quand vous appuyez sur le bouton ci-dessous que l'image (sans ses "
+                           "métadonnées), la prédiction et votre signalement sont enregistrés, pour aider à "
+                           "améliorer le modèle ; rien n'est enregistré sinon."),
+        "truth_label": "Diagnostic réel",
+        "truth_choices": {"benign": "Bénin", "malignant": "Malin (mélanome)",
+                          "other": "Un autre diagnostic", "unknown": "Je ne sais pas"},
+        "comment": "Commentaire (facultatif)",
+        "comment_placeholder": "p. ex. résultat de biopsie, avis du médecin",
+        "send": "Envoyer le signalement",
+        "thanks": "Merci. Votre signalement a été enregistré (référence {id}).",
+        "analyse_first": "Analysez d'abord une image, puis signalez ce qui est faux dans son résultat.",
+        "already_reported": "Ce résultat a déjà été signalé (référence {id}).",
+        "choose_truth": "Choisissez d'abord le diagnostic réel.",
+        "feedback_failed": "Désolé, le signalement n'a pas pu être enregistré ({reason}).",
+        "about_title": "À propos du modèle",
+        "about_model": "**Modèle :** `{id}` · **version :** `{version}` · **taille d'entrée :** {size}×{size} pixels",
+        "about_no_report": "Ce modèle n'a pas de rapport de test (eval_results.json) : aucune mesure ne peut être affichée.",
+        "about_metrics_intro": "Mesuré une seule fois sur le jeu de test mis de côté ({n} images, dont {m} mélanomes) :",
+        "metric": "Mesure",
+        "value": "Valeur",
+        "metrics": {
+            "roc_auc": "ROC AUC",
+            "accuracy": "Exactitude (seuil 0,5)",
+            "sensitivity": "Sensibilité au seuil de dépistage ({t})",
+            "specificity": "Spécificité au seuil de dépistage ({t})",
+            "ece": "Erreur de calibration attendue (ECE)",
+        },
+        "about_thresholds": ("Le risque est **faible** sous le seuil de dépistage ({s}), **modéré** jusqu'au "
+                             "seuil de risque élevé ({h}) et **élevé** au-delà ; les deux seuils ont été choisis "
+                             "sur les données de validation, avant l'usage du jeu de test."),
+        "about_limits": ("Entraîné sur des images dermoscopiques de l'archive ISIC, surtout de peaux claires ; "
+                         "ses performances sur d'autres types de peau, appareils et cliniques ne sont pas "
+                         "établies. Ce n'est pas un dispositif médical."),
+        "no_model_about": "Aucun modèle n'est chargé.",
+    },
+}
+LANGUAGES = [("English", "en"), ("Français", "fr")]
+
+# The messages of melanoma_screen.images.ImageLoadError, in French. An unknown
+# message is shown as it is (in English) rather than dropped.
+_FRENCH_IMAGE_ERRORS = [
+    (r"No image was given\..*", "Aucune image fournie."),
+    (r"File not found: (.*)\.", r"fichier introuvable : \1."),
+    (r"(.*) is an empty file, not an image\.", r"\1 est un fichier vide, pas une image."),
+    (r"The image is too large \((\d+)x(\d+) pixels\)\. Please upload an image under (\d+) megapixels\.",
+     r"l'image est trop grande (\1×\2 pixels). Importez une image de moins de \3 mégapixels."),
+    (r"This file is not an image that can be read \(use JPEG or PNG\)\.",
+     "ce fichier n'est pas une image lisible (utilisez JPEG ou PNG)."),
+    (r"The image is too large to process safely\. Please upload a smaller image\.",
+     "l'image est trop grande pour être traitée sans risque. Importez une image plus petite."),
+    (r"The image file is damaged or truncated and cannot be read \((.*)\)\.",
+     r"le fichier image est endommagé ou tronqué et ne peut pas être lu (\1)."),
+    (r"The image is too small \((\d+)x(\d+) pixels\)\. Please upload an image at least (\d+)x(\d+) pixels\.",
+     r"l'image est trop petite (\1×\2 pixels). Importez une image d'au moins \3×\4 pixels."),
+]
+
+
+def _lang(lang: str | None) -> str:
+    return lang if lang in TEXT else "en"
+
+
+def _number(value: float, lang: str, digits: int = 3) -> str:
+    text = f"{value:.{digits}f}"
+    return text.replace(".", ",") if lang == "fr" else text
+
+
+def _percent(value: float, lang: str) -> str:
+    # French writes 46,5 % (decimal comma, narrow no-break space before %).
+    return _number(100 * value, lang, 1) + ("\u202f%" if lang == "fr" else "%")
+
+
+def translate_image_error(message: str, lang: str) -> str:
+    if lang == "fr":
+        for pattern, replacement in _FRENCH_IMAGE_ERRORS:
+            if re.fullmatch(pattern, message, flags=re.DOTALL):
+                return re.sub(pattern, replacement, message, flags=re.DOTALL)
+    return message
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def no_model_reason(source: str, error: Exception) -> str:
+    """One line saying why `source` could not be loaded (no traceback)."""
+    lines = str(error).strip().splitlines()
+    if isinstance(error, ModelLoadError) and lines:
+        return lines[0]  # already a sentence for people that names the source
+    return f"could not load {source}: {type(error).__name__}" + (f": {lines[0]}" if lines else "")
+
+
+def load_model(source: str) -> tuple[ScreeningModel | None, str | None]:
+    """(model, None), or (None, a one-line reason) when the model cannot be loaded."""
+    try:
+        return ScreeningModel.load(source), None
+    except Exception as error:  # missing folder, offline Hub id, broken files: the app still starts
+        reason = no_model_reason(source, error)
+        logger.warning("No model loaded (%s). Train one with: %s", reason, TRAIN_COMMAND)
+        return None, reason
+
+
+def no_model_message(reason: str | None, lang: str = "en", markup: bool = True) -> str:
+    message = TEXT[lang]["no_model"].format(reason=html.escape(reason or "no model"), command=TRAIN_COMMAND)
+    return message if markup else re.sub(r"</?code>", "`", html.unescape(message))
+
+
+def image_source(payload):
+    """The uploaded file behind an image payload: a path, bytes (data URL) or None.
+
+    The events take raw payloads (preprocess=False) so that Gradio never decodes the
+    file itself: a non-image, truncated file or decompression bomb reaches
+    load_rgb_image, which turns it into a sentence for people.
+    """
+    if payload is None or payload == "":
+        return None
+    if isinstance(payload, (str, os.PathLike)):
+        return str(payload)
+    if isinstance(payload, dict):
+        if payload.get("path"):
+            return str(payload["path"])
+        url = payload.get("url") or ""
+        if url.startswith("data:"):
+            try:
+                return base64.b64decode(url.partition(",")[2], validate=False)
+            except (binascii.Error, ValueError) as error:
+                raise ImageLoadError("The uploaded data is not a valid image.") from error
+        return None
+    raise ImageLoadError("The upload could not be read as a file; please try again.")
+
+
+def clean_copy(image: Image.Image) -> Image.Image:
+    """The same pixels without any metadata (EXIF, GPS, ICC, text chunks)."""
+    copy = Image.new(image.mode, image.size)
+    copy.paste(image)
+    return copy
+
+
+# ---------------------------------------------------------------------------- app logic
+
+
+class Screener:
+    """The functions behind the page and the API, bound to one (possibly missing) model."""
+
+    def __init__(self, model: ScreeningModel | None, load_error: str | None = None,
+                 feedback_dir: str | os.PathLike | None = None, feedback_dataset: str | None = None):
+        self.model = model
+        self.load_error = load_error if model is None else None
+        if model is None and not self.load_error:
+            self.load_error = "no model was given"
+        self.feedback_dir = feedback_dir
+        self.feedback_dataset = feedback_dataset
+        self._store: FeedbackStore | None = None
+
+    # -- API ------------------------------------------------------------------
+
+    def predict(self, image) -> dict:
+        """The `/predict` endpoint: the prediction as JSON, or {"error": message}."""
+        if self.model is None:
+            return {"error": no_model_message(self.load_error, markup=False)}
+        try:
+            source = image_source(image)
+            if source is None:
+                return {"error": TEXT["en"]["no_image"]}
+            return self.model.predict(source).to_json()
+        except ImageLoadError as error:
+            return {"error": str(error)}
+        except Exception:
+            logger.exception("prediction failed")
+            return {"error": TEXT["en"]["internal"]}
+
+    # -- page -----------------------------------------------------------------
+
+    def analyse(self, image, lang):
+        """Page event: (probabilities, risk box, heat map, result state, feedback status)."""
+        lang = _lang(lang)
+        state = self._analyse(image)
+        view = render_result(state, lang)
+        return view["probabilities"], view["risk"], state.pop("_heatmap", None), state, ""
+
+    def _analyse(self, image) -> dict:
+        if self.model is None:
+            return {"kind": "no_model", "reason": self.load_error}
+        try:
+            source = image_source(image)
+            if source is None:
+                return {"kind": "no_image"}
+            picture = load_rgb_image(source)
+            prediction = self.model.predict(picture).to_json()
+        except ImageLoadError as error:
+            return {"kind": "bad_image", "message": str(error)}
+        except Exception:
+            logger.exception("analysis failed")
+            return {"kind": "internal"}
+        state = {"kind": "result", "prediction": prediction, "source": source}
+        try:
+            # The heat-map is for the eye: a phone photo is explained and shown at screen size,
+            # not at 50 megapixels.
+            shown = picture.copy()
+            shown.thumbnail((HEATMAP_MAX_SIDE, HEATMAP_MAX_SIDE))
+            state["_heatmap"] = overlay_heatmap(shown, self.model.explain(shown))
+        except Exception:  # the prediction stands without its explanation
+            logger.exception("heat map failed")
+        return state
+
+    def report(self, state, true_label, comment, lang):
+        """Page event "Send report": the only place anything is stored.
+
+        Returns (message, state); the state remembers the report so a second click
+        does not store the same case twice.
+        """
+        text = TEXT[_lang(lang)]
+        if not isinstance(state, dict) or state.get("kind") != "result":
+            return text["analyse_first"], state
+        if state.get("report_id"):
+            return text["already_reported"].format(id=state["report_id"]), state
+        if true_label not in TRUE_LABELS:
+            return text["choose_truth"], state
+        comment = (comment or "").strip()[:MAX_COMMENT_CHARS]
+        try:
+            image = clean_copy(load_rgb_image(state["source"]))
+            report_id = self.store().report(image, state["prediction"], true_label, comment=comment,
+                                            version=getattr(self.model, "version", None))
+        except Exception as error:
+            logger.exception("saving feedback failed")
+            return text["feedback_failed"].format(reason=type(error).__name__), state
+        return text["thanks"].format(id=report_id), {**state, "report_id": report_id}
+
+    def store(self) -> FeedbackStore:
+        # Created on the first report, so merely serving predictions never touches the disk.
+        if self._store is None:
+            folder = self.feedback_dir or os.environ.get("FEEDBACK_DIR") or "feedback"
+            dataset = self.feedback_dataset or os.environ.get("FEEDBACK_DATASET") or None
+            self._store = FeedbackStore(folder=folder, hub_dataset_id=dataset)
+        return self._store
+
+    def about(self, lang) -> str:
+        return about_markdown(self.model, _lang(lang))
+
+
+def render_result(state: dict | None, lang: str) -> dict:
+    """The probabilities (gr.Label value) and the risk box (HTML) for a result state."""
+    text = TEXT[lang]
+    kind = (state or {}).get("kind")
+    if kind == "result":
+        prediction = state["prediction"]
+        probabilities = {text["classes"].get(name, name): float(p) for name, p in prediction["probabilities"].items()}
+        return {"probabilities": probabilities, "risk": risk_html(prediction, lang)}
+    if kind is None:
+        return {"probabilities": None, "risk": message_html(text["waiting"], "info")}
+    if kind == "no_model":
+        message = no_model_message(state.get("reason"), lang)
+    elif kind == "no_image":
+        message = html.escape(text["no_image"])
+    elif kind == "bad_image":
+        message = html.escape(text["bad_image"].format(reason=translate_image_error(state["message"], lang)))
+    else:
+        message = html.escape(text["internal"])
+    return {"probabilities": None, "risk": message_html(message, "error")}
+
+
+def risk_html(prediction: dict, lang: str) -> str:
+    text = TEXT[lang]
+    level = prediction["risk_level"]
+    background, border = RISK_COLOURS.get(level, ("#eef", "#335"))
+    p = prediction["probabilities"]["malignant"]
+    single = prediction["screening_threshold"] >= prediction["high_risk_threshold"]
+    line = text["probability_line_one_threshold" if single else "probability_line"].format(
+        p=_percent(p, lang), s=_percent(prediction["screening_threshold"], lang),
+        h=_percent(prediction["high_risk_threshold"], lang))
+    return (
+        f'<div class="risk-box" data-risk="{level}" role="status" style="background:{background};'
+        f'border-left:6px solid {border};color:#1b1b1b;padding:12px 16px;border-radius:8px">'
+        f'<div style="font-size:1.25em">{html.escape(text["risk_title"])} '
+        f'<strong>{html.escape(text["risk"][level])}</strong></div>'
+        f'<p style="margin:6px 0 4px 0;font-size:1.1em">{html.escape(text["advice"][level])}</p>'
+        f'<p style="margin:0;font-size:0.9em;opacity:0.85">{html.escape(line)}</p></div>'
+    )
+
+
+def message_html(message_markup: str, kind: str) -> str:
+    style = ("background:#fdeaea;border-left:6px solid #c62828;color:#1b1b1b" if kind == "error"
+             else "border:1px dashed #999;opacity:0.85")
+    return (f'<div class="result-message" data-kind="{kind}" role="status" '
+            f'style="{style};padding:12px 16px;border-radius:8px">{message_markup}</div>')
+
+
+def disclaimer_html(lang: str) -> str:
+    return ('<div class="disclaimer" role="note" style="background:#fff8e1;border:1px solid #f0b400;'
+            'color:#1b1b1b;padding:10px 14px;border-radius:8px">⚠️ ' + TEXT[lang]["disclaimer"] + "</div>")
+
+
+def about_markdown(model: ScreeningModel | None, lang: str) -> str:
+    text = TEXT[lang]
+    if model is None:
+        return text["no_model_about"]
+    lines = [text["about_model"].format(id=model.model_id, version=getattr(model, "version", None) or "?",
+                                        size=getattr(model, "image_size", "?")), ""]
+    report = getattr(model, "eval_results", None) or {}
+    at_05, at_screening = report.get("test_at_0_5"), report.get("test_at_screening_threshold")
+    if not (at_05 and at_screening):
+        lines.append(text["about_no_report"])
+    else:
+        t = _number(at_screening["threshold"], lang)
+        names = text["metrics"]
+
+        def fmt(value):
+            return "n/a" if value is None else _number(value, lang)
+
+        lines += [
+            text["about_metrics_intro"].format(n=at_05.get("n", "?"), m=at_05.get("n_malignant", "?")), "",
+            f"| {text['metric']} | {text['value']} |", "|---|---|",
+            f"| {names['roc_auc']} | {fmt(at_05.get('roc_auc'))} |",
+            f"| {names['accuracy']} | {fmt(at_05.get('accuracy'))} |",
+            f"| {names['sensitivity'].format(t=t)} | {fmt(at_screening.get('sensitivity'))} |",
+            f"| {names['specificity'].format(t=t)} | {fmt(at_screening.get('specificity'))} |",
+            f"| {names['ece']} | {fmt(at_05.get('ece'))} |",
+        ]
+    config = getattr(model, "config", None)
+    screening = getattr(config, "screening_threshold", None)
+    high = getattr(config, "high_risk_threshold", None)
+    if screening is not None and high is not None:
+        lines += ["", text["about_thresholds"].format(s=_number(screening, lang), h=_number(high, lang))]
+    lines += ["", text["about_limits"]]
+    return "\n".join(lines)
+
+
+def read_examples(folder: Path = EXAMPLES_DIR) -> list[list[str]]:
+    """[[image path, true label], ...] from examples/labels.csv."""
+    labels = folder / "labels.csv"
+    if not labels.is_file():
+        return []
+    with labels.open(newline="", encoding="utf-8") as handle:
+        return [[str(folder / row["file"]), row["label"]] for row in csv.DictReader(handle)
+                if (folder / row["file"]).is_file()]
+
+
+# ---------------------------------------------------------------------------- page
+
+
+def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
+               feedback_dir: str | os.PathLike | None = None, feedback_dataset: str | None = None) -> gr.Blocks:
+    """The Blocks app around `model` (None: the page explains how to train one).
+
+    The Screener holding the event functions is `demo.screener`.
+    """
+    screener = Screener(model, load_error, feedback_dir=feedback_dir, feedback_dataset=feedback_dataset)
+    en = TEXT["en"]
+    initial = {"kind": "no_model", "reason": screener.load_error} if model is None else None
+
+    with gr.Blocks(title="Melanoma screening aid", analytics_enabled=False) as demo:
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4, min_width=240):
+                title = gr.Markdown(en["title"] + "\n\n" + en["intro"], elem_id="title")
+            with gr.Column(scale=1, min_width=180):
+                language = gr.Radio(LANGUAGES, value="en", label="Language / Langue", elem_id="language")
+        disclaimer = gr.HTML(disclaimer_html("en"), elem_id="disclaimer")
+
+        # On a phone the two columns stack: image, button, then the result right below,
+        # before the examples.
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=280):
+                image = gr.Image(
+                    sources=["upload", "webcam", "clipboard"], type="filepath", image_mode=None,
+                    label=en["image"], elem_id="lesion-image",
+                    # On phones, use the back camera and do not mirror the picture.
+                    webcam_options=gr.WebcamOptions(mirror=False, constraints={"video": {"facingMode": "environment"}}),
+                )
+                analyse_button = gr.Button(en["analyse"], variant="primary", elem_id="analyse")
+            with gr.Column(scale=1, min_width=280):
+                first = render_result(initial, "en")
+                risk = gr.HTML(first["risk"], elem_id="risk")
+                probabilities = gr.Label(label=en["probabilities"], num_top_classes=2, show_heading=False,
+                                         elem_id="probabilities")
+                heatmap = gr.Image(label=en["heatmap"], interactive=False, format="png", elem_id="heatmap",
+                                   buttons=["download", "fullscreen"])
+                how_to_read = gr.Markdown(en["how_to_read"], elem_id="how-to-read")
+
+        # The second input only carries each example's true diagnosis into the table.
+        true_diagnosis = gr.Textbox(label=en["true_diagnosis"], visible=False)
+        examples = gr.Examples(read_examples(), inputs=[image, true_diagnosis], label=en["examples"],
+                               cache_examples=False, examples_per_page=8, elem_id="examples")
+        examples.dataset.headers = [en["example"], en["true_diagnosis"]]  # short: fits a phone's width
+
+        with gr.Accordion(en["feedback_title"], open=False, elem_id="feedback") as feedback_box:
+            feedback_intro = gr.Markdown(en["feedback_intro"])
+            truth = gr.Radio([(en["truth_choices"][k], k) for k in TRUE_LABELS], label=en["truth_label"],
+                             elem_id="truth")
+            comment = gr.Textbox(label=en["comment"], placeholder=en["comment_placeholder"], lines=2,
+                                 max_length=MAX_COMMENT_CHARS, elem_id="comment")
+            send = gr.Button(en["send"], elem_id="send-report")
+            feedback_status = gr.Markdown("", elem_id="feedback-status")
+
+        with gr.Accordion(en["about_title"], open=False, elem_id="about") as about_box:
+            about = gr.Markdown(screener.about("en"), elem_id="about-model")
+
+        result_state = gr.State(initial)
+
+        # The public HTTP API: file in, JSON out. Its trigger is a hidden button the page
+        # never clicks, so the page's own (private) events carry the heat map and texts.
+        api_image = gr.Image(type="filepath", image_mode=None, visible=False, label="image")
+        api_result = gr.JSON(visible=False, label="prediction")
+        api_trigger = gr.Button(visible=False)
+        api_trigger.click(
+            screener.predict, inputs=api_image, outputs=api_result, api_name="predict",
+            api_description=("Screen one dermoscopic image. Returns {label, probabilities: {benign, malignant}, "
+                             "risk_level: low|moderate|high, screening_threshold, high_risk_threshold, model_id}, "
+                             "or {error: message} when the image cannot be used."),
+            preprocess=False, concurrency_id="model",
+        )
+
+        analysis = dict(fn=screener.analyse, inputs=[image, language],
+                        outputs=[probabilities, risk, heatmap, result_state, feedback_status],
+                        preprocess=False, api_visibility="private", concurrency_id="model")
+        analyse_button.click(**analysis)
+        examples.load_input_event.then(**analysis)
+
+        send.click(screener.report, inputs=[result_state, truth, comment, language],
+                   outputs=[feedback_status, result_state],
+                   api_visibility="private", concurrency_limit=1)
+
+        def switch_language(lang, state):
+            lang = _lang(lang)
+            text = TEXT[lang]
+            view = render_result(state, lang)
+            return (
+                text["title"] + "\n\n" + text["intro"],
+                disclaimer_html(lang),
+                gr.update(label=text["image"]),
+                gr.update(value=text["analyse"]),
+                gr.update(label=text["examples"], headers=[text["example"], text["true_diagnosis"]]),
+                gr.update(label=text["probabilities"], value=view["probabilities"]),
+                view["risk"],
+                gr.update(label=text["heatmap"]),
+                text["how_to_read"],
+                gr.update(label=text["feedback_title"]),
+                text["feedback_intro"],
+                gr.update(label=text["truth_label"], choices=[(text["truth_choices"][k], k) for k in TRUE_LABELS]),
+                gr.update(label=text["comment"], placeholder=text["comment_placeholder"]),
+                gr.update(value=text["send"]),
+                "",
+                gr.update(label=text["about_title"]),
+                screener.about(lang),
+            )
+
+        language.change(
+            switch_language, inputs=[language, result_state],
+            outputs=[title, disclaimer, image, analyse_button, examples.dataset, probabilities, risk, heatmap,
+                     how_to_read, feedback_box, feedback_intro, truth, comment, send, feedback_status, about_box,
+                     about],
+            api_visibility="private", queue=False,
+        )
+
+    # Two CPU cores: at most two images in the model at once, a bounded waiting line.
+    demo.queue(default_concurrency_limit=2, max_size=32)
+    demo.screener = screener
+    return demo
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve the melanoma screening aid.")
+    parser.add_argument("--model", default=None,
+                        help="local model folder or Hub id (default: $MODEL_ID, else ./model)")
+    # Spaces sets GRADIO_SERVER_NAME/PORT; keep them as the defaults so the Space runs unchanged.
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    return parser.parse_args(argv)
+
+
+# Only `python app.py` reads the command line; `import app` (tests, `gradio app.py`) uses the environment.
+ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+MODEL_SOURCE = ARGS.model or os.environ.get("MODEL_ID") or str(DEFAULT_MODEL_DIR)
+MODEL, MODEL_ERROR = load_model(MODEL_SOURCE)
+demo = build_demo(MODEL, MODEL_ERROR)
+predict = demo.screener.predict
+
+if __name__ == "__main__":
+    demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=ARGS.share, max_file_size="30mb")

@@ -1,0 +1,384 @@
+"""The Gradio app: the /predict HTTP API, bad inputs, feedback, texts and start-up without a model.
+
+The app runs in-process on a free port with the tiny session model and is called
+through gradio_client, exactly as the README's HTTP API snippet does.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib
+import io
+import json
+import math
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from conftest import REPO_ROOT, SHARED_DATASET
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from melanoma_screen.calibration import risk_level  # noqa: E402
+
+EXAMPLES = REPO_ROOT / "examples"
+PREDICTION_KEYS = {"label", "probabilities", "risk_level", "screening_threshold", "high_risk_threshold", "model_id"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def example_rows() -> list[dict]:
+    with (EXAMPLES / "labels.csv").open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir):
+    """`import app` with MODEL_ID pointing at the tiny model (the Spaces way to choose one)."""
+    previous = os.environ.get("MODEL_ID")
+    os.environ["MODEL_ID"] = str(tiny_model_dir)
+    try:
+        sys.modules.pop("app", None)
+        module = importlib.import_module("app")
+    finally:
+        if previous is None:
+            os.environ.pop("MODEL_ID", None)
+        else:
+            os.environ["MODEL_ID"] = previous
+    assert module.MODEL is not None, module.MODEL_ERROR
+    return module
+
+
+@pytest.fixture(scope="module")
+def feedback_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("feedback") / "reports"
+
+
+@pytest.fixture(scope="module")
+def server(app, feedback_dir):
+    demo = app.build_demo(app.MODEL, feedback_dir=feedback_dir)
+    port = free_port()
+    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    try:
+        yield demo, f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server[1], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def good_image() -> str:
+    return str(EXAMPLES / "malignant_1.jpg")
+
+
+@pytest.fixture(scope="module")
+def odd_files(tmp_path_factory, good_image) -> dict[str, Path]:
+    """Inputs people upload by accident or on purpose, made from a real dermoscopic image."""
+    folder = tmp_path_factory.mktemp("odd_inputs")
+    photo = Image.open(good_image).convert("RGB")
+    files = {}
+
+    def path(name):
+        files[name.split(".")[0]] = folder / name
+        return folder / name
+
+    path("not_an_image.txt").write_text("hello, this is not an image\n")
+    path("text_named_jpg.jpg").write_text("text pretending to be a JPEG\n")
+    data = Path(good_image).read_bytes()
+    path("truncated.jpg").write_bytes(data[: len(data) // 2])
+    path("empty.png").write_bytes(b"")
+    # A decompression bomb: a valid PNG header that announces 40000x40000 pixels.
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    png = bytearray(buffer.getvalue())
+    png[16:24] = struct.pack(">II", 40000, 40000)
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF)
+    path("bomb.png").write_bytes(bytes(png))
+    Image.new("RGB", (1, 1), (200, 120, 90)).save(path("one_pixel.png"))
+
+    photo.convert("L").save(path("grayscale.jpg"))
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.new("L", photo.size, 128))
+    rgba.save(path("transparent.png"))
+    photo.convert("CMYK").save(path("cmyk.jpg"))
+    Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257).save(path("sixteen_bit.png"))
+    # Lossless, so the EXIF-rotated file and the upright one hold the same pixels.
+    photo.save(path("upright.png"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    exif[0x010F] = "PhoneMaker"  # camera make: must not reach the feedback folder
+    photo.transpose(Image.Transpose.ROTATE_90).save(path("exif_rotated.png"), exif=exif)
+    photo.save(path("animated.gif"), save_all=True, duration=200, loop=0,
+               append_images=[photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    assert Image.open(files["sixteen_bit"]).mode == "I;16"
+    assert Image.open(files["cmyk"]).mode == "CMYK"
+    assert Image.open(files["animated"]).is_animated
+    return files
+
+
+BAD_INPUTS = {  # file -> words the message must contain
+    "not_an_image": "not an image",
+    "text_named_jpg": "not an image",
+    "truncated": "damaged or truncated",
+    "empty": "empty file",
+    "bomb": "too large",
+    "one_pixel": "too small",
+}
+ODD_BUT_VALID = ["grayscale", "transparent", "cmyk", "sixteen_bit", "exif_rotated", "animated"]
+
+
+def assert_prediction(result: dict, model) -> None:
+    assert set(result) == PREDICTION_KEYS, result
+    probabilities = result["probabilities"]
+    assert set(probabilities) == {"benign", "malignant"}
+    assert math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-6)
+    assert result["label"] == max(probabilities, key=probabilities.get)
+    assert result["screening_threshold"] == model.screening_threshold
+    assert result["high_risk_threshold"] == model.high_risk_threshold
+    assert result["risk_level"] == risk_level(probabilities["malignant"], result["screening_threshold"],
+                                              result["high_risk_threshold"])
+    assert result["model_id"] == model.model_id
+
+
+# ---------------------------------------------------------------------------- the HTTP API
+
+
+def test_api_exposes_only_predict(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == {"/predict"}
+    assert [p["component"] for p in endpoints["/predict"]["parameters"]] == ["Image"]
+
+
+@pytest.mark.parametrize("name", ["benign_1.jpg", "malignant_1.jpg"])
+def test_predict_real_image(client, app, name):
+    path = EXAMPLES / name
+    result = client.predict(handle_file(str(path)), api_name="/predict")
+    assert_prediction(result, app.MODEL)
+    direct = app.MODEL.predict(str(path)).to_json()
+    assert result["label"] == direct["label"] and result["risk_level"] == direct["risk_level"]
+    for label, probability in direct["probabilities"].items():
+        assert math.isclose(result["probabilities"][label], probability, abs_tol=1e-9)
+    assert app.predict(str(path)) == direct  # the module-level pure function
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_a_message_and_the_server_keeps_serving(client, app, server, odd_files, good_image, name):
+    result = client.predict(handle_file(str(odd_files[name])), api_name="/predict")
+    assert set(result) == {"error"}, result
+    assert BAD_INPUTS[name] in result["error"] and "Traceback" not in result["error"]
+    assert_prediction(client.predict(handle_file(good_image), api_name="/predict"), app.MODEL)
+
+    # The page's own event turns the same file into a message box, not an exception.
+    probabilities, risk, heatmap, state, _ = server[0].screener.analyse({"path": str(odd_files[name])}, "en")
+    assert probabilities is None and heatmap is None and state["kind"] == "bad_image"
+    assert 'data-kind="error"' in risk and BAD_INPUTS[name] in risk
+
+
+@pytest.mark.parametrize("name", ODD_BUT_VALID)
+def test_odd_but_valid_formats_predict(client, app, server, odd_files, name):
+    result = client.predict(handle_file(str(odd_files[name])), api_name="/predict")
+    assert_prediction(result, app.MODEL)
+    assert result == app.MODEL.predict(str(odd_files[name])).to_json()
+    probabilities, risk, heatmap, state, _ = server[0].screener.analyse({"path": str(odd_files[name])}, "en")
+    assert state["kind"] == "result" and f'data-risk="{result["risk_level"]}"' in risk
+    assert isinstance(heatmap, Image.Image) and heatmap.mode == "RGB"
+
+
+def test_exif_rotation_is_applied(client, odd_files):
+    rotated = client.predict(handle_file(str(odd_files["exif_rotated"])), api_name="/predict")
+    upright = client.predict(handle_file(str(odd_files["upright"])), api_name="/predict")
+    assert rotated == upright
+
+
+def test_empty_submit(client, server, good_image, app):
+    result = client.predict(None, api_name="/predict")
+    assert set(result) == {"error"} and "No image" in result["error"]
+    assert_prediction(client.predict(handle_file(good_image), api_name="/predict"), app.MODEL)
+    probabilities, risk, heatmap, state, _ = server[0].screener.analyse(None, "en")
+    assert probabilities is None and state == {"kind": "no_image"} and "No image" in risk
+
+
+def test_page_analysis_gives_probabilities_risk_and_heatmap(server, good_image, app):
+    probabilities, risk, heatmap, state, status = server[0].screener.analyse({"path": good_image}, "en")
+    direct = app.MODEL.predict(good_image).to_json()
+    assert probabilities == pytest.approx({"benign": direct["probabilities"]["benign"],
+                                           "malignant (melanoma)": direct["probabilities"]["malignant"]})
+    assert f'data-risk="{direct["risk_level"]}"' in risk
+    assert heatmap.size == Image.open(good_image).size
+    assert state["kind"] == "result" and state["prediction"] == direct and status == ""
+
+
+def test_large_photo_is_analysed_and_its_heatmap_shown_at_screen_size(server, good_image, tmp_path, app):
+    large = tmp_path / "large.jpg"
+    Image.open(good_image).resize((3000, 2000)).save(large, quality=90)
+    _, risk, heatmap, state, _ = server[0].screener.analyse({"path": str(large)}, "en")
+    assert state["kind"] == "result" and state["prediction"] == app.MODEL.predict(str(large)).to_json()
+    assert heatmap.size == (1024, 683)
+
+
+def test_predicting_stores_nothing(client, server, feedback_dir, good_image, odd_files):
+    client.predict(handle_file(good_image), api_name="/predict")
+    server[0].screener.analyse({"path": good_image}, "en")
+    server[0].screener.analyse({"path": str(odd_files["exif_rotated"])}, "fr")
+    assert not feedback_dir.exists() or not any(feedback_dir.iterdir())
+
+
+# ---------------------------------------------------------------------------- feedback
+
+
+def test_report_stores_exactly_one_record_without_metadata(app, tmp_path, odd_files):
+    folder = tmp_path / "feedback"
+    screener = app.Screener(app.MODEL, feedback_dir=folder)
+    # Nothing to report before an analysis, and a true diagnosis is required.
+    assert "Analyse an image first" in screener.report(None, "malignant", "", "en")[0]
+    *_, state, _ = screener.analyse({"path": str(odd_files["exif_rotated"])}, "en")
+    assert "true diagnosis" in screener.report(state, None, "", "en")[0]
+    assert not folder.exists()
+
+    message, reported = screener.report(state, "malignant", "  biopsy: melanoma  ", "en")
+    assert message.startswith("Thank you")
+    # A second click on the same result stores nothing more.
+    again, _ = screener.report(reported, "malignant", "", "en")
+    assert "already been reported" in again
+    records = [path for path in folder.iterdir() if path.is_dir()]
+    assert len(records) == 1 and records[0].name in message
+    report = json.loads((records[0] / "report.json").read_text())
+    assert report["true_label"] == "malignant" and report["comment"] == "biopsy: melanoma"
+    assert report["prediction"] == state["prediction"] and report["version"] == app.MODEL.version
+    with Image.open(records[0] / "image.png") as stored:
+        assert not stored.getexif() and "exif" not in stored.info
+        upright = Image.open(odd_files["upright"]).convert("RGB")
+        assert stored.size == upright.size  # stored upright, as analysed
+        assert np.array_equal(np.asarray(stored.convert("RGB")), np.asarray(upright))
+
+
+def test_report_folder_comes_from_feedback_dir(app, tmp_path, monkeypatch, good_image):
+    monkeypatch.setenv("FEEDBACK_DIR", str(tmp_path / "from_env"))
+    monkeypatch.delenv("FEEDBACK_DATASET", raising=False)
+    screener = app.Screener(app.MODEL)
+    *_, state, _ = screener.analyse({"path": good_image}, "fr")
+    assert screener.report(state, "benign", "", "fr")[0].startswith("Merci")
+    assert len(list((tmp_path / "from_env").glob("*/report.json"))) == 1
+
+
+# ---------------------------------------------------------------------------- texts
+
+
+def test_risk_levels_have_advice_in_both_languages(app):
+    prediction = {"label": "malignant", "probabilities": {"benign": 0.3, "malignant": 0.7},
+                  "screening_threshold": 0.2, "high_risk_threshold": 0.6, "model_id": "m"}
+    expected = {"low": ("urgent", "urgent"), "moderate": ("doctor", "médecin"), "high": ("dermatologist", "dermatologue")}
+    for level, (english, french) in expected.items():
+        prediction["risk_level"] = level
+        assert english in app.risk_html(prediction, "en") and f'data-risk="{level}"' in app.risk_html(prediction, "en")
+        assert french in app.risk_html(prediction, "fr")
+    assert "70.0%" in app.risk_html(prediction, "en") and "70,0\u202f%" in app.risk_html(prediction, "fr")
+    assert set(app.TEXT["en"]) == set(app.TEXT["fr"])
+
+
+def test_image_errors_are_translated(app):
+    assert app.translate_image_error("The image is too small (1x1 pixels). Please upload an image at least 32x32 pixels.",
+                                     "fr") == "l'image est trop petite (1×1 pixels). Importez une image d'au moins 32×32 pixels."
+    assert app.translate_image_error("Something new.", "fr") == "Something new."
+
+
+def test_about_shows_id_version_and_test_metrics(app):
+    about = app.about_markdown(app.MODEL, "en")
+    report = app.MODEL.eval_results
+    for needle in (app.MODEL.model_id, app.MODEL.version, "ROC AUC", "Accuracy", "Sensitivity", "Specificity", "ECE",
+                   f"{report['test_at_screening_threshold']['sensitivity']:.3f}"):
+        assert needle in about
+    assert "Sensibilité" in app.about_markdown(app.MODEL, "fr")
+
+
+def test_examples_are_real_test_images_with_true_labels():
+    rows = example_rows()
+    labels = [row["label"] for row in rows]
+    assert len(rows) >= 6 and labels.count("benign") >= 3 and labels.count("malignant") >= 3
+    assert sum((EXAMPLES / row["file"]).stat().st_size for row in rows) < 1_000_000
+    for row in rows:
+        assert row["file"].startswith(row["label"])
+        assert "/test/" in row["source"]
+        original = SHARED_DATASET.parent / row["source"]
+        if original.is_file():
+            digest = hashlib.sha256((EXAMPLES / row["file"]).read_bytes()).hexdigest()
+            assert digest == hashlib.sha256(original.read_bytes()).hexdigest(), row
+
+
+def test_command_line_defaults(app, monkeypatch):
+    for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    args = app.parse_args([])
+    assert (args.model, args.host, args.port, args.share) == (None, "127.0.0.1", 7860, False)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # what Spaces sets
+    assert app.parse_args([]).host == "0.0.0.0"
+
+
+# ---------------------------------------------------------------------------- no model
+
+
+def test_offline_hub_id_gives_the_train_a_model_message(app, good_image):
+    model, reason = app.load_model("open-melanoma/vit-melanoma-screening")
+    assert model is None and reason
+    result = app.Screener(None, reason).predict(good_image)
+    assert set(result) == {"error"} and "train_vit.py" in result["error"] and "--output-dir model" in result["error"]
+
+
+def test_app_starts_without_a_model(tmp_path, good_image):
+    port = free_port()
+    log = tmp_path / "app.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "FEEDBACK_DIR": str(tmp_path / "feedback")}
+    env.pop("MODEL_ID", None)
+    with log.open("w") as output:
+        process = subprocess.Popen([sys.executable, "app.py", "--model", str(tmp_path / "missing"), "--port", str(port)],
+                                   cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.time() + 90
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the app did not start: " + log.read_text()
+            time.sleep(0.5)
+        with urllib.request.urlopen(url + "config", timeout=10) as response:
+            assert "No model is loaded" in response.read().decode()  # shown on the page
+        result = Client(url, verbose=False).predict(handle_file(good_image), api_name="/predict")
+        assert set(result) == {"error"}
+        assert "No model is loaded" in result["error"] and "python train_vit.py" in result["error"]
+        assert "--output-dir model" in result["error"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    output = log.read_text()
+    assert "Traceback" not in output, output
+    assert not (tmp_path / "feedback").exists()

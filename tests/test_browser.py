@@ -1,0 +1,189 @@
+"""End to end in headless Chromium: the page a person sees, on a desktop and on a phone.
+
+Runs `python app.py` with the tiny session model and drives it with Playwright.
+Uses the system Chromium (Debian package `chromium`, installed by .ci/run), never
+a browser downloaded by `playwright install`. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+
+from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+EXAMPLES = REPO_ROOT / "examples"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update"]
+TIMEOUT_MS = 30_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def feedback_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("browser_feedback") / "reports"
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model_dir, feedback_dir, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("browser_app") / "app.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "FEEDBACK_DIR": str(feedback_dir)}
+    env.pop("FEEDBACK_DATASET", None)
+    with log.open("w") as output:
+        process = subprocess.Popen([sys.executable, "app.py", "--model", str(tiny_model_dir), "--port", str(port)],
+                                   cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "the app did not start: " + log.read_text()
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_page(browser, url, **context_args):
+    page = browser.new_context(**context_args).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    expect(page.locator("#analyse")).to_be_visible()
+    return page
+
+
+def screenshot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def wait_for_result(page) -> str:
+    """Waits for a risk level, the probabilities and the heat map; returns the risk level."""
+    risk = page.locator("#risk [data-risk]")
+    expect(risk).to_be_visible()
+    expect(page.locator("#probabilities")).to_contain_text("%")
+    heatmap = page.locator("#heatmap img")
+    expect(heatmap).to_be_visible()
+    assert heatmap.evaluate("img => img.complete && img.naturalWidth > 0")
+    return risk.get_attribute("data-risk")
+
+
+def upload(page, path: Path) -> None:
+    """Chooses a file in the image input and waits until the upload shows in the preview."""
+    page.locator("#lesion-image input[type=file]").set_input_files(str(path))
+    expect(page.locator("#lesion-image img")).to_have_attribute("src", re.compile(re.escape(path.name)))
+
+
+def test_example_result_french_and_report(browser, app_url, feedback_dir):
+    page = open_page(browser, app_url, viewport={"width": 1280, "height": 900})
+    expect(page.locator("#disclaimer")).to_contain_text("not a diagnosis")
+    examples = page.locator("#examples")
+    expect(examples).to_contain_text("benign")
+    expect(examples).to_contain_text("malignant")
+
+    # The fifth example is the first malignant one (examples/labels.csv order).
+    examples.locator('[data-testid="dataset-cell-4-0"]').click()
+    level = wait_for_result(page)
+    assert level in ("low", "moderate", "high")
+    expect(page.locator("#risk")).to_contain_text({"low": "Low", "moderate": "Moderate", "high": "High"}[level])
+    expect(page.locator("#probabilities")).to_contain_text("malignant (melanoma)")
+    page.locator("#about").get_by_text("About the model").click()
+    expect(page.locator("#about-model")).to_contain_text("ROC AUC")
+    screenshot(page, "app-desktop-en.png")
+    assert not feedback_dir.exists()  # analysing stores nothing
+
+    page.get_by_label("Français").check()
+    expect(page.locator("#risk")).to_contain_text("Niveau de risque")
+    expect(page.locator("#disclaimer")).to_contain_text("pas un diagnostic")
+    expect(page.locator("#probabilities")).to_contain_text("malin (mélanome)")
+    expect(page.locator("#analyse")).to_have_text("Analyser")
+    expect(page.locator("#about-model")).to_contain_text("Sensibilité")
+
+    page.locator("#feedback").get_by_text("Signaler une prédiction erronée").click()
+    page.locator("#truth").get_by_label("Bénin").check()
+    page.locator("#comment textarea").fill("biopsie : naevus bénin")
+    page.locator("#send-report").click()
+    expect(page.locator("#feedback-status")).to_contain_text("Merci")
+    screenshot(page, "app-desktop-fr.png")
+    assert len(list(feedback_dir.glob("*/report.json"))) == 1
+    page.locator("#send-report").click()  # a second click stores nothing more
+    expect(page.locator("#feedback-status")).to_contain_text("déjà été signalé")
+    assert len(list(feedback_dir.glob("*/report.json"))) == 1
+    page.context.close()
+
+
+def test_phone_layout(browser, app_url):
+    page = open_page(browser, app_url, viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                     is_mobile=True, has_touch=True)
+    page.locator('#examples [data-testid="dataset-cell-0-0"]').click()
+    wait_for_result(page)
+    # Responsive: nothing wider than the screen, so no sideways scrolling.
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    # The result comes right after the Analyse button, above the examples.
+    analyse_box = page.locator("#analyse").bounding_box()
+    assert analyse_box["y"] < page.locator("#risk").bounding_box()["y"] < page.locator("#examples").bounding_box()["y"]
+    screenshot(page, "app-phone.png")
+    page.context.close()
+
+
+def test_bad_uploads_show_a_message(browser, app_url, tmp_path):
+    page = open_page(browser, app_url, viewport={"width": 1280, "height": 900})
+    page.locator("#analyse").click()  # empty submit
+    expect(page.locator("#risk")).to_contain_text("No image was given")
+
+    text_as_jpeg = tmp_path / "holiday.jpg"
+    text_as_jpeg.write_text("not really a JPEG\n")
+    truncated = tmp_path / "truncated.jpg"
+    data = (EXAMPLES / "benign_1.jpg").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    for path, words in ((text_as_jpeg, "not an image"), (truncated, "damaged or truncated")):
+        upload(page, path)
+        page.locator("#analyse").click()
+        expect(page.locator("#risk")).to_contain_text(words)
+        expect(page.locator("#risk")).to_contain_text("could not be analysed")
+
+    # A good upload afterwards still works.
+    upload(page, EXAMPLES / "benign_2.jpg")
+    page.locator("#analyse").click()
+    wait_for_result(page)
+    screenshot(page, "app-after-bad-uploads.png")
+    page.context.close()

@@ -1,0 +1,231 @@
+import io
+import json
+import shutil
+
+import huggingface_hub
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+from melanoma_screen.calibration import softmax_probs
+from melanoma_screen.images import ImageLoadError, load_rgb_image
+from melanoma_screen.inference import ModelLoadError, Prediction, ScreeningModel
+
+from conftest import real_images
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return ScreeningModel.load(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return real_images("test", "benign", 3) + real_images("test", "malignant", 3)
+
+
+def jpeg_bytes(image, **save_args):
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **save_args)
+    return buffer.getvalue()
+
+
+def png_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------ loading
+
+
+def test_load_reads_folder_metadata(model, tiny_model_dir):
+    assert model.model_id == tiny_model_dir.name
+    assert len(model.version) == 12 and int(model.version, 16) >= 0
+    assert model.image_size == 64
+    assert model.eval_results is not None and "operating_points" in model.eval_results
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    assert model.screening_threshold == config["screening_threshold"]
+    assert model.high_risk_threshold == config["high_risk_threshold"]
+    assert model.temperature == 1.0  # folded into the classifier by training
+    assert not model.model.training
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_version_changes_with_the_weights(tiny_model_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    original = ScreeningModel.load(str(copy)).version
+    with open(copy / "model.safetensors", "r+b") as handle:
+        handle.seek(-1, 2)
+        last = handle.read(1)
+        handle.seek(-1, 2)
+        handle.write(bytes([last[0] ^ 1]))
+    assert ScreeningModel.load(str(copy)).version != original
+
+
+def test_hub_id_offline_is_one_clear_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as caught:
+        ScreeningModel.load("someone/melanoma-model-that-is-not-cached")
+    message = str(caught.value)
+    assert message == (
+        "Could not load model 'someone/melanoma-model-that-is-not-cached' from the Hugging Face Hub (offline); "
+        "pass a local folder with --model or MODEL_ID."
+    )
+
+
+def test_missing_folder_and_incomplete_folder(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such folder"):
+        ScreeningModel.load(str(tmp_path / "does not exist"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json is missing"):
+        ScreeningModel.load(str(tmp_path / "empty"))
+
+
+def test_missing_thresholds_default_to_one_half_with_a_warning(tiny_model_dir, tmp_path):
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_model_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((copy / "config.json").read_text())
+    for key in ("screening_threshold", "high_risk_threshold"):
+        del config[key]
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="screening_threshold"):
+        model = ScreeningModel.load(str(copy))
+    assert (model.screening_threshold, model.high_risk_threshold) == (0.5, 0.5)
+
+
+def test_unfolded_temperature_is_applied(tiny_model_dir, tmp_path, images):
+    copy = tmp_path / "unfolded"
+    shutil.copytree(tiny_model_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((copy / "config.json").read_text())
+    config.update(temperature_folded_into_classifier=False, calibration_temperature=2.0)
+    (copy / "config.json").write_text(json.dumps(config))
+    model = ScreeningModel.load(str(copy))
+    with torch.no_grad():
+        logits = model.model(pixel_values=model.preprocess([load_rgb_image(images[0])])).logits
+    expected = softmax_probs(logits, 2.0)[0]
+    got = model.predict(images[0]).probabilities
+    np.testing.assert_allclose([got["benign"], got["malignant"]], expected, atol=1e-6)
+
+
+# ------------------------------------------------------------------ predict
+
+
+def test_predict_matches_transformers_pipeline(model, tiny_model_dir, images):
+    classifier = pipeline("image-classification", model=str(tiny_model_dir), device="cpu")
+    for path in images:
+        expected = {row["label"]: row["score"] for row in classifier(str(path))}
+        prediction = model.predict(path)
+        assert set(prediction.probabilities) == {"benign", "malignant"}
+        for label, probability in expected.items():
+            assert abs(prediction.probabilities[label] - probability) < 1e-4
+        assert prediction.label == max(expected, key=expected.get)
+        assert prediction.malignant_probability == prediction.probabilities["malignant"]
+        assert abs(sum(prediction.probabilities.values()) - 1) < 1e-9
+
+
+def test_fast_preprocess_equals_image_processor(model, images):
+    photo = load_rgb_image(images[0])
+    batch = [photo, photo.crop((10, 20, 250, 140)), photo.resize((37, 90)), load_rgb_image(images[4])]
+    fast = model.preprocess(batch)
+    reference = model.image_processor(batch, return_tensors="pt")["pixel_values"]
+    assert fast.dtype == torch.float32 and fast.shape == reference.shape == (4, 3, 64, 64)
+    assert float((fast - reference).abs().max()) < 1e-5
+
+
+def test_predict_batch_equals_predict(model, images):
+    sources = [images[0], images[3].read_bytes(), Image.open(images[4]), np.asarray(Image.open(images[5]))]
+    batched = model.predict_batch(sources, batch_size=3)
+    assert len(batched) == len(sources)
+    for source, prediction in zip(sources, batched):
+        single = model.predict(source)
+        assert single.label == prediction.label and single.risk_level == prediction.risk_level
+        assert abs(single.malignant_probability - prediction.malignant_probability) < 1e-5
+
+
+def test_to_json_has_exactly_the_documented_keys(model, images):
+    prediction = model.predict(images[0])
+    assert isinstance(prediction, Prediction)
+    data = prediction.to_json()
+    assert set(data) == {"label", "probabilities", "risk_level", "screening_threshold", "high_risk_threshold", "model_id"}
+    json.dumps(data)  # plain Python types only
+
+
+def test_risk_levels_at_and_around_both_thresholds(model, images, monkeypatch):
+    p = model.predict(images[0]).malignant_probability
+    eps = 1e-3
+    cases = [
+        ((p + eps, p + 2 * eps), "low"),       # below screening
+        ((p, p + eps), "moderate"),            # exactly at screening
+        ((p - eps, p + eps), "moderate"),      # between the two
+        ((p - eps, p), "high"),                # exactly at high risk
+        ((p - 2 * eps, p - eps), "high"),      # above high risk
+        ((p, p), "high"),                      # empty moderate band
+    ]
+    for (screening, high_risk), expected in cases:
+        monkeypatch.setattr(model, "screening_threshold", screening)
+        monkeypatch.setattr(model, "high_risk_threshold", high_risk)
+        prediction = model.predict(images[0])
+        assert prediction.malignant_probability == p
+        assert prediction.risk_level == expected, (screening, high_risk, p)
+        assert (prediction.screening_threshold, prediction.high_risk_threshold) == (screening, high_risk)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def test_bad_inputs_raise_image_load_error(model, images, tmp_path):
+    data = images[0].read_bytes()
+    tiny = png_bytes(Image.new("RGB", (1, 1), (200, 100, 50)))
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    for bad in (data[: len(data) // 2], b"this is a text file, not an image\n", tiny, str(empty), None):
+        with pytest.raises(ImageLoadError):
+            model.predict(bad)
+    with pytest.raises(ImageLoadError):
+        model.predict_batch([images[0], b"not an image"])
+    with pytest.raises(ImageLoadError):
+        model.explain(b"not an image")
+
+
+def test_exif_rotation_is_applied(model, images):
+    photo = load_rgb_image(images[0]).crop((0, 0, 300, 200))  # not square, so a rotation shows in the size
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    decoded = load_rgb_image(jpeg_bytes(photo, exif=exif, quality=95))
+    assert decoded.size == (200, 300)
+    upright = np.asarray(photo.transpose(Image.Transpose.ROTATE_270), dtype=np.float32)
+    wrong_way = np.asarray(photo.transpose(Image.Transpose.ROTATE_90), dtype=np.float32)
+    got = np.asarray(decoded, dtype=np.float32)
+    assert np.abs(got - upright).mean() < 4 < np.abs(got - wrong_way).mean()
+    assert model.predict(jpeg_bytes(photo, exif=exif)).label in ("benign", "malignant")
+
+
+def test_unusual_image_formats_predict(model, images):
+    photo = load_rgb_image(images[0])
+    gray16 = Image.fromarray((np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16))
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(photo.size))
+    frames = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(io.BytesIO(gif.getvalue())).n_frames == 2
+    cases = {
+        "grayscale": png_bytes(photo.convert("L")),
+        "rgba": png_bytes(rgba),
+        "cmyk jpeg": jpeg_bytes(photo.convert("CMYK")),
+        "16-bit png": png_bytes(gray16),
+        "animated gif": gif.getvalue(),
+        "palette": photo.convert("P"),
+        "float array": np.asarray(photo, dtype=np.float32) / 255,
+    }
+    assert Image.open(io.BytesIO(cases["16-bit png"])).mode.startswith("I")
+    for name, source in cases.items():
+        prediction = model.predict(source)
+        probabilities = list(prediction.probabilities.values())
+        assert np.all(np.isfinite(probabilities)) and abs(sum(probabilities) - 1) < 1e-9, name
+        assert prediction.risk_level in ("low", "moderate", "high"), name
