@@ -1,0 +1,185 @@
+"""Evaluate a saved model on a labelled image folder, optionally under acquisition shifts.
+
+    python evaluate.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test
+    python evaluate.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test --robustness
+    python evaluate.py --model model --data-dir /path/to/external_set       # {benign,malignant}/*.jpg
+
+The model is scored through the app's inference path, at 0.5 and at the two
+thresholds stored with it, so the figures are the ones users get. When the
+model folder holds the eval_results.json written by training, the rerun is
+compared with it.
+
+--robustness scores the same images again under shifts that another clinic's
+dermatoscope or a phone would cause (colour casts, exposure, blur, zoom,
+framing, JPEG compression, low resolution) and reports the ROC AUC drop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter
+from tqdm import tqdm
+
+import data_prep
+from melanoma_screen import metrics
+from melanoma_screen.images import load_rgb_image
+from melanoma_screen.inference import ScreeningModel
+
+
+def _colour_cast(gains):
+    def shift(image: Image.Image) -> Image.Image:
+        array = np.asarray(image, dtype=np.float32) * np.asarray(gains, dtype=np.float32)
+        return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+    return shift
+
+
+def _zoom(fraction: float):
+    def shift(image: Image.Image) -> Image.Image:
+        width, height = image.size
+        crop_w, crop_h = int(width * fraction), int(height * fraction)
+        left, top = (width - crop_w) // 2, (height - crop_h) // 2
+        return image.resize(image.size, Image.Resampling.BILINEAR, box=(left, top, left + crop_w, top + crop_h))
+    return shift
+
+
+def _off_centre_crop(image: Image.Image) -> Image.Image:
+    width, height = image.size
+    return image.crop((width // 4, 0, width, height * 3 // 4)).resize(image.size, Image.Resampling.BILINEAR)
+
+
+def _zoom_out(image: Image.Image) -> Image.Image:
+    # A wider field of view: the lesion gets smaller, surrounded by more skin (edge-padded).
+    small = np.asarray(image.resize((image.width * 2 // 3, image.height * 2 // 3), Image.Resampling.BILINEAR))
+    pad_h, pad_w = (image.height - small.shape[0]) // 2, (image.width - small.shape[1]) // 2
+    padded = np.pad(small, ((pad_h, image.height - small.shape[0] - pad_h), (pad_w, image.width - small.shape[1] - pad_w), (0, 0)), mode="edge")
+    return Image.fromarray(padded)
+
+
+def _jpeg(quality: int):
+    def shift(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return shift
+
+
+def _low_resolution(image: Image.Image) -> Image.Image:
+    return image.resize((image.width // 4, image.height // 4), Image.Resampling.BILINEAR).resize(image.size, Image.Resampling.BILINEAR)
+
+
+# Magnitudes are what one sees between dermatoscopes and phone set-ups, not
+# adversarial extremes: a warm or cool white balance, a stop of exposure, a
+# slightly defocused lens, another zoom or framing, a messaging app's JPEG.
+SHIFTS = {
+    "warm colour cast": _colour_cast((1.12, 1.0, 0.85)),
+    "cool colour cast": _colour_cast((0.88, 1.0, 1.15)),
+    "brighter (+35%)": lambda image: ImageEnhance.Brightness(image).enhance(1.35),
+    "darker (-35%)": lambda image: ImageEnhance.Brightness(image).enhance(0.65),
+    "lower contrast (-40%)": lambda image: ImageEnhance.Contrast(image).enhance(0.6),
+    "gaussian blur (r=2)": lambda image: image.filter(ImageFilter.GaussianBlur(2)),
+    "zoom in (70% centre crop)": _zoom(0.7),
+    "zoom out (lesion at 2/3 size)": _zoom_out,
+    "off-centre crop": _off_centre_crop,
+    "JPEG quality 20": _jpeg(20),
+    "low resolution (1/4)": _low_resolution,
+}
+
+
+def score(model: ScreeningModel, paths, shift=None, batch_size: int = 32, desc: str = "scoring") -> np.ndarray:
+    probabilities = []
+    for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False):
+        images = [load_rgb_image(path) for path in paths[start:start + batch_size]]
+        if shift is not None:
+            images = [shift(image) for image in images]
+        probabilities += [p.malignant_probability for p in model.predict_batch(images, batch_size=batch_size)]
+    return np.asarray(probabilities)
+
+
+def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_size: int = 32) -> dict:
+    paths = [record.path for record in records]
+    labels = np.asarray([record.label for record in records])
+    clean = score(model, paths, batch_size=batch_size, desc="clean")
+    report = {
+        "model_id": model.model_id,
+        "model_version": model.version,
+        "n_images": len(paths),
+        "at_0_5": metrics.binary_metrics(labels, clean, 0.5),
+        "at_screening_threshold": metrics.binary_metrics(labels, clean, model.screening_threshold),
+        "at_high_risk_threshold": metrics.binary_metrics(labels, clean, model.high_risk_threshold),
+    }
+    if robustness:
+        clean_auc = report["at_0_5"]["roc_auc"]
+        report["robustness"] = {}
+        for name, shift in SHIFTS.items():
+            shifted = score(model, paths, shift=shift, batch_size=batch_size, desc=name)
+            at_screening = metrics.binary_metrics(labels, shifted, model.screening_threshold)
+            report["robustness"][name] = {
+                "roc_auc": at_screening["roc_auc"],
+                "auc_drop": None if clean_auc is None else clean_auc - at_screening["roc_auc"],
+                "sensitivity_at_screening": at_screening["sensitivity"],
+                "specificity_at_screening": at_screening["specificity"],
+                "ece": at_screening["ece"],
+            }
+    return report
+
+
+def print_report(report: dict, stored: dict | None) -> None:
+    print(f"\n{report['model_id']} ({report['model_version']}) on {report['n_images']} images")
+    print(f"{'':28s} {'AUC':>6s} {'acc':>6s} {'sens':>6s} {'spec':>6s} {'F1':>6s} {'ECE':>6s}")
+    for key, name in (("at_0_5", "threshold 0.5"), ("at_screening_threshold", "screening threshold"),
+                      ("at_high_risk_threshold", "high-risk threshold")):
+        m = report[key]
+        auc = "   n/a" if m["roc_auc"] is None else f"{m['roc_auc']:6.3f}"
+        print(f"{name + ' (' + format(m['threshold'], '.3f') + ')':28s} {auc} {m['accuracy']:6.3f} "
+              f"{m['sensitivity']:6.3f} {m['specificity']:6.3f} {m['f1']:6.3f} {m['ece']:6.3f}")
+    if "robustness" in report:
+        print(f"\n{'shift':32s} {'AUC':>6s} {'drop':>6s} {'sens@scr':>9s} {'spec@scr':>9s}")
+        for name, row in report["robustness"].items():
+            print(f"{name:32s} {row['roc_auc']:6.3f} {row['auc_drop']:+6.3f} {row['sensitivity_at_screening']:9.3f} "
+                  f"{row['specificity_at_screening']:9.3f}")
+    if stored:
+        largest = max(
+            abs(report[new][name] - stored[old][name])
+            for new, old in (("at_0_5", "test_at_0_5"), ("at_screening_threshold", "test_at_screening_threshold"))
+            for name in ("accuracy", "sensitivity", "specificity", "roc_auc")
+            if stored.get(old) and stored[old].get(name) is not None
+        )
+        print(f"\nlargest difference from the stored eval_results.json: {largest * 100:.2f} points")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--model", default="model", help="Model folder (or Hub id).")
+    parser.add_argument("--data-dir", required=True, help="Image folder: {split}/{benign,malignant}/* or {benign,malignant}/*.")
+    parser.add_argument("--split", default=None, help="Split folder to score, e.g. test (omit when --data-dir holds the label folders).")
+    parser.add_argument("--robustness", action="store_true", help="Also score under acquisition shifts.")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", default=None, help="Write the report as JSON here.")
+    args = parser.parse_args(argv)
+
+    data_dir = Path(args.data_dir)
+    if args.split is None:
+        # A bare {benign,malignant} folder, as external sets usually come: read it as one split.
+        scan = data_prep.scan_image_folder(data_dir.parent, splits=(data_dir.name,))
+    else:
+        scan = data_prep.scan_image_folder(data_dir, splits=(args.split,))
+    for skipped in scan.skipped:
+        print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    model = ScreeningModel.load(args.model)
+    report = evaluate(model, scan.records, robustness=args.robustness, batch_size=args.batch_size)
+    report["data"] = {"data_dir": str(data_dir), "split": args.split, "counts": scan.counts, "skipped": len(scan.skipped)}
+    print_report(report, model.eval_results if args.split == "test" else None)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The evaluation command reproduces training's test report and probes acquisition shifts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import evaluate
+from conftest import real_images
+
+
+def test_rerun_on_the_test_split_matches_the_stored_report(tiny_model_dir, tiny_image_folder, tmp_path):
+    out = tmp_path / "report.json"
+    assert evaluate.main(["--model", str(tiny_model_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
+                          "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    stored = json.loads((tiny_model_dir / "eval_results.json").read_text())
+    assert report["n_images"] == 20
+    for new, old in (("at_0_5", "test_at_0_5"), ("at_screening_threshold", "test_at_screening_threshold")):
+        for name in ("roc_auc", "accuracy", "sensitivity", "specificity"):
+            assert report[new][name] == pytest.approx(stored[old][name], abs=0.005), (new, name)
+
+
+def test_a_bare_label_folder_is_read_as_one_split(tiny_model_dir, tiny_image_folder):
+    model = evaluate.ScreeningModel.load(str(tiny_model_dir))
+    scan = evaluate.data_prep.scan_image_folder(tiny_image_folder, splits=("test",))
+    report = evaluate.evaluate(model, scan.records, robustness=True)
+    assert set(report["robustness"]) == set(evaluate.SHIFTS)
+    for row in report["robustness"].values():
+        assert 0.0 <= row["roc_auc"] <= 1.0
+        assert row["auc_drop"] == pytest.approx(report["at_0_5"]["roc_auc"] - row["roc_auc"])
+
+
+@pytest.mark.parametrize("name", sorted(evaluate.SHIFTS))
+def test_every_shift_keeps_the_size_and_changes_the_pixels(name):
+    image = Image.open(real_images("test", "benign", 1)[0]).convert("RGB")
+    shifted = evaluate.SHIFTS[name](image)
+    assert shifted.size == image.size and shifted.mode == "RGB"
+    assert np.abs(np.asarray(shifted, dtype=np.float32) - np.asarray(image, dtype=np.float32)).mean() > 0.5
