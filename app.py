@@ -38,12 +38,13 @@ from PIL import Image  # noqa: E402
 from melanoma_screen.explain import HOW_TO_READ, overlay_heatmap  # noqa: E402
 from melanoma_screen.feedback import FeedbackStore  # noqa: E402
 from melanoma_screen.images import ImageLoadError, load_rgb_image  # noqa: E402
-from melanoma_screen.inference import ModelLoadError, ScreeningModel  # noqa: E402
+from melanoma_screen.inference import (  # noqa: E402
+    FAST, ModelLoadError, ScreeningModel, default_model_source,
+)
 
 logger = logging.getLogger("app")
 
 REPO_ROOT = Path(__file__).resolve().parent
-DEFAULT_MODEL_DIR = REPO_ROOT / "model"
 EXAMPLES_DIR = REPO_ROOT / "examples"
 TRAIN_COMMAND = ("python train_vit.py --data-dir ../shared/data/melanoma_cancer_dataset "
                  "--scratch-config tiny --image-size 64 --max-steps 20 --output-dir model")
@@ -56,6 +57,15 @@ RISK_COLOURS = {  # background, border; dark text reads on all three in light an
 }
 MAX_COMMENT_CHARS = 2000
 HEATMAP_MAX_SIDE = 1024
+# Analyses that run at once; the rest wait in the queue (2 CPU cores: two).
+MODEL_CONCURRENCY = 2
+# Threads per analysis: the cores shared out between the concurrent analyses. With
+# PyTorch's default, a thread per core for each analysis, two analyses put 4 threads
+# on 2 cores that wait on each other at every operation: the heat-map's PyTorch pass
+# went from 18 ms to 1.3 s (benchmarks/README.md). ONNX Runtime, which scores the
+# images, uses one thread per image anyway. This is the only place the app sets threads.
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+ANALYSIS_THREADS = max(1, _CORES // MODEL_CONCURRENCY)
 
 # ---------------------------------------------------------------------------- texts
 
@@ -266,7 +276,7 @@ def no_model_reason(source: str, error: Exception) -> str:
 def load_model(source: str) -> tuple[ScreeningModel | None, str | None]:
     """(model, None), or (None, a one-line reason) when the model cannot be loaded."""
     try:
-        return ScreeningModel.load(source), None
+        return ScreeningModel.load(source, num_threads=ANALYSIS_THREADS, **FAST), None
     except Exception as error:  # missing folder, offline Hub id, broken files: the app still starts
         reason = no_model_reason(source, error)
         logger.warning("No model loaded (%s). Train one with: %s", reason, TRAIN_COMMAND)
@@ -358,8 +368,10 @@ class Screener:
             source = image_source(image)
             if source is None:
                 return {"kind": "no_image"}
+            # The same call as /predict and predict.py, so all three give the same numbers;
+            # the full-size picture is decoded separately, only for the heat-map overlay.
+            prediction = self.model.predict(source).to_json()
             picture = load_rgb_image(source)
-            prediction = self.model.predict(picture).to_json()
         except ImageLoadError as error:
             return {"kind": "bad_image", "message": str(error)}
         except Exception:
@@ -624,8 +636,8 @@ def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
             api_visibility="private", queue=False,
         )
 
-    # Two CPU cores: at most two images in the model at once, a bounded waiting line.
-    demo.queue(default_concurrency_limit=2, max_size=32)
+    # At most MODEL_CONCURRENCY images in the model at once, a bounded waiting line.
+    demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=32)
     demo.screener = screener
     return demo
 
@@ -649,7 +661,7 @@ ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-MODEL_SOURCE = ARGS.model or os.environ.get("MODEL_ID") or str(DEFAULT_MODEL_DIR)
+MODEL_SOURCE = ARGS.model or default_model_source()
 MODEL, MODEL_ERROR = load_model(MODEL_SOURCE)
 demo = build_demo(MODEL, MODEL_ERROR)
 predict = demo.screener.predict

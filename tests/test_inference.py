@@ -1,6 +1,7 @@
 import io
 import json
 import shutil
+import sys
 
 import huggingface_hub
 import numpy as np
@@ -11,7 +12,7 @@ from transformers import pipeline
 
 from melanoma_screen.calibration import softmax_probs
 from melanoma_screen.images import ImageLoadError, load_rgb_image
-from melanoma_screen.inference import ModelLoadError, Prediction, ScreeningModel
+from melanoma_screen.inference import FAST, ModelLoadError, Prediction, ScreeningModel
 
 from conftest import real_images
 
@@ -229,3 +230,58 @@ def test_unusual_image_formats_predict(model, images):
         probabilities = list(prediction.probabilities.values())
         assert np.all(np.isfinite(probabilities)) and abs(sum(probabilities) - 1) < 1e-9, name
         assert prediction.risk_level in ("low", "moderate", "high"), name
+
+
+# ------------------------------------------------------------------ fast path
+
+
+@pytest.fixture(scope="module")
+def fast_model(tiny_model_dir):
+    return ScreeningModel.load(str(tiny_model_dir), **FAST)
+
+
+def test_fast_path_is_onnxruntime_int8_and_close_to_pipeline(fast_model, model, images):
+    assert (fast_model.engine, fast_model.precision) == (FAST["engine"], FAST["precision"])
+    for path in images:
+        fast, exact = fast_model.predict(path), model.predict(path)
+        assert abs(fast.malignant_probability - exact.malignant_probability) < 0.02
+        assert abs(sum(fast.probabilities.values()) - 1) < 1e-9
+    heatmap = fast_model.explain(images[0])  # heat-maps come from the float PyTorch model
+    np.testing.assert_array_equal(heatmap, model.explain(images[0]))
+
+
+def test_onnxruntime_fp32_gives_pipeline_numbers(tiny_model_dir, model, images):
+    onnx = ScreeningModel.load(str(tiny_model_dir), engine="onnxruntime", precision="fp32")
+    assert onnx.engine == "onnxruntime"
+    for exact, fast in zip(model.predict_batch(images), onnx.predict_batch(images, batch_size=4)):
+        assert abs(exact.malignant_probability - fast.malignant_probability) < 1e-4
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fast_scores_do_not_depend_on_the_batch(tiny_model_dir, images, threads):
+    previous = torch.get_num_threads()
+    try:
+        fast = ScreeningModel.load(str(tiny_model_dir), num_threads=threads, **FAST)
+        singles = [fast.predict(path).malignant_probability for path in images]
+        for batch_size in (2, 5, len(images)):
+            batched = [p.malignant_probability for p in fast.predict_batch(images, batch_size=batch_size)]
+            assert batched == singles  # exactly: each image is quantised on its own
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_without_onnxruntime_the_fast_path_falls_back_to_pytorch(tiny_model_dir, images, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    with caplog.at_level("WARNING"):
+        fallback = ScreeningModel.load(str(tiny_model_dir), **FAST)
+    assert (fallback.engine, fallback.precision) == ("torch", "int8")
+    assert "ONNX Runtime unavailable" in caplog.text
+    assert fallback.predict(images[0]).label in ("benign", "malignant")
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_scale(model, images):
+    large = jpeg_bytes(load_rgb_image(images[0]).resize((1600, 1200)), quality=95)
+    assert model.decode(large).size == (400, 300)  # 1/4 scale: both sides stay >= 4 x 64
+    assert model.decode(images[0]).size == load_rgb_image(images[0]).size  # 300 px: never drafted
+    full = model.predict_decoded([load_rgb_image(large)])[0].malignant_probability
+    assert abs(model.predict(large).malignant_probability - full) < 0.01

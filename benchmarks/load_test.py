@@ -1,0 +1,210 @@
+"""Load test of the app: many concurrent gradio_client users calling /predict, on this machine only.
+
+    python benchmarks/load_test.py --model model --clients 20 --requests 10
+
+Starts `python app.py --model DIR --host 127.0.0.1 --port FREE_PORT` as a child
+process, waits until it answers, lets --clients threads (each with its own
+gradio_client.Client) send --requests /predict calls each with real images, all
+starting together, then stops the server. Reports errors, p50/p95 latency per
+request (upload + queue + prediction) and throughput. Every request goes to
+127.0.0.1, and the run is bounded: clients x requests calls, --deadline seconds.
+Exit status 1 when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+from pathlib import Path
+
+from common import REPO_ROOT, default_images_dir, list_images, summary_ms, take  # and the repository on sys.path
+
+from melanoma_screen.inference import default_model_source  # noqa: E402
+
+HOST = "127.0.0.1"  # loopback only, by design
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--model", default=None, help="model folder (default: $MODEL_ID, else ./model)")
+    parser.add_argument("--clients", type=int, default=20, help="concurrent clients (default: 20)")
+    parser.add_argument("--requests", type=int, default=10, help="/predict calls per client (default: 10)")
+    parser.add_argument("--images", default=None, help="folder of images (default: the shared test split, else examples/)")
+    parser.add_argument("--startup-timeout", type=float, default=300, help="seconds to wait for the app to answer")
+    parser.add_argument("--deadline", type=float, default=600, help="seconds after which clients stop sending")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.requests < 1:
+        parser.error("--clients and --requests must be at least 1")
+    return args
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def start_app(model: str, port: int, log) -> subprocess.Popen:
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+    command = [sys.executable, str(REPO_ROOT / "app.py"), "--model", model, "--host", HOST, "--port", str(port)]
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with status {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the app did not answer at {url} within {timeout:.0f} s")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_clients(url: str, paths, clients: int, requests: int, deadline_s: float) -> dict:
+    from gradio_client import Client, handle_file
+
+    latencies, errors = [], []
+    lock = threading.Lock()
+    # Every client connects first; then all start sending at once.
+    ready = threading.Barrier(clients + 1)
+    stop_at = [float("inf")]
+
+    def client_loop(index: int):
+        try:
+            client = Client(url, verbose=False)
+        except Exception as error:  # counted, and the barrier is still reached
+            client = None
+            with lock:
+                errors.append(f"client {index} could not connect: {type(error).__name__}: {error}")
+        ready.wait()
+        if client is None:
+            return
+        for k in range(requests):
+            if time.monotonic() > stop_at[0]:
+                with lock:
+                    errors.append(f"client {index}: deadline reached before request {k + 1}")
+                return
+            path = paths[(index * requests + k) % len(paths)]
+            start = time.perf_counter()
+            try:
+                result = client.predict(handle_file(str(path)), api_name="/predict")
+                problem = result.get("error") if isinstance(result, dict) else f"unexpected answer {result!r}"
+            except Exception as error:
+                problem = f"{type(error).__name__}: {error}"
+            elapsed = time.perf_counter() - start
+            with lock:
+                if problem:
+                    errors.append(f"client {index} request {k + 1}: {problem}")
+                else:
+                    latencies.append(elapsed)
+
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    start = time.perf_counter()
+    stop_at[0] = time.monotonic() + deadline_s
+    for thread in threads:
+        thread.join(timeout=deadline_s + 120)
+    wall = time.perf_counter() - start
+    return {"latencies": latencies, "errors": errors, "wall_s": wall}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model = args.model or default_model_source()
+    images_dir = args.images or default_images_dir()
+    paths = take(list_images(images_dir), args.clients * args.requests)
+    port = free_port()
+    url = f"http://{HOST}:{port}/"
+
+    with tempfile.TemporaryFile(mode="w+") as log:
+        process = start_app(model, port, log)
+        try:
+            started = time.perf_counter()
+            wait_until_up(url, process, args.startup_timeout)
+            startup_s = time.perf_counter() - started
+            # Where the CPU goes: the clients share this machine's cores with the server.
+            server_cpu, clients_cpu = cpu_seconds(process.pid), own_cpu_seconds()
+            outcome = run_clients(url, paths, args.clients, args.requests, args.deadline)
+            server_cpu_end, clients_cpu = cpu_seconds(process.pid), own_cpu_seconds() - clients_cpu
+            server_cpu = None if server_cpu is None or server_cpu_end is None else server_cpu_end - server_cpu
+        except RuntimeError as error:
+            log.seek(0)
+            print(f"load test aborted: {error}\n--- app log (end) ---\n{log.read()[-3000:]}", file=sys.stderr)
+            return 2
+        finally:
+            stop(process)
+
+    total = args.clients * args.requests
+    latencies, errors = outcome["latencies"], outcome["errors"]
+    result = {
+        "model": str(model), "clients": args.clients, "requests_per_client": args.requests, "requests": total,
+        "ok": len(latencies), "errors": len(errors), "error_messages": errors[:20],
+        "wall_s": outcome["wall_s"], "throughput_per_s": len(latencies) / outcome["wall_s"],
+        "latency": summary_ms(latencies) if latencies else None, "app_startup_s": startup_s,
+        "server_cpu_ms_per_request": None if server_cpu is None else 1000 * server_cpu / total,
+        "clients_cpu_ms_per_request": 1000 * clients_cpu / total,
+    }
+    print(f"app on {url} (model {model}) up in {startup_s:.1f} s; {args.clients} clients x {args.requests} "
+          f"requests of /predict with images from {images_dir}")
+    for message in errors[:10]:
+        print("  error:", message)
+    if latencies:
+        print(f"ok={len(latencies)} errors={len(errors)} p50={result['latency']['p50_ms']:.0f}ms "
+              f"p95={result['latency']['p95_ms']:.0f}ms throughput={result['throughput_per_s']:.1f} req/s "
+              f"wall={outcome['wall_s']:.1f}s")
+        server = result["server_cpu_ms_per_request"]
+        print(f"CPU per request: app {'?' if server is None else f'{server:.0f}'} ms, "
+              f"load-generating clients {result['clients_cpu_ms_per_request']:.0f} ms")
+    else:
+        print(f"ok=0 errors={len(errors)}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return 1 if errors or not latencies else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
