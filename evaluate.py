@@ -4,10 +4,11 @@
     python evaluate.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test --robustness
     python evaluate.py --model model --data-dir /path/to/external_set       # {benign,malignant}/*.jpg
 
-The model is scored through the app's inference path, at 0.5 and at the two
-thresholds stored with it, so the figures are the ones users get. When the
-model folder holds the eval_results.json written by training, the rerun is
-compared with it.
+The model is scored through melanoma_screen's ScreeningModel at 0.5 and at
+the two thresholds stored with it. By default it runs in exact fp32 mode,
+which gives `transformers.pipeline`'s numbers and so reproduces training's
+eval_results.json (the rerun is compared with it); --fast scores the int8
+ONNX Runtime path that the app and predict.py use.
 
 --robustness scores the same images again under shifts that another clinic's
 dermatoscope or a phone would cause (colour casts, exposure, blur, zoom,
@@ -29,7 +30,7 @@ from tqdm import tqdm
 import data_prep
 from melanoma_screen import metrics
 from melanoma_screen.images import load_rgb_image
-from melanoma_screen.inference import ScreeningModel
+from melanoma_screen.inference import FAST, ScreeningModel
 
 
 def _colour_cast(gains):
@@ -108,6 +109,7 @@ def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_siz
     report = {
         "model_id": model.model_id,
         "model_version": model.version,
+        "engine": f"{model.engine} {model.precision}",
         "n_images": len(paths),
         "at_0_5": metrics.binary_metrics(labels, clean, 0.5),
         "at_screening_threshold": metrics.binary_metrics(labels, clean, model.screening_threshold),
@@ -160,6 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", required=True, help="Image folder: {split}/{benign,malignant}/* or {benign,malignant}/*.")
     parser.add_argument("--split", default=None, help="Split folder to score, e.g. test (omit when --data-dir holds the label folders).")
     parser.add_argument("--robustness", action="store_true", help="Also score under acquisition shifts.")
+    parser.add_argument("--fast", action="store_true", help="Score the app's int8 ONNX Runtime path instead of exact fp32.")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=None, help="Write the report as JSON here.")
     args = parser.parse_args(argv)
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
         scan = data_prep.scan_image_folder(data_dir, splits=(args.split,))
     for skipped in scan.skipped:
         print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
-    model = ScreeningModel.load(args.model)
+    model = ScreeningModel.load(args.model, **(FAST if args.fast else {}))
     report = evaluate(model, scan.records, robustness=args.robustness, batch_size=args.batch_size)
     report["data"] = {"data_dir": str(data_dir), "split": args.split, "counts": scan.counts, "skipped": len(scan.skipped)}
     print_report(report, model.eval_results if args.split == "test" else None)
