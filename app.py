@@ -46,6 +46,7 @@ logger = logging.getLogger("app")
 
 REPO_ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = REPO_ROOT / "examples"
+# The quick model for when model/ is missing; README.md has the command of the shipped one.
 TRAIN_COMMAND = ("python train_vit.py --data-dir ../shared/data/melanoma_cancer_dataset "
                  "--scratch-config tiny --image-size 64 --max-steps 20 --output-dir model")
 CLASSES = ("benign", "malignant")
