@@ -10,7 +10,7 @@ in ScanReport.skipped with the reason a person can act on.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 

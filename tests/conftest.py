@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,18 @@ def tiny_model_dir(tiny_image_folder, tmp_path_factory) -> Path:
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output_dir
+
+
+def wait_for_app(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    """Block until the app subprocess answers at `url`; fail with its log if it dies or hangs."""
+    deadline = time.time() + timeout
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.time() < deadline, "the app did not start: " + log.read_text()
+        time.sleep(0.5)

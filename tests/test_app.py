@@ -17,7 +17,6 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import urllib.request
 import zlib
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from conftest import REPO_ROOT, SHARED_DATASET
+from conftest import REPO_ROOT, SHARED_DATASET, wait_for_app
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -359,17 +358,7 @@ def test_app_starts_without_a_model(tmp_path, good_image):
                                    cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
-        deadline = time.time() + 90
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "the app did not start: " + log.read_text()
-            time.sleep(0.5)
+        wait_for_app(url, process, log)
         with urllib.request.urlopen(url + "config", timeout=10) as response:
             assert "No model is loaded" in response.read().decode()  # shown on the page
         result = Client(url, verbose=False).predict(handle_file(good_image), api_name="/predict")

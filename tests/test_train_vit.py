@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 from PIL import Image
@@ -86,7 +86,7 @@ def test_push_without_network_keeps_the_local_model(tiny_image_folder, tmp_path)
                "--image-size", "32", "--max-steps", "2", "--output-dir", str(output_dir),
                "--push-to-hub", "--hub-model-id", "someone/vit-melanoma"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-                            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert "Hugging Face Hub" in last_line and str(output_dir) in last_line
