@@ -33,7 +33,6 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from melanoma_screen.explain import HOW_TO_READ, overlay_heatmap  # noqa: E402
 from melanoma_screen.feedback import FeedbackStore  # noqa: E402
@@ -313,13 +312,6 @@ def image_source(payload):
     raise ImageLoadError("The upload could not be read as a file; please try again.")
 
 
-def clean_copy(image: Image.Image) -> Image.Image:
-    """The same pixels without any metadata (EXIF, GPS, ICC, text chunks)."""
-    copy = Image.new(image.mode, image.size)
-    copy.paste(image)
-    return copy
-
-
 # ---------------------------------------------------------------------------- app logic
 
 
@@ -404,8 +396,8 @@ class Screener:
             return text["choose_truth"], state
         comment = (comment or "").strip()[:MAX_COMMENT_CHARS]
         try:
-            image = clean_copy(load_rgb_image(state["source"]))
-            report_id = self.store().report(image, state["prediction"], true_label, comment=comment,
+            # report() decodes the upload and keeps only its pixels (no EXIF, GPS or ICC).
+            report_id = self.store().report(state["source"], state["prediction"], true_label, comment=comment,
                                             version=getattr(self.model, "version", None))
         except Exception as error:
             logger.exception("saving feedback failed")
@@ -415,9 +407,8 @@ class Screener:
     def store(self) -> FeedbackStore:
         # Created on the first report, so merely serving predictions never touches the disk.
         if self._store is None:
-            folder = self.feedback_dir or os.environ.get("FEEDBACK_DIR") or "feedback"
             dataset = self.feedback_dataset or os.environ.get("FEEDBACK_DATASET") or None
-            self._store = FeedbackStore(folder=folder, hub_dataset_id=dataset)
+            self._store = FeedbackStore(folder=self.feedback_dir, hub_dataset_id=dataset)
         return self._store
 
     def about(self, lang) -> str:
