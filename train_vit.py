@@ -39,8 +39,13 @@ from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.model_card import write_model_card
-from melanoma_screen.modeling import ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, last_checkpoint, CheckpointSafeTrainer
-from melanoma_screen.transforms import DermoscopyAugmentation, augmentation_rng, build_image_processor, processor_image_size
+from melanoma_screen.modeling import (
+    ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, averaged_state_dict, epoch_checkpoints, last_checkpoint,
+)
+from melanoma_screen.transforms import (
+    COLOR_CONSTANCY_METHODS, DermoscopyAugmentation, apply_color_constancy, augmentation_rng, build_image_processor,
+    color_constant_input, processor_image_size,
+)
 
 logger = logging.getLogger("train_vit")
 
@@ -66,6 +71,12 @@ class ModelArguments:
     image_size: int = field(default=224, metadata={"help": "Input resolution for --scratch-config."})
     patch_size: int = field(default=16, metadata={"help": "Patch size for --scratch-config."})
     dropout: float = field(default=0.1, metadata={"help": "Hidden and attention dropout for --scratch-config."})
+    color_constancy: str = field(
+        default="none",
+        metadata={"help": "Colour constancy before the image processor; saved in the config, applied by the app, "
+                          "predict.py and evaluate.py (not by a bare transformers pipeline).",
+                  "choices": list(COLOR_CONSTANCY_METHODS)},
+    )
 
 
 @dataclass
@@ -81,6 +92,11 @@ class TrainArguments:
     label_smoothing: float = field(default=0.0)
     eval_steps: Optional[int] = field(default=None, metadata={"help": "Validate every N steps (default: every epoch)."})
     early_stopping_patience: int = field(default=3, metadata={"help": "Validations without ROC AUC gain before stopping."})
+    average_last: int = field(
+        default=0,
+        metadata={"help": "Also try the mean weights of the last N checkpoints; keep it if its validation ROC AUC "
+                          "beats the best single checkpoint (0 = off)."},
+    )
     min_sensitivity: float = field(default=0.95, metadata={"help": "Sensitivity the screening threshold must reach on validation."})
     min_specificity: float = field(default=0.95, metadata={"help": "Specificity the high-risk threshold must reach on validation."})
     seed: int = field(default=42)
@@ -142,14 +158,19 @@ def to_dataset(records) -> Dataset:
     return dataset.cast_column("image", ImageFeature())
 
 
-def make_transforms(image_processor):
+def make_transforms(image_processor, color_constancy: str = "none"):
     augment = DermoscopyAugmentation(image_size=processor_image_size(image_processor))
+
+    # Colour constancy comes after the augmentation, as it would after a real
+    # device's colour shift: the jitter teaches what it cannot undo.
     def train_transform(batch):
-        images = [augment(load_rgb_image(image, min_side=1), augmentation_rng()) for image in batch["image"]]
+        images = [apply_color_constancy(augment(load_rgb_image(image, min_side=1), augmentation_rng()), color_constancy)
+                  for image in batch["image"]]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
 
     def eval_transform(batch):
-        images = [load_rgb_image(image, min_side=1) for image in batch["image"]]
+        images = [color_constant_input(load_rgb_image(image, min_side=1), image_processor, color_constancy)
+                  for image in batch["image"]]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
 
     return train_transform, eval_transform
@@ -229,6 +250,31 @@ def weighted_loss(class_weights, label_smoothing):
     return compute_loss
 
 
+def validation_auc(trainer, val_dataset, val_labels) -> float:
+    return metrics.binary_metrics(val_labels, malignant_probability(trainer.predict(val_dataset).predictions))["roc_auc"]
+
+
+def select_checkpoint_or_average(trainer, val_dataset, data, train_args, training_args) -> dict:
+    """Keep the best single checkpoint (already loaded) or the mean of the last N, by validation ROC AUC."""
+    best = {"checkpoint": trainer.state.best_model_checkpoint, "validation_roc_auc": trainer.state.best_metric}
+    if train_args.average_last < 2:
+        return {"chosen": "best checkpoint", "best_checkpoint": best}
+    checkpoints = epoch_checkpoints(training_args.output_dir)[-train_args.average_last:]
+    if len(checkpoints) < 2:
+        return {"chosen": "best checkpoint", "best_checkpoint": best, "average": "fewer than 2 checkpoints on disk"}
+    val_labels = np.array([r.label for r in data["validation"]])
+    best_state = {name: tensor.detach().clone() for name, tensor in trainer.model.state_dict().items()}
+    trainer.model.load_state_dict(averaged_state_dict(type(trainer.model), checkpoints))
+    averaged = {"checkpoints": [Path(path).name for path in checkpoints],
+                "validation_roc_auc": validation_auc(trainer, val_dataset, val_labels)}
+    logger.info("validation ROC AUC: best checkpoint %.4f, mean of last %d checkpoints %.4f",
+                best["validation_roc_auc"], len(checkpoints), averaged["validation_roc_auc"])
+    if averaged["validation_roc_auc"] > best["validation_roc_auc"]:
+        return {"chosen": "average", "best_checkpoint": best, "average": averaged}
+    trainer.model.load_state_dict(best_state)
+    return {"chosen": "best checkpoint", "best_checkpoint": best, "average": averaged}
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -243,7 +289,10 @@ def main(argv=None):
     if not data["train"] or not data["validation"]:
         raise SystemExit("Not enough valid training images to carve a validation split.")
     model, image_processor, base_model, init_description = build_model(model_args)
-    train_transform, eval_transform = make_transforms(image_processor)
+    model.config.color_constancy = model_args.color_constancy
+    if model_args.color_constancy != "none":
+        init_description += f", inputs corrected with {model_args.color_constancy.replace('_', ' ').title()} colour constancy"
+    train_transform, eval_transform = make_transforms(image_processor, model_args.color_constancy)
     train_dataset = to_dataset(data["train"]).with_transform(train_transform)
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None
@@ -262,7 +311,8 @@ def main(argv=None):
         lr_scheduler_type="cosine",
         logging_steps=10,
         **every,
-        save_total_limit=2,
+        # Trainer counts a kept older best checkpoint against the limit: +1 leaves the last N.
+        save_total_limit=max(2, train_args.average_last + 1),
         load_best_model_at_end=True,
         metric_for_best_model="roc_auc",
         greater_is_better=True,
@@ -294,6 +344,7 @@ def main(argv=None):
     if train_args.resume:
         logger.info("resuming from %s", resume_from or "scratch (no checkpoint found)")
     trainer.train(resume_from_checkpoint=resume_from)
+    checkpoint_selection = select_checkpoint_or_average(trainer, val_dataset, data, train_args, training_args)
 
     # Calibration and operating points come from validation only; the test
     # split is touched once, below, for the report.
@@ -327,6 +378,8 @@ def main(argv=None):
         "skipped_files": data["scan"].skipped,
         "duplicate_audit": data["audit"]["summary"],
         "dropped_duplicates": len(data["dropped"]),
+        "color_constancy": model_args.color_constancy,
+        "checkpoint_selection": checkpoint_selection,
         "command": command,
     }
     if test_dataset is not None:

@@ -38,6 +38,7 @@ from . import hub
 from .calibration import risk_level, softmax_probs
 from .explain import attention_rollout, upsample_heatmap
 from .images import load_rgb_image
+from .transforms import apply_color_constancy, color_constancy_of, color_constant_input
 
 # What we fetch for a Hub id; the card, plots and checkpoints are not needed to predict.
 MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "eval_results.json"]
@@ -171,6 +172,13 @@ class ScreeningModel:
         folded = getattr(self.config, "temperature_folded_into_classifier", False)
         self.temperature = 1.0 if folded else float(getattr(self.config, "calibration_temperature", None) or 1.0)
 
+        # Part of the model's preprocessing, stored in its config by train_vit.py;
+        # set it to "none" to score what a bare transformers pipeline would.
+        try:
+            self.color_constancy = color_constancy_of(self.config)
+        except ValueError as error:
+            raise ModelLoadError(f"Could not load model '{model_id}': {error}.") from error
+
         size = image_processor.size
         # The fast path covers what train_vit.py saves: a fixed height x width resize, no crop.
         self._fast = bool(image_processor.do_resize and size.get("height") and size.get("width")
@@ -251,14 +259,15 @@ class ScreeningModel:
         return load_rgb_image(source, draft_size=self._draft_size)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """(N, 3, H, W) float32, equal to image_processor(images)["pixel_values"]."""
+        """(N, 3, H, W) float32, equal to image_processor(images)["pixel_values"] after the model's colour constancy."""
         if not self._fast:
+            images = [color_constant_input(image, self.image_processor, self.color_constancy) for image in images]
             return self.image_processor(images, return_tensors="pt")["pixel_values"]
         width, height = self._resize_to
         batch = np.empty((len(images), 3, height, width), dtype=np.float32)
         for i, image in enumerate(images):
             rgb = image if image.mode == "RGB" else image.convert("RGB")
-            resized = rgb.resize(self._resize_to, self.image_processor.resample)
+            resized = apply_color_constancy(rgb.resize(self._resize_to, self.image_processor.resample), self.color_constancy)
             # Straight from PIL's (H, W, 3) bytes into the channel-first float batch:
             # one pass, no intermediate float image, no torch permute copy.
             np.multiply(np.asarray(resized).transpose(2, 0, 1), self._multiply, out=batch[i])

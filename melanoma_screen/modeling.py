@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import Trainer
 
 ID2LABEL = {0: "benign", 1: "malignant"}
@@ -19,8 +20,31 @@ SCRATCH_CONFIGS = {
 
 def last_checkpoint(checkpoint_dir) -> str | None:
     """The newest Trainer checkpoint in `checkpoint_dir`, or None."""
-    checkpoints = sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
+    checkpoints = epoch_checkpoints(checkpoint_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def epoch_checkpoints(checkpoint_dir) -> list[str]:
+    """Trainer checkpoints in `checkpoint_dir`, oldest first."""
+    return [str(path) for path in sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))]
+
+
+def averaged_state_dict(model_class, checkpoints) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the checkpoints' weights (Izmailov et al. 2018, "SWA").
+
+    Checkpoints from the tail of one cosine schedule sit in one basin, so their
+    mean is a valid model that is usually flatter and more robust than any of them.
+    Loaded through from_pretrained for the legacy key renaming (see below).
+    """
+    total = None
+    for checkpoint in checkpoints:
+        state = model_class.from_pretrained(checkpoint).state_dict()
+        if total is None:
+            total = {name: tensor.detach().clone().double() for name, tensor in state.items()}
+        else:
+            for name, tensor in state.items():
+                total[name] += tensor.double()
+    return {name: (tensor / len(checkpoints)).float() for name, tensor in total.items()}
 
 
 class CheckpointSafeTrainer(Trainer):

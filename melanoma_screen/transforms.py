@@ -12,6 +12,7 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 from transformers import ViTImageProcessorPil
@@ -32,6 +33,55 @@ def build_image_processor(image_size: int, image_mean=DEFAULT_MEAN, image_std=DE
         image_mean=list(image_mean),
         image_std=list(image_std),
     )
+
+
+COLOR_CONSTANCY_METHODS = ("none", "shades_of_gray")
+# Minkowski norm p = 6 is what Barata et al. (2015) found best for dermoscopy
+# and what ISIC 2017-2019 winning entries used.
+SHADES_OF_GRAY_POWER = 6
+
+
+def shades_of_gray(image: Image.Image, power: float = SHADES_OF_GRAY_POWER) -> Image.Image:
+    """Shades of Gray colour constancy (Finlayson & Trezzi 2004).
+
+    Estimates the illuminant as the Minkowski p-mean of each channel and
+    divides it out, so the same lesion under a warmer or cooler light, or
+    through another dermatoscope's white balance, gives the same colours. The
+    gains are scaled so that a grey illuminant leaves the image unchanged:
+    overall brightness is kept.
+    """
+    rgb = np.asarray(image.convert("RGB") if image.mode != "RGB" else image, dtype=np.float32)
+    illuminant = np.power(np.mean(np.power(rgb.reshape(-1, 3), power), axis=0), 1.0 / power)
+    illuminant = np.maximum(illuminant, 1e-3)
+    gains = np.linalg.norm(illuminant) / (np.sqrt(3.0) * illuminant)
+    return Image.fromarray(np.clip(rgb * gains + 0.5, 0, 255).astype(np.uint8))
+
+
+def color_constancy_of(config) -> str:
+    """The colour constancy a model was trained with, from its config ("none" for models from elsewhere)."""
+    method = getattr(config, "color_constancy", None) or "none"
+    if method not in COLOR_CONSTANCY_METHODS:
+        raise ValueError(f"unknown color_constancy {method!r} in the model config; expected one of {COLOR_CONSTANCY_METHODS}")
+    return method
+
+
+def apply_color_constancy(image: Image.Image, method: str) -> Image.Image:
+    return shades_of_gray(image) if method == "shades_of_gray" else image
+
+
+def color_constant_input(image: Image.Image, image_processor, method: str) -> Image.Image:
+    """The image resized as the processor would, then colour-corrected.
+
+    Correcting after the resize keeps it cheap on large photos and makes
+    training, evaluation and the app estimate the illuminant from the same
+    pixels. With method "none" the image is returned untouched, so the
+    processor alone (what `pipeline` applies) does the rest.
+    """
+    if method == "none":
+        return image
+    size = image_processor.size
+    resized = image.resize((int(size["width"]), int(size["height"])), image_processor.resample)
+    return apply_color_constancy(resized, method)
 
 
 def processor_image_size(image_processor) -> int:

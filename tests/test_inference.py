@@ -13,6 +13,7 @@ from transformers import pipeline
 from melanoma_screen.calibration import softmax_probs
 from melanoma_screen.images import ImageLoadError, load_rgb_image
 from melanoma_screen.inference import FAST, ModelLoadError, Prediction, ScreeningModel
+from melanoma_screen.transforms import shades_of_gray
 
 from conftest import real_images
 
@@ -285,3 +286,54 @@ def test_large_jpeg_is_decoded_at_a_reduced_scale(model, images):
     assert model.decode(images[0]).size == load_rgb_image(images[0]).size  # 300 px: never drafted
     full = model.predict_decoded([load_rgb_image(large)])[0].malignant_probability
     assert abs(model.predict(large).malignant_probability - full) < 0.01
+
+
+# ------------------------------------------------------------------ colour constancy
+
+
+@pytest.fixture(scope="module")
+def color_constant_model_dir(tiny_model_dir, tmp_path_factory):
+    copy = tmp_path_factory.mktemp("sog") / "m"
+    shutil.copytree(tiny_model_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((copy / "config.json").read_text())
+    config["color_constancy"] = "shades_of_gray"
+    (copy / "config.json").write_text(json.dumps(config))
+    return copy
+
+
+def test_color_constancy_from_the_config_is_applied_on_every_path(color_constant_model_dir, images):
+    model = ScreeningModel.load(str(color_constant_model_dir))
+    assert model.color_constancy == "shades_of_gray"
+    photos = [load_rgb_image(path) for path in images[:4]]
+    corrected = [shades_of_gray(photo.resize((64, 64), model.image_processor.resample)) for photo in photos]
+    reference = model.image_processor(corrected, return_tensors="pt")["pixel_values"]
+    assert float((model.preprocess(photos) - reference).abs().max()) < 1e-5
+    # pipeline on the corrected images is what the model gives for the originals.
+    classifier = pipeline("image-classification", model=str(color_constant_model_dir), device="cpu")
+    for photo, image in zip(photos, corrected):
+        expected = {row["label"]: row["score"] for row in classifier(image)}["malignant"]
+        assert abs(model.predict(photo).malignant_probability - expected) < 1e-4
+    fast = ScreeningModel.load(str(color_constant_model_dir), **FAST)
+    assert fast.color_constancy == "shades_of_gray"
+    assert float((fast.preprocess(photos) - reference).abs().max()) < 1e-5
+
+
+def test_color_constancy_makes_scores_insensitive_to_a_colour_cast(color_constant_model_dir, model, images):
+    corrected_model = ScreeningModel.load(str(color_constant_model_dir))
+    shifts = {"plain": [], "corrected": []}
+    for path in images:
+        photo = load_rgb_image(path)
+        cast = Image.fromarray(np.clip(np.asarray(photo, dtype=np.float32) * (0.85, 1.0, 1.2), 0, 255).astype(np.uint8))
+        for name, scorer in (("plain", model), ("corrected", corrected_model)):
+            shifts[name].append(abs(scorer.predict(photo).malignant_probability - scorer.predict(cast).malignant_probability))
+    assert np.mean(shifts["corrected"]) < np.mean(shifts["plain"]) / 2, shifts
+
+
+def test_unknown_color_constancy_is_a_clear_load_error(tiny_model_dir, tmp_path):
+    copy = tmp_path / "odd"
+    shutil.copytree(tiny_model_dir, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((copy / "config.json").read_text())
+    config["color_constancy"] = "retinex"
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="color_constancy"):
+        ScreeningModel.load(str(copy))

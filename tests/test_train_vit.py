@@ -8,11 +8,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 from PIL import Image
-from transformers import pipeline
+from transformers import ViTConfig, ViTForImageClassification, pipeline
 
 from conftest import REPO_ROOT, real_images
+from melanoma_screen.modeling import averaged_state_dict
 
 
 def test_output_folder_is_complete(tiny_model_dir):
@@ -103,3 +105,41 @@ def test_two_process_gloo_training_completes(tiny_image_folder, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "process 1 of 2 (ParallelMode.DISTRIBUTED)" in result.stderr
     assert (output_dir / "model.safetensors").is_file() and (output_dir / "eval_results.json").is_file()
+
+
+def test_color_constancy_and_checkpoint_averaging(tiny_image_folder, tmp_path):
+    output_dir = tmp_path / "sog"
+    command = [sys.executable, "train_vit.py", "--data-dir", str(tiny_image_folder), "--scratch-config", "tiny",
+               "--image-size", "32", "--max-steps", "6", "--eval-steps", "2", "--color-constancy", "shades_of_gray",
+               "--average-last", "3", "--output-dir", str(output_dir)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((output_dir / "config.json").read_text())
+    report = json.loads((output_dir / "eval_results.json").read_text())
+    assert config["color_constancy"] == report["color_constancy"] == "shades_of_gray"
+    selection = report["checkpoint_selection"]
+    assert selection["average"]["checkpoints"] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    best, averaged = selection["best_checkpoint"]["validation_roc_auc"], selection["average"]["validation_roc_auc"]
+    assert selection["chosen"] == ("average" if averaged > best else "best checkpoint")
+
+    # The saved encoder is exactly the chosen one: the mean of the three, or the best checkpoint.
+    checkpoints = [output_dir / "checkpoints" / name for name in selection["average"]["checkpoints"]]
+    expected = averaged_state_dict(ViTForImageClassification, checkpoints) if selection["chosen"] == "average" \
+        else ViTForImageClassification.from_pretrained(selection["best_checkpoint"]["checkpoint"]).state_dict()
+    saved = ViTForImageClassification.from_pretrained(output_dir).state_dict()
+    # The classifier also holds the folded temperature; the encoder must match as saved.
+    encoder = [name for name in saved if not name.startswith("classifier")]
+    assert encoder and all(torch.allclose(saved[name], expected[name], atol=1e-6) for name in encoder)
+
+
+def test_averaged_state_dict_is_the_mean_of_the_weights(tmp_path):
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+                       num_labels=2)
+    models = [ViTForImageClassification(config) for _ in range(3)]
+    for index, model in enumerate(models):
+        model.save_pretrained(tmp_path / f"checkpoint-{index}")
+    averaged = averaged_state_dict(ViTForImageClassification, [tmp_path / f"checkpoint-{i}" for i in range(3)])
+    states = [model.state_dict() for model in models]
+    for name, tensor in averaged.items():
+        assert torch.allclose(tensor, sum(state[name] for state in states) / 3, atol=1e-6), name
