@@ -163,6 +163,8 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default=None, help="Split folder to score, e.g. test (omit when --data-dir holds the label folders).")
     parser.add_argument("--robustness", action="store_true", help="Also score under acquisition shifts.")
     parser.add_argument("--fast", action="store_true", help="Score the app's int8 ONNX Runtime path instead of exact fp32.")
+    parser.add_argument("--without-color-constancy", action="store_true",
+                        help="Skip the colour constancy the model was trained with, as a bare transformers pipeline does.")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=None, help="Write the report as JSON here.")
     args = parser.parse_args(argv)
@@ -176,9 +178,13 @@ def main(argv=None) -> int:
     for skipped in scan.skipped:
         print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
     model = ScreeningModel.load(args.model, **(FAST if args.fast else {}))
+    trained_with = model.color_constancy
+    if args.without_color_constancy:
+        model.color_constancy = "none"
     report = evaluate(model, scan.records, robustness=args.robustness, batch_size=args.batch_size)
+    report["color_constancy"] = {"trained_with": trained_with, "applied": model.color_constancy}
     report["data"] = {"data_dir": str(data_dir), "split": args.split, "counts": scan.counts, "skipped": len(scan.skipped)}
-    print_report(report, model.eval_results if args.split == "test" else None)
+    print_report(report, model.eval_results if args.split == "test" and model.color_constancy == trained_with else None)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     return 0

@@ -61,6 +61,11 @@ class DataArguments:
     audit_file: Optional[str] = field(default=None, metadata={"help": "Reuse a report from `python -m data_prep audit` instead of auditing again."})
     balance: str = field(default="none", metadata={"help": "Class balancing for training.", "choices": ["none", "undersample", "class_weights"]})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (for quick runs)."})
+    augment_brightness: float = field(default=0.15, metadata={"help": "Random brightness factor range, 1 ± this."})
+    augment_contrast: float = field(default=0.15, metadata={"help": "Random contrast factor range, 1 ± this."})
+    augment_saturation: float = field(default=0.15, metadata={"help": "Random saturation factor range, 1 ± this."})
+    augment_hue: float = field(default=0.02, metadata={"help": "Random hue shift, ± this fraction of the colour wheel."})
+    augment_white_balance: float = field(default=0.0, metadata={"help": "Random per-channel gain, 1 ± this (another device's white balance)."})
 
 
 @dataclass
@@ -158,8 +163,15 @@ def to_dataset(records) -> Dataset:
     return dataset.cast_column("image", ImageFeature())
 
 
-def make_transforms(image_processor, color_constancy: str = "none"):
-    augment = DermoscopyAugmentation(image_size=processor_image_size(image_processor))
+def make_transforms(image_processor, data_args: DataArguments, color_constancy: str = "none"):
+    augment = DermoscopyAugmentation(
+        image_size=processor_image_size(image_processor),
+        brightness=data_args.augment_brightness,
+        contrast=data_args.augment_contrast,
+        saturation=data_args.augment_saturation,
+        hue=data_args.augment_hue,
+        white_balance=data_args.augment_white_balance,
+    )
 
     # Colour constancy comes after the augmentation, as it would after a real
     # device's colour shift: the jitter teaches what it cannot undo.
@@ -292,7 +304,7 @@ def main(argv=None):
     model.config.color_constancy = model_args.color_constancy
     if model_args.color_constancy != "none":
         init_description += f", inputs corrected with {model_args.color_constancy.replace('_', ' ').title()} colour constancy"
-    train_transform, eval_transform = make_transforms(image_processor, model_args.color_constancy)
+    train_transform, eval_transform = make_transforms(image_processor, data_args, model_args.color_constancy)
     train_dataset = to_dataset(data["train"]).with_transform(train_transform)
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
 
     def baseline_one(path):
         # What the README's "Using the model" snippet does with pipeline's output.
-        scores = {row["label"]: row["score"] for row in classifier(str(path))}
+        scores = {row["label"]: row["score"] for row in classifier(model.pipeline_input(path))}
         risk_level(scores["malignant"], screening, high)
         return scores["malignant"]
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         return model.predict(path).malignant_probability
 
     def baseline_batch(batch):
-        return classifier([str(p) for p in batch], batch_size=args.batch_size)
+        return classifier([model.pipeline_input(p) for p in batch], batch_size=args.batch_size)
 
     def ours_batch(batch):
         return model.predict_batch(batch, batch_size=args.batch_size)

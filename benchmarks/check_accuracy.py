@@ -64,7 +64,7 @@ def main(argv=None) -> int:
 
     start = time.perf_counter()
     baseline = np.array([{r["label"]: r["score"] for r in result}["malignant"]
-                         for result in classifier([str(p) for p in paths], batch_size=args.batch_size)])
+                         for result in classifier([model.pipeline_input(p) for p in paths], batch_size=args.batch_size)])
     baseline_s = time.perf_counter() - start
     start = time.perf_counter()
     ours = np.array([p.malignant_probability for p in model.predict_batch(paths, batch_size=args.batch_size)])

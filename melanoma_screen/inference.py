@@ -258,6 +258,17 @@ class ScreeningModel:
         """load_rgb_image, with large JPEGs decoded at a reduced scale (see DRAFT_MARGIN)."""
         return load_rgb_image(source, draft_size=self._draft_size)
 
+    def pipeline_input(self, source):
+        """What to hand `transformers.pipeline` so it scores `source` as this model does.
+
+        The path itself for a model without colour constancy; otherwise the
+        decoded image, resized and colour-corrected, since pipeline knows
+        nothing of the `color_constancy` in the config.
+        """
+        if self.color_constancy == "none":
+            return str(source) if isinstance(source, Path) else source
+        return color_constant_input(load_rgb_image(source), self.image_processor, self.color_constancy)
+
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """(N, 3, H, W) float32, equal to image_processor(images)["pixel_values"] after the model's colour constancy."""
         if not self._fast:

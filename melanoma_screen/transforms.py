@@ -95,8 +95,10 @@ class DermoscopyAugmentation:
 
     A lesion has no canonical orientation, so all eight flips/90° rotations
     are equally likely. The crop range simulates different zoom levels and
-    framing; colour jitter stays mild because colour is diagnostic (blue-white
-    veil, regression) and a strong hue shift would change the label's meaning.
+    framing; colour jitter stays mild by default because colour is diagnostic
+    (blue-white veil, regression) and a strong hue shift would change the
+    label's meaning. white_balance scales each channel independently by up to
+    that fraction, as another device's white balance or illuminant would.
     """
 
     image_size: int
@@ -106,6 +108,7 @@ class DermoscopyAugmentation:
     contrast: float = 0.15
     saturation: float = 0.15
     hue: float = 0.02
+    white_balance: float = 0.0
 
     def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
         image = self.random_resized_crop(image, rng)
@@ -151,6 +154,9 @@ class DermoscopyAugmentation:
                 hue, sat, val = image.convert("HSV").split()
                 hue = hue.point(lambda value: (value + shift) % 256)
                 image = Image.merge("HSV", (hue, sat, val)).convert("RGB")
+        if self.white_balance > 0:
+            gains = [rng.uniform(1 - self.white_balance, 1 + self.white_balance) for _ in range(3)]
+            image = image.convert("RGB", (gains[0], 0, 0, 0, 0, gains[1], 0, 0, 0, 0, gains[2], 0))
         return image
 
 

@@ -310,7 +310,8 @@ def test_color_constancy_from_the_config_is_applied_on_every_path(color_constant
     assert float((model.preprocess(photos) - reference).abs().max()) < 1e-5
     # pipeline on the corrected images is what the model gives for the originals.
     classifier = pipeline("image-classification", model=str(color_constant_model_dir), device="cpu")
-    for photo, image in zip(photos, corrected):
+    for path, photo, image in zip(images, photos, corrected):
+        assert np.array_equal(np.asarray(model.pipeline_input(path)), np.asarray(image))
         expected = {row["label"]: row["score"] for row in classifier(image)}["malignant"]
         assert abs(model.predict(photo).malignant_probability - expected) < 1e-4
     fast = ScreeningModel.load(str(color_constant_model_dir), **FAST)

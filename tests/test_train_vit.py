@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import ViTConfig, ViTForImageClassification, pipeline
 
+import evaluate
 from conftest import REPO_ROOT, real_images
 from melanoma_screen.modeling import averaged_state_dict
 
@@ -131,6 +132,17 @@ def test_color_constancy_and_checkpoint_averaging(tiny_image_folder, tmp_path):
     # The classifier also holds the folded temperature; the encoder must match as saved.
     encoder = [name for name in saved if not name.startswith("classifier")]
     assert encoder and all(torch.allclose(saved[name], expected[name], atol=1e-6) for name in encoder)
+
+    # evaluate.py applies the stored colour constancy and so reproduces the report; the switch turns it off.
+    rerun, bare = tmp_path / "rerun.json", tmp_path / "bare.json"
+    for out, extra in ((rerun, []), (bare, ["--without-color-constancy"])):
+        assert evaluate.main(["--model", str(output_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
+                              "--out", str(out), *extra]) == 0
+    rerun, bare = json.loads(rerun.read_text()), json.loads(bare.read_text())
+    assert rerun["color_constancy"] == {"trained_with": "shades_of_gray", "applied": "shades_of_gray"}
+    assert bare["color_constancy"] == {"trained_with": "shades_of_gray", "applied": "none"}
+    for name in ("roc_auc", "accuracy", "sensitivity", "specificity"):
+        assert rerun["at_screening_threshold"][name] == pytest.approx(report["test_at_screening_threshold"][name], abs=0.005)
 
 
 def test_averaged_state_dict_is_the_mean_of_the_weights(tmp_path):
