@@ -13,6 +13,13 @@ ONNX Runtime path that the app and predict.py use.
 --robustness scores the same images again under shifts that another clinic's
 dermatoscope or a phone would cause (colour casts, exposure, blur, zoom,
 framing, JPEG compression, low resolution) and reports the ROC AUC drop.
+--card MODEL/README.md writes that table into the model card.
+
+    python evaluate.py --compare runs/a runs/b ... --card model/README.md
+
+--compare evaluates nothing: it tabulates finished training runs, from each
+run's eval_results.json (and robustness.json, written by --robustness --out),
+with the recipe read back from the training command each one stored.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -29,6 +37,7 @@ from tqdm import tqdm
 
 import data_prep
 from melanoma_screen import metrics
+from melanoma_screen.model_card import update_card_section
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import FAST, ScreeningModel
 
@@ -155,11 +164,74 @@ def print_report(report: dict, stored: dict | None) -> None:
         print(f"\nlargest difference from the stored eval_results.json: {largest * 100:.2f} points")
 
 
+def robustness_markdown(report: dict) -> str:
+    clean = report["at_screening_threshold"]
+    lines = ["| shift | ROC AUC | AUC drop | sensitivity @ screening | specificity @ screening |", "|---|---|---|---|---|",
+             f"| none | {clean['roc_auc']:.3f} | – | {clean['sensitivity']:.3f} | {clean['specificity']:.3f} |"]
+    for name, row in report["robustness"].items():
+        lines.append(f"| {name} | {row['roc_auc']:.3f} | {row['auc_drop']:.3f} | {row['sensitivity_at_screening']:.3f} "
+                     f"| {row['specificity_at_screening']:.3f} |")
+    return "\n".join(lines) + f"\n\nMeasured on {report['n_images']} test images with `{report.get('command', 'evaluate.py --robustness')}`."
+
+
+def describe_run(run_dir: Path) -> dict:
+    """One row of the comparison: the recipe (from the stored training command) and its figures."""
+    import train_vit  # heavy (Trainer); only --compare needs it
+
+    report = json.loads((run_dir / "eval_results.json").read_text())
+    data_args, model_args, train_args = train_vit.parse_args(shlex.split(report["command"])[2:])
+    defaults = train_vit.DataArguments()
+    augment_names = ("augment_brightness", "augment_contrast", "augment_saturation", "augment_hue", "augment_white_balance")
+    stronger = {name.removeprefix("augment_"): getattr(data_args, name) for name in augment_names
+                if getattr(data_args, name) != getattr(defaults, name)}
+    selection = report.get("checkpoint_selection", {"chosen": "best checkpoint"})
+    row = {
+        "run": run_dir.name,
+        "initialisation": "random" if model_args.scratch_config else
+                          ("MAE encoder" if model_args.init_from else model_args.model_name_or_path),
+        "colour constancy": model_args.color_constancy.replace("_", " ").replace("none", "–"),
+        "augmentation": ", ".join(f"{k} ±{v:g}" for k, v in stronger.items()) or "default",
+        "epochs": f"{train_args.epochs:g}",
+        "weights": f"mean of last {len(selection['average']['checkpoints'])}" if selection["chosen"] == "average" else "best epoch",
+        "val AUC": report["validation_at_screening_threshold"]["roc_auc"],
+        "val spec @ screening": report["validation_at_screening_threshold"]["specificity"],
+        "test AUC": report["test_at_0_5"]["roc_auc"],
+        "test acc": report["test_at_0_5"]["accuracy"],
+        "test sens / spec @ screening": (report["test_at_screening_threshold"]["sensitivity"],
+                                         report["test_at_screening_threshold"]["specificity"]),
+        "test ECE": report["test_at_0_5"]["ece"],
+    }
+    robustness_path = run_dir / "robustness.json"
+    if robustness_path.is_file():
+        shifts = json.loads(robustness_path.read_text())["robustness"]
+        worst = min(shifts, key=lambda name: shifts[name]["roc_auc"])
+        row["mean AUC under shifts"] = float(np.mean([shift["roc_auc"] for shift in shifts.values()]))
+        row["worst shift"] = (worst, shifts[worst]["roc_auc"])
+    return row
+
+
+def comparison_markdown(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(name for row in rows for name in row))
+
+    def cell(value) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return f"{value:.3f}"
+        if isinstance(value, tuple):
+            return " / ".join(cell(part) for part in value)
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(name)) for name in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--model", default="model", help="Model folder (or Hub id).")
-    parser.add_argument("--data-dir", required=True, help="Image folder: {split}/{benign,malignant}/* or {benign,malignant}/*.")
+    parser.add_argument("--data-dir", help="Image folder: {split}/{benign,malignant}/* or {benign,malignant}/*.")
     parser.add_argument("--split", default=None, help="Split folder to score, e.g. test (omit when --data-dir holds the label folders).")
     parser.add_argument("--robustness", action="store_true", help="Also score under acquisition shifts.")
     parser.add_argument("--fast", action="store_true", help="Score the app's int8 ONNX Runtime path instead of exact fp32.")
@@ -167,7 +239,21 @@ def main(argv=None) -> int:
                         help="Skip the colour constancy the model was trained with, as a bare transformers pipeline does.")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", default=None, help="Write the report as JSON here.")
+    parser.add_argument("--card", default=None, help="Write the robustness (or --compare) table into this model card.")
+    parser.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="Tabulate finished training runs instead.")
     args = parser.parse_args(argv)
+
+    if args.compare:
+        table = comparison_markdown([describe_run(Path(run)) for run in args.compare])
+        print(table)
+        if args.card:
+            command = "python evaluate.py --compare " + " ".join(args.compare) + f" --card {args.card}"
+            update_card_section(args.card, "comparison", f"{table}\n\nWritten by `{command}`.")
+        return 0
+    if not args.data_dir:
+        parser.error("--data-dir is required (unless --compare)")
+    if args.card and not args.robustness:
+        parser.error("--card needs --robustness (or --compare)")
 
     data_dir = Path(args.data_dir)
     if args.split is None:
@@ -184,9 +270,12 @@ def main(argv=None) -> int:
     report = evaluate(model, scan.records, robustness=args.robustness, batch_size=args.batch_size)
     report["color_constancy"] = {"trained_with": trained_with, "applied": model.color_constancy}
     report["data"] = {"data_dir": str(data_dir), "split": args.split, "counts": scan.counts, "skipped": len(scan.skipped)}
+    report["command"] = "python evaluate.py " + " ".join(shlex.quote(arg) for arg in (argv if argv is not None else sys.argv[1:]))
     print_report(report, model.eval_results if args.split == "test" and model.color_constancy == trained_with else None)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
+    if args.card:
+        update_card_section(args.card, "robustness", robustness_markdown(report))
     return 0
 
 

@@ -465,6 +465,7 @@ def model_card_context(train_args, model_args, data_args, data, report, base_mod
         test_metrics_at_screening=report.get("test_at_screening_threshold"),
         validation_metrics=report["validation_at_screening_threshold"],
         audit_summary=audit_summary,
+        color_constancy=model_args.color_constancy,
         license="cc-by-nc-4.0",
         date=date.today().isoformat(),
     )

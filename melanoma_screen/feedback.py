@@ -89,7 +89,7 @@ class FeedbackStore:
 
     def _upload(self, record_dir: Path) -> str | None:
         """Upload one report folder; returns a warning sentence on failure, None on success."""
-        if hub._offline():
+        if hub.hub_offline():
             reason = "offline: HF_HUB_OFFLINE is set"
         else:
             try:
@@ -100,7 +100,7 @@ class FeedbackStore:
                                   repo_type="dataset", commit_message=f"Feedback report {record_dir.name}")
                 return None
             except Exception as error:  # whatever the Hub does, the local report stands
-                reason = hub._reason(error)
+                reason = hub.failure_reason(error)
         warning = f"The report was saved in {record_dir} but not uploaded to {self.hub_dataset_id} ({reason})."
         logger.warning(warning)
         return warning

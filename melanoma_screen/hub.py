@@ -30,14 +30,14 @@ def resolve_token(token: str | None = None) -> str | None:
         return None
 
 
-def _offline() -> bool:
+def hub_offline() -> bool:
     # huggingface_hub reads HF_HUB_OFFLINE once at import; an environment
     # change made after that (e.g. by a test or a launcher) is only in os.environ.
     from_environment = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE_VALUES
     return from_environment or bool(huggingface_hub.constants.HF_HUB_OFFLINE)
 
 
-def _reason(error: Exception) -> str:
+def failure_reason(error: Exception) -> str:
     if isinstance(error, huggingface_hub.errors.OfflineModeIsEnabled):
         return "offline: HF_HUB_OFFLINE is set"
     response = getattr(error, "response", None)
@@ -69,7 +69,7 @@ def push_folder_to_hub(folder, repo_id: str, token: str | None = None, private: 
 
     if not folder.is_dir():
         raise HubPushError(f"Could not push {folder} to the Hugging Face Hub as {repo_id}: the folder does not exist.")
-    if _offline():
+    if hub_offline():
         raise failure("offline: HF_HUB_OFFLINE is set")
     token = resolve_token(token)
     if token is None:
@@ -81,5 +81,5 @@ def push_folder_to_hub(folder, repo_id: str, token: str | None = None, private: 
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                           commit_message=commit_message, ignore_patterns=["checkpoints/**"])
     except Exception as error:
-        raise failure(_reason(error)) from error
+        raise failure(failure_reason(error)) from error
     return str(repo_url)

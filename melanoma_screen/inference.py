@@ -85,13 +85,13 @@ def default_model_source() -> str:
 
 
 def _hub_failure_reason(error: Exception) -> str:
-    if hub._offline():
+    if hub.hub_offline():
         return "offline"
     if isinstance(error, huggingface_hub.errors.RepositoryNotFoundError):
         return "no such model repository, or it is private"
     if isinstance(error, huggingface_hub.errors.LocalEntryNotFoundError):
         return "the Hub could not be reached"
-    return hub._reason(error)
+    return hub.failure_reason(error)
 
 
 def _download(source: str) -> Path:
@@ -106,7 +106,7 @@ def _download(source: str) -> Path:
     try:
         # local_files_only: offline, a model already in the cache still loads.
         folder = huggingface_hub.snapshot_download(
-            source, allow_patterns=MODEL_FILES, local_files_only=hub._offline(), token=hub.resolve_token()
+            source, allow_patterns=MODEL_FILES, local_files_only=hub.hub_offline(), token=hub.resolve_token()
         )
     except Exception as error:
         raise failure(_hub_failure_reason(error)) from error

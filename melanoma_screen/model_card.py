@@ -156,7 +156,19 @@ _DERIVED = {
     "class_counts_table": (("class_counts_used",), lambda c: counts_table(c["class_counts_used"], "Class", "Images")),
     "split_sizes_table": (("split_sizes",), lambda c: counts_table(c["split_sizes"], "Split", "Images")),
     "audit_summary": (("audit_summary",), lambda c: str(c["audit_summary"]).strip() or "not run"),
+    "color_constancy_note": (("image_size",), lambda c: _color_constancy_note(c.get("color_constancy", "none"), c["image_size"])),
 }
+
+
+def _color_constancy_note(method: str, image_size: int) -> str:
+    if method == "none":
+        return ""
+    return (
+        f"\n**Colour constancy.** This model was trained on images resized to {image_size}x{image_size} and corrected with "
+        f"{method.replace('_', ' ').title()} colour constancy (`color_constancy` in config.json). `pipeline` does not know "
+        "this step: the app, predict.py and evaluate.py apply it; with a bare pipeline pass "
+        "`ScreeningModel.load(MODEL).pipeline_input(path)` from this project's `melanoma_screen.inference` instead of the path.\n"
+    )
 
 
 def _with_defaults(context: dict) -> dict:
@@ -247,6 +259,31 @@ def card_metadata(context: dict) -> ModelCardData:
         tags=DEFAULT_TAGS + [tag for tag in context.get("tags", []) if tag not in DEFAULT_TAGS],
         eval_results=_eval_results(context) or None,
     )
+
+
+# ------------------------------------------------------------------ sections
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- begin {name} -->", f"<!-- end {name} -->"
+
+
+def replace_section(card: str, name: str, markdown: str) -> str:
+    """Put markdown between the card's `<!-- begin NAME -->` and `<!-- end NAME -->` markers.
+
+    Tables measured after training (robustness, comparison of runs) go into the
+    rendered card this way, and a rerun replaces them instead of appending.
+    """
+    begin, end = _markers(name)
+    if begin not in card or end not in card:
+        raise ValueError(f"the model card has no {begin} ... {end} section")
+    head, rest = card.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{markdown.strip()}\n{end}{tail}"
+
+
+def update_card_section(card_path, name: str, markdown: str) -> None:
+    path = Path(card_path)
+    path.write_text(replace_section(path.read_text(encoding="utf-8"), name, markdown), encoding="utf-8")
 
 
 # ------------------------------------------------------------------ public

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -40,3 +41,31 @@ def test_every_shift_keeps_the_size_and_changes_the_pixels(name):
     shifted = evaluate.SHIFTS[name](image)
     assert shifted.size == image.size and shifted.mode == "RGB"
     assert np.abs(np.asarray(shifted, dtype=np.float32) - np.asarray(image, dtype=np.float32)).mean() > 0.5
+
+
+def test_robustness_table_goes_into_the_model_card(tiny_model_dir, tiny_image_folder, tmp_path):
+    card = tmp_path / "README.md"
+    shutil.copy(tiny_model_dir / "README.md", card)
+    arguments = ["--model", str(tiny_model_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
+                 "--robustness", "--card", str(card)]
+    assert evaluate.main(arguments) == 0
+    first = card.read_text()
+    assert "| darker (-35%) |" in first and "Not measured yet" not in first
+    assert "python evaluate.py --model" in first
+    # A rerun replaces the table rather than adding a second one.
+    assert evaluate.main(arguments) == 0
+    assert card.read_text().count("| darker (-35%) |") == 1
+
+
+def test_compare_tabulates_runs_from_their_stored_commands(tiny_model_dir, tmp_path, capsys):
+    run = tmp_path / "runs" / "tiny-run"
+    shutil.copytree(tiny_model_dir, run, ignore=shutil.ignore_patterns("checkpoints"))
+    report = json.loads((run / "eval_results.json").read_text())
+    card = tmp_path / "README.md"
+    shutil.copy(tiny_model_dir / "README.md", card)
+    assert evaluate.main(["--compare", str(run), "--card", str(card)]) == 0
+    printed = capsys.readouterr().out
+    row = next(line for line in printed.splitlines() if line.startswith("| tiny-run |"))
+    assert "| random | – | default |" in row
+    assert f"| {report['test_at_0_5']['roc_auc']:.3f} |" in row
+    assert row in card.read_text() and "Not written yet" not in card.read_text()
