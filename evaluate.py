@@ -38,6 +38,7 @@ from tqdm import tqdm
 import data_prep
 from melanoma_screen import metrics
 from melanoma_screen.model_card import update_card_section
+from melanoma_screen.transforms import COLOR_CONSTANCY_NAMES
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import FAST, ScreeningModel
 
@@ -189,7 +190,7 @@ def describe_run(run_dir: Path) -> dict:
         "run": run_dir.name,
         "initialisation": "random" if model_args.scratch_config else
                           ("MAE encoder" if model_args.init_from else model_args.model_name_or_path),
-        "colour constancy": model_args.color_constancy.replace("_", " ").replace("none", "–"),
+        "colour constancy": "–" if model_args.color_constancy == "none" else COLOR_CONSTANCY_NAMES[model_args.color_constancy],
         "augmentation": ", ".join(f"{k} ±{v:g}" for k, v in stronger.items()) or "default",
         "epochs": f"{train_args.epochs:g}",
         "weights": f"mean of last {len(selection['average']['checkpoints'])}" if selection["chosen"] == "average" else "best epoch",

@@ -43,8 +43,8 @@ from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, averaged_state_dict, epoch_checkpoints, last_checkpoint,
 )
 from melanoma_screen.transforms import (
-    COLOR_CONSTANCY_METHODS, DermoscopyAugmentation, apply_color_constancy, augmentation_rng, build_image_processor,
-    color_constant_input, processor_image_size,
+    COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, apply_color_constancy, augmentation_rng,
+    build_image_processor, color_constant_input, processor_image_size,
 )
 
 logger = logging.getLogger("train_vit")
@@ -303,7 +303,7 @@ def main(argv=None):
     model, image_processor, base_model, init_description = build_model(model_args)
     model.config.color_constancy = model_args.color_constancy
     if model_args.color_constancy != "none":
-        init_description += f", inputs corrected with {model_args.color_constancy.replace('_', ' ').title()} colour constancy"
+        init_description += f", inputs corrected with {COLOR_CONSTANCY_NAMES[model_args.color_constancy]} colour constancy"
     train_transform, eval_transform = make_transforms(image_processor, data_args, model_args.color_constancy)
     train_dataset = to_dataset(data["train"]).with_transform(train_transform)
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from .transforms import COLOR_CONSTANCY_NAMES
+
 PLOT_FILES = {"roc_curve": "roc_curve.png", "confusion_matrix": "confusion_matrix.png",
               "reliability_diagram": "reliability_diagram.png"}
 DEFAULT_LICENSE = "cc-by-nc-4.0"  # ISIC images are mostly CC-BY-NC
@@ -165,7 +167,7 @@ def _color_constancy_note(method: str, image_size: int) -> str:
         return ""
     return (
         f"\n**Colour constancy.** This model was trained on images resized to {image_size}x{image_size} and corrected with "
-        f"{method.replace('_', ' ').title()} colour constancy (`color_constancy` in config.json). `pipeline` does not know "
+        f"{COLOR_CONSTANCY_NAMES[method]} colour constancy (`color_constancy` in config.json). `pipeline` does not know "
         "this step: the app, predict.py and evaluate.py apply it; with a bare pipeline pass "
         "`ScreeningModel.load(MODEL).pipeline_input(path)` from this project's `melanoma_screen.inference` instead of the path.\n"
     )

@@ -36,6 +36,7 @@ def build_image_processor(image_size: int, image_mean=DEFAULT_MEAN, image_std=DE
 
 
 COLOR_CONSTANCY_METHODS = ("none", "shades_of_gray")
+COLOR_CONSTANCY_NAMES = {"none": "none", "shades_of_gray": "Shades of Gray"}
 # Minkowski norm p = 6 is what Barata et al. (2015) found best for dermoscopy
 # and what ISIC 2017-2019 winning entries used.
 SHADES_OF_GRAY_POWER = 6

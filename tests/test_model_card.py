@@ -12,6 +12,7 @@ from melanoma_screen.model_card import (
     PLOT_FILES,
     MissingPlaceholderError,
     render_model_card,
+    replace_section,
     write_model_card,
 )
 from melanoma_screen.plots import save_confusion_matrix, save_reliability_diagram, save_roc_curve
@@ -90,7 +91,9 @@ def test_body_content():
     body = text.split("\n---\n", 1)[1].lstrip()
     assert body.splitlines()[0].startswith("> **Disclaimer:**") and DISCLAIMER in body.splitlines()[0]
     assert not re.search(r"\{\{\s*\w+\s*\}\}", body)  # every placeholder filled
-    assert "<!--" not in body  # the template's editor note is dropped
+    assert "this comment is dropped" not in body  # the template's editor note
+    # The only comments left are the markers of the sections filled in after training.
+    assert re.findall(r"<!--(.*?)-->", body) == [" begin robustness ", " end robustness ", " begin comparison ", " end comparison "]
     assert f'pipeline("image-classification", model="{context["model_id"]}")' in body
     assert context["command"] in body
     assert context["audit_summary"] in body
@@ -173,3 +176,21 @@ def test_run_without_test_split_renders_without_model_index():
     assert "model-index" not in card.content
     assert "Not evaluated: this run had no test split." in card.text
     assert "| Accuracy | n/a | n/a |" in card.text
+
+
+def test_colour_constant_model_card_tells_pipeline_users_the_extra_step():
+    plain = render_model_card(TEMPLATE, make_context())
+    corrected = render_model_card(TEMPLATE, make_context(color_constancy="shades_of_gray"))
+    assert "pipeline_input" not in plain
+    assert "Shades of Gray colour constancy" in corrected and "pipeline_input(path)" in corrected
+
+
+def test_measured_sections_are_replaced_in_place():
+    card = render_model_card(TEMPLATE, make_context())
+    assert "Not measured yet" in card and "Not written yet" in card
+    updated = replace_section(card, "robustness", "| shift | ROC AUC |\n|---|---|\n| blur | 0.9 |")
+    updated = replace_section(updated, "robustness", "| shift | ROC AUC |\n|---|---|\n| blur | 0.8 |")
+    assert "| blur | 0.8 |" in updated and "| blur | 0.9 |" not in updated and "Not measured yet" not in updated
+    assert "Not written yet" in updated
+    with pytest.raises(ValueError, match="no <!-- begin nonsense -->"):
+        replace_section(card, "nonsense", "x")
