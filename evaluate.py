@@ -37,10 +37,10 @@ from tqdm import tqdm
 
 import data_prep
 from melanoma_screen import metrics
-from melanoma_screen.model_card import update_card_section
-from melanoma_screen.transforms import COLOR_CONSTANCY_NAMES
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import FAST, ScreeningModel
+from melanoma_screen.model_card import update_card_section
+from melanoma_screen.transforms import COLOR_CONSTANCY_NAMES
 
 
 def _colour_cast(gains):
@@ -172,7 +172,7 @@ def robustness_markdown(report: dict) -> str:
     for name, row in report["robustness"].items():
         lines.append(f"| {name} | {row['roc_auc']:.3f} | {row['auc_drop']:.3f} | {row['sensitivity_at_screening']:.3f} "
                      f"| {row['specificity_at_screening']:.3f} |")
-    return "\n".join(lines) + f"\n\nMeasured on {report['n_images']} test images with `{report.get('command', 'evaluate.py --robustness')}`."
+    return "\n".join(lines) + f"\n\nMeasured on {report['n_images']} images with `{report.get('command', 'evaluate.py --robustness')}`."
 
 
 def describe_run(run_dir: Path) -> dict:
