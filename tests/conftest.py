@@ -6,8 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The load test starts the app on a free port and waits for it exactly as the app tests do.
+sys.path.append(str(REPO_ROOT / "benchmarks"))
+from load_test import free_port, wait_until_up  # noqa: E402
+
 SHARED_DATASET = REPO_ROOT.parent / "shared" / "data" / "melanoma_cancer_dataset"
 
 
@@ -57,14 +59,7 @@ def tiny_model_dir(tiny_image_folder, tmp_path_factory) -> Path:
 
 def wait_for_app(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
     """Block until the app subprocess answers at `url`; fail with its log if it dies or hangs."""
-    deadline = time.time() + timeout
-    while True:
-        assert process.poll() is None, log.read_text()
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        assert time.time() < deadline, "the app did not start: " + log.read_text()
-        time.sleep(0.5)
+    try:
+        wait_until_up(url, process, timeout)
+    except RuntimeError as error:
+        pytest.fail(f"the app did not start: {error}\n{log.read_text()}")

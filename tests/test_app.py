@@ -13,7 +13,6 @@ import io
 import json
 import math
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from conftest import REPO_ROOT, SHARED_DATASET, wait_for_app
+from conftest import REPO_ROOT, SHARED_DATASET, free_port, wait_for_app
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -35,12 +34,6 @@ from melanoma_screen.calibration import risk_level  # noqa: E402
 
 EXAMPLES = REPO_ROOT / "examples"
 PREDICTION_KEYS = {"label", "probabilities", "risk_level", "screening_threshold", "high_risk_threshold", "model_id"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def example_rows() -> list[dict]:
