@@ -40,7 +40,7 @@ from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.model_card import write_model_card
 from melanoma_screen.modeling import (
-    ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, averaged_state_dict, epoch_checkpoints, last_checkpoint,
+    ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, averaged_state_dict, trainer_checkpoints, last_checkpoint,
 )
 from melanoma_screen.transforms import (
     COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, apply_color_constancy, augmentation_rng,
@@ -271,7 +271,7 @@ def select_checkpoint_or_average(trainer, val_dataset, data, train_args, trainin
     best = {"checkpoint": trainer.state.best_model_checkpoint, "validation_roc_auc": trainer.state.best_metric}
     if train_args.average_last < 2:
         return {"chosen": "best checkpoint", "best_checkpoint": best}
-    checkpoints = epoch_checkpoints(training_args.output_dir)[-train_args.average_last:]
+    checkpoints = trainer_checkpoints(training_args.output_dir)[-train_args.average_last:]
     if len(checkpoints) < 2:
         return {"chosen": "best checkpoint", "best_checkpoint": best, "average": "fewer than 2 checkpoints on disk"}
     val_labels = np.array([r.label for r in data["validation"]])

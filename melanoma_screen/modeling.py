@@ -20,13 +20,14 @@ SCRATCH_CONFIGS = {
 
 def last_checkpoint(checkpoint_dir) -> str | None:
     """The newest Trainer checkpoint in `checkpoint_dir`, or None."""
-    checkpoints = epoch_checkpoints(checkpoint_dir)
+    checkpoints = trainer_checkpoints(checkpoint_dir)
     return checkpoints[-1] if checkpoints else None
 
 
-def epoch_checkpoints(checkpoint_dir) -> list[str]:
-    """Trainer checkpoints in `checkpoint_dir`, oldest first."""
-    return [str(path) for path in sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))]
+def trainer_checkpoints(checkpoint_dir) -> list[str]:
+    """Trainer checkpoints in `checkpoint_dir` (one per epoch, or per --eval-steps), oldest first."""
+    paths = sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
+    return [str(path) for path in paths]
 
 
 def averaged_state_dict(model_class, checkpoints) -> dict[str, torch.Tensor]:
