@@ -16,7 +16,7 @@ import logging
 import random
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Optional
@@ -43,8 +43,8 @@ from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, averaged_state_dict, trainer_checkpoints, last_checkpoint,
 )
 from melanoma_screen.transforms import (
-    COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, apply_color_constancy, augmentation_rng,
-    build_image_processor, color_constant_input, processor_image_size,
+    COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, apply_color_constancy, apply_field_of_view_mask,
+    augmentation_rng, build_image_processor, model_input, processor_image_size,
 )
 
 logger = logging.getLogger("train_vit")
@@ -55,6 +55,16 @@ REPO_ROOT = Path(__file__).resolve().parent
 @dataclass
 class DataArguments:
     data_dir: Optional[str] = field(default=None, metadata={"help": "Image folder laid out as {train,test}/{benign,malignant}/*.jpg."})
+    extra_train_dir: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "More training data from other sources: {benign,malignant}/* folders, one or more. Audited with "
+                          "--data-dir: copies of its test images are dropped, one copy of each training duplicate is kept."},
+    )
+    external_dir: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "External validation sets ({benign,malignant}/* folders), scored at the end at 0.5 and both "
+                          "stored thresholds. Never trained on, nothing is fitted on them."},
+    )
     dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hugging Face Hub dataset id (needs network)."})
     val_fraction: float = field(default=0.1, metadata={"help": "Share of train carved out, stratified, for validation."})
     drop_duplicates: bool = field(default=False, metadata={"help": "Drop train images that copy test images or each other (the audit finds them)."})
@@ -66,6 +76,17 @@ class DataArguments:
     augment_saturation: float = field(default=0.15, metadata={"help": "Random saturation factor range, 1 ± this."})
     augment_hue: float = field(default=0.02, metadata={"help": "Random hue shift, ± this fraction of the colour wheel."})
     augment_white_balance: float = field(default=0.0, metadata={"help": "Random per-channel gain, 1 ± this (another device's white balance)."})
+    augment_vignette: float = field(
+        default=0.0,
+        metadata={"help": "Probability of drawing a random black circular field of view on a training image of either "
+                          "class, so a dermoscope's vignette carries no class information."},
+    )
+    crop_scale_min: float = field(
+        default=0.5,
+        metadata={"help": "Smallest share of the image a random crop keeps; lower lets small lesions fill the frame "
+                          "as they do on other devices."},
+    )
+    shortcut_warn_auc: float = field(default=0.65, metadata={"help": "Warn when one acquisition feature alone predicts the label with this ROC AUC."})
 
 
 @dataclass
@@ -76,6 +97,11 @@ class ModelArguments:
     image_size: int = field(default=224, metadata={"help": "Input resolution for --scratch-config."})
     patch_size: int = field(default=16, metadata={"help": "Patch size for --scratch-config."})
     dropout: float = field(default=0.1, metadata={"help": "Hidden and attention dropout for --scratch-config."})
+    field_of_view_mask: float = field(
+        default=0.0,
+        metadata={"help": "Black out everything outside one centred circle of this radius (share of the image side) in "
+                          "training and inference; saved in the config (0 = off)."},
+    )
     color_constancy: str = field(
         default="none",
         metadata={"help": "Colour constancy before the image processor; saved in the config, applied by the app, "
@@ -125,11 +151,31 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- data
 
 
+def scan_label_folder(folder: str, split: str):
+    """A {benign,malignant}/* folder (an extra training or external set) read as one split."""
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise SystemExit(f"{folder} is not a folder with benign/ and malignant/ inside.")
+    scan = data_prep.scan_image_folder(path.parent, splits=(path.name,))
+    for record in scan.records:
+        record.split, record.source = split, path.name
+    return scan
+
+
 def load_records(data_args: DataArguments, train_args: TrainArguments):
     scan = data_prep.load_source(data_dir=data_args.data_dir, dataset_name=data_args.dataset_name)
+    main_source = Path(data_args.data_dir).name if data_args.data_dir else data_args.dataset_name
+    for record in scan.records:
+        record.source = main_source
+    extra_scans = [scan_label_folder(folder, "train") for folder in data_args.extra_train_dir or []]
+    for extra in extra_scans:
+        scan.records.extend(extra.records)
+        scan.skipped.extend(extra.skipped)
     for skipped in scan.skipped:
         logger.warning("skipped %s: %s", skipped["path"], skipped["reason"])
     logger.info("valid images per split and label: %s", scan.counts)
+    for extra, folder in zip(extra_scans, data_args.extra_train_dir or []):
+        logger.info("extra training images from %s: %s", folder, extra.counts)
 
     # The audit always runs (about 35 s on the 10k set): even when nothing is
     # dropped, it keeps each group of copies on one side of the validation split.
@@ -137,7 +183,11 @@ def load_records(data_args: DataArguments, train_args: TrainArguments):
         audit = json.loads(Path(data_args.audit_file).read_text())
     else:
         audit = data_prep.audit_duplicates(scan.records)
-    dropped = data_prep.leaked_paths(audit) if data_args.drop_duplicates else set()
+    extra_paths = {record.path for extra in extra_scans for record in extra.records}
+    dropped = data_prep.duplicates_to_drop(audit, data_args.drop_duplicates, extra_paths)
+    if extra_paths:
+        logger.info("extra training images dropped as copies of the main dataset's or each other: %d",
+                    len(dropped & extra_paths))
 
     train_pool = [r for r in scan.records if r.split == "train" and r.path not in dropped]
     test_records = [r for r in scan.records if r.split == "test"]
@@ -151,10 +201,22 @@ def load_records(data_args: DataArguments, train_args: TrainArguments):
         train_records = random.Random(train_args.seed).sample(train_records, min(data_args.max_train_samples, len(train_records)))
     train_records, class_weights, class_counts = data_prep.balance(train_records, method=data_args.balance, seed=train_args.seed)
     logger.info("class counts used for training: %s (weights %s)", class_counts, class_weights)
+    external = {Path(folder).name: scan_label_folder(folder, "external").records for folder in data_args.external_dir or []}
     return dict(
         scan=scan, audit=audit, dropped=sorted(dropped), train=train_records, validation=val_records,
-        test=test_records, class_weights=class_weights, class_counts=class_counts,
+        test=test_records, class_weights=class_weights, class_counts=class_counts, external=external,
+        sources=source_counts(train_records, val_records, test_records),
     )
+
+
+def source_counts(train_records, val_records, test_records) -> dict:
+    """{source: {split: {label: n}}}, so the card can list every source and what it contributed."""
+    counts: dict = {}
+    for split, records in (("train", train_records), ("validation", val_records), ("test", test_records)):
+        for record in records:
+            by_label = counts.setdefault(record.source, {}).setdefault(split, {name: 0 for name in data_prep.LABELS})
+            by_label[record.label_name] += 1
+    return counts
 
 
 def to_dataset(records) -> Dataset:
@@ -163,9 +225,11 @@ def to_dataset(records) -> Dataset:
     return dataset.cast_column("image", ImageFeature())
 
 
-def make_transforms(image_processor, data_args: DataArguments, color_constancy: str = "none"):
+def make_transforms(image_processor, data_args: DataArguments, color_constancy: str = "none", field_of_view_mask: float = 0.0):
     augment = DermoscopyAugmentation(
         image_size=processor_image_size(image_processor),
+        crop_scale=(data_args.crop_scale_min, 1.0),
+        vignette=data_args.augment_vignette,
         brightness=data_args.augment_brightness,
         contrast=data_args.augment_contrast,
         saturation=data_args.augment_saturation,
@@ -176,12 +240,13 @@ def make_transforms(image_processor, data_args: DataArguments, color_constancy: 
     # Colour constancy comes after the augmentation, as it would after a real
     # device's colour shift: the jitter teaches what it cannot undo.
     def train_transform(batch):
-        images = [apply_color_constancy(augment(load_rgb_image(image, min_side=1), augmentation_rng()), color_constancy)
+        images = [apply_field_of_view_mask(apply_color_constancy(augment(load_rgb_image(image, min_side=1), augmentation_rng()),
+                                                                 color_constancy), field_of_view_mask)
                   for image in batch["image"]]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
 
     def eval_transform(batch):
-        images = [color_constant_input(load_rgb_image(image, min_side=1), image_processor, color_constancy)
+        images = [model_input(load_rgb_image(image, min_side=1), image_processor, color_constancy, field_of_view_mask)
                   for image in batch["image"]]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
 
@@ -262,6 +327,16 @@ def weighted_loss(class_weights, label_smoothing):
     return compute_loss
 
 
+def score_external(trainer, dataset, records, operating_points) -> dict:
+    labels = np.array([r.label for r in records])
+    prob = malignant_probability(trainer.predict(dataset).predictions)
+    return {
+        "at_0_5": metrics.binary_metrics(labels, prob, threshold=0.5),
+        "at_screening_threshold": metrics.binary_metrics(labels, prob, threshold=operating_points["screening_threshold"]),
+        "at_high_risk_threshold": metrics.binary_metrics(labels, prob, threshold=operating_points["high_risk_threshold"]),
+    }
+
+
 def validation_auc(trainer, val_dataset, val_labels) -> float:
     return metrics.binary_metrics(val_labels, malignant_probability(trainer.predict(val_dataset).predictions))["roc_auc"]
 
@@ -302,9 +377,13 @@ def main(argv=None):
         raise SystemExit("Not enough valid training images to carve a validation split.")
     model, image_processor, base_model, init_description = build_model(model_args)
     model.config.color_constancy = model_args.color_constancy
+    model.config.field_of_view_mask = model_args.field_of_view_mask
     if model_args.color_constancy != "none":
         init_description += f", inputs corrected with {COLOR_CONSTANCY_NAMES[model_args.color_constancy]} colour constancy"
-    train_transform, eval_transform = make_transforms(image_processor, data_args, model_args.color_constancy)
+    if model_args.field_of_view_mask:
+        init_description += f", every image masked to a centred circle of radius {model_args.field_of_view_mask:g} of its side"
+    train_transform, eval_transform = make_transforms(image_processor, data_args, model_args.color_constancy,
+                                                      model_args.field_of_view_mask)
     train_dataset = to_dataset(data["train"]).with_transform(train_transform)
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None
@@ -408,6 +487,14 @@ def main(argv=None):
         )
     else:
         logger.warning("no test split: the report holds validation figures only")
+    # Scored with the thresholds from validation, as a user elsewhere would get
+    # them: nothing is fitted here, so these figures show how far they move.
+    report["external"] = {
+        name: score_external(trainer, to_dataset(records).with_transform(eval_transform), records, operating_points)
+        for name, records in data["external"].items()
+    }
+    report["sources"] = data["sources"]
+    report["settings"] = {"data": asdict(data_args), "model": asdict(model_args), "training": asdict(train_args)}
 
     if not trainer.is_world_process_zero():
         return
@@ -450,7 +537,8 @@ def model_card_context(train_args, model_args, data_args, data, report, base_mod
         base_model=base_model,
         init_description=init_description,
         dataset_id=data_args.dataset_name or Path(data_args.data_dir).name,
-        dataset_description="Melanoma Skin Cancer Dataset of 10000 Images (Kaggle, M. H. Javid), derived from the ISIC archive",
+        dataset_description="Melanoma Skin Cancer Dataset of 10000 Images (Kaggle, M. H. Javid), derived from the ISIC archive"
+        + "".join(f"; extra training images from `{Path(folder).name}`" for folder in data_args.extra_train_dir or []),
         command=command,
         image_size=int(model.config.image_size),
         n_parameters=sum(p.numel() for p in model.parameters()),
@@ -466,6 +554,9 @@ def model_card_context(train_args, model_args, data_args, data, report, base_mod
         validation_metrics=report["validation_at_screening_threshold"],
         audit_summary=audit_summary,
         color_constancy=model_args.color_constancy,
+        external=report.get("external"),
+        sources=report.get("sources"),
+        shortcut_audit=data.get("shortcut_markdown"),
         license="cc-by-nc-4.0",
         date=date.today().isoformat(),
     )
@@ -476,6 +567,8 @@ def print_summary(report):
     for key, name in (("test_at_0_5", "test @ 0.5"), ("test_at_screening_threshold", "test @ screening")):
         if key in report:
             rows.append((name, report[key]))
+    for source, result in report.get("external", {}).items():
+        rows += [(f"{source[:13]} @ 0.5", result["at_0_5"]), (f"{source[:13]} @ screening", result["at_screening_threshold"])]
     print(f"\n{'':24s} {'AUC':>6s} {'acc':>6s} {'sens':>6s} {'spec':>6s} {'ECE':>6s}")
     for name, m in rows:
         auc = "  n/a" if m["roc_auc"] is None else f"{m['roc_auc']:.3f}"

@@ -17,7 +17,7 @@ from .audit import (DEFAULT_HASH_DISTANCE, DEFAULT_MIN_DETAIL_CORRELATION, audit
                     leaked_paths)
 from .folder import LABELS, ImageRecord, ScanReport, scan_image_folder
 from .hub import DataSourceError, load_hub_dataset
-from .split import balance, class_counts, group_ids, train_val_split
+from .split import balance, class_counts, duplicates_to_drop, group_ids, train_val_split
 
 
 def load_source(data_dir=None, dataset_name=None, progress: bool = True) -> ScanReport:
@@ -33,5 +33,5 @@ __all__ = [
     "LABELS", "ImageRecord", "ScanReport", "DataSourceError",
     "scan_image_folder", "load_hub_dataset", "load_source",
     "audit_duplicates", "leaked_paths", "DEFAULT_HASH_DISTANCE", "DEFAULT_MIN_DETAIL_CORRELATION",
-    "group_ids", "train_val_split", "balance", "class_counts",
+    "group_ids", "train_val_split", "balance", "class_counts", "duplicates_to_drop",
 ]

@@ -28,6 +28,7 @@ class ImageRecord:
     label: int  # index into LABELS
     split: str  # the split the image came from ("train" or "test"), not the train/validation split we make
     image: Any = None  # decoded PIL image for hub datasets, which have no file to re-read; None for files
+    source: str = ""  # which dataset the image came from, when several are combined for training
 
     @property
     def label_name(self) -> str:

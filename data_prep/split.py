@@ -29,7 +29,7 @@ def group_ids(records: list[ImageRecord], audit_report: dict) -> list[int]:
 
 def train_val_split(records: list[ImageRecord], val_fraction: float = 0.1, seed: int = 42,
                     groups: list[int] | None = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """(train, validation): stratified by label, whole groups on one side, the same for the same seed.
+    """(train, validation): stratified by source and label, whole groups on one side, the same for the same seed.
 
     Each class sends round(val_fraction * its size) images to validation, at least one when
     it has two or more, so even a 10-image toy dataset validates on both classes. Groups are
@@ -48,12 +48,15 @@ def train_val_split(records: list[ImageRecord], val_fraction: float = 0.1, seed:
     for i, group in enumerate(groups):
         members.setdefault(group, []).append(i)
 
-    # A group belongs to the class most of its images have (duplicates with
-    # conflicting labels are rare, and the audit reports them).
-    by_class: dict[int, list[list[int]]] = {label: [] for label in range(len(LABELS))}
+    # A group belongs to the source and class most of its images have
+    # (duplicates with conflicting labels are rare, and the audit reports
+    # them). Stratifying by source as well gives every training source its
+    # share of validation, so a source with one class cannot hide there.
+    by_class: dict[tuple[str, int], list[list[int]]] = {}
     for m in members.values():
-        majority = Counter(records[i].label for i in m).most_common(1)[0][0]
-        by_class[majority].append(m)
+        majority = Counter((records[i].source, records[i].label) for i in m).most_common(1)[0][0]
+        by_class.setdefault(majority, []).append(m)
+    by_class = dict(sorted(by_class.items()))
 
     rng = random.Random(seed)
     in_validation = [False] * len(records)
@@ -120,3 +123,27 @@ def balance(records: list[ImageRecord], method: str = "none",
         keep.update(rng.sample(indices, smallest))
     kept = [record for i, record in enumerate(records) if i in keep]  # original order, for readability
     return kept, None, class_counts(kept)
+
+
+def duplicates_to_drop(audit_report: dict, drop_duplicates: bool, extra_paths=frozenset()) -> set[str]:
+    """Training images to leave out, with images from extra training folders deduplicated always.
+
+    An extra folder (another dataset added to training) may hold copies of the
+    main dataset's images: every extra image that copies a test image is
+    dropped, and of a group of training copies the main dataset's copy is the
+    one kept. With drop_duplicates, the main dataset is deduplicated as
+    leaked_paths does: training copies of test images go, and one image of
+    each group within train stays.
+    """
+    dropped = set()
+    for group in audit_report["exact_duplicate_groups"] + audit_report["near_duplicate_groups"]:
+        train_paths = sorted(path for path, split in zip(group["paths"], group["splits"]) if split == "train")
+        if not train_paths:
+            continue
+        extras = [path for path in train_paths if path in extra_paths]
+        if group["cross_split"]:
+            dropped.update(train_paths if drop_duplicates else extras)
+            continue
+        kept = next((path for path in train_paths if path not in extra_paths), train_paths[0])
+        dropped.update(path for path in (train_paths if drop_duplicates else extras) if path != kept)
+    return dropped

@@ -159,7 +159,42 @@ _DERIVED = {
     "split_sizes_table": (("split_sizes",), lambda c: counts_table(c["split_sizes"], "Split", "Images")),
     "audit_summary": (("audit_summary",), lambda c: str(c["audit_summary"]).strip() or "not run"),
     "color_constancy_note": (("image_size",), lambda c: _color_constancy_note(c.get("color_constancy", "none"), c["image_size"])),
+    "external_table": ((), lambda c: external_table(c.get("external") or {}, c.get("test_metrics_at_05"),
+                                                    c.get("test_metrics_at_screening"))),
+    "sources_table": ((), lambda c: sources_table(c.get("sources") or {})),
+    "shortcut_audit": ((), lambda c: str(c.get("shortcut_audit") or "Not run.").strip()),
 }
+
+
+def external_table(external: dict, test_at_05: dict | None = None, test_at_screening: dict | None = None) -> str:
+    """One row per evaluation set: ROC AUC, then sensitivity/specificity at 0.5, screening and high-risk thresholds."""
+    if not external:
+        return "No external set was scored in this run (`train_vit.py --external-dir DIR`)."
+
+    def cells(result: dict) -> list[str]:
+        row = [format_value(result["at_0_5"]["roc_auc"]), format_value(result["at_0_5"].get("ece"))]
+        for key in ("at_0_5", "at_screening_threshold", "at_high_risk_threshold"):
+            m = result.get(key)
+            row.append("n/a" if m is None else f"{format_value(m['sensitivity'])} / {format_value(m['specificity'])}")
+        return row
+
+    lines = ["| Set | Images (malignant / benign) | ROC AUC | ECE | sens / spec @ 0.5 | sens / spec @ screening | sens / spec @ high-risk |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, result in external.items():
+        m = result["at_0_5"]
+        lines.append(f"| {name} (external) | {m['n']} ({m['n_malignant']} / {m['n_benign']}) | " + " | ".join(cells(result)) + " |")
+    return "\n".join(lines)
+
+
+def sources_table(sources: dict) -> str:
+    """{source: {split: {label: n}}} as one row per source and split."""
+    if not sources:
+        return ""
+    lines = ["| Source | Split | Benign | Malignant |", "|---|---|---:|---:|"]
+    for source, splits in sources.items():
+        for split, counts in splits.items():
+            lines.append(f"| {source} | {split} | {counts.get('benign', 0)} | {counts.get('malignant', 0)} |")
+    return "\n".join(lines)
 
 
 def _color_constancy_note(method: str, image_size: int) -> str:
@@ -240,6 +275,22 @@ def _eval_results(context: dict) -> list[EvalResult]:
                                   metric_value=round(float(at_screening[key]), 4),
                                   metric_config="screening_threshold",
                                   metric_args={"threshold": at_screening["threshold"]}))
+    # External sets are a second dataset entry of the model-index: the figures
+    # a user elsewhere should expect, next to the in-distribution ones.
+    for external_name, external in (context.get("external") or {}).items():
+        external_common = dict(common, dataset_type="imagefolder", dataset_name=f"{external_name} (external validation)",
+                               dataset_split="all")
+        at_05, at_screening = external["at_0_5"], external["at_screening_threshold"]
+        results += [
+            EvalResult(**external_common, metric_type=metric_type, metric_name=name, metric_value=round(float(at_05[key]), 4),
+                       metric_args={"threshold": at_05["threshold"]})
+            for key, metric_type, name in rows if at_05.get(key) is not None
+        ]
+        for key, metric_type, name in [("sensitivity", "recall", "Sensitivity at screening threshold"),
+                                       ("specificity", "specificity", "Specificity at screening threshold")]:
+            results.append(EvalResult(**external_common, metric_type=metric_type, metric_name=name,
+                                      metric_value=round(float(at_screening[key]), 4), metric_config="screening_threshold",
+                                      metric_args={"threshold": at_screening["threshold"]}))
     return results
 
 

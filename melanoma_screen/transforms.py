@@ -17,6 +17,8 @@ import torch
 from PIL import Image, ImageEnhance
 from transformers import ViTImageProcessorPil
 
+from .shortcuts import add_circular_vignette, mask_field_of_view
+
 # Mean/std of 0.5 is what google/vit-base-patch16-224-in21k uses, so a scratch
 # model and a fine-tuned one see inputs on the same scale.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
@@ -71,18 +73,36 @@ def apply_color_constancy(image: Image.Image, method: str) -> Image.Image:
 
 
 def color_constant_input(image: Image.Image, image_processor, method: str) -> Image.Image:
-    """The image resized as the processor would, then colour-corrected.
+    """The image resized as the processor would, then colour-corrected (see model_input)."""
+    return model_input(image, image_processor, method)
+
+
+def field_of_view_mask_of(config) -> float:
+    """The radius of the field-of-view mask a model was trained with, from its config (0 = none)."""
+    radius = float(getattr(config, "field_of_view_mask", 0.0) or 0.0)
+    if not 0.0 <= radius <= 1.0:
+        raise ValueError(f"field_of_view_mask {radius!r} in the model config must lie between 0 and 1")
+    return radius
+
+
+def apply_field_of_view_mask(image: Image.Image, radius: float) -> Image.Image:
+    return mask_field_of_view(image, radius) if radius > 0 else image
+
+
+def model_input(image: Image.Image, image_processor, color_constancy: str = "none",
+                field_of_view_mask: float = 0.0) -> Image.Image:
+    """The image resized as the processor would, colour-corrected, then masked to the model's field of view.
 
     Correcting after the resize keeps it cheap on large photos and makes
     training, evaluation and the app estimate the illuminant from the same
-    pixels. With method "none" the image is returned untouched, so the
+    pixels. With neither step the image is returned untouched, so the
     processor alone (what `pipeline` applies) does the rest.
     """
-    if method == "none":
+    if color_constancy == "none" and not field_of_view_mask:
         return image
     size = image_processor.size
     resized = image.resize((int(size["width"]), int(size["height"])), image_processor.resample)
-    return apply_color_constancy(resized, method)
+    return apply_field_of_view_mask(apply_color_constancy(resized, color_constancy), field_of_view_mask)
 
 
 def processor_image_size(image_processor) -> int:
@@ -100,6 +120,8 @@ class DermoscopyAugmentation:
     (blue-white veil, regression) and a strong hue shift would change the
     label's meaning. white_balance scales each channel independently by up to
     that fraction, as another device's white balance or illuminant would.
+    vignette is the probability of drawing a dermatoscope's black circular
+    field of view, on either class, so that the vignette stops being evidence.
     """
 
     image_size: int
@@ -110,9 +132,13 @@ class DermoscopyAugmentation:
     saturation: float = 0.15
     hue: float = 0.02
     white_balance: float = 0.0
+    vignette: float = 0.0
 
     def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
         image = self.random_resized_crop(image, rng)
+        # After the crop, so the circle sits in the frame the model sees, as a lens's would.
+        if self.vignette > 0 and rng.random() < self.vignette:
+            image = add_circular_vignette(image, rng)
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         quarter_turns = rng.randrange(4)
