@@ -1,7 +1,8 @@
 """Command line: python -m data_prep {validate,audit,split} --data-dir DIR ...
 
 validate  scan a dataset and report the images that cannot be used
-audit     find exact and near-duplicate images within and across train/test
+audit     find exact and near-duplicate images within and across train/test,
+          and acquisition shortcuts (vignette, border colour, size, JPEG quality)
 split     write a train/validation/test manifest, optionally without leaked duplicates
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 from . import (DEFAULT_HASH_DISTANCE, DEFAULT_MIN_DETAIL_CORRELATION, LABELS, DataSourceError,
                audit_duplicates, balance, class_counts, group_ids, leaked_paths, load_source,
                train_val_split)
+from .shortcuts import DEFAULT_WARN_AUC, print_shortcut_audit, shortcut_audit
 
 MAX_SKIPPED_SHOWN = 20  # the JSON report has them all
 
@@ -65,7 +67,11 @@ def cmd_validate(report, args) -> None:
 def cmd_audit(report, args) -> None:
     audit = run_audit(report.records, args)
     print_audit(audit)
-    write_json({"scan": report.to_dict(), **audit}, args.out)
+    started = time.time()
+    shortcuts = shortcut_audit(report.records, warn_auc=args.warn_auc, progress=not args.no_progress)
+    shortcuts["seconds"] = round(time.time() - started, 1)
+    print_shortcut_audit(shortcuts)
+    write_json({"scan": report.to_dict(), **audit, "shortcuts": shortcuts}, args.out)
 
 
 def cmd_split(report, args) -> None:
@@ -136,9 +142,14 @@ def main(argv=None) -> None:
                                    description="Scan a dataset; print counts per split/label and skipped files.")
     validate.add_argument("--out", help="write the scan report to this JSON file")
 
-    audit = commands.add_parser("audit", parents=[source, tuning], help="find duplicate images",
-                                description="Find exact and near-duplicate images within and across train/test.")
+    audit = commands.add_parser("audit", parents=[source, tuning], help="find duplicate images and acquisition shortcuts",
+                                description="Find exact and near-duplicate images within and across train/test, and "
+                                            "acquisition features (dark corners, border colour, size, JPEG quality) "
+                                            "that predict the label on their own.")
     audit.add_argument("--out", required=True, help="JSON report to write")
+    audit.add_argument("--warn-auc", type=float, default=DEFAULT_WARN_AUC,
+                       help="warn when one acquisition feature alone predicts the label with at least this "
+                            "ROC AUC (default %(default)s)")
 
     split = commands.add_parser("split", parents=[source, tuning], help="write a train/validation/test manifest",
                                 description="Split train into train/validation (stratified, duplicate-aware "
