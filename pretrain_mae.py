@@ -14,7 +14,6 @@ processor, so `train_vit.py --init-from` loads it like any ViT checkpoint.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from transformers import HfArgumentParser, TrainingArguments, ViTConfig, ViTMAEC
 
 import data_prep
 from melanoma_screen.images import load_rgb_image
-from melanoma_screen.modeling import SCRATCH_CONFIGS, last_checkpoint, CheckpointSafeTrainer
+from melanoma_screen.modeling import SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, last_checkpoint
 from melanoma_screen.transforms import DermoscopyAugmentation, augmentation_rng, build_image_processor
 from train_vit import to_dataset
 
@@ -36,8 +35,10 @@ logger = logging.getLogger("pretrain_mae")
 class PretrainArguments:
     output_dir: str = field(metadata={"help": "Checkpoints go to OUTPUT/checkpoints, the encoder to OUTPUT/encoder."})
     data_dir: Optional[str] = field(default=None, metadata={"help": "Image folder; only its train/ split is read."})
+    extra_train_dir: Optional[list[str]] = field(default=None, metadata={"help": "More unlabelled training images: {benign,malignant}/* folders, audited with --data-dir."})
     dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hub dataset id (needs network); only its train split is read."})
-    audit_file: Optional[str] = field(default=None, metadata={"help": "A `python -m data_prep audit` report: train images that copy test images are left out."})
+    audit_file: Optional[str] = field(default=None, metadata={"help": "Reuse a duplicate-audit report instead of auditing again; written there when missing."})
+    val_fraction: float = field(default=0.1, metadata={"help": "Left out as train_vit.py would, so its validation images stay unseen."})
     scratch_config: str = field(default="tiny", metadata={"help": "Encoder size.", "choices": list(SCRATCH_CONFIGS)})
     image_size: int = field(default=128)
     patch_size: int = field(default=16)
@@ -47,9 +48,11 @@ class PretrainArguments:
     epochs: float = field(default=40.0)
     max_steps: int = field(default=-1)
     batch_size: int = field(default=64)
-    learning_rate: float = field(default=1.5e-4 * 64 / 256 * 4, metadata={"help": "MAE's base lr scaled by batch size."})
+    base_learning_rate: float = field(default=6e-4, metadata={"help": "Learning rate per 256 images of batch: the one used is this x batch-size / 256, as MAE scales it."})
+    learning_rate: Optional[float] = field(default=None, metadata={"help": "Use this learning rate as it is instead of the scaled base."})
     weight_decay: float = field(default=0.05)
     warmup_ratio: float = field(default=0.05)
+    max_train_minutes: float = field(default=0.0, metadata={"help": "Stop at the end of the first epoch past this many minutes (0 = no limit)."})
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps, so an interruption loses little."})
     seed: int = field(default=42)
     num_workers: int = field(default=0)
@@ -91,13 +94,12 @@ def main(argv=None):
     set_seed(args.seed)
     if bool(args.data_dir) == bool(args.dataset_name):
         raise SystemExit("pass exactly one of --data-dir or --dataset-name")
-    scan = data_prep.scan_image_folder(args.data_dir, splits=("train",)) if args.data_dir else data_prep.load_hub_dataset(args.dataset_name)
-    train_records = [record for record in scan.records if record.split == "train"]
-    if args.audit_file:
-        # Even unlabelled, a test image's copy seen in pretraining would flatter the test report.
-        leaked = data_prep.leaked_paths(json.loads(Path(args.audit_file).read_text()), drop="cross_split")
-        train_records = [record for record in train_records if record.path not in leaked]
-    logger.info("pretraining on %d unlabelled train images", len(train_records))
+    # The same split as train_vit.py with the same seed: even unlabelled, a
+    # test image's copy seen in pretraining would flatter the test report.
+    data = data_prep.training_data(data_dir=args.data_dir, dataset_name=args.dataset_name, extra_train_dirs=args.extra_train_dir,
+                                   audit_file=args.audit_file, drop_duplicates=True, val_fraction=args.val_fraction, seed=args.seed)
+    train_records = data["train"]
+    logger.info("pretraining on %d unlabelled train images: %s", len(train_records), data["sources"])
 
     processor = build_image_processor(args.image_size)
     augment = DermoscopyAugmentation(image_size=args.image_size, crop_scale=(0.3, 1.0))
@@ -112,7 +114,7 @@ def main(argv=None):
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
+        learning_rate=args.learning_rate or args.base_learning_rate * args.batch_size / 256,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_ratio,
         lr_scheduler_type="cosine",
@@ -132,6 +134,7 @@ def main(argv=None):
         args=training_args,
         train_dataset=dataset,
         data_collator=lambda examples: {"pixel_values": torch.stack([e["pixel_values"] for e in examples])},
+        callbacks=[TimeLimitCallback(args.max_train_minutes)] if args.max_train_minutes else None,
     )
     trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir) if args.resume else None)
     if trainer.is_world_process_zero():

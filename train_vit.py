@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,7 @@ from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.model_card import write_model_card
 from melanoma_screen.modeling import (
-    ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, averaged_state_dict, trainer_checkpoints, last_checkpoint,
+    ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, trainer_checkpoints, last_checkpoint,
 )
 from melanoma_screen.transforms import (
     COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, apply_color_constancy, apply_field_of_view_mask,
@@ -68,7 +67,7 @@ class DataArguments:
     dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hugging Face Hub dataset id (needs network)."})
     val_fraction: float = field(default=0.1, metadata={"help": "Share of train carved out, stratified, for validation."})
     drop_duplicates: bool = field(default=False, metadata={"help": "Drop train images that copy test images or each other (the audit finds them)."})
-    audit_file: Optional[str] = field(default=None, metadata={"help": "Reuse a report from `python -m data_prep audit` instead of auditing again."})
+    audit_file: Optional[str] = field(default=None, metadata={"help": "Reuse a duplicate-audit report (`python -m data_prep audit`) instead of auditing again; written there when missing."})
     balance: str = field(default="none", metadata={"help": "Class balancing for training.", "choices": ["none", "undersample", "class_weights"]})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (for quick runs)."})
     augment_brightness: float = field(default=0.15, metadata={"help": "Random brightness factor range, 1 ± this."})
@@ -123,6 +122,11 @@ class TrainArguments:
     label_smoothing: float = field(default=0.0)
     eval_steps: Optional[int] = field(default=None, metadata={"help": "Validate every N steps (default: every epoch)."})
     early_stopping_patience: int = field(default=3, metadata={"help": "Validations without ROC AUC gain before stopping."})
+    max_train_minutes: float = field(
+        default=0.0,
+        metadata={"help": "Stop training after this many minutes, at the next validation, and finish as usual (0 = no limit): "
+                          "for a rented machine lent by the minute. The epochs reached are in eval_results.json."},
+    )
     average_last: int = field(
         default=0,
         metadata={"help": "Also try the mean weights of the last N checkpoints; keep it if its validation ROC AUC "
@@ -151,72 +155,27 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- data
 
 
-def scan_label_folder(folder: str, split: str):
-    """A {benign,malignant}/* folder (an extra training or external set) read as one split."""
-    path = Path(folder).expanduser().resolve()
-    if not path.is_dir():
-        raise SystemExit(f"{folder} is not a folder with benign/ and malignant/ inside.")
-    scan = data_prep.scan_image_folder(path.parent, splits=(path.name,))
-    for record in scan.records:
-        record.split, record.source = split, path.name
-    return scan
-
-
 def load_records(data_args: DataArguments, train_args: TrainArguments):
-    scan = data_prep.load_source(data_dir=data_args.data_dir, dataset_name=data_args.dataset_name)
-    main_source = Path(data_args.data_dir).name if data_args.data_dir else data_args.dataset_name
-    for record in scan.records:
-        record.source = main_source
-    extra_scans = [scan_label_folder(folder, "train") for folder in data_args.extra_train_dir or []]
-    for extra in extra_scans:
-        scan.records.extend(extra.records)
-        scan.skipped.extend(extra.skipped)
-    for skipped in scan.skipped:
+    try:
+        data = data_prep.training_data(
+            data_dir=data_args.data_dir, dataset_name=data_args.dataset_name, extra_train_dirs=data_args.extra_train_dir,
+            external_dirs=data_args.external_dir, audit_file=data_args.audit_file, drop_duplicates=data_args.drop_duplicates,
+            val_fraction=data_args.val_fraction, seed=train_args.seed, balance_method=data_args.balance,
+            max_train_samples=data_args.max_train_samples,
+        )
+    except (ValueError, data_prep.DataSourceError) as error:
+        raise SystemExit(f"error: {error}") from error
+    for skipped in data["skipped"]:
         logger.warning("skipped %s: %s", skipped["path"], skipped["reason"])
-    logger.info("valid images per split and label: %s", scan.counts)
-    for extra, folder in zip(extra_scans, data_args.extra_train_dir or []):
-        logger.info("extra training images from %s: %s", folder, extra.counts)
-
-    # The audit always runs (about 35 s on the 10k set): even when nothing is
-    # dropped, it keeps each group of copies on one side of the validation split.
-    if data_args.audit_file:
-        audit = json.loads(Path(data_args.audit_file).read_text())
-    else:
-        audit = data_prep.audit_duplicates(scan.records)
-    extra_paths = {record.path for extra in extra_scans for record in extra.records}
-    dropped = data_prep.duplicates_to_drop(audit, data_args.drop_duplicates, extra_paths)
-    if extra_paths:
-        logger.info("extra training images dropped as copies of the main dataset's or each other: %d",
-                    len(dropped & extra_paths))
-
-    train_pool = [r for r in scan.records if r.split == "train" and r.path not in dropped]
-    test_records = [r for r in scan.records if r.split == "test"]
-    # Duplicates of one image must sit on one side of the validation split,
-    # or validation turns into a memory test and thresholds come out too rosy.
-    groups = data_prep.group_ids(train_pool, audit)
-    train_records, val_records = data_prep.train_val_split(
-        train_pool, val_fraction=data_args.val_fraction, seed=train_args.seed, groups=groups
-    )
-    if data_args.max_train_samples:
-        train_records = random.Random(train_args.seed).sample(train_records, min(data_args.max_train_samples, len(train_records)))
-    train_records, class_weights, class_counts = data_prep.balance(train_records, method=data_args.balance, seed=train_args.seed)
-    logger.info("class counts used for training: %s (weights %s)", class_counts, class_weights)
-    external = {Path(folder).name: scan_label_folder(folder, "external").records for folder in data_args.external_dir or []}
-    return dict(
-        scan=scan, audit=audit, dropped=sorted(dropped), train=train_records, validation=val_records,
-        test=test_records, class_weights=class_weights, class_counts=class_counts, external=external,
-        sources=source_counts(train_records, val_records, test_records),
-    )
-
-
-def source_counts(train_records, val_records, test_records) -> dict:
-    """{source: {split: {label: n}}}, so the card can list every source and what it contributed."""
-    counts: dict = {}
-    for split, records in (("train", train_records), ("validation", val_records), ("test", test_records)):
-        for record in records:
-            by_label = counts.setdefault(record.source, {}).setdefault(split, {name: 0 for name in data_prep.LABELS})
-            by_label[record.label_name] += 1
-    return counts
+    logger.info("valid images per split and label: %s", data["scan"].counts)
+    for source, counts in data["extra_counts"].items():
+        logger.info("extra training images from %s: %s", source, counts)
+    if data["extra_counts"]:
+        logger.info("extra training images dropped as copies of the main dataset's images or of each other: %d",
+                    data["extra_dropped"])
+    logger.info("images per source and split after the audit: %s", data["sources"])
+    logger.info("class counts used for training: %s (weights %s)", data["class_counts"], data["class_weights"])
+    return data
 
 
 def to_dataset(records) -> Dataset:
@@ -429,7 +388,8 @@ def main(argv=None):
         processing_class=image_processor,
         compute_metrics=compute_validation_metrics,
         compute_loss_func=weighted_loss(data["class_weights"], train_args.label_smoothing),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=train_args.early_stopping_patience)],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=train_args.early_stopping_patience),
+                   *([TimeLimitCallback(train_args.max_train_minutes)] if train_args.max_train_minutes else [])],
     )
     resume_from = last_checkpoint(training_args.output_dir) if train_args.resume else None
     if train_args.resume:
@@ -466,11 +426,12 @@ def main(argv=None):
         "class_counts_used": data["class_counts"],
         "class_weights": data["class_weights"],
         "split_sizes": {"train": len(data["train"]), "validation": len(data["validation"]), "test": len(data["test"])},
-        "skipped_files": data["scan"].skipped,
+        "skipped_files": data["skipped"],
         "duplicate_audit": data["audit"]["summary"],
         "dropped_duplicates": len(data["dropped"]),
         "color_constancy": model_args.color_constancy,
         "checkpoint_selection": checkpoint_selection,
+        "epochs_trained": trainer.state.epoch,
         "command": command,
     }
     if test_dataset is not None:

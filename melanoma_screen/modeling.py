@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 ID2LABEL = {0: "benign", 1: "malignant"}
 LABEL2ID = {label: index for index, label in ID2LABEL.items()}
@@ -67,3 +71,23 @@ class CheckpointSafeTrainer(Trainer):
 
     def _load_best_model(self):
         self._load_weights(self.state.best_model_checkpoint)
+
+
+class TimeLimitCallback(TrainerCallback):
+    """Ends training at the end of the first epoch past the time limit; that epoch is still validated and saved.
+
+    For machines lent by the minute: the run then calibrates, reports and
+    saves as usual instead of being killed with nothing written.
+    """
+
+    def __init__(self, minutes: float):
+        self.limit_s = minutes * 60
+        self.started = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.started is not None and time.monotonic() - self.started > self.limit_s:
+            logger.warning("time limit of %.1f min reached at epoch %.2f: stopping", self.limit_s / 60, state.epoch)
+            control.should_training_stop = True

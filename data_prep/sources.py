@@ -1,0 +1,91 @@
+"""One place that turns data folders into train / validation / test / external records.
+
+train_vit.py (fine-tuning) and pretrain_mae.py (self-supervised pretraining)
+both call training_data(), so they see the same images: the main dataset's
+train split plus any extra training folders, audited together for duplicates,
+with copies of test images dropped, and validation carved from every source.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+from .audit import audit_duplicates
+from .folder import LABELS, ScanReport, scan_image_folder
+from .hub import load_hub_dataset
+from .split import balance, duplicates_to_drop, group_ids, train_val_split
+
+logger = logging.getLogger("data_prep")
+
+
+def scan_label_folder(folder, split: str, progress: bool = True) -> ScanReport:
+    """A {benign,malignant}/* folder (an extra training set or an external one) read as one split."""
+    path = Path(folder).expanduser().resolve()
+    if not path.is_dir():
+        raise ValueError(f"{folder} is not a folder with benign/ and malignant/ inside.")
+    scan = scan_image_folder(path.parent, splits=(path.name,), progress=progress)
+    for record in scan.records:
+        record.split, record.source = split, path.name
+    return scan
+
+
+def source_counts(**splits) -> dict:
+    """{source: {split: {label: n}}} for the given named record lists, so a report can list every source."""
+    counts: dict = {}
+    for split, records in splits.items():
+        for record in records:
+            by_label = counts.setdefault(record.source, {}).setdefault(split, {name: 0 for name in LABELS})
+            by_label[record.label_name] += 1
+    return counts
+
+
+def training_data(data_dir=None, dataset_name=None, extra_train_dirs=(), external_dirs=(), audit_file=None,
+                  drop_duplicates: bool = False, val_fraction: float = 0.1, seed: int = 42, balance_method: str = "none",
+                  max_train_samples: int | None = None, progress: bool = True) -> dict:
+    """Records for training, validation, test and external evaluation, with what was dropped and why.
+
+    The duplicate audit always runs over the main dataset and the extra folders
+    together (or is read from audit_file): even when nothing is dropped, it
+    keeps each group of copies on one side of the validation split.
+    """
+    if (data_dir is None) == (dataset_name is None):
+        raise ValueError("Give exactly one of data_dir or dataset_name.")
+    scan = scan_image_folder(data_dir, progress=progress) if data_dir else load_hub_dataset(dataset_name, progress=progress)
+    main_source = Path(data_dir).name if data_dir else dataset_name
+    for record in scan.records:
+        record.source = main_source
+    extra_scans = [scan_label_folder(folder, "train", progress=progress) for folder in extra_train_dirs or ()]
+    extra_paths = {record.path for extra in extra_scans for record in extra.records}
+    records = scan.records + [record for extra in extra_scans for record in extra.records]
+    skipped = scan.skipped + [item for extra in extra_scans for item in extra.skipped]
+
+    if audit_file and Path(audit_file).exists():
+        audit = json.loads(Path(audit_file).read_text())
+        audited = {path for group in audit["exact_duplicate_groups"] + audit["near_duplicate_groups"] for path in group["paths"]}
+        if audited and not audited & {record.path for record in records}:
+            raise ValueError(f"{audit_file} was made for other data: none of its paths are in these folders.")
+    else:
+        audit = audit_duplicates(records, progress=progress)
+        if audit_file:
+            Path(audit_file).write_text(json.dumps(audit, indent=1))
+    dropped = duplicates_to_drop(audit, drop_duplicates, extra_paths)
+
+    train_pool = [r for r in records if r.split == "train" and r.path not in dropped]
+    test_records = [r for r in records if r.split == "test"]
+    # Duplicates of one image must sit on one side of the validation split,
+    # or validation turns into a memory test and thresholds come out too rosy.
+    train, validation = train_val_split(train_pool, val_fraction=val_fraction, seed=seed, groups=group_ids(train_pool, audit))
+    if max_train_samples:
+        train = random.Random(seed).sample(train, min(max_train_samples, len(train)))
+    train, class_weights, class_counts_used = balance(train, method=balance_method, seed=seed)
+    external = {Path(folder).name: scan_label_folder(folder, "external", progress=progress).records for folder in external_dirs or ()}
+    return dict(
+        scan=scan, skipped=skipped, audit=audit, dropped=sorted(dropped), extra_dropped=len(dropped & extra_paths),
+        extra_counts={Path(folder).name: extra.counts for folder, extra in zip(extra_train_dirs or (), extra_scans)},
+        train=train, validation=validation, test=test_records, external=external,
+        class_weights=class_weights, class_counts=class_counts_used,
+        sources=source_counts(train=train, validation=validation, test=test_records),
+    )
