@@ -75,7 +75,10 @@ PIDS+=($!)
   train vig-isic-scale-sog "$PHASE2_MIN" "${COMMON[@]}" "${SCRATCH[@]}" "${JOINT[@]}" --augment-vignette 0.5 --crop-scale-min 0.25 \
       --color-constancy shades_of_gray ) &
 PIDS+=($!)
-( train vig-isic-scale "$PHASE1_MIN" "${COMMON[@]}" "${SCRATCH[@]}" "${JOINT[@]}" --augment-vignette 0.5 --crop-scale-min 0.25 ) &
+# The same recipe with another seed: how far two runs of one recipe differ.
+( train vig-isic-scale "$PHASE1_MIN" "${COMMON[@]}" "${SCRATCH[@]}" "${JOINT[@]}" --augment-vignette 0.5 --crop-scale-min 0.25
+  train vig-isic-scale-seed7 "$PHASE2_MIN" "${COMMON[@]}" "${SCRATCH[@]}" "${JOINT[@]}" --augment-vignette 0.5 --crop-scale-min 0.25 \
+      --seed 7 ) &
 PIDS+=($!)
 wait "${PIDS[@]}"
 kill "$WATCHDOG" 2>/dev/null
