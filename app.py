@@ -10,8 +10,9 @@ still starts and every request answers with one sentence on how to train one.
 
 HTTP API: one public endpoint, `/predict`, takes an image file and returns JSON
 (`{label, probabilities, risk_level, screening_threshold, high_risk_threshold,
-model_id}`), or `{"error": "<message>"}` for an input it cannot use. The page's
-own events are private, so the API page lists only `/predict`.
+model_id, model_version}`), or `{"error": "<message>", "reason": "<code>"}` for an
+input it cannot use or that the input check refuses (melanoma_screen.input_check).
+The page's own events are private, so the API page lists only `/predict`.
 
 Feedback ("Report a wrong prediction") is stored only when that button is pressed:
 in FEEDBACK_DIR (default ./feedback), or in the Hub dataset FEEDBACK_DATASET when set.
@@ -37,6 +38,8 @@ import gradio as gr  # noqa: E402
 from melanoma_screen.explain import HOW_TO_READ, overlay_heatmap  # noqa: E402
 from melanoma_screen.feedback import FeedbackStore  # noqa: E402
 from melanoma_screen.images import ImageLoadError, load_rgb_image  # noqa: E402
+from melanoma_screen.input_check import REASONS as REFUSAL_REASONS  # noqa: E402
+from melanoma_screen.input_check import message as refusal_message  # noqa: E402
 from melanoma_screen.inference import (  # noqa: E402
     FAST, ModelLoadError, ScreeningModel, default_model_source,
 )
@@ -123,6 +126,13 @@ TEXT = {
         "feedback_failed": "Sorry, the report could not be saved ({reason}).",
         "about_title": "About the model",
         "about_model": "**Model:** `{id}` · **version:** `{version}` · **input size:** {size}×{size} pixels",
+        "refused_title": "This picture was not analysed.",
+        "refused": {reason: refusal_message(reason, "en") for reason in REFUSAL_REASONS},
+        "about_check": ("**Input check:** pictures that are too dark, too bright or blurred, that show no lesion, "
+                        "do not look like skin or are unlike the training images are refused instead of scored "
+                        "({accepted} of the validation images were accepted)."),
+        "about_no_check": ("**Input check:** this model has no fitted input check, so every picture that can be "
+                           "read is scored."),
         "about_no_report": "This model has no test report (eval_results.json), so no test metrics can be shown.",
         "about_metrics_intro": "Measured once on the held-out test split ({n} images, {m} melanomas):",
         "metric": "Metric",
@@ -199,6 +209,14 @@ TEXT = {
         "feedback_failed": "Désolé, le signalement n'a pas pu être enregistré ({reason}).",
         "about_title": "À propos du modèle",
         "about_model": "**Modèle :** `{id}` · **version :** `{version}` · **taille d'entrée :** {size}×{size} pixels",
+        "refused_title": "Cette image n'a pas été analysée.",
+        "refused": {reason: refusal_message(reason, "fr") for reason in REFUSAL_REASONS},
+        "about_check": ("**Contrôle de l'image :** les images trop sombres, trop claires ou floues, sans lésion "
+                        "visible, qui ne ressemblent pas à de la peau ou trop différentes des images d'entraînement "
+                        "sont refusées au lieu d'être évaluées ({accepted} des images de validation ont été "
+                        "acceptées)."),
+        "about_no_check": ("**Contrôle de l'image :** ce modèle n'a pas de contrôle d'image ajusté ; toute image "
+                           "lisible est évaluée."),
         "about_no_report": "Ce modèle n'a pas de rapport de test (eval_results.json) : aucune mesure ne peut être affichée.",
         "about_metrics_intro": "Mesuré une seule fois sur le jeu de test mis de côté ({n} images, dont {m} mélanomes) :",
         "metric": "Mesure",
@@ -331,19 +349,20 @@ class Screener:
     # -- API ------------------------------------------------------------------
 
     def predict(self, image) -> dict:
-        """The `/predict` endpoint: the prediction as JSON, or {"error": message}."""
+        """The `/predict` endpoint: the prediction as JSON, or {"error": message, "reason": code}."""
         if self.model is None:
-            return {"error": no_model_message(self.load_error, markup=False)}
+            return {"error": no_model_message(self.load_error, markup=False), "reason": "no_model"}
         try:
             source = image_source(image)
             if source is None:
-                return {"error": TEXT["en"]["no_image"]}
+                return {"error": TEXT["en"]["no_image"], "reason": "no_image"}
+            # A picture the input check refuses comes back as {"error", "reason", model_id, model_version}.
             return self.model.predict(source).to_json()
         except ImageLoadError as error:
-            return {"error": str(error)}
+            return {"error": str(error), "reason": error.reason}
         except Exception:
             logger.exception("prediction failed")
-            return {"error": TEXT["en"]["internal"]}
+            return {"error": TEXT["en"]["internal"], "reason": "internal"}
 
     # -- page -----------------------------------------------------------------
 
@@ -363,8 +382,12 @@ class Screener:
                 return {"kind": "no_image"}
             # The same call as /predict and predict.py, so all three give the same numbers;
             # the full-size picture is decoded separately, only for the heat-map overlay.
-            prediction = self.model.predict(source).to_json()
-            picture = load_rgb_image(source)
+            result = self.model.predict(source)
+            if result.refused:
+                return {"kind": "refused", "reason": result.input_check.reason}
+            prediction = result.to_json()
+            # Drafted like the model's decode: a 100 MP phone JPEG never exists at full size here.
+            picture = load_rgb_image(source, draft_size=(HEATMAP_MAX_SIDE, HEATMAP_MAX_SIDE))
         except ImageLoadError as error:
             return {"kind": "bad_image", "message": str(error)}
         except Exception:
@@ -431,6 +454,11 @@ def render_result(state: dict | None, lang: str) -> dict:
         message = html.escape(text["no_image"])
     elif kind == "bad_image":
         message = html.escape(text["bad_image"].format(reason=translate_image_error(state["message"], lang)))
+    elif kind == "refused":
+        reason = state.get("reason")
+        message = (f'<strong>{html.escape(text["refused_title"])}</strong> '
+                   f'<span class="refusal" data-reason="{html.escape(str(reason))}">'
+                   f'{html.escape(text["refused"].get(reason, text["internal"]))}</span>')
     else:
         message = html.escape(text["internal"])
     return {"probabilities": None, "risk": message_html(message, "error")}
@@ -498,6 +526,10 @@ def about_markdown(model: ScreeningModel | None, lang: str) -> str:
     high = getattr(config, "high_risk_threshold", None)
     if screening is not None and high is not None:
         lines += ["", text["about_thresholds"].format(s=_number(screening, lang), h=_number(high, lang))]
+    check = getattr(model, "input_check", None)
+    accepted = (check.meta.get("validation_acceptance") if check is not None else None)
+    lines += ["", text["about_no_check"] if check is None else
+              text["about_check"].format(accepted="?" if accepted is None else _percent(accepted, lang))]
     lines += ["", text["about_limits"]]
     return "\n".join(lines)
 
@@ -581,8 +613,10 @@ def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
         api_trigger.click(
             screener.predict, inputs=api_image, outputs=api_result, api_name="predict",
             api_description=("Screen one dermoscopic image. Returns {label, probabilities: {benign, malignant}, "
-                             "risk_level: low|moderate|high, screening_threshold, high_risk_threshold, model_id}, "
-                             "or {error: message} when the image cannot be used."),
+                             "risk_level: low|moderate|high, screening_threshold, high_risk_threshold, model_id, "
+                             "model_version}, or {error: message, reason: code} when the image cannot be used or "
+                             "the input check refuses it (too_dark, too_bright, blurred, no_lesion, not_skin, "
+                             "unfamiliar)."),
             preprocess=False, concurrency_id="model",
         )
 

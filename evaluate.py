@@ -39,6 +39,7 @@ import data_prep
 from melanoma_screen import metrics
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import FAST, ScreeningModel
+from melanoma_screen.input_check import refusal_report
 from melanoma_screen.model_card import update_card_section
 from melanoma_screen.transforms import COLOR_CONSTANCY_NAMES
 
@@ -102,20 +103,26 @@ SHIFTS = {
 }
 
 
-def score(model: ScreeningModel, paths, shift=None, batch_size: int = 32, desc: str = "scoring") -> np.ndarray:
+def score(model: ScreeningModel, paths, shift=None, batch_size: int = 32, desc: str = "scoring",
+          refusals: list | None = None) -> np.ndarray:
+    """P(malignant) of every image, refused or not; `refusals` collects each one's input-check reason (None: ok)."""
     probabilities = []
     for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False):
         images = [load_rgb_image(path) for path in paths[start:start + batch_size]]
         if shift is not None:
             images = [shift(image) for image in images]
-        probabilities += [p.malignant_probability for p in model.predict_batch(images, batch_size=batch_size)]
+        predictions = model.predict_batch(images, batch_size=batch_size)
+        probabilities += [p.malignant_probability for p in predictions]
+        if refusals is not None:
+            refusals += [p.input_check.reason for p in predictions]
     return np.asarray(probabilities)
 
 
 def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_size: int = 32) -> dict:
     paths = [record.path for record in records]
     labels = np.asarray([record.label for record in records])
-    clean = score(model, paths, batch_size=batch_size, desc="clean")
+    reasons = []
+    clean = score(model, paths, batch_size=batch_size, desc="clean", refusals=reasons)
     report = {
         "model_id": model.model_id,
         "model_version": model.version,
@@ -124,6 +131,8 @@ def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_siz
         "at_0_5": metrics.binary_metrics(labels, clean, 0.5),
         "at_screening_threshold": metrics.binary_metrics(labels, clean, model.screening_threshold),
         "at_high_risk_threshold": metrics.binary_metrics(labels, clean, model.high_risk_threshold),
+        # The metrics above score every image, as training's report does; the app refuses some of them.
+        "input_check": refusal_report(reasons, labels, clean, model.screening_threshold),
     }
     if robustness:
         clean_auc = report["at_0_5"]["roc_auc"]
@@ -150,6 +159,11 @@ def print_report(report: dict, stored: dict | None) -> None:
         auc = "   n/a" if m["roc_auc"] is None else f"{m['roc_auc']:6.3f}"
         print(f"{name + ' (' + format(m['threshold'], '.3f') + ')':28s} {auc} {m['accuracy']:6.3f} "
               f"{m['sensitivity']:6.3f} {m['specificity']:6.3f} {m['f1']:6.3f} {m['ece']:6.3f}")
+    check = report.get("input_check")
+    if check and check["n"]:
+        auc = lambda part: "n/a" if not part or part["roc_auc"] is None else f"{part['roc_auc']:.3f}"  # noqa: E731
+        print(f"input check: {100 * check['accepted']:.1f}% accepted, {check['refused']} refused {check['reasons'] or ''}; "
+              f"ROC AUC on accepted {auc(check['accepted_pictures'])}, on refused {auc(check['refused_pictures'])}")
     if "robustness" in report:
         print(f"\n{'shift':32s} {'AUC':>6s} {'drop':>6s} {'sens@scr':>9s} {'spec@scr':>9s}")
         for name, row in report["robustness"].items():

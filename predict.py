@@ -5,8 +5,10 @@
 
 Folders are searched recursively; every file in them is scored (hidden files are
 skipped). One row per file: file, label, prob_benign, prob_malignant, risk_level,
-error. A file that is not a usable image gets a row with only its error message
-(the same sentence the app shows), and the run goes on.
+error, reason. A file that is not a usable image, or a picture the input check
+refuses (too dark, blurred, no lesion, not skin, unlike the training images),
+gets a row with only its error message (the same sentence the app shows) and a
+reason code, and the run goes on.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from transformers.utils import logging as transformers_logging
 from melanoma_screen.images import ImageLoadError
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError, ScreeningModel, default_model_source
 
-COLUMNS = ["file", "label", "prob_benign", "prob_malignant", "risk_level", "error"]
+COLUMNS = ["file", "label", "prob_benign", "prob_malignant", "risk_level", "error", "reason"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,11 +59,14 @@ def list_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def error_row(path: Path, message: str) -> dict:
-    return {"file": str(path), "label": "", "prob_benign": "", "prob_malignant": "", "risk_level": "", "error": message}
+def error_row(path: Path, message: str, reason: str = "unreadable") -> dict:
+    return {"file": str(path), "label": "", "prob_benign": "", "prob_malignant": "", "risk_level": "", "error": message,
+            "reason": reason}
 
 
 def prediction_row(path: Path, prediction) -> dict:
+    if prediction.refused:
+        return error_row(path, prediction.input_check.message("en"), prediction.input_check.reason)
     return {
         "file": str(path),
         "label": prediction.label,
@@ -69,6 +74,7 @@ def prediction_row(path: Path, prediction) -> dict:
         "prob_malignant": f"{prediction.probabilities['malignant']:.6f}",
         "risk_level": prediction.risk_level,
         "error": "",
+        "reason": "",
     }
 
 
@@ -83,7 +89,7 @@ def predict_files(model: ScreeningModel, files: list[Path], batch_size: int = 32
                     decoded.append(model.decode(path))
                     positions.append(i)
                 except ImageLoadError as error:
-                    rows[i] = error_row(path, str(error))
+                    rows[i] = error_row(path, str(error), error.reason)
                 except Exception as error:  # e.g. a file we may not read: report it, keep going
                     rows[i] = error_row(path, f"{type(error).__name__}: {error}")
             # The good images of the chunk go through the model together.
@@ -116,7 +122,7 @@ def main(argv=None) -> int:
         for row in predict_files(model, files, args.batch_size):
             writer.writerow(row)
             errors += bool(row["error"])
-    print(f"{len(files) - errors} images scored, {errors} could not be read; wrote {out}", file=sys.stderr)
+    print(f"{len(files) - errors} images scored, {errors} could not be read or were refused; wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -474,6 +474,8 @@ def main(argv=None):
         model_card_context(train_args, model_args, data_args, data, report, base_model, init_description, model, command),
     )
     logger.info("saved model, eval_results.json, plots and model card to %s", output_dir)
+    from melanoma_screen.input_check import fit_after_training  # refuses what this model cannot judge (app, /predict)
+    fit_after_training(output_dir, trainer.model, image_processor, data["train"], data["validation"])
     print_summary(report)
 
     if train_args.push_to_hub:

@@ -16,10 +16,20 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Anything larger than this is refused before decoding: a 300x300 dermoscopy
-# image is 0.09 MP, a 50 MP phone photo is plenty, and a decompression bomb
-# announces hundreds of megapixels in its header.
+# A picture in a format that must be decoded at full size is refused above this,
+# before decoding: 60 MP is 180 MB of RGB, and a decompression bomb announces
+# hundreds of megapixels in its header.
 MAX_PIXELS = 60_000_000
+# JPEGs (phones take 48-200 MP pictures) are decoded at 1/2 to 1/8 scale in the
+# DCT domain (Image.draft) instead, so they are accepted up to the size Pillow
+# itself refuses as a decompression bomb (2 x Image.MAX_IMAGE_PIXELS, 179 MP by
+# default), and never take more than MAX_PIXELS once decoded.
+DRAFTABLE_FORMATS = ("JPEG", "MPO")
+
+
+def jpeg_pixel_limit() -> int:
+    """The largest JPEG accepted: where Pillow raises DecompressionBombError (read late: it can be changed)."""
+    return 2 * int(Image.MAX_IMAGE_PIXELS or 0) or MAX_PIXELS
 # Below this the model would be looking at upsampled noise.
 MIN_SIDE = 32
 
@@ -27,7 +37,14 @@ ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 
 class ImageLoadError(ValueError):
-    """An input that cannot be used as a lesion image; the message is for people."""
+    """An input that cannot be used as a lesion image; the message is for people.
+
+    `reason` is a short code for programs (the app's /predict returns it).
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _open(source: ImageSource) -> Image.Image:
@@ -45,9 +62,9 @@ def _open(source: ImageSource) -> Image.Image:
         return Image.open(io.BytesIO(source))
     path = Path(source)
     if not path.is_file():
-        raise ImageLoadError(f"File not found: {path.name}.")
+        raise ImageLoadError(f"File not found: {path.name}.", "not_found")
     if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path.name} is an empty file, not an image.")
+        raise ImageLoadError(f"{path.name} is an empty file, not an image.", "empty_file")
     return Image.open(path)
 
 
@@ -61,33 +78,40 @@ def load_rgb_image(source: ImageSource, min_side: int = MIN_SIDE,
     draft_size=(width, height) lets a JPEG decode at 1/2, 1/4 or 1/8 scale in
     the DCT domain as long as both sides stay at least that large: a 12 MP
     phone photo that is going to be shrunk to the model's input anyway then
-    decodes in a fraction of the time. Other formats ignore it.
+    decodes in a fraction of the time. Other formats ignore it. Without it, a
+    JPEG over MAX_PIXELS is still decoded at the scale that brings it under.
     """
     if source is None:
-        raise ImageLoadError("No image was given. Please upload a photo of the lesion.")
+        raise ImageLoadError("No image was given. Please upload a photo of the lesion.", "no_image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from MAX_IMAGE_PIXELS and raises from twice that; the limits
+            # below are ours (a drafted JPEG is small once decoded), its error stays.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = _open(source)
             width, height = image.size
-            if width * height > MAX_PIXELS:
+            draftable = image.format in DRAFTABLE_FORMATS and not isinstance(source, Image.Image)
+            limit = jpeg_pixel_limit() if draftable else MAX_PIXELS
+            if width * height > limit:
                 raise ImageLoadError(
                     f"The image is too large ({width}x{height} pixels). "
-                    f"Please upload an image under {MAX_PIXELS // 1_000_000} megapixels."
+                    f"Please upload an image under {limit // 1_000_000} megapixels.", "too_large"
                 )
             if getattr(image, "is_animated", False):
                 image.seek(0)
-            if draft_size and image.format == "JPEG":
-                image.draft(None, draft_size)  # no-op once loaded, or when no scale keeps draft_size
+            if draftable:
+                target = _draft_target(width, height, draft_size)
+                if target:
+                    image.draft(None, target)  # no-op once loaded, or when no scale keeps target
             image.load()
     except ImageLoadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         if isinstance(error, UnidentifiedImageError):
-            raise ImageLoadError("This file is not an image that can be read (use JPEG or PNG).") from error
-        raise ImageLoadError("The image is too large to process safely. Please upload a smaller image.") from error
+            raise ImageLoadError("This file is not an image that can be read (use JPEG or PNG).", "not_an_image") from error
+        raise ImageLoadError("The image is too large to process safely. Please upload a smaller image.", "too_large") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageLoadError(f"The image file is damaged or truncated and cannot be read ({error}).") from error
+        raise ImageLoadError(f"The image file is damaged or truncated and cannot be read ({error}).", "damaged") from error
 
     try:
         image = ImageOps.exif_transpose(image)
@@ -97,9 +121,24 @@ def load_rgb_image(source: ImageSource, min_side: int = MIN_SIDE,
     if min(image.size) < min_side:
         raise ImageLoadError(
             f"The image is too small ({image.size[0]}x{image.size[1]} pixels). "
-            f"Please upload an image at least {min_side}x{min_side} pixels."
+            f"Please upload an image at least {min_side}x{min_side} pixels.", "too_small"
         )
     return image
+
+
+def _draft_target(width: int, height: int, draft_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The size to ask Image.draft for: draft_size, capped so the decoded picture stays within MAX_PIXELS."""
+    scale = 1
+    while (width // scale) * (height // scale) > MAX_PIXELS and scale < 8:
+        scale *= 2
+    # draft() keeps both sides at least the requested size, so asking for the
+    # scaled size (rounded up) lets it reach that scale and no further.
+    needed = (-(-width // scale), -(-height // scale)) if scale > 1 else None
+    if draft_size is None:
+        return needed
+    if needed is None:
+        return tuple(draft_size)
+    return (min(draft_size[0], needed[0]), min(draft_size[1], needed[1]))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

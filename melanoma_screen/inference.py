@@ -13,7 +13,9 @@ int8 encoder weights: 2.5x faster for one image on one core, scores within a
 few thousandths of pipeline's, the same test ROC AUC (benchmarks/README.md has
 the measurements).
 Every image goes through `load_rgb_image`, so a bad upload fails with a
-message for people.
+message for people. Every decoded picture then goes through the model folder's
+input check (melanoma_screen.input_check): a picture the model cannot judge
+gets a Prediction with `input_check.reason` set, and no risk level in its JSON.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import huggingface_hub
@@ -38,10 +40,13 @@ from . import hub
 from .calibration import risk_level, softmax_probs
 from .explain import attention_rollout, upsample_heatmap
 from .images import load_rgb_image
-from .transforms import apply_color_constancy, color_constancy_of, color_constant_input
+from .input_check import STATS_FILE, InputCheck, Verdict, image_features
+from .onnx_engine import logits_and_embedding
+from .transforms import (apply_color_constancy, apply_field_of_view_mask, color_constancy_of, field_of_view_mask_of,
+                         model_input)
 
 # What we fetch for a Hub id; the card, plots and checkpoints are not needed to predict.
-MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "eval_results.json"]
+MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "eval_results.json", STATS_FILE]
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 DEFAULT_THRESHOLD = 0.5
@@ -71,11 +76,23 @@ class Prediction:
     screening_threshold: float
     high_risk_threshold: float
     model_id: str
+    model_version: str
+    # The input check's verdict; when it refuses, the scores above are kept for
+    # evaluation (how the model does on what is refused) but never shown.
+    input_check: Verdict = field(default_factory=Verdict)
+
+    @property
+    def refused(self) -> bool:
+        return not self.input_check.ok
 
     def to_json(self) -> dict:
+        """What /predict returns: the prediction, or {"error", "reason"} when the input check refuses the picture."""
+        if self.refused:
+            return {"error": self.input_check.message("en"), "reason": self.input_check.reason,
+                    "model_id": self.model_id, "model_version": self.model_version}
         # P(malignant) is already in `probabilities`; the JSON stays free of duplicates.
         data = asdict(self)
-        del data["malignant_probability"]
+        del data["malignant_probability"], data["input_check"]
         return data
 
 
@@ -140,7 +157,7 @@ def weights_version(folder: Path) -> str:
 
 class ScreeningModel:
     def __init__(self, model, image_processor, model_id: str, version: str, eval_results: dict | None = None,
-                 engine: str = "torch", precision: str = "fp32"):
+                 engine: str = "torch", precision: str = "fp32", input_check: InputCheck | None = None):
         if engine not in ENGINES or precision not in PRECISIONS:
             raise ValueError(f"engine must be one of {ENGINES} and precision one of {PRECISIONS}, "
                              f"got {engine!r} and {precision!r}.")
@@ -150,6 +167,8 @@ class ScreeningModel:
         self.model_id = model_id
         self.version = version
         self.eval_results = eval_results
+        # None: the folder has no fitted check, and every decodable picture is scored.
+        self.input_check = input_check
 
         labels = {name: index for index, name in self.config.id2label.items()}
         if set(labels) != {"benign", "malignant"}:
@@ -176,6 +195,7 @@ class ScreeningModel:
         # set it to "none" to score what a bare transformers pipeline would.
         try:
             self.color_constancy = color_constancy_of(self.config)
+            self.field_of_view_mask = field_of_view_mask_of(self.config)
         except ValueError as error:
             raise ModelLoadError(f"Could not load model '{model_id}': {error}.") from error
 
@@ -250,7 +270,26 @@ class ScreeningModel:
             raise ModelLoadError(f"Could not load model '{source}' ({type(error).__name__}: {detail}).") from error
         eval_path = folder / "eval_results.json"
         eval_results = json.loads(eval_path.read_text()) if eval_path.is_file() else None
-        return cls(model, image_processor, model_id, version, eval_results, engine=engine, precision=precision)
+        # The name it is published under, when the folder was stamped with one (melanoma_screen.identity).
+        model_id = getattr(model.config, "model_name", None) or model_id
+        stamped = getattr(model.config, "model_version", None)
+        if stamped and stamped != version:
+            logger.warning("config.json of %s names weights %s, but model.safetensors is %s; the weights' hash is "
+                           "reported. Stamp it again: python -m melanoma_screen.identity --model %s",
+                           source, stamped, version, source)
+        input_check = InputCheck.load(folder, model_version=version)
+        if input_check is None:
+            logger.warning("Model '%s' has no %s: pictures are scored without the input check. Fit it with "
+                           "`python -m melanoma_screen.input_check fit --model FOLDER --data-dir DATA`.",
+                           source, STATS_FILE)
+        return cls(model, image_processor, model_id, version, eval_results, engine=engine, precision=precision,
+                   input_check=input_check)
+
+    def close(self) -> None:
+        """Stops the batch threads; the model cannot score afterwards."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # ------------------------------------------------------------------ predict
 
@@ -263,22 +302,23 @@ class ScreeningModel:
 
         The path itself for a model without colour constancy; otherwise the
         decoded image, resized and colour-corrected, since pipeline knows
-        nothing of the `color_constancy` in the config.
+        nothing of the `color_constancy` or `field_of_view_mask` in the config.
         """
-        if self.color_constancy == "none":
+        if self.color_constancy == "none" and not self.field_of_view_mask:
             return str(source) if isinstance(source, Path) else source
-        return color_constant_input(load_rgb_image(source), self.image_processor, self.color_constancy)
+        return model_input(load_rgb_image(source), self.image_processor, self.color_constancy, self.field_of_view_mask)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """(N, 3, H, W) float32, equal to image_processor(images)["pixel_values"] after the model's colour constancy."""
         if not self._fast:
-            images = [color_constant_input(image, self.image_processor, self.color_constancy) for image in images]
+            images = [model_input(image, self.image_processor, self.color_constancy, self.field_of_view_mask) for image in images]
             return self.image_processor(images, return_tensors="pt")["pixel_values"]
         width, height = self._resize_to
         batch = np.empty((len(images), 3, height, width), dtype=np.float32)
         for i, image in enumerate(images):
             rgb = image if image.mode == "RGB" else image.convert("RGB")
-            resized = apply_color_constancy(rgb.resize(self._resize_to, self.image_processor.resample), self.color_constancy)
+            resized = apply_field_of_view_mask(apply_color_constancy(rgb.resize(self._resize_to, self.image_processor.resample),
+                                                                     self.color_constancy), self.field_of_view_mask)
             # Straight from PIL's (H, W, 3) bytes into the channel-first float batch:
             # one pass, no intermediate float image, no torch permute copy.
             np.multiply(np.asarray(resized).transpose(2, 0, 1), self._multiply, out=batch[i])
@@ -286,7 +326,14 @@ class ScreeningModel:
         return torch.from_numpy(batch)
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        forward = self._onnx or (lambda x: self.model(pixel_values=x).logits)
+        return self.logits_and_embeddings(pixel_values)[0]
+
+    def _torch_forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits_and_embedding(self.model, pixel_values)
+
+    def logits_and_embeddings(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 2) logits and the (N, D) embeddings the input check measures, from one forward pass."""
+        forward = self._onnx.with_embedding if self._onnx is not None else self._torch_forward
         if self.precision == "int8":
             # Dynamic quantisation picks one activation scale per input tensor: one image
             # at a time, a score never depends on the other images in its batch.
@@ -295,15 +342,31 @@ class ScreeningModel:
             parts = [part for part in pixel_values.tensor_split(self._workers) if len(part)]
         with torch.inference_mode():
             if self._pool is not None and len(parts) > 1:
-                return torch.cat(list(self._pool.map(forward, parts)))
-            return torch.cat([forward(part) for part in parts])
+                outputs = list(self._pool.map(forward, parts))
+            else:
+                outputs = [forward(part) for part in parts]
+        return torch.cat([logits for logits, _ in outputs]), torch.cat([embedding for _, embedding in outputs])
 
-    def _predictions(self, pixel_values: torch.Tensor) -> list[Prediction]:
-        logits = self.logits(pixel_values)
+    def measure_decoded(self, images: list[Image.Image]) -> dict:
+        """What the input check looks at, with P(malignant): {"features", "embeddings", "probabilities"} arrays."""
+        logits, embeddings = self.logits_and_embeddings(self.preprocess(images))
+        return {
+            "features": np.stack([image_features(image) for image in images]),
+            "embeddings": embeddings.float().numpy(),
+            "probabilities": softmax_probs(logits.float(), self.temperature)[:, self.malignant_index],
+        }
+
+    def _predictions(self, pixel_values: torch.Tensor, images: list[Image.Image]) -> list[Prediction]:
+        logits, embeddings = self.logits_and_embeddings(pixel_values)
         probs = softmax_probs(logits.float(), self.temperature)
+        if self.input_check is not None:
+            verdicts = self.input_check.judge(np.stack([image_features(image) for image in images]),
+                                              embeddings.float().numpy())
+        else:
+            verdicts = [Verdict() for _ in images]
         id2label = self.config.id2label
         predictions = []
-        for row in probs:
+        for row, verdict in zip(probs, verdicts):
             malignant = float(row[self.malignant_index])
             predictions.append(Prediction(
                 label=id2label[int(row.argmax())],
@@ -313,6 +376,8 @@ class ScreeningModel:
                 screening_threshold=self.screening_threshold,
                 high_risk_threshold=self.high_risk_threshold,
                 model_id=self.model_id,
+                model_version=self.version,
+                input_check=verdict,
             ))
         return predictions
 
@@ -322,7 +387,7 @@ class ScreeningModel:
 
     def predict_decoded(self, images: list[Image.Image]) -> list[Prediction]:
         """One forward pass over images already decoded by `decode` (or load_rgb_image)."""
-        return self._predictions(self.preprocess(images)) if images else []
+        return self._predictions(self.preprocess(images), images) if images else []
 
     def predict_batch(self, images, batch_size: int = 32) -> list[Prediction]:
         """Like predict for each image, batch_size at a time; the first bad image raises."""

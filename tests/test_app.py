@@ -33,7 +33,8 @@ if str(REPO_ROOT) not in sys.path:
 from melanoma_screen.calibration import risk_level  # noqa: E402
 
 EXAMPLES = REPO_ROOT / "examples"
-PREDICTION_KEYS = {"label", "probabilities", "risk_level", "screening_threshold", "high_risk_threshold", "model_id"}
+PREDICTION_KEYS = {"label", "probabilities", "risk_level", "screening_threshold", "high_risk_threshold", "model_id",
+                   "model_version"}
 
 
 def example_rows() -> list[dict]:

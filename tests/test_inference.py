@@ -153,7 +153,8 @@ def test_to_json_has_exactly_the_documented_keys(model, images):
     prediction = model.predict(images[0])
     assert isinstance(prediction, Prediction)
     data = prediction.to_json()
-    assert set(data) == {"label", "probabilities", "risk_level", "screening_threshold", "high_risk_threshold", "model_id"}
+    assert set(data) == {"label", "probabilities", "risk_level", "screening_threshold", "high_risk_threshold", "model_id",
+                         "model_version"}
     json.dumps(data)  # plain Python types only
 
 

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT, real_images
 from melanoma_screen.images import ImageLoadError, load_rgb_image
 from melanoma_screen.inference import FAST, ScreeningModel
 
-COLUMNS = ["file", "label", "prob_benign", "prob_malignant", "risk_level", "error"]
+COLUMNS = ["file", "label", "prob_benign", "prob_malignant", "risk_level", "error", "reason"]
 
 
 def run_cli(*args, cwd):
@@ -60,7 +60,7 @@ def test_folder_with_bad_files_gives_one_row_each(folder, tiny_model_dir, model,
     # batch size 3: the bad files land in the middle of a batch of good ones
     result = run_cli(folder, "--model", tiny_model_dir, "--out", out, "--batch-size", 3, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 images scored, 2 could not be read" in result.stderr
+    assert "4 images scored, 2 could not be read or were refused" in result.stderr
     assert "img" in result.stderr  # the tqdm progress bar
 
     rows = read_rows(out)
@@ -73,6 +73,7 @@ def test_folder_with_bad_files_gives_one_row_each(folder, tiny_model_dir, model,
         assert row["error"] == image_error(folder / name)
         assert row["label"] == row["prob_benign"] == row["prob_malignant"] == row["risk_level"] == ""
     assert "not an image that can be read" in by_name["notes.txt"]["error"]
+    assert (by_name["notes.txt"]["reason"], by_name["corrupt.jpg"]["reason"]) == ("not_an_image", "damaged")
     assert "damaged or truncated" in by_name["corrupt.jpg"]["error"]
 
     good = [row for row in rows if not row["error"]]

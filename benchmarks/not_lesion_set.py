@@ -1,0 +1,211 @@
+"""The "not a dermoscopic lesion" set: pictures the screening model must refuse to judge.
+
+    from not_lesion_set import build_not_lesion_set
+    samples = build_not_lesion_set(lesion_paths)      # [Sample(name, category, image), ...]
+
+Built on the fly, so nothing large is committed: the sample photographs that
+scikit-image (`skimage.data`, the bundled ones) and matplotlib ship, plus
+generated plain colours and skin tones, noise, gradients, rendered text and
+mock-ups of this app's page, and real lesions ruined on purpose (heavy blur,
+far under- and over-exposed). `lesion_paths` supplies those real lesions; the
+benchmark and the tests pass test-split images, which no threshold is fitted on.
+Everything is seeded: the same call gives the same pictures.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+
+CATEGORIES = ("photo", "plain colour", "plain skin", "noise", "gradient", "text", "screenshot",
+              "blurred lesion", "under-exposed lesion", "over-exposed lesion")
+
+# Bundled with scikit-image's wheel; the others in skimage.data need a download (pooch).
+SKIMAGE_SAMPLES = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard", "chelsea", "clock", "coffee",
+                   "coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry",
+                   "logo", "microaneurysms", "moon", "page", "retina", "rocket", "text", "binary_blobs",
+                   "shepp_logan_phantom", "stereo_motorcycle")
+MATPLOTLIB_SAMPLES = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")
+# Light to dark skin, roughly the ten tones of the Monk skin tone scale.
+SKIN_TONES = [(246, 237, 228), (243, 231, 219), (247, 234, 208), (234, 218, 186), (215, 189, 150),
+              (160, 126, 86), (130, 92, 67), (96, 65, 52), (58, 49, 42), (41, 36, 32)]
+LOREM = ("The quick brown fox jumps over the lazy dog. Patient referred for a pigmented lesion on the left "
+         "shoulder, present for two years, recently darker. Dermoscopy shows an atypical network. "
+         "Le rapport de consultation est joint ; merci de rappeler le cabinet pour un rendez-vous. ")
+
+
+@dataclass
+class Sample:
+    name: str
+    category: str
+    image: Image.Image
+
+
+def _to_rgb(array: np.ndarray) -> Image.Image:
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        low, high = float(array.min()), float(array.max())
+        array = ((array - low) / (high - low or 1.0) * 255).astype(np.uint8)
+    image = Image.fromarray(array)
+    if image.mode in ("RGBA", "LA", "P"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def sample_photographs() -> list[Sample]:
+    """What scikit-image and matplotlib ship; either may be missing, and that only shrinks the set."""
+    samples = []
+    try:
+        import skimage.data
+    except ImportError:
+        skimage = None
+    if skimage is not None:
+        for name in SKIMAGE_SAMPLES:
+            try:
+                samples.append(Sample(f"skimage-{name}", "photo", _to_rgb(getattr(skimage.data, name)())))
+            except Exception:  # a sample that needs a download offline, or one a newer release dropped
+                continue
+    try:
+        import matplotlib
+
+        folder = Path(matplotlib.get_data_path()) / "sample_data"
+    except ImportError:
+        folder = None
+    for name in MATPLOTLIB_SAMPLES if folder else ():
+        if (folder / name).is_file():
+            with Image.open(folder / name) as image:
+                samples.append(Sample(f"matplotlib-{Path(name).stem}", "photo", _to_rgb(np.asarray(image))))
+    return samples
+
+
+def _plain_colours(rng) -> list[Sample]:
+    samples = []
+    for i in range(12):
+        colour = rng.integers(0, 256, 3)
+        array = np.broadcast_to(colour, (256, 256, 3)).astype(np.float32)
+        if i % 2:  # near-uniform: a camera's sensor noise on a blank wall
+            array = array + rng.normal(0, 3, array.shape)
+        samples.append(Sample(f"colour-{i}", "plain colour", _to_rgb(np.clip(array, 0, 255).astype(np.uint8))))
+    return samples
+
+
+def _plain_skin(rng) -> list[Sample]:
+    """Skin with no lesion: a tone, soft shading, pores and sensor noise."""
+    samples = []
+    for i, tone in enumerate(SKIN_TONES * 2):
+        side = 300
+        shade = np.asarray(Image.fromarray(rng.normal(0, 1, (8, 8)).astype(np.float32)).resize((side, side), Image.Resampling.BICUBIC))
+        grain = Image.fromarray(np.clip(rng.normal(128, 40, (side, side)), 0, 255).astype(np.uint8))
+        pores = (np.asarray(grain.filter(ImageFilter.GaussianBlur(1.2)), np.float32) - 128) / 40
+        texture = 6 * shade[..., None] + (8 if i >= len(SKIN_TONES) else 3) * pores[..., None]
+        array = np.asarray(tone, np.float32) * (1 + texture / 255) + rng.normal(0, 2, (side, side, 3))
+        samples.append(Sample(f"skin-{i}", "plain skin", _to_rgb(np.clip(array, 0, 255).astype(np.uint8))))
+    return samples
+
+
+def _noise(rng) -> list[Sample]:
+    makers = [
+        lambda: rng.integers(0, 256, (256, 256, 3)),
+        lambda: np.repeat(np.clip(rng.normal(128, 50, (256, 256, 1)), 0, 255), 3, axis=2),
+        lambda: np.where(rng.random((256, 256, 1)) < 0.5, 0, 255).repeat(3, axis=2),
+        lambda: np.clip(rng.normal(rng.integers(60, 200, 3), 30, (256, 256, 3)), 0, 255),
+    ]
+    samples = []
+    for i in range(12):
+        array = makers[i % len(makers)]().astype(np.uint8)
+        image = _to_rgb(array)
+        if i >= 8:  # smoothed noise: coloured blobs, the closest noise gets to a lesion
+            image = image.filter(ImageFilter.GaussianBlur(2))
+        samples.append(Sample(f"noise-{i}", "noise", image))
+    return samples
+
+
+def _gradients(rng) -> list[Sample]:
+    samples = []
+    y, x = np.mgrid[0:256, 0:256] / 255.0
+    for i in range(12):
+        a, b = rng.integers(0, 256, 3).astype(np.float32), rng.integers(0, 256, 3).astype(np.float32)
+        if i % 3 == 0:
+            t = x
+        elif i % 3 == 1:
+            t = (x + y) / 2
+        else:
+            t = np.clip(np.hypot(x - 0.5, y - 0.5) * 1.6, 0, 1)
+        array = a + (b - a) * t[..., None]
+        samples.append(Sample(f"gradient-{i}", "gradient", _to_rgb(array.astype(np.uint8))))
+    return samples
+
+
+def _text(rng) -> list[Sample]:
+    styles = [((255, 255, 255), (0, 0, 0)), ((250, 248, 240), (30, 30, 120)), ((20, 20, 20), (230, 230, 230)),
+              ((255, 255, 200), (120, 0, 0))]
+    samples = []
+    for i in range(12):
+        background, ink = styles[i % len(styles)]
+        size = (16, 24, 40)[i % 3]
+        image = Image.new("RGB", (480, 360), background)
+        draw = ImageDraw.Draw(image)
+        font = ImageFont.load_default(size=size)
+        lines = textwrap.wrap(LOREM * 3, width=int(900 / size))
+        for row, line in enumerate(lines[: 360 // int(size * 1.3)]):
+            draw.text((12, 8 + row * size * 1.3), line, fill=ink, font=font)
+        samples.append(Sample(f"text-{i}", "text", image))
+    return samples
+
+
+def _screenshots(lesions: list[Image.Image]) -> list[Sample]:
+    """Mock-ups of this app's page, desktop and phone, English and French, with a lesion on it."""
+    samples = []
+    for i, (width, height, lang) in enumerate([(1280, 900, "en"), (1280, 900, "fr"), (390, 844, "en"), (390, 844, "fr"),
+                                               (1024, 768, "en"), (768, 1024, "fr")]):
+        page = Image.new("RGB", (width, height), (255, 255, 255))
+        draw = ImageDraw.Draw(page)
+        title = "Melanoma screening aid" if lang == "en" else "Aide au dépistage du mélanome"
+        draw.text((20, 16), title, fill=(20, 20, 20), font=ImageFont.load_default(size=28))
+        body = ImageFont.load_default(size=14)
+        draw.rectangle((20, 64, width - 20, 120), fill=(255, 248, 225), outline=(240, 180, 0))
+        draw.text((30, 74), "Screening aid, not a diagnosis. A low score never rules out melanoma."[: width // 8],
+                  fill=(27, 27, 27), font=body)
+        panel = min(width - 40, 360)
+        draw.rectangle((20, 140, 20 + panel, 140 + panel), outline=(200, 200, 200), fill=(245, 245, 245))
+        if lesions:
+            thumb = lesions[i % len(lesions)].resize((panel // 2, panel // 2))
+            page.paste(thumb, (20 + panel // 4, 140 + panel // 4))
+        button_top = 160 + panel
+        draw.rectangle((20, button_top, 20 + panel, button_top + 44), fill=(249, 115, 22))
+        draw.text((40, button_top + 12), "Analyse" if lang == "en" else "Analyser", fill=(255, 255, 255), font=body)
+        for row in range(6):
+            top = button_top + 70 + row * 26
+            if top < height - 20:
+                draw.text((20, top), ("Risk level: Moderate. " + LOREM)[row * 20: row * 20 + width // 9],
+                          fill=(60, 60, 60), font=body)
+        samples.append(Sample(f"screenshot-{i}", "screenshot", page))
+    return samples
+
+
+def _ruined_lesions(lesions: list[Image.Image]) -> list[Sample]:
+    samples = []
+    for i, lesion in enumerate(lesions):
+        radius = 0.025 * min(lesion.size)  # 7.5 px on a 300 px image: the lesion's border is gone
+        samples.append(Sample(f"blurred-{i}", "blurred lesion", lesion.filter(ImageFilter.GaussianBlur(radius))))
+        samples.append(Sample(f"dark-{i}", "under-exposed lesion", ImageEnhance.Brightness(lesion).enhance(0.25)))
+        samples.append(Sample(f"bright-{i}", "over-exposed lesion", ImageEnhance.Brightness(lesion).enhance(2.5)))
+    return samples
+
+
+def build_not_lesion_set(lesion_paths=(), seed: int = 0) -> list[Sample]:
+    """Every picture of the set, in a fixed order; lesion_paths are real lesions to ruin (20 are plenty)."""
+    rng = np.random.default_rng(seed)
+    lesions = []
+    for path in lesion_paths:
+        with Image.open(path) as image:
+            lesions.append(image.convert("RGB"))
+    return (sample_photographs() + _plain_colours(rng) + _plain_skin(rng) + _noise(rng) + _gradients(rng)
+            + _text(rng) + _screenshots(lesions) + _ruined_lesions(lesions))
