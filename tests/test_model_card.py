@@ -93,7 +93,8 @@ def test_body_content():
     assert not re.search(r"\{\{\s*\w+\s*\}\}", body)  # every placeholder filled
     assert "this comment is dropped" not in body  # the template's editor note
     # The only comments left are the markers of the sections filled in after training.
-    assert re.findall(r"<!--(.*?)-->", body) == [" begin robustness ", " end robustness ", " begin comparison ", " end comparison "]
+    assert re.findall(r"<!--(.*?)-->", body) == [" begin robustness ", " end robustness ", " begin shortcut_probes ",
+                                                 " end shortcut_probes ", " begin comparison ", " end comparison "]
     assert f'pipeline("image-classification", model="{context["model_id"]}")' in body
     assert context["command"] in body
     assert context["audit_summary"] in body
