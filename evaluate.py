@@ -13,7 +13,10 @@ ONNX Runtime path that the app and predict.py use.
 --robustness scores the same images again under shifts that another clinic's
 dermatoscope or a phone would cause (colour casts, exposure, blur, zoom,
 framing, JPEG compression, low resolution) and reports the ROC AUC drop.
---card MODEL/README.md writes that table into the model card.
+It also probes the dermoscope-vignette shortcut: benign images with a black
+circular field of view added, malignant images with theirs painted out, and
+the metrics of images with and without dark corners ("shortcut_probes").
+--card MODEL/README.md writes both tables into the model card.
 
     python evaluate.py --compare runs/a runs/b ... --card model/README.md
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import random
 import shlex
 import sys
 from pathlib import Path
@@ -40,7 +44,8 @@ from melanoma_screen import metrics
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import FAST, ScreeningModel
 from melanoma_screen.input_check import refusal_report
-from melanoma_screen.model_card import update_card_section
+from melanoma_screen.model_card import replace_section, update_card_section
+from melanoma_screen.shortcuts import add_circular_vignette, fill_dark_border, has_dark_corners
 from melanoma_screen.transforms import COLOR_CONSTANCY_NAMES
 
 
@@ -118,6 +123,87 @@ def score(model: ScreeningModel, paths, shift=None, batch_size: int = 32, desc: 
     return np.asarray(probabilities)
 
 
+def score_each(model: ScreeningModel, paths, change, batch_size: int = 32, desc: str = "scoring") -> np.ndarray:
+    """Like score, with change(index, image) applied: each image can get its own seeded random shift."""
+    probabilities = []
+    for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False):
+        images = [change(start + offset, load_rgb_image(path)) for offset, path in enumerate(paths[start:start + batch_size])]
+        probabilities += [p.malignant_probability for p in model.predict_batch(images, batch_size=batch_size)]
+    return np.asarray(probabilities)
+
+
+VIGNETTE_SEED = 20240901  # each benign image i gets the vignette drawn by random.Random(VIGNETTE_SEED + i)
+
+
+def _before_after(before: np.ndarray, after: np.ndarray, threshold: float) -> dict:
+    if before.size == 0:
+        return {"n": 0}
+    flagged_before, flagged_after = float(np.mean(before >= threshold)), float(np.mean(after >= threshold))
+    return {
+        "n": int(before.size),
+        "mean_p_malignant_before": float(before.mean()),
+        "mean_p_malignant_after": float(after.mean()),
+        "mean_p_malignant_change": float(after.mean() - before.mean()),
+        "flagged_before": flagged_before,
+        "flagged_after": flagged_after,
+        "flagged_change_points": 100 * (flagged_after - flagged_before),
+    }
+
+
+def _subgroup(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict:
+    if labels.size == 0:
+        return {"n": 0, "n_malignant": 0, "n_benign": 0}
+    m = metrics.binary_metrics(labels, probabilities, threshold)
+    return {
+        "n": m["n"], "n_malignant": m["n_malignant"], "n_benign": m["n_benign"],
+        # A rate over an absent class is undefined, not 0.
+        "sensitivity_at_screening": m["sensitivity"] if m["n_malignant"] else None,
+        "specificity_at_screening": m["specificity"] if m["n_benign"] else None,
+        "roc_auc": m["roc_auc"],
+        "mean_p_malignant": float(probabilities.mean()),
+    }
+
+
+def shortcut_probes(model: ScreeningModel, paths, labels: np.ndarray, clean: np.ndarray, batch_size: int = 32) -> dict:
+    """Does the model read the dermoscope's black field of view as evidence of melanoma?
+
+    vignette: benign images without dark corners, scored again with a black
+    circular vignette added (random radius, centre and soft edge, seeded per
+    image). field_of_view: malignant images with dark corners, scored again
+    with the border painted in skin colour (no crop, so the lesion keeps its
+    size). A model that looks at the lesion barely moves in either.
+    by_dark_corners: the clean metrics of images with and without dark corners.
+    """
+    threshold = model.screening_threshold
+    dark = np.asarray([has_dark_corners(load_rgb_image(path))
+                       for path in tqdm(paths, desc="dark corners", unit="img", leave=False)], dtype=bool)
+    benign = np.flatnonzero((labels == 0) & ~dark)
+    vignetted = score_each(model, [paths[i] for i in benign],
+                           lambda index, image: add_circular_vignette(image, random.Random(VIGNETTE_SEED + index)),
+                           batch_size=batch_size, desc="vignette probe")
+    malignant = np.flatnonzero((labels == 1) & dark)
+    still_dark = []
+
+    def fill(index, image):
+        filled = fill_dark_border(image)
+        still_dark.append(has_dark_corners(filled))
+        return filled
+
+    filled = score_each(model, [paths[i] for i in malignant], fill, batch_size=batch_size, desc="field-of-view probe")
+    return {
+        "screening_threshold": threshold,
+        "vignette": {**_before_after(clean[benign], vignetted, threshold),
+                     "images": "benign images without dark corners, with a black circular vignette added",
+                     "n_benign_with_dark_corners_left_out": int(((labels == 0) & dark).sum())},
+        "field_of_view": {**_before_after(clean[malignant], filled, threshold),
+                          "images": "malignant images with dark corners, with the dark border painted in skin colour",
+                          # fill_dark_border leaves a border alone when it is not round (a lesion or shadow at the edge).
+                          "n_still_dark_after_fill": int(sum(still_dark))},
+        "by_dark_corners": {"with": _subgroup(labels[dark], clean[dark], threshold),
+                            "without": _subgroup(labels[~dark], clean[~dark], threshold)},
+    }
+
+
 def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_size: int = 32) -> dict:
     paths = [record.path for record in records]
     labels = np.asarray([record.label for record in records])
@@ -147,6 +233,7 @@ def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_siz
                 "specificity_at_screening": at_screening["specificity"],
                 "ece": at_screening["ece"],
             }
+        report["shortcut_probes"] = shortcut_probes(model, paths, labels, clean, batch_size=batch_size)
     return report
 
 
@@ -169,6 +256,8 @@ def print_report(report: dict, stored: dict | None) -> None:
         for name, row in report["robustness"].items():
             print(f"{name:32s} {row['roc_auc']:6.3f} {row['auc_drop']:+6.3f} {row['sensitivity_at_screening']:9.3f} "
                   f"{row['specificity_at_screening']:9.3f}")
+    if "shortcut_probes" in report:
+        print_shortcut_probes(report["shortcut_probes"])
     if stored:
         largest = max(
             abs(report[new][name] - stored[old][name])
@@ -187,6 +276,69 @@ def robustness_markdown(report: dict) -> str:
         lines.append(f"| {name} | {row['roc_auc']:.3f} | {row['auc_drop']:.3f} | {row['sensitivity_at_screening']:.3f} "
                      f"| {row['specificity_at_screening']:.3f} |")
     return "\n".join(lines) + f"\n\nMeasured on {report['n_images']} images with `{report.get('command', 'evaluate.py --robustness')}`."
+
+
+def _rate(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def print_shortcut_probes(probes: dict) -> None:
+    print(f"\nshortcut probes at the screening threshold ({probes['screening_threshold']:.3f})")
+    print(f"{'probe':44s} {'n':>5s} {'mean P before':>14s} {'after':>6s} {'change':>7s} "
+          f"{'flagged before':>15s} {'after':>6s} {'change':>8s}")
+    for key, name in (("vignette", "vignette added to benign images"),
+                      ("field_of_view", "dark border painted out, malignant images")):
+        row = probes[key]
+        if not row["n"]:
+            print(f"{name:44s} {0:5d}")
+            continue
+        print(f"{name:44s} {row['n']:5d} {row['mean_p_malignant_before']:14.3f} {row['mean_p_malignant_after']:6.3f} "
+              f"{row['mean_p_malignant_change']:+7.3f} {row['flagged_before']:15.1%} {row['flagged_after']:6.1%} "
+              f"{row['flagged_change_points']:+7.1f}p")
+    print(f"\n{'subgroup':22s} {'n':>5s} {'malig':>6s} {'benign':>7s} {'sens@scr':>9s} {'spec@scr':>9s} {'AUC':>6s}")
+    for key in ("with", "without"):
+        row = probes["by_dark_corners"][key]
+        print(f"{key + ' dark corners':22s} {row['n']:5d} {row['n_malignant']:6d} {row['n_benign']:7d} "
+              f"{_rate(row.get('sensitivity_at_screening')):>9s} {_rate(row.get('specificity_at_screening')):>9s} "
+              f"{_rate(row.get('roc_auc')):>6s}")
+
+
+def shortcut_probes_markdown(report: dict) -> str:
+    probes = report["shortcut_probes"]
+    lines = ["| probe | images | mean P(malignant) before → after | flagged at screening before → after |",
+             "|---|---|---|---|"]
+    for key, name in (("vignette", "black circular vignette added to benign images"),
+                      ("field_of_view", "dark field-of-view border painted out of malignant images")):
+        row = probes[key]
+        if row["n"]:
+            lines.append(f"| {name} | {row['n']} | {row['mean_p_malignant_before']:.3f} → {row['mean_p_malignant_after']:.3f} "
+                         f"({row['mean_p_malignant_change']:+.3f}) | {row['flagged_before']:.1%} → {row['flagged_after']:.1%} "
+                         f"({row['flagged_change_points']:+.1f} points) |")
+        else:
+            lines.append(f"| {name} | 0 | – | – |")
+    lines += ["", "| subgroup | images | malignant / benign | sensitivity @ screening | specificity @ screening | ROC AUC |",
+              "|---|---|---|---|---|---|"]
+    for key in ("with", "without"):
+        row = probes["by_dark_corners"][key]
+        lines.append(f"| {key} dark corners | {row['n']} | {row['n_malignant']} / {row['n_benign']} "
+                     f"| {_rate(row.get('sensitivity_at_screening'))} | {_rate(row.get('specificity_at_screening'))} "
+                     f"| {_rate(row.get('roc_auc'))} |")
+    return ("\n".join(lines) + f"\n\nA model that reads the lesion, not the dermatoscope's field of view, barely moves in "
+            f"either probe. Screening threshold {probes['screening_threshold']:.3f}; vignettes seeded per image; measured "
+            f"with `{report.get('command', 'evaluate.py --robustness')}`.")
+
+
+def write_card_section(card_path, name: str, markdown: str, heading: str, after: str = "robustness") -> None:
+    """Like update_card_section, but a card rendered before this section existed gets it after `after`'s."""
+    path = Path(card_path)
+    card = path.read_text(encoding="utf-8")
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    if begin not in card:
+        anchor = f"<!-- end {after} -->"
+        if anchor not in card:
+            raise ValueError(f"the model card has no {begin} ... {end} section")
+        card = card.replace(anchor, f"{anchor}\n\n{heading}\n\n{begin}\n{end}", 1)
+    path.write_text(replace_section(card, name, markdown), encoding="utf-8")
 
 
 def describe_run(run_dir: Path) -> dict:
@@ -291,6 +443,7 @@ def main(argv=None) -> int:
         Path(args.out).write_text(json.dumps(report, indent=2))
     if args.card:
         update_card_section(args.card, "robustness", robustness_markdown(report))
+        write_card_section(args.card, "shortcut_probes", shortcut_probes_markdown(report), "### Shortcut probes")
     return 0
 
 
