@@ -34,6 +34,7 @@ from transformers import (
 )
 
 import data_prep
+from data_prep.shortcuts import print_shortcut_audit, shortcut_audit, shortcut_markdown
 from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
@@ -175,6 +176,13 @@ def load_records(data_args: DataArguments, train_args: TrainArguments):
                     data["extra_dropped"])
     logger.info("images per source and split after the audit: %s", data["sources"])
     logger.info("class counts used for training: %s (weights %s)", data["class_counts"], data["class_weights"])
+    # Acquisition cues (a dermoscope's vignette, the skin's colour, image size)
+    # that predict the label are shortcuts a model will learn: say so up front.
+    data["shortcut_audit"] = shortcut_audit(data["train"] + data["validation"] + data["test"], warn_auc=data_args.shortcut_warn_auc)
+    print_shortcut_audit(data["shortcut_audit"])
+    for warning in data["shortcut_audit"]["warnings"]:
+        logger.warning("shortcut audit: %s", warning)
+    data["shortcut_markdown"] = shortcut_markdown(data["shortcut_audit"])
     return data
 
 
@@ -428,6 +436,7 @@ def main(argv=None):
         "split_sizes": {"train": len(data["train"]), "validation": len(data["validation"]), "test": len(data["test"])},
         "skipped_files": data["skipped"],
         "duplicate_audit": data["audit"]["summary"],
+        "shortcut_audit": data["shortcut_audit"],
         "dropped_duplicates": len(data["dropped"]),
         "color_constancy": model_args.color_constancy,
         "checkpoint_selection": checkpoint_selection,
