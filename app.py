@@ -134,7 +134,14 @@ TEXT = {
         "about_no_check": ("**Input check:** this model has no fitted input check, so every picture that can be "
                            "read is scored."),
         "about_no_report": "This model has no test report (eval_results.json), so no test metrics can be shown.",
-        "about_metrics_intro": "Measured once on the held-out test split ({n} images, {m} melanomas):",
+        "about_metrics_intro": ("Measured once on the held-out test split of the training source and on every "
+                                "external set from another clinic, at the same thresholds:"),
+        "test_column": "Test split (same source)",
+        "external_column": "{name} (other clinic)",
+        "about_external_note": ("The thresholds were chosen on validation images of the training sources; on another "
+                                "clinic's dermatoscope they give the sensitivity and specificity of its column, which "
+                                "is what to expect elsewhere. The test split shares its source with training and "
+                                "flatters the model."),
         "metric": "Metric",
         "value": "Value",
         "metrics": {
@@ -142,6 +149,9 @@ TEXT = {
             "accuracy": "Accuracy (threshold 0.5)",
             "sensitivity": "Sensitivity at the screening threshold ({t})",
             "specificity": "Specificity at the screening threshold ({t})",
+            "sensitivity_high": "Sensitivity at the high-risk threshold ({h})",
+            "specificity_high": "Specificity at the high-risk threshold ({h})",
+            "images": "Images (melanomas)",
             "ece": "Expected calibration error (ECE)",
         },
         "about_thresholds": ("Risk is **low** below the screening threshold ({s}), **moderate** up to the "
@@ -218,7 +228,14 @@ TEXT = {
         "about_no_check": ("**Contrôle de l'image :** ce modèle n'a pas de contrôle d'image ajusté ; toute image "
                            "lisible est évaluée."),
         "about_no_report": "Ce modèle n'a pas de rapport de test (eval_results.json) : aucune mesure ne peut être affichée.",
-        "about_metrics_intro": "Mesuré une seule fois sur le jeu de test mis de côté ({n} images, dont {m} mélanomes) :",
+        "about_metrics_intro": ("Mesuré une seule fois sur le jeu de test mis de côté de la source d'entraînement et "
+                                "sur chaque jeu externe d'une autre clinique, aux mêmes seuils :"),
+        "test_column": "Jeu de test (même source)",
+        "external_column": "{name} (autre clinique)",
+        "about_external_note": ("Les seuils ont été choisis sur des images de validation des sources d'entraînement ; "
+                                "avec le dermatoscope d'une autre clinique, ils donnent la sensibilité et la spécificité "
+                                "de sa colonne, ce qui est à attendre ailleurs. Le jeu de test partage sa source avec "
+                                "l'entraînement et flatte le modèle."),
         "metric": "Mesure",
         "value": "Valeur",
         "metrics": {
@@ -226,6 +243,9 @@ TEXT = {
             "accuracy": "Exactitude (seuil 0,5)",
             "sensitivity": "Sensibilité au seuil de dépistage ({t})",
             "specificity": "Spécificité au seuil de dépistage ({t})",
+            "sensitivity_high": "Sensibilité au seuil de risque élevé ({h})",
+            "specificity_high": "Spécificité au seuil de risque élevé ({h})",
+            "images": "Images (mélanomes)",
             "ece": "Erreur de calibration attendue (ECE)",
         },
         "about_thresholds": ("Le risque est **faible** sous le seuil de dépistage ({s}), **modéré** jusqu'au "
@@ -495,6 +515,43 @@ def disclaimer_html(lang: str) -> str:
             'color:#1b1b1b;padding:10px 14px;border-radius:8px">⚠️ ' + TEXT[lang]["disclaimer"] + "</div>")
 
 
+def metrics_by_source(report: dict, text: dict, lang: str) -> list[str]:
+    """One column per evaluation set: the test split, then each external set scored at the same thresholds.
+
+    The thresholds come from validation data of the training sources; the
+    external columns show how far sensitivity and specificity move elsewhere.
+    """
+    columns = [(text["test_column"], {"at_0_5": report["test_at_0_5"], "at_screening_threshold": report["test_at_screening_threshold"],
+                                      "at_high_risk_threshold": report.get("test_at_high_risk_threshold")})]
+    columns += [(text["external_column"].format(name=name), result) for name, result in (report.get("external") or {}).items()]
+    names = text["metrics"]
+    t = _number(report["test_at_screening_threshold"]["threshold"], lang)
+    high = report.get("test_at_high_risk_threshold")
+    h = _number(high["threshold"], lang) if high else "?"
+
+    def cell(result: dict, key: str, metric: str) -> str:
+        value = (result.get(key) or {}).get(metric)
+        return "n/a" if value is None else _number(value, lang)
+
+    rows = [
+        (names["images"], lambda r: f"{r['at_0_5'].get('n', '?')} ({r['at_0_5'].get('n_malignant', '?')})"),
+        (names["roc_auc"], lambda r: cell(r, "at_0_5", "roc_auc")),
+        (names["accuracy"], lambda r: cell(r, "at_0_5", "accuracy")),
+        (names["sensitivity"].format(t=t), lambda r: cell(r, "at_screening_threshold", "sensitivity")),
+        (names["specificity"].format(t=t), lambda r: cell(r, "at_screening_threshold", "specificity")),
+        (names["sensitivity_high"].format(h=h), lambda r: cell(r, "at_high_risk_threshold", "sensitivity")),
+        (names["specificity_high"].format(h=h), lambda r: cell(r, "at_high_risk_threshold", "specificity")),
+        (names["ece"], lambda r: cell(r, "at_0_5", "ece")),
+    ]
+    lines = [text["about_metrics_intro"], "",
+             f"| {text['metric']} | " + " | ".join(name for name, _ in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    lines += [f"| {label} | " + " | ".join(value(result) for _, result in columns) + " |" for label, value in rows]
+    if len(columns) > 1:
+        lines += ["", text["about_external_note"]]
+    return lines
+
+
 def about_markdown(model: ScreeningModel | None, lang: str) -> str:
     text = TEXT[lang]
     if model is None:
@@ -506,21 +563,7 @@ def about_markdown(model: ScreeningModel | None, lang: str) -> str:
     if not (at_05 and at_screening):
         lines.append(text["about_no_report"])
     else:
-        t = _number(at_screening["threshold"], lang)
-        names = text["metrics"]
-
-        def fmt(value):
-            return "n/a" if value is None else _number(value, lang)
-
-        lines += [
-            text["about_metrics_intro"].format(n=at_05.get("n", "?"), m=at_05.get("n_malignant", "?")), "",
-            f"| {text['metric']} | {text['value']} |", "|---|---|",
-            f"| {names['roc_auc']} | {fmt(at_05.get('roc_auc'))} |",
-            f"| {names['accuracy']} | {fmt(at_05.get('accuracy'))} |",
-            f"| {names['sensitivity'].format(t=t)} | {fmt(at_screening.get('sensitivity'))} |",
-            f"| {names['specificity'].format(t=t)} | {fmt(at_screening.get('specificity'))} |",
-            f"| {names['ece']} | {fmt(at_05.get('ece'))} |",
-        ]
+        lines += metrics_by_source(report, text, lang)
     config = getattr(model, "config", None)
     screening = getattr(config, "screening_threshold", None)
     high = getattr(config, "high_risk_threshold", None)

@@ -341,24 +341,42 @@ def write_card_section(card_path, name: str, markdown: str, heading: str, after:
     path.write_text(replace_section(card, name, markdown), encoding="utf-8")
 
 
-def describe_run(run_dir: Path) -> dict:
-    """One row of the comparison: the recipe (from the stored training command) and its figures."""
-    import train_vit  # heavy (Trainer); only --compare needs it
+def run_settings(report: dict) -> tuple[dict, dict, dict]:
+    """(data, model, training) settings of a run, as train_vit.py stored them.
 
+    Runs trained before the settings were stored as data have only their
+    command: those are parsed once more with train_vit's parser.
+    """
+    if "settings" in report:
+        settings = report["settings"]
+        return settings["data"], settings["model"], settings["training"]
+    import train_vit  # heavy (Trainer); only old runs need it
+
+    parsed = train_vit.parse_args(shlex.split(report["command"])[2:])
+    return tuple(vars(args) for args in parsed)
+
+
+_DATA_DEFAULTS = {"augment_brightness": 0.15, "augment_contrast": 0.15, "augment_saturation": 0.15, "augment_hue": 0.02,
+                  "augment_white_balance": 0.0, "augment_vignette": 0.0, "crop_scale_min": 0.5}
+
+
+def describe_run(run_dir: Path) -> dict:
+    """One row of the comparison: the recipe (from the stored settings) and its figures."""
     report = json.loads((run_dir / "eval_results.json").read_text())
-    data_args, model_args, train_args = train_vit.parse_args(shlex.split(report["command"])[2:])
-    defaults = train_vit.DataArguments()
-    augment_names = ("augment_brightness", "augment_contrast", "augment_saturation", "augment_hue", "augment_white_balance")
-    stronger = {name.removeprefix("augment_"): getattr(data_args, name) for name in augment_names
-                if getattr(data_args, name) != getattr(defaults, name)}
+    data_args, model_args, train_args = run_settings(report)
+    changed = {name.removeprefix("augment_"): data_args.get(name, default) for name, default in _DATA_DEFAULTS.items()
+               if data_args.get(name, default) != default}
     selection = report.get("checkpoint_selection", {"chosen": "best checkpoint"})
+    color_constancy = model_args.get("color_constancy", "none")
     row = {
         "run": run_dir.name,
-        "initialisation": "random" if model_args.scratch_config else
-                          ("MAE encoder" if model_args.init_from else model_args.model_name_or_path),
-        "colour constancy": "–" if model_args.color_constancy == "none" else COLOR_CONSTANCY_NAMES[model_args.color_constancy],
-        "augmentation": ", ".join(f"{k} ±{v:g}" for k, v in stronger.items()) or "default",
-        "epochs": f"{train_args.epochs:g}",
+        "initialisation": "random" if model_args.get("scratch_config") else
+                          ("MAE encoder" if model_args.get("init_from") else model_args.get("model_name_or_path")),
+        "extra training data": ", ".join(Path(folder).name for folder in data_args.get("extra_train_dir") or []) or "–",
+        "field of view": f"mask r={model_args['field_of_view_mask']:g}" if model_args.get("field_of_view_mask") else "–",
+        "colour constancy": "–" if color_constancy == "none" else COLOR_CONSTANCY_NAMES[color_constancy],
+        "augmentation": ", ".join(f"{k} {v:g}" for k, v in changed.items()) or "default",
+        "epochs": f"{report.get('epochs_trained') or train_args['epochs']:.3g}",
         "weights": f"mean of last {len(selection['average']['checkpoints'])}" if selection["chosen"] == "average" else "best epoch",
         "val AUC": report["validation_at_screening_threshold"]["roc_auc"],
         "val spec @ screening": report["validation_at_screening_threshold"]["specificity"],
@@ -368,12 +386,21 @@ def describe_run(run_dir: Path) -> dict:
                                          report["test_at_screening_threshold"]["specificity"]),
         "test ECE": report["test_at_0_5"]["ece"],
     }
+    for name, external in (report.get("external") or {}).items():
+        row[f"{name} AUC"] = external["at_0_5"]["roc_auc"]
+        row[f"{name} sens / spec @ screening"] = (external["at_screening_threshold"]["sensitivity"],
+                                                  external["at_screening_threshold"]["specificity"])
     robustness_path = run_dir / "robustness.json"
     if robustness_path.is_file():
-        shifts = json.loads(robustness_path.read_text())["robustness"]
+        robustness = json.loads(robustness_path.read_text())
+        shifts = robustness["robustness"]
         worst = min(shifts, key=lambda name: shifts[name]["roc_auc"])
         row["mean AUC under shifts"] = float(np.mean([shift["roc_auc"] for shift in shifts.values()]))
         row["worst shift"] = (worst, shifts[worst]["roc_auc"])
+        vignette = (robustness.get("shortcut_probes") or {}).get("vignette")
+        if vignette and vignette.get("n"):
+            row["vignette probe: P(mal) / flagged change"] = (vignette["mean_p_malignant_change"],
+                                                              vignette["flagged_change_points"] / 100)
     return row
 
 
