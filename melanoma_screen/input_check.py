@@ -67,15 +67,16 @@ FEATURES = (
 )
 
 # (reason, feature, side), in the order they are tried: the first that trips
-# names the reason, so quality comes before content. Bounds on redness and
+# names the reason. Exposure comes first; an empty frame is named before blur,
+# since a blank wall has no edges either but "no lesion" is what is wrong with it. Bounds on redness and
 # yellowness and an upper bound on chroma were tried and dropped: on the
 # generated set they refused nothing that these and the distance did not, and
 # they refused real dermoscopy from other clinics.
 RULES = (
     ("too_dark", "highlights", "low"),
     ("too_bright", "brightness", "high"),
-    ("blurred", "edge_peak", "low"),
     ("no_lesion", "structure", "low"),
+    ("blurred", "edge_peak", "low"),
     ("not_skin", "colourfulness", "low"),
     ("not_skin", "edge_mean", "high"),
 )

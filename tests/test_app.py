@@ -141,6 +141,8 @@ BAD_INPUTS = {  # file -> words the message must contain
     "bomb": "too large",
     "one_pixel": "too small",
 }
+BAD_INPUT_REASONS = {"not_an_image": "not_an_image", "text_named_jpg": "not_an_image", "truncated": "damaged",
+                     "empty": "empty_file", "bomb": "too_large", "one_pixel": "too_small"}
 ODD_BUT_VALID = ["grayscale", "transparent", "cmyk", "sixteen_bit", "exif_rotated", "animated"]
 
 
@@ -181,8 +183,9 @@ def test_predict_real_image(client, app, name):
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_bad_input_is_a_message_and_the_server_keeps_serving(client, app, server, odd_files, good_image, name):
     result = client.predict(handle_file(str(odd_files[name])), api_name="/predict")
-    assert set(result) == {"error"}, result
+    assert set(result) == {"error", "reason"}, result
     assert BAD_INPUTS[name] in result["error"] and "Traceback" not in result["error"]
+    assert result["reason"] == BAD_INPUT_REASONS[name]
     assert_prediction(client.predict(handle_file(good_image), api_name="/predict"), app.MODEL)
 
     # The page's own event turns the same file into a message box, not an exception.
@@ -209,7 +212,7 @@ def test_exif_rotation_is_applied(client, odd_files):
 
 def test_empty_submit(client, server, good_image, app):
     result = client.predict(None, api_name="/predict")
-    assert set(result) == {"error"} and "No image" in result["error"]
+    assert result == {"error": result["error"], "reason": "no_image"} and "No image" in result["error"]
     assert_prediction(client.predict(handle_file(good_image), api_name="/predict"), app.MODEL)
     probabilities, risk, heatmap, state, _ = server[0].screener.analyse(None, "en")
     assert probabilities is None and state == {"kind": "no_image"} and "No image" in risk
@@ -308,6 +311,21 @@ def test_about_shows_id_version_and_test_metrics(app):
     assert "Sensibilité" in app.about_markdown(app.MODEL, "fr")
 
 
+def test_about_shows_external_sets_beside_the_test_split(app):
+    report = app.MODEL.eval_results
+    external = {"at_0_5": dict(report["test_at_0_5"], roc_auc=0.6123, n=961, n_malignant=252),
+                "at_screening_threshold": dict(report["test_at_screening_threshold"], sensitivity=0.8765, specificity=0.4321),
+                "at_high_risk_threshold": dict(report["test_at_high_risk_threshold"], sensitivity=0.3456, specificity=0.9012)}
+    lines = app.metrics_by_source(dict(report, external={"derm7pt": external}), app.TEXT["en"], "en")
+    table = "\n".join(lines)
+    assert "derm7pt (other clinic)" in table and "Test split (same source)" in table
+    for needle in ("0.612", "0.877", "0.432", "0.346", "0.901", "961 (252)"):
+        assert needle in table
+    row = next(line for line in lines if line.startswith("| Specificity at the screening threshold"))
+    assert row.endswith(f"| {report['test_at_screening_threshold']['specificity']:.3f} | 0.432 |")
+    assert "autre clinique" in "\n".join(app.metrics_by_source(dict(report, external={"derm7pt": external}), app.TEXT["fr"], "fr"))
+
+
 def test_examples_are_real_test_images_with_true_labels():
     rows = example_rows()
     labels = [row["label"] for row in rows]
@@ -338,7 +356,8 @@ def test_offline_hub_id_gives_the_train_a_model_message(app, good_image):
     model, reason = app.load_model("open-melanoma/vit-melanoma-screening")
     assert model is None and reason
     result = app.Screener(None, reason).predict(good_image)
-    assert set(result) == {"error"} and "train_vit.py" in result["error"] and "--output-dir model" in result["error"]
+    assert set(result) == {"error", "reason"} and result["reason"] == "no_model"
+    assert "train_vit.py" in result["error"] and "--output-dir model" in result["error"]
 
 
 def test_app_starts_without_a_model(tmp_path, good_image):
@@ -356,7 +375,7 @@ def test_app_starts_without_a_model(tmp_path, good_image):
         with urllib.request.urlopen(url + "config", timeout=10) as response:
             assert "No model is loaded" in response.read().decode()  # shown on the page
         result = Client(url, verbose=False).predict(handle_file(good_image), api_name="/predict")
-        assert set(result) == {"error"}
+        assert set(result) == {"error", "reason"} and result["reason"] == "no_model"
         assert "No model is loaded" in result["error"] and "python train_vit.py" in result["error"]
         assert "--output-dir model" in result["error"]
     finally:
@@ -365,3 +384,48 @@ def test_app_starts_without_a_model(tmp_path, good_image):
     output = log.read_text()
     assert "Traceback" not in output, output
     assert not (tmp_path / "feedback").exists()
+
+
+# ---------------------------------------------------------------------------- the input check
+
+
+@pytest.fixture
+def refusing_app(app):
+    """The running app's model with the shipped model's image statistics (they hold for any model)."""
+    from melanoma_screen.input_check import InputCheck
+
+    previous = app.MODEL.input_check
+    app.MODEL.input_check = InputCheck.load(REPO_ROOT / "model", model_version=app.MODEL.version)
+    try:
+        yield app
+    finally:
+        app.MODEL.input_check = previous
+
+
+def test_a_refused_picture_gives_error_and_reason_and_no_risk_level(client, server, refusing_app, good_image, tmp_path):
+    from melanoma_screen.input_check import REASONS, message
+
+    wall = tmp_path / "wall.png"
+    Image.new("RGB", (400, 300), (150, 150, 150)).save(wall)
+    result = client.predict(handle_file(str(wall)), api_name="/predict")
+    assert set(result) == {"error", "reason", "model_id", "model_version"}, result
+    assert result["reason"] in REASONS and result["error"] == message(result["reason"], "en")
+    assert result["model_version"] == refusing_app.MODEL.version
+    # A real lesion still gets its risk level through the same check.
+    assert_prediction(client.predict(handle_file(good_image), api_name="/predict"), refusing_app.MODEL)
+
+    probabilities, risk, heatmap, state, _ = server[0].screener.analyse({"path": str(wall)}, "fr")
+    assert probabilities is None and heatmap is None and state == {"kind": "refused", "reason": result["reason"]}
+    assert "data-risk" not in risk and html_unescape(message(result["reason"], "fr")) in html_unescape(risk)
+    assert "pas été analysée" in html_unescape(risk)
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
+def test_predict_json_names_the_model_and_its_version(client, app, good_image):
+    result = client.predict(handle_file(good_image), api_name="/predict")
+    assert result["model_id"] == app.MODEL.model_id and result["model_version"] == app.MODEL.version

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import REPO_ROOT, free_port, wait_for_app
 
@@ -36,13 +38,23 @@ def feedback_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_model_dir, feedback_dir, tmp_path_factory):
+def checked_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with the shipped model's input check: its image statistics hold for any model
+    (the feature-space part belongs to other weights and is switched off), so the page can refuse."""
+    folder = tmp_path_factory.mktemp("browser_model") / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    shutil.copy(REPO_ROOT / "model" / "input_check.safetensors", folder / "input_check.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def app_url(checked_model_dir, feedback_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("browser_app") / "app.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "FEEDBACK_DIR": str(feedback_dir)}
     env.pop("FEEDBACK_DATASET", None)
     with log.open("w") as output:
-        process = subprocess.Popen([sys.executable, "app.py", "--model", str(tiny_model_dir), "--port", str(port)],
+        process = subprocess.Popen([sys.executable, "app.py", "--model", str(checked_model_dir), "--port", str(port)],
                                    cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -167,4 +179,24 @@ def test_bad_uploads_show_a_message(browser, app_url, tmp_path):
     page.locator("#analyse").click()
     wait_for_result(page)
     screenshot(page, "app-after-bad-uploads.png")
+    page.context.close()
+
+
+def test_a_refused_picture_shows_why_and_how_to_retake_it(browser, app_url, tmp_path):
+    page = open_page(browser, app_url, viewport={"width": 1280, "height": 900})
+    wall = tmp_path / "wall.png"
+    Image.new("RGB", (400, 300), (150, 150, 150)).save(wall)  # a grey wall: no skin, no lesion
+    upload(page, wall)
+    page.locator("#analyse").click()
+    refusal = page.locator("#risk .refusal")
+    expect(refusal).to_be_visible()
+    expect(page.locator("#risk")).to_contain_text("This picture was not analysed")
+    expect(page.locator("#risk [data-risk]")).to_have_count(0)  # no risk level at all
+    reason = refusal.get_attribute("data-reason")
+    assert reason == "no_lesion"
+    screenshot(page, "app-refused-en.png")
+
+    page.get_by_label("Français").check()
+    expect(page.locator("#risk")).to_contain_text("Cette image n'a pas été analysée")
+    screenshot(page, "app-refused-fr.png")
     page.context.close()
