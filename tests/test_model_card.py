@@ -94,7 +94,8 @@ def test_body_content():
     assert "this comment is dropped" not in body  # the template's editor note
     # The only comments left are the markers of the sections filled in after training.
     assert re.findall(r"<!--(.*?)-->", body) == [" begin robustness ", " end robustness ", " begin shortcut_probes ",
-                                                 " end shortcut_probes ", " begin comparison ", " end comparison "]
+                                                 " end shortcut_probes ", " begin comparison ", " end comparison ",
+                                                 " begin input_check ", " end input_check "]
     assert f'pipeline("image-classification", model="{context["model_id"]}")' in body
     assert context["command"] in body
     assert context["audit_summary"] in body
