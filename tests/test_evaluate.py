@@ -66,6 +66,13 @@ def test_compare_tabulates_runs_from_their_stored_commands(tiny_model_dir, tmp_p
     assert evaluate.main(["--compare", str(run), "--card", str(card)]) == 0
     printed = capsys.readouterr().out
     row = next(line for line in printed.splitlines() if line.startswith("| tiny-run |"))
-    assert "| random | – | default |" in row
+    # initialisation, extra training data, field of view, colour constancy, augmentation
+    assert "| random | – | – | – | default |" in row
     assert f"| {report['test_at_0_5']['roc_auc']:.3f} |" in row
     assert row in card.read_text() and "Not written yet" not in card.read_text()
+
+    # A run from before the settings were stored as data is read from its command.
+    del report["settings"]
+    (run / "eval_results.json").write_text(json.dumps(report))
+    assert evaluate.main(["--compare", str(run)]) == 0
+    assert row in capsys.readouterr().out
