@@ -35,7 +35,7 @@ logger = logging.getLogger("pretrain_mae")
 class PretrainArguments:
     output_dir: str = field(metadata={"help": "Checkpoints go to OUTPUT/checkpoints, the encoder to OUTPUT/encoder."})
     data_dir: Optional[str] = field(default=None, metadata={"help": "Image folder; only its train/ split is read."})
-    extra_train_dir: Optional[list[str]] = field(default=None, metadata={"help": "More unlabelled training images: {benign,malignant}/* folders, audited with --data-dir."})
+    extra_train_dir: Optional[list[str]] = field(default=None, metadata={"help": "More unlabelled training images: {benign,malignant}/* folders, audited with --data-dir (the flag can be repeated).", "action": "extend"})
     dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hub dataset id (needs network); only its train split is read."})
     audit_file: Optional[str] = field(default=None, metadata={"help": "Reuse a duplicate-audit report instead of auditing again; written there when missing."})
     val_fraction: float = field(default=0.1, metadata={"help": "Left out as train_vit.py would, so its validation images stay unseen."})

@@ -57,13 +57,15 @@ class DataArguments:
     data_dir: Optional[str] = field(default=None, metadata={"help": "Image folder laid out as {train,test}/{benign,malignant}/*.jpg."})
     extra_train_dir: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "More training data from other sources: {benign,malignant}/* folders, one or more. Audited with "
-                          "--data-dir: copies of its test images are dropped, one copy of each training duplicate is kept."},
+        metadata={"help": "More training data from other sources: {benign,malignant}/* folders, one or more (the flag "
+                          "can be repeated). Audited with --data-dir: copies of its test images are dropped, one copy of "
+                          "each training duplicate is kept.", "action": "extend"},
     )
     external_dir: Optional[list[str]] = field(
         default=None,
-        metadata={"help": "External validation sets ({benign,malignant}/* folders), scored at the end at 0.5 and both "
-                          "stored thresholds. Never trained on, nothing is fitted on them."},
+        metadata={"help": "External validation sets ({benign,malignant}/* folders, one or more; the flag can be repeated), "
+                          "scored at the end at 0.5 and both stored thresholds. Never trained on, nothing is fitted on them.",
+                  "action": "extend"},
     )
     dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hugging Face Hub dataset id (needs network)."})
     val_fraction: float = field(default=0.1, metadata={"help": "Share of train carved out, stratified, for validation."})
@@ -526,6 +528,7 @@ def model_card_context(train_args, model_args, data_args, data, report, base_mod
         validation_metrics=report["validation_at_screening_threshold"],
         audit_summary=audit_summary,
         color_constancy=model_args.color_constancy,
+        field_of_view_mask=model_args.field_of_view_mask,
         external=report.get("external"),
         sources=report.get("sources"),
         shortcut_audit=data.get("shortcut_markdown"),

@@ -27,8 +27,16 @@ def scan_label_folder(folder, split: str, progress: bool = True) -> ScanReport:
     if not path.is_dir():
         raise ValueError(f"{folder} is not a folder with benign/ and malignant/ inside.")
     scan = scan_image_folder(path.parent, splits=(path.name,), progress=progress)
+    if not scan.records:
+        # A wrong folder (its parent, or one without class folders) would otherwise add nothing to
+        # training, or be scored as an empty external set at the very end of a long run.
+        raise ValueError(f"{folder} holds no readable images in benign/ or malignant/ folders.")
     for record in scan.records:
         record.split, record.source = split, path.name
+    for item in scan.skipped:
+        item["split"] = split
+    # Keyed by the split it is read as, like every other ScanReport, not by the folder's name.
+    scan.counts = {split: next(iter(scan.counts.values()))}
     return scan
 
 
@@ -67,6 +75,13 @@ def training_data(data_dir=None, dataset_name=None, extra_train_dirs=(), externa
         audited = {path for group in audit["exact_duplicate_groups"] + audit["near_duplicate_groups"] for path in group["paths"]}
         if audited and not audited & {record.path for record in records}:
             raise ValueError(f"{audit_file} was made for other data: none of its paths are in these folders.")
+        if audit.get("n_images", len(records)) != len(records):
+            # An audit of the main dataset alone knows nothing of the extra folders' copies of its
+            # test images: they would reach training unnoticed.
+            raise ValueError(
+                f"{audit_file} audited {audit['n_images']} images, but these folders hold {len(records)}: it was made "
+                "for other data (an audit of --data-dir alone does not cover --extra-train-dir). "
+                "Give a new --audit-file path to audit them together.")
     else:
         audit = audit_duplicates(records, progress=progress)
         if audit_file:

@@ -12,6 +12,8 @@ Context keys (all required unless marked):
     test_metrics_at_05, test_metrics_at_screening, validation_metrics
     (dicts from metrics.binary_metrics), audit_summary (str),
     license (optional, default cc-by-nc-4.0), date (optional, default today),
+    color_constancy and field_of_view_mask (optional, the preprocessing pipeline users must add),
+    external and sources (optional, for the external-validation and per-source tables),
     tags (optional list), dataset_name (optional, for the model-index).
 Plots are linked by the fixed names in PLOT_FILES, next to README.md.
 """
@@ -158,7 +160,8 @@ _DERIVED = {
     "class_counts_table": (("class_counts_used",), lambda c: counts_table(c["class_counts_used"], "Class", "Images")),
     "split_sizes_table": (("split_sizes",), lambda c: counts_table(c["split_sizes"], "Split", "Images")),
     "audit_summary": (("audit_summary",), lambda c: str(c["audit_summary"]).strip() or "not run"),
-    "color_constancy_note": (("image_size",), lambda c: _color_constancy_note(c.get("color_constancy", "none"), c["image_size"])),
+    "color_constancy_note": (("image_size",), lambda c: _color_constancy_note(c.get("color_constancy", "none"), c["image_size"],
+                                                                              c.get("field_of_view_mask") or 0.0)),
     "external_table": ((), lambda c: external_table(c.get("external") or {}, c.get("test_metrics_at_05"),
                                                     c.get("test_metrics_at_screening"))),
     "sources_table": ((), lambda c: sources_table(c.get("sources") or {})),
@@ -197,14 +200,25 @@ def sources_table(sources: dict) -> str:
     return "\n".join(lines)
 
 
-def _color_constancy_note(method: str, image_size: int) -> str:
-    if method == "none":
+def _color_constancy_note(method: str, image_size: int, field_of_view_mask: float = 0.0) -> str:
+    """What a bare `pipeline` user must add: the colour constancy and the field-of-view mask in config.json."""
+    titles, steps = [], []
+    if method != "none":
+        titles.append("Colour constancy")
+        steps.append(f"corrected with {COLOR_CONSTANCY_NAMES[method]} colour constancy (`color_constancy` in config.json)")
+    if field_of_view_mask:
+        titles.append("Field-of-view mask")
+        steps.append(f"masked to a centred circle of radius {field_of_view_mask:g} of the side, black outside "
+                     "(`field_of_view_mask` in config.json)")
+    if not steps:
         return ""
+    these, them = ("this step", "it") if len(steps) == 1 else ("these steps", "them")
+    title = " and ".join(titles[:1] + [later.lower() for later in titles[1:]])
     return (
-        f"\n**Colour constancy.** This model was trained on images resized to {image_size}x{image_size} and corrected with "
-        f"{COLOR_CONSTANCY_NAMES[method]} colour constancy (`color_constancy` in config.json). `pipeline` does not know "
-        "this step: the app, predict.py and evaluate.py apply it; with a bare pipeline pass "
-        "`ScreeningModel.load(MODEL).pipeline_input(path)` from this project's `melanoma_screen.inference` instead of the path.\n"
+        f"\n**{title}.** This model was trained on images resized to {image_size}x{image_size}, then "
+        f"{', then '.join(steps)}. `pipeline` does not know {these}: the app, predict.py and evaluate.py apply {them}; "
+        "with a bare pipeline pass `ScreeningModel.load(MODEL).pipeline_input(path)` from this project's "
+        "`melanoma_screen.inference` instead of the path.\n"
     )
 
 
@@ -278,8 +292,10 @@ def _eval_results(context: dict) -> list[EvalResult]:
     # External sets are a second dataset entry of the model-index: the figures
     # a user elsewhere should expect, next to the in-distribution ones.
     for external_name, external in (context.get("external") or {}).items():
+        # huggingface_hub groups results into dataset entries by type, config and split, not by
+        # name: the config keeps each external set its own entry (and its own figures).
         external_common = dict(common, dataset_type="imagefolder", dataset_name=f"{external_name} (external validation)",
-                               dataset_split="all")
+                               dataset_config=external_name, dataset_split="all")
         at_05, at_screening = external["at_0_5"], external["at_screening_threshold"]
         results += [
             EvalResult(**external_common, metric_type=metric_type, metric_name=name, metric_value=round(float(at_05[key]), 4),

@@ -79,8 +79,12 @@ def color_constant_input(image: Image.Image, image_processor, method: str) -> Im
 
 def field_of_view_mask_of(config) -> float:
     """The radius of the field-of-view mask a model was trained with, from its config (0 = none)."""
-    radius = float(getattr(config, "field_of_view_mask", 0.0) or 0.0)
-    if not 0.0 <= radius <= 1.0:
+    value = getattr(config, "field_of_view_mask", 0.0) or 0.0
+    try:
+        radius = float(value)
+    except (TypeError, ValueError):  # a string or a list in a hand-edited config.json
+        raise ValueError(f"field_of_view_mask {value!r} in the model config must be a number between 0 and 1") from None
+    if isinstance(value, bool) or not 0.0 <= radius <= 1.0:
         raise ValueError(f"field_of_view_mask {radius!r} in the model config must lie between 0 and 1")
     return radius
 
