@@ -11,8 +11,10 @@ from melanoma_screen.metrics import binary_metrics
 from melanoma_screen.model_card import (
     PLOT_FILES,
     MissingPlaceholderError,
+    external_table,
     render_model_card,
     replace_section,
+    sources_table,
     write_model_card,
 )
 from melanoma_screen.plots import save_confusion_matrix, save_reliability_diagram, save_roc_curve
@@ -196,3 +198,82 @@ def test_measured_sections_are_replaced_in_place():
     assert "Not written yet" in updated
     with pytest.raises(ValueError, match="no <!-- begin nonsense -->"):
         replace_section(card, "nonsense", "x")
+
+
+# ------------------------------------------------------------------ external validation and sources
+
+
+def _external_result(seed: int, screening: float, high_risk: float) -> dict:
+    y, p = _synthetic_split(seed, n=90)
+    return {"at_0_5": binary_metrics(y, p, 0.5), "at_screening_threshold": binary_metrics(y, p, screening),
+            "at_high_risk_threshold": binary_metrics(y, p, high_risk)}
+
+
+def test_external_table_has_one_row_per_set_with_the_three_operating_points():
+    derm7pt = _external_result(5, 0.2, 0.8)
+    one_class = {key: binary_metrics([0, 0, 0], [0.1, 0.6, 0.9], t)
+                 for key, t in (("at_0_5", 0.5), ("at_screening_threshold", 0.2), ("at_high_risk_threshold", 0.8))}
+    table = external_table({"derm7pt": derm7pt, "benign_only": one_class})
+    lines = table.splitlines()
+    assert lines[0].startswith("| Set | Images (malignant / benign) | ROC AUC | ECE |") and len(lines) == 4
+    m = derm7pt["at_0_5"]
+    cells = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    assert cells == [
+        "derm7pt (external)", f"{m['n']} ({m['n_malignant']} / {m['n_benign']})", f"{m['roc_auc']:.3f}", f"{m['ece']:.3f}",
+        *(f"{derm7pt[key]['sensitivity']:.3f} / {derm7pt[key]['specificity']:.3f}"
+          for key in ("at_0_5", "at_screening_threshold", "at_high_risk_threshold"))]
+    # The screening threshold flags more than 0.5, the high-risk one fewer.
+    assert derm7pt["at_screening_threshold"]["sensitivity"] >= m["sensitivity"] >= derm7pt["at_high_risk_threshold"]["sensitivity"]
+    # With one class there is no ROC AUC: n/a, not a number.
+    cells = [cell.strip() for cell in lines[3].strip("|").split("|")]
+    assert cells[:3] == ["benign_only (external)", "3 (0 / 3)", "n/a"] and cells[6] == "0.000 / 0.667"
+    assert "--external-dir" in external_table({})
+
+
+def test_sources_table_has_a_row_per_source_and_split():
+    sources = {"melanoma_cancer_dataset": {"train": {"benign": 4470, "malignant": 4122},
+                                           "validation": {"benign": 497, "malignant": 458},
+                                           "test": {"benign": 500, "malignant": 500}},
+               "isic2017": {"train": {"benign": 1569, "malignant": 0}, "validation": {"benign": 174}}}
+    lines = sources_table(sources).splitlines()
+    assert lines[:2] == ["| Source | Split | Benign | Malignant |", "|---|---|---:|---:|"]
+    assert lines[2:] == ["| melanoma_cancer_dataset | train | 4470 | 4122 |", "| melanoma_cancer_dataset | validation | 497 | 458 |",
+                         "| melanoma_cancer_dataset | test | 500 | 500 |", "| isic2017 | train | 1569 | 0 |",
+                         "| isic2017 | validation | 174 | 0 |"]
+    assert sources_table({}) == ""
+
+
+def test_card_with_external_sets_and_sources():
+    context = make_context(dataset_id="../shared/data/melanoma_cancer_dataset")
+    external = {"derm7pt": _external_result(5, context["screening_threshold"], context["high_risk_threshold"]),
+                "independent": _external_result(6, context["screening_threshold"], context["high_risk_threshold"])}
+    sources = {"melanoma_cancer_dataset": {"train": {"benign": 10, "malignant": 9}}, "isic2017": {"train": {"benign": 7, "malignant": 1}}}
+    card = ModelCard(render_model_card(TEMPLATE, {**context, "external": external, "sources": sources}))
+    section = card.text.split("### External validation", 1)[1].split("###", 1)[0]
+    assert "| derm7pt (external) |" in section and "| independent (external) |" in section
+    assert "| isic2017 | train | 7 | 1 |" in card.text
+    # The model-index: the test split first, then one dataset entry per external set, with their own figures.
+    results = card.data.to_dict()["model-index"][0]["results"]
+    names = [entry["dataset"]["name"] for entry in results]
+    assert names == ["Melanoma Skin Cancer Dataset of 10000 Images", "derm7pt (external validation)",
+                     "independent (external validation)"]
+    for entry, (name, result) in zip(results[1:], external.items()):
+        assert entry["dataset"]["split"] == "all" and entry["dataset"]["type"] == "imagefolder"
+        assert entry["dataset"]["config"] == name
+        values = {metric["name"]: metric["value"] for metric in entry["metrics"]}
+        assert len(values) == len(entry["metrics"]) == len(results[0]["metrics"])  # each set's figures, once
+        assert values["ROC AUC"] == pytest.approx(result["at_0_5"]["roc_auc"], abs=1e-4)
+        assert values["Specificity at screening threshold"] == pytest.approx(result["at_screening_threshold"]["specificity"], abs=1e-4)
+    test_values = {metric["name"]: metric["value"] for metric in results[0]["metrics"]}
+    assert test_values["ROC AUC"] == pytest.approx(context["test_metrics_at_05"]["roc_auc"], abs=1e-4)
+    # Without external sets the card says how to add one, and the model-index keeps the test split alone.
+    plain = ModelCard(render_model_card(TEMPLATE, context))
+    assert "No external set was scored" in plain.text and len(plain.data.to_dict()["model-index"][0]["results"]) == 1
+
+
+def test_card_tells_pipeline_users_about_the_field_of_view_mask():
+    masked = render_model_card(TEMPLATE, make_context(field_of_view_mask=0.45))
+    assert "radius 0.45" in masked and "`field_of_view_mask` in config.json" in masked and "pipeline_input(path)" in masked
+    both = render_model_card(TEMPLATE, make_context(field_of_view_mask=0.45, color_constancy="shades_of_gray"))
+    assert "Shades of Gray colour constancy" in both and "radius 0.45" in both and "these steps" in both
+    assert "field_of_view_mask" not in render_model_card(TEMPLATE, make_context(field_of_view_mask=0.0))

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
-from transformers import ViTConfig, ViTForImageClassification, pipeline
+from transformers import TrainerControl, TrainerState, ViTConfig, ViTForImageClassification, pipeline
 
 import evaluate
+import train_vit
 from conftest import REPO_ROOT, real_images
+from melanoma_screen import modeling
+from melanoma_screen.images import load_rgb_image
+from melanoma_screen.inference import ModelLoadError, ScreeningModel
+from melanoma_screen.metrics import binary_metrics
 from melanoma_screen.modeling import averaged_state_dict
+from melanoma_screen.shortcuts import dark_corner_count, has_dark_corners, mask_field_of_view
+from melanoma_screen.transforms import build_image_processor
 
 
 def test_output_folder_is_complete(tiny_model_dir):
@@ -155,3 +165,218 @@ def test_averaged_state_dict_is_the_mean_of_the_weights(tmp_path):
     states = [model.state_dict() for model in models]
     for name, tensor in averaged.items():
         assert torch.allclose(tensor, sum(state[name] for state in states) / 3, atol=1e-6), name
+
+
+# ------------------------------------------------------------------ issue 9: several sources, external sets, shortcuts
+
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+FIELD_OF_VIEW = 0.45
+
+
+def _shared_images(dataset: str, label: str, count: int) -> list:
+    folder = SHARED_DATA / dataset / label
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is not there")
+    return sorted(folder.glob("*.jpg"))[:count]
+
+
+@pytest.fixture(scope="module")
+def multi_source_run(tiny_image_folder, tmp_path_factory):
+    """One tiny training run with every issue-9 option: an extra training folder holding a copy of a main test
+    image and a flipped copy of a main train image, an external folder, vignette augmentation, a smaller crop
+    scale, a field-of-view mask and a time limit that ends training after its first epoch."""
+    root = tmp_path_factory.mktemp("multi_source")
+    extra, external = root / "isic2017", root / "derm7pt"
+    for label, count in (("benign", 4), ("malignant", 2)):
+        (extra / label).mkdir(parents=True)
+        for path in _shared_images("isic2017", label, count):
+            shutil.copy(path, extra / label / path.name)
+    for label in ("benign", "malignant"):
+        (external / label).mkdir(parents=True)
+        for path in _shared_images("derm7pt", label, 3):
+            shutil.copy(path, external / label / path.name)
+    test_original = sorted((tiny_image_folder / "test" / "malignant").glob("*.jpg"))[0]
+    train_original = sorted((tiny_image_folder / "train" / "benign").glob("*.jpg"))[0]
+    copies = {"test": extra / "malignant" / "copy_of_a_test_image.jpg",
+              "train": extra / "benign" / "flipped_train_image.png"}
+    shutil.copy(test_original, copies["test"])
+    Image.open(train_original).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(copies["train"])
+
+    output_dir = root / "model"
+    train_vit.main([
+        "--data-dir", str(tiny_image_folder), "--extra-train-dir", str(extra), "--external-dir", str(external),
+        "--scratch-config", "tiny", "--image-size", "64", "--epochs", "3", "--batch-size", "32",
+        "--max-train-minutes", "0.00001", "--augment-vignette", "1.0", "--crop-scale-min", "0.3",
+        "--field-of-view-mask", str(FIELD_OF_VIEW), "--output-dir", str(output_dir),
+    ])
+    return {"dir": output_dir, "main": tiny_image_folder, "extra": extra, "external": external, "copies": copies,
+            "report": json.loads((output_dir / "eval_results.json").read_text())}
+
+
+def test_extra_copies_are_dropped_and_every_source_gets_validation(multi_source_run):
+    report, main = multi_source_run["report"], multi_source_run["main"].name
+    # 4 + 1 benign and 2 + 1 malignant in isic2017/: both copies go, the main dataset's images stay.
+    assert report["dropped_duplicates"] == 2
+    assert report["sources"] == {
+        main: {"train": {"benign": 9, "malignant": 9}, "validation": {"benign": 1, "malignant": 1},
+               "test": {"benign": 10, "malignant": 10}},
+        "isic2017": {"train": {"benign": 3, "malignant": 1}, "validation": {"benign": 1, "malignant": 1}},
+    }
+    assert report["split_sizes"] == {"train": 22, "validation": 4, "test": 20}
+    assert report["duplicate_audit"]["exact_cross_split"] == 1 and report["duplicate_audit"]["near_within_train"] == 1
+
+
+def test_settings_config_and_time_limit_are_recorded(multi_source_run):
+    report, output_dir = multi_source_run["report"], multi_source_run["dir"]
+    settings = report["settings"]
+    assert settings["data"]["extra_train_dir"] == [str(multi_source_run["extra"])]
+    assert settings["data"]["external_dir"] == [str(multi_source_run["external"])]
+    assert settings["data"]["augment_vignette"] == 1.0 and settings["data"]["crop_scale_min"] == 0.3
+    assert settings["model"]["field_of_view_mask"] == FIELD_OF_VIEW and settings["model"]["image_size"] == 64
+    assert settings["training"]["max_train_minutes"] == 0.00001 and settings["training"]["epochs"] == 3
+    assert json.loads((output_dir / "config.json").read_text())["field_of_view_mask"] == FIELD_OF_VIEW
+    # 22 training images at batch 32 are one step an epoch: the time limit stops the run after the first.
+    assert report["epochs_trained"] == 1.0
+    assert [p.name for p in (output_dir / "checkpoints").glob("checkpoint-*")] == ["checkpoint-1"]
+
+
+def test_external_set_is_scored_with_the_model_as_saved(multi_source_run):
+    report, output_dir = multi_source_run["report"], multi_source_run["dir"]
+    assert list(report["external"]) == ["derm7pt"]
+    external = report["external"]["derm7pt"]
+    points = report["operating_points"]
+    for key, threshold in (("at_0_5", 0.5), ("at_screening_threshold", points["screening_threshold"]),
+                           ("at_high_risk_threshold", points["high_risk_threshold"])):
+        assert external[key]["threshold"] == threshold
+        assert (external[key]["n"], external[key]["n_malignant"], external[key]["n_benign"]) == (6, 3, 3)
+    # The report's figures are what the saved model (field-of-view mask included) gives for those files.
+    model = ScreeningModel.load(str(output_dir))
+    assert model.field_of_view_mask == FIELD_OF_VIEW
+    paths = sorted((multi_source_run["external"] / "benign").glob("*.jpg")) + \
+        sorted((multi_source_run["external"] / "malignant").glob("*.jpg"))
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    probabilities = np.array([p.malignant_probability for p in model.predict_batch(paths)])
+    expected = binary_metrics(labels, probabilities, threshold=0.5)
+    assert external["at_0_5"]["roc_auc"] == pytest.approx(expected["roc_auc"], abs=1e-6)
+    assert external["at_0_5"]["ece"] == pytest.approx(expected["ece"], abs=1e-4)
+
+
+def test_model_card_lists_sources_external_results_and_shortcut_audit(multi_source_run):
+    report, output_dir, main = multi_source_run["report"], multi_source_run["dir"], multi_source_run["main"].name
+    card = ModelCard.load(output_dir / "README.md")
+    external = report["external"]["derm7pt"]
+    row = next(line for line in card.text.splitlines() if line.startswith("| derm7pt (external) |"))
+    assert "| 6 (3 / 3) |" in row and f"| {external['at_0_5']['roc_auc']:.3f} |" in row
+    assert f"| {main} | validation | 1 | 1 |" in card.text and "| isic2017 | train | 3 | 1 |" in card.text
+    assert "extra training images from `isic2017`" in card.text
+    # The model-index has the test split and the external set as two dataset entries.
+    results = card.data.to_dict()["model-index"][0]["results"]
+    by_dataset = {entry["dataset"]["name"]: {m["name"]: m["value"] for m in entry["metrics"]} for entry in results}
+    assert set(by_dataset) == {"Melanoma Skin Cancer Dataset of 10000 Images", "derm7pt (external validation)"}
+    assert by_dataset["derm7pt (external validation)"]["ROC AUC"] == pytest.approx(external["at_0_5"]["roc_auc"], abs=1e-4)
+    assert by_dataset["derm7pt (external validation)"]["Specificity at screening threshold"] == \
+        pytest.approx(external["at_screening_threshold"]["specificity"], abs=1e-4)
+    assert by_dataset["Melanoma Skin Cancer Dataset of 10000 Images"]["ROC AUC"] == \
+        pytest.approx(report["test_at_0_5"]["roc_auc"], abs=1e-4)
+
+    # The shortcut audit covers train, validation and test, in eval_results.json and in the card.
+    audit = report["shortcut_audit"]
+    assert audit["n_images"] == 22 + 4 + 20
+    assert audit["counts"] == {"train": {"benign": 14, "malignant": 12}, "test": {"benign": 10, "malignant": 10}}
+    assert audit["features"]["dark_corners"]["varies"]
+    shortcut_section = card.text.split("### Shortcut audit", 1)[1].split("## Limitations", 1)[0]
+    assert "dark_corners" in shortcut_section or "dark corners" in shortcut_section.lower()
+    assert "Not run." not in shortcut_section
+    # Pipeline users are told about the field-of-view mask the model needs.
+    assert f"radius {FIELD_OF_VIEW:g}" in card.text and "pipeline_input(path)" in card.text
+
+
+def test_field_of_view_mask_is_applied_on_every_path(multi_source_run):
+    output_dir = multi_source_run["dir"]
+    model = ScreeningModel.load(str(output_dir))
+    classifier = pipeline("image-classification", model=str(output_dir), device="cpu")
+    network = ViTForImageClassification.from_pretrained(output_dir).eval()
+    for path in real_images("test", "benign", 1) + real_images("test", "malignant", 1):
+        resized = load_rgb_image(path).resize((64, 64), model.image_processor.resample)
+        masked = mask_field_of_view(resized, FIELD_OF_VIEW)
+        assert has_dark_corners(masked)
+        # pipeline_input hands pipeline the masked picture, and pipeline then agrees with predict.
+        assert np.array_equal(np.asarray(model.pipeline_input(path)), np.asarray(masked))
+        expected = {row["label"]: row["score"] for row in classifier(model.pipeline_input(path))}
+        prediction = model.predict(path)
+        for label, probability in expected.items():
+            assert prediction.probabilities[label] == pytest.approx(probability, abs=1e-5)
+        # The torch fp32 path is the network on the masked picture, not on the plain one.
+        pixels = model.image_processor(masked, return_tensors="pt")["pixel_values"]
+        plain = model.image_processor(resized, return_tensors="pt")["pixel_values"]
+        assert torch.allclose(model.preprocess([load_rgb_image(path)]), pixels, atol=1e-5)
+        assert not torch.allclose(pixels, plain, atol=0.1)
+        with torch.no_grad():
+            probability = torch.softmax(network(pixel_values=pixels).logits, dim=-1)[0, 1].item()
+        assert prediction.malignant_probability == pytest.approx(probability, abs=1e-5)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.2, "wide"])
+def test_a_bad_field_of_view_mask_is_a_load_error(multi_source_run, tmp_path, value):
+    copy = tmp_path / "odd"
+    shutil.copytree(multi_source_run["dir"], copy, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((copy / "config.json").read_text())
+    config["field_of_view_mask"] = value
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="field_of_view_mask"):
+        ScreeningModel.load(str(copy))
+
+
+def test_external_and_extra_dirs_can_be_repeated():
+    data_args, _, _ = train_vit.parse_args(["--data-dir", "d", "--output-dir", "o", "--external-dir", "a",
+                                            "--external-dir", "b", "c", "--extra-train-dir", "e"])
+    assert data_args.external_dir == ["a", "b", "c"] and data_args.extra_train_dir == ["e"]
+    data_args, _, _ = train_vit.parse_args(["--data-dir", "d", "--output-dir", "o"])
+    assert data_args.external_dir is None and data_args.extra_train_dir is None
+
+
+def _to_images(pixel_values) -> list:
+    # The processor maps 0..255 to -1..1 (mean and std 0.5): undo it to look at the pictures.
+    arrays = ((pixel_values.permute(0, 2, 3, 1).numpy() * 0.5 + 0.5) * 255).round().clip(0, 255).astype(np.uint8)
+    return [Image.fromarray(array) for array in arrays]
+
+
+def test_train_and_eval_transforms_follow_the_arguments():
+    processor = build_image_processor(64)
+    photos = [load_rgb_image(path) for path in real_images("test", "benign", 12)]
+    photos = [photo for photo in photos if dark_corner_count(photo) == 0][:6]
+    assert len(photos) >= 4
+    batch = {"image": photos, "label": [0] * len(photos)}
+    still = dict(augment_brightness=0, augment_contrast=0, augment_saturation=0, augment_hue=0, crop_scale_min=1.0)
+
+    vignette, _ = train_vit.make_transforms(processor, train_vit.DataArguments(augment_vignette=1.0, **still))
+    plain, _ = train_vit.make_transforms(processor, train_vit.DataArguments(augment_vignette=0.0, **still))
+    assert all(dark_corner_count(image) >= 1 for image in _to_images(vignette(batch)["pixel_values"]))
+    outputs = _to_images(plain(batch)["pixel_values"])
+    assert all(dark_corner_count(image) == 0 for image in outputs)
+    # A crop scale of 1 keeps the whole (square) frame: the output is a flip or rotation of the resized photo.
+    for photo, output in zip(photos, outputs):
+        reference = np.asarray(photo.resize((64, 64), Image.Resampling.BILINEAR), dtype=np.int16)
+        variants = [np.rot90(v, k) for v in (reference, reference[:, ::-1]) for k in range(4)]
+        assert min(np.abs(np.asarray(output, dtype=np.int16) - v).max() for v in variants) <= 1
+
+    masked_train, masked_eval = train_vit.make_transforms(processor, train_vit.DataArguments(**still), field_of_view_mask=0.45)
+    assert all(has_dark_corners(image) for image in _to_images(masked_train(batch)["pixel_values"]))
+    expected = processor([mask_field_of_view(photo.resize((64, 64), processor.resample), 0.45) for photo in photos],
+                         return_tensors="pt")["pixel_values"]
+    assert torch.allclose(masked_eval(batch)["pixel_values"], expected, atol=1e-6)
+
+
+def test_time_limit_callback_stops_at_the_first_epoch_end_past_the_limit(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(modeling, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    callback, state, control = modeling.TimeLimitCallback(2), TrainerState(epoch=1.0), TrainerControl()
+    callback.on_epoch_end(None, state, control)  # not started: no limit yet
+    assert not control.should_training_stop
+    callback.on_train_begin(None, state, control)
+    clock[0] += 119
+    callback.on_epoch_end(None, state, control)
+    assert not control.should_training_stop
+    clock[0] += 2
+    callback.on_epoch_end(None, state, control)
+    assert control.should_training_stop

@@ -5,13 +5,17 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from transformers import ViTConfig
 
 from conftest import real_images
+from melanoma_screen.shortcuts import dark_corner_count, has_dark_corners, mask_field_of_view
 from melanoma_screen.transforms import (
-    DermoscopyAugmentation, augmentation_rng, build_image_processor, color_constant_input, shades_of_gray,
+    DermoscopyAugmentation, augmentation_rng, build_image_processor, color_constant_input, field_of_view_mask_of,
+    model_input, shades_of_gray,
 )
 
 
@@ -90,3 +94,84 @@ def test_color_constant_input_resizes_like_the_processor_and_none_is_untouched()
     assert corrected.size == (64, 64)
     expected = shades_of_gray(image.resize((64, 64), processor.resample))
     assert np.array_equal(np.asarray(corrected), np.asarray(expected))
+
+
+# ------------------------------------------------------------------ vignette augmentation and field of view
+
+
+def _clean_benign_images(count: int = 8) -> list[Image.Image]:
+    images = [Image.open(path).convert("RGB") for path in real_images("test", "benign", 20)]
+    clean = [image for image in images if dark_corner_count(image) == 0]
+    assert len(clean) >= count, "the test needs benign images without a dermoscope's dark corners"
+    return clean[:count]
+
+
+def test_vignette_augmentation_draws_dark_corners_with_its_probability():
+    clean = _clean_benign_images()
+    no_jitter = dict(brightness=0, contrast=0, saturation=0, hue=0)
+
+    def outputs(**options) -> list[Image.Image]:
+        augment, rng = DermoscopyAugmentation(image_size=64, **options), random.Random(1)
+        return [augment(image, rng) for image in clean for _ in range(6)]
+
+    def dark_share(images) -> float:
+        return float(np.mean([has_dark_corners(image) for image in images]))
+
+    vignetted = outputs(vignette=1.0, **no_jitter)
+    # Every circle blackens a corner at least; the largest ones (radius up to 0.65 of the side, the
+    # corners are at 0.71) only one, which the detector, asking for two, does not count.
+    assert all(dark_corner_count(image) >= 1 for image in vignetted)
+    assert dark_share(vignetted) >= 0.9
+    # Colour jitter comes after the circle and may lift its black a little, rarely past the detector's level.
+    assert dark_share(outputs(vignette=1.0)) >= 0.8
+    # Without the vignette, the whole frame of a benign image never shows one, whatever the flips and colours.
+    assert all(dark_corner_count(image) == 0 for image in outputs(vignette=0.0, crop_scale=(1.0, 1.0)))
+    assert 0.3 <= dark_share(outputs(vignette=0.5, crop_scale=(1.0, 1.0), **no_jitter)) <= 0.7
+
+
+def test_a_lower_crop_scale_zooms_further_in():
+    image = _clean_benign_images(1)[0]
+    reference = np.asarray(image.resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32)
+    dihedral = [np.rot90(variant, k) for variant in (reference, reference[:, ::-1]) for k in range(4)]
+    no_jitter = dict(brightness=0, contrast=0, saturation=0, hue=0)
+    full = DermoscopyAugmentation(image_size=64, crop_scale=(1.0, 1.0), **no_jitter)
+    rng = random.Random(0)
+    for _ in range(8):
+        # A square image and a crop of all of it: only the flips and rotations are left.
+        output = np.asarray(full(image, rng), dtype=np.float32)
+        assert min(np.abs(output - variant).max() for variant in dihedral) == 0
+    zoomed = DermoscopyAugmentation(image_size=64, crop_scale=(0.2, 0.3), **no_jitter)
+    for _ in range(8):
+        output = np.asarray(zoomed(image, rng), dtype=np.float32)
+        assert min(np.abs(output - variant).mean() for variant in dihedral) > 3
+
+
+def test_model_input_resizes_then_corrects_then_masks():
+    processor = build_image_processor(64)
+    image = Image.open(real_images("test", "benign", 1)[0]).convert("RGB")
+    assert model_input(image, processor) is image
+    resized = image.resize((64, 64), processor.resample)
+    masked = model_input(image, processor, field_of_view_mask=0.45)
+    assert masked.size == (64, 64)
+    assert np.array_equal(np.asarray(masked), np.asarray(mask_field_of_view(resized, 0.45)))
+    assert has_dark_corners(masked) and not has_dark_corners(resized)
+    pixels, original = np.asarray(masked, dtype=np.int16), np.asarray(resized, dtype=np.int16)
+    assert pixels[0, 0].max() == 0 and np.array_equal(pixels[24:40, 24:40], original[24:40, 24:40])
+    both = model_input(image, processor, "shades_of_gray", 0.45)
+    assert np.array_equal(np.asarray(both), np.asarray(mask_field_of_view(shades_of_gray(resized), 0.45)))
+
+
+@pytest.mark.parametrize("value,expected", [(None, 0.0), (0, 0.0), (0.45, 0.45), ("0.5", 0.5), (1, 1.0)])
+def test_field_of_view_mask_of_reads_the_config(value, expected):
+    config = ViTConfig(field_of_view_mask=value)
+    assert field_of_view_mask_of(config) == expected
+
+
+@pytest.mark.parametrize("value", [1.2, -0.1, float("nan"), "wide", [0.4], True])
+def test_field_of_view_mask_of_refuses_bad_values(value):
+    with pytest.raises(ValueError, match="field_of_view_mask"):
+        field_of_view_mask_of(ViTConfig(field_of_view_mask=value))
+
+
+def test_field_of_view_mask_of_a_config_without_one_is_off():
+    assert field_of_view_mask_of(ViTConfig()) == 0.0
