@@ -214,9 +214,7 @@ def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_siz
         "model_version": model.version,
         "engine": f"{model.engine} {model.precision}",
         "n_images": len(paths),
-        "at_0_5": metrics.binary_metrics(labels, clean, 0.5),
-        "at_screening_threshold": metrics.binary_metrics(labels, clean, model.screening_threshold),
-        "at_high_risk_threshold": metrics.binary_metrics(labels, clean, model.high_risk_threshold),
+        **metrics.at_operating_points(labels, clean, model.screening_threshold, model.high_risk_threshold),
         # The metrics above score every image, as training's report does; the app refuses some of them.
         "input_check": refusal_report(reasons, labels, clean, model.screening_threshold),
     }
@@ -356,16 +354,19 @@ def run_settings(report: dict) -> tuple[dict, dict, dict]:
     return tuple(vars(args) for args in parsed)
 
 
-_DATA_DEFAULTS = {"augment_brightness": 0.15, "augment_contrast": 0.15, "augment_saturation": 0.15, "augment_hue": 0.02,
-                  "augment_white_balance": 0.0, "augment_vignette": 0.0, "crop_scale_min": 0.5}
+_RECIPE_KNOBS = ("augment_brightness", "augment_contrast", "augment_saturation", "augment_hue", "augment_white_balance",
+                 "augment_vignette", "crop_scale_min")
 
 
 def describe_run(run_dir: Path) -> dict:
     """One row of the comparison: the recipe (from the stored settings) and its figures."""
+    import train_vit  # heavy (Trainer); only --compare needs its defaults
+
     report = json.loads((run_dir / "eval_results.json").read_text())
     data_args, model_args, train_args = run_settings(report)
-    changed = {name.removeprefix("augment_"): data_args.get(name, default) for name, default in _DATA_DEFAULTS.items()
-               if data_args.get(name, default) != default}
+    defaults = train_vit.DataArguments()
+    changed = {name.removeprefix("augment_"): data_args.get(name, getattr(defaults, name)) for name in _RECIPE_KNOBS
+               if data_args.get(name, getattr(defaults, name)) != getattr(defaults, name)}
     selection = report.get("checkpoint_selection", {"chosen": "best checkpoint"})
     color_constancy = model_args.get("color_constancy", "none")
     row = {

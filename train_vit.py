@@ -299,11 +299,7 @@ def weighted_loss(class_weights, label_smoothing):
 def score_external(trainer, dataset, records, operating_points) -> dict:
     labels = np.array([r.label for r in records])
     prob = malignant_probability(trainer.predict(dataset).predictions)
-    return {
-        "at_0_5": metrics.binary_metrics(labels, prob, threshold=0.5),
-        "at_screening_threshold": metrics.binary_metrics(labels, prob, threshold=operating_points["screening_threshold"]),
-        "at_high_risk_threshold": metrics.binary_metrics(labels, prob, threshold=operating_points["high_risk_threshold"]),
-    }
+    return metrics.at_operating_points(labels, prob, operating_points["screening_threshold"], operating_points["high_risk_threshold"])
 
 
 def validation_auc(trainer, val_dataset, val_labels) -> float:
@@ -451,12 +447,10 @@ def main(argv=None):
         test_labels = np.array([r.label for r in data["test"]])
         test_prob = malignant_probability(test_logits)
         test_prob_uncalibrated = malignant_probability(test_logits * temperature)
-        report.update(
-            test_at_0_5=metrics.binary_metrics(test_labels, test_prob, threshold=0.5),
-            test_at_screening_threshold=metrics.binary_metrics(test_labels, test_prob, threshold=operating_points["screening_threshold"]),
-            test_at_high_risk_threshold=metrics.binary_metrics(test_labels, test_prob, threshold=operating_points["high_risk_threshold"]),
-            test_ece_uncalibrated=metrics.expected_calibration_error(test_labels, test_prob_uncalibrated),
-        )
+        at_points = metrics.at_operating_points(test_labels, test_prob, operating_points["screening_threshold"],
+                                                operating_points["high_risk_threshold"])
+        report.update({f"test_{key}": value for key, value in at_points.items()})
+        report["test_ece_uncalibrated"] = metrics.expected_calibration_error(test_labels, test_prob_uncalibrated)
     else:
         logger.warning("no test split: the report holds validation figures only")
     # Scored with the thresholds from validation, as a user elsewhere would get

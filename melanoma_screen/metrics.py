@@ -119,3 +119,12 @@ def binary_metrics(y_true, prob_malignant, threshold: float = 0.5) -> dict:
         "n_malignant": int(malignant.sum()),
         "n_benign": int(y.size - malignant.sum()),
     }
+
+
+def at_operating_points(y_true, prob_malignant, screening_threshold: float, high_risk_threshold: float) -> dict:
+    """binary_metrics at 0.5 and at a model's two thresholds, under the keys every report uses."""
+    return {
+        "at_0_5": binary_metrics(y_true, prob_malignant, threshold=0.5),
+        "at_screening_threshold": binary_metrics(y_true, prob_malignant, threshold=screening_threshold),
+        "at_high_risk_threshold": binary_metrics(y_true, prob_malignant, threshold=high_risk_threshold),
+    }
