@@ -72,11 +72,6 @@ def apply_color_constancy(image: Image.Image, method: str) -> Image.Image:
     return shades_of_gray(image) if method == "shades_of_gray" else image
 
 
-def color_constant_input(image: Image.Image, image_processor, method: str) -> Image.Image:
-    """The image resized as the processor would, then colour-corrected (see model_input)."""
-    return model_input(image, image_processor, method)
-
-
 def field_of_view_mask_of(config) -> float:
     """The radius of the field-of-view mask a model was trained with, from its config (0 = none)."""
     value = getattr(config, "field_of_view_mask", 0.0) or 0.0

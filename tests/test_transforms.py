@@ -14,7 +14,7 @@ from transformers import ViTConfig
 from conftest import real_images
 from melanoma_screen.shortcuts import dark_corner_count, has_dark_corners, mask_field_of_view
 from melanoma_screen.transforms import (
-    DermoscopyAugmentation, augmentation_rng, build_image_processor, color_constant_input, field_of_view_mask_of,
+    DermoscopyAugmentation, augmentation_rng, build_image_processor, field_of_view_mask_of,
     model_input, shades_of_gray,
 )
 
@@ -86,11 +86,11 @@ def test_shades_of_gray_leaves_grey_illuminated_images_and_size_alone():
     assert np.asarray(shades_of_gray(black)).max() == 0
 
 
-def test_color_constant_input_resizes_like_the_processor_and_none_is_untouched():
+def test_model_input_with_colour_constancy_resizes_like_the_processor_and_none_is_untouched():
     processor = build_image_processor(64)
     image = Image.open(real_images("test", "benign", 1)[0]).convert("RGB")
-    assert color_constant_input(image, processor, "none") is image
-    corrected = color_constant_input(image, processor, "shades_of_gray")
+    assert model_input(image, processor, "none") is image
+    corrected = model_input(image, processor, "shades_of_gray")
     assert corrected.size == (64, 64)
     expected = shades_of_gray(image.resize((64, 64), processor.resample))
     assert np.array_equal(np.asarray(corrected), np.asarray(expected))
