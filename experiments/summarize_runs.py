@@ -3,8 +3,8 @@
     python experiments/summarize_runs.py runs/gpu --data-dir gpu_data --out runs/gpu/summary.json
 
 Reads each RUN/eval_results.json (validation, test and external figures that
-train_vit.py wrote) and scores one probe per run: the benign test images with
-and without a drawn dermatoscope vignette (melanoma_screen.shortcuts). The
+train_vit.py wrote) and scores one probe per run: evaluate.py's vignette probe
+on the benign test images. The
 ranking by external ROC AUC is for choosing which runs to look at closely; the
 external set is then no longer untouched, and reports say so.
 """
@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 
-from melanoma_screen.images import load_rgb_image
+from evaluate import score, shortcut_probes
 from melanoma_screen.inference import ScreeningModel
-from melanoma_screen.shortcuts import add_circular_vignette
 
 
-def vignette_probe(run: Path, benign_paths: list[Path]) -> dict:
+def vignette_probe(run: Path, benign_paths: list[str]) -> dict:
     model = ScreeningModel.load(str(run))
-    clean = [load_rgb_image(path) for path in benign_paths]
-    vignetted = [add_circular_vignette(image, random.Random(i)) for i, image in enumerate(clean)]
-    p_clean = np.array([p.malignant_probability for p in model.predict_batch(clean, batch_size=64)])
-    p_vignette = np.array([p.malignant_probability for p in model.predict_batch(vignetted, batch_size=64)])
-    threshold = model.screening_threshold
-    return {"mean_p_clean": float(p_clean.mean()), "mean_p_vignette": float(p_vignette.mean()),
-            "flagged_clean": float((p_clean >= threshold).mean()), "flagged_vignette": float((p_vignette >= threshold).mean())}
+    probe = shortcut_probes(model, benign_paths, np.zeros(len(benign_paths), dtype=int), score(model, benign_paths),
+                            batch_size=64)["vignette"]
+    return {"mean_p_clean": probe["mean_p_malignant_before"], "mean_p_vignette": probe["mean_p_malignant_after"],
+            "flagged_clean": probe["flagged_before"], "flagged_vignette": probe["flagged_after"]}
 
 
 def main(argv=None) -> None:
@@ -41,7 +36,7 @@ def main(argv=None) -> None:
     parser.add_argument("--probe-images", type=int, default=300, help="benign test images for the vignette probe")
     parser.add_argument("--out", help="write the table and ranking as JSON here")
     args = parser.parse_args(argv)
-    benign = sorted((Path(args.data_dir) / "melanoma_cancer_dataset" / "test" / "benign").iterdir())[: args.probe_images]
+    benign = [str(path) for path in sorted((Path(args.data_dir) / "melanoma_cancer_dataset" / "test" / "benign").iterdir())[: args.probe_images]]
     rows = []
     for run in sorted(path for path in Path(args.runs).iterdir() if (path / "eval_results.json").is_file()):
         report = json.loads((run / "eval_results.json").read_text())
