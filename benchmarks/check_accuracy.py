@@ -22,6 +22,7 @@ from common import REPO_ROOT, DATASET  # noqa: F401  (puts the repository on sys
 
 from melanoma_screen.calibration import risk_level  # noqa: E402
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel, default_model_source  # noqa: E402
+from melanoma_screen.labels import CLASS_NAMES, MALIGNANT  # noqa: E402
 from melanoma_screen.metrics import binary_metrics  # noqa: E402
 
 
@@ -43,7 +44,7 @@ def parse_args(argv=None):
 def labelled_images(data_dir, split, limit=None):
     root = Path(data_dir) / split
     paths, labels = [], []
-    for label, name in enumerate(("benign", "malignant")):
+    for label, name in enumerate(CLASS_NAMES):
         found = sorted((root / name).glob("*.jpg"))[:limit]
         if not found:
             raise SystemExit(f"No images in {root / name}.")
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
     classifier = pipeline("image-classification", model=source, device="cpu")
 
     start = time.perf_counter()
-    baseline = np.array([{r["label"]: r["score"] for r in result}["malignant"]
+    baseline = np.array([{r["label"]: r["score"] for r in result}[MALIGNANT]
                          for result in classifier([model.pipeline_input(p) for p in paths], batch_size=args.batch_size)])
     baseline_s = time.perf_counter() - start
     start = time.perf_counter()

@@ -17,9 +17,10 @@ from typing import Any
 from tqdm import tqdm
 
 from melanoma_screen.images import ImageLoadError, load_rgb_image
+from melanoma_screen.labels import CLASS_NAMES
 
-# The position in this tuple is the class id used everywhere (0 benign, 1 malignant).
-LABELS = ("benign", "malignant")
+# The position in this tuple is an image's class id, the order a new model's config is given.
+LABELS = CLASS_NAMES
 
 
 @dataclass
@@ -82,11 +83,33 @@ def _files_under(directory: Path) -> list[Path]:
     return files
 
 
+def _class_folders(split_dir: Path, require_every_class: bool) -> list[Path | None]:
+    """The folder of each class in LABELS order (None for a missing one), mapped by name, case-insensitively.
+
+    A ValueError for a folder that is no class, and for a missing class when
+    require_every_class: either would train a model on something else than
+    asked for, silently. An unknown folder ("nevus", "melanoma") is a class the
+    model cannot have; a train split without a class teaches nothing about it.
+    A test or external set may hold one class only (a set of melanomas).
+    """
+    folders = {child.name.lower(): child for child in sorted(split_dir.iterdir())
+               if child.is_dir() and not _is_hidden(child.name)}
+    unknown = sorted(folders[name].name for name in folders if name not in LABELS)
+    missing = [name for name in LABELS if name not in folders] if require_every_class else []
+    if unknown or missing:
+        problems = ([f"unknown class folder(s) {', '.join(unknown)}"] if unknown else []) + \
+                   ([f"no {' or '.join(missing)} folder"] if missing else [])
+        raise ValueError(f"{split_dir} has {' and '.join(problems)}: the class folders must be exactly "
+                         f"{', '.join(LABELS)} (any case), the model's classes.")
+    return [folders.get(name) for name in LABELS]
+
+
 def scan_image_folder(data_dir, splits=("train", "test"), progress: bool = True) -> ScanReport:
     """Every decodable image under data_dir/{split}/{label}/, with the rest reported as skipped.
 
     A missing split folder just leaves that split out, except "train": without
-    it there is nothing to learn from, so that is a ValueError.
+    it there is nothing to learn from, so that is a ValueError. So is a folder
+    that is not one of LABELS, and a train split without one of them.
     """
     data_dir = Path(data_dir).expanduser().resolve()
     if not data_dir.is_dir():
@@ -105,19 +128,15 @@ def scan_image_folder(data_dir, splits=("train", "test"), progress: bool = True)
                 )
             continue
         found_splits.append(split)
+        for label, class_dir in enumerate(_class_folders(split_dir, require_every_class=split == "train")):
+            if class_dir is not None:
+                candidates.extend((path, split, label) for path in _files_under(class_dir))
         for child in sorted(split_dir.iterdir()):
-            if _is_hidden(child.name):
-                continue
-            label_name = child.name.lower()
-            if child.is_dir() and label_name in LABELS:
-                candidates.extend((path, split, LABELS.index(label_name)) for path in _files_under(child))
-            else:
-                # Reported instead of guessed at: a stray file or an unknown class folder
-                # is more likely a packaging mistake than data.
-                what = "folder" if child.is_dir() else "file"
+            if not child.is_dir() and not _is_hidden(child.name):
+                # Reported rather than fatal: a stray README or labels.csv beside the class folders is common.
                 skipped.append({
                     "path": str(child), "split": split, "label": None,
-                    "reason": f"This {what} is not inside a class folder ({' or '.join(LABELS)}), so it was not used.",
+                    "reason": f"This file is not inside a class folder ({' or '.join(LABELS)}), so it was not used.",
                 })
 
     records = []

@@ -73,6 +73,9 @@ def _label_mapper(feature):
 
     if isinstance(feature, ClassLabel):
         ids = [by_name(name) for name in feature.names]  # checked up front, not per example
+        missing = [name for index, name in enumerate(LABELS) if index not in ids]
+        if missing:
+            raise DataSourceError(f"The dataset's labels ({', '.join(feature.names)}) have no {' or '.join(missing)} class.")
         return lambda value: None if value is None or value < 0 else ids[value]
     if getattr(feature, "dtype", None) == "string":
         return lambda value: None if value is None else by_name(value)

@@ -41,6 +41,7 @@ from .calibration import risk_level, softmax_probs
 from .explain import attention_rollout, upsample_heatmap
 from .images import load_rgb_image
 from .input_check import STATS_FILE, InputCheck, Verdict, image_features
+from .labels import malignant_index
 from .onnx_engine import logits_and_embedding
 from .transforms import (apply_color_constancy, apply_field_of_view_mask, color_constancy_of, field_of_view_mask_of,
                          model_input)
@@ -170,10 +171,10 @@ class ScreeningModel:
         # None: the folder has no fitted check, and every decodable picture is scored.
         self.input_check = input_check
 
-        labels = {name: index for index, name in self.config.id2label.items()}
-        if set(labels) != {"benign", "malignant"}:
-            raise ModelLoadError(f"Model '{model_id}' has labels {sorted(labels)}, expected benign and malignant.")
-        self.malignant_index = int(labels["malignant"])
+        try:
+            self.malignant_index = malignant_index(self.config)
+        except ValueError as error:
+            raise ModelLoadError(f"Could not load model '{model_id}': {error}.") from error
 
         names = ("screening_threshold", "high_risk_threshold")
         missing = [name for name in names if getattr(self.config, name, None) is None]

@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-logger = logging.getLogger(__name__)
+from .labels import ID2LABEL, LABEL2ID  # noqa: F401  (re-exported: what train_vit.py gives a new config)
 
-ID2LABEL = {0: "benign", 1: "malignant"}
-LABEL2ID = {label: index for index, label in ID2LABEL.items()}
+logger = logging.getLogger(__name__)
 
 # The standard ViT family (Dosovitskiy et al. 2021), with "tiny" from DeiT.
 SCRATCH_CONFIGS = {

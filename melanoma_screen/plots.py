@@ -16,10 +16,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+from .labels import BENIGN, MALIGNANT  # noqa: E402
 from .metrics import expected_calibration_error, reliability_curve  # noqa: E402
 
 DPI = 110
-CLASS_NAMES = ("benign", "malignant")
 
 
 def _title(ax, title: str) -> None:
@@ -87,8 +87,9 @@ def save_confusion_matrix(cm, path, title: str = "Confusion matrix (test split)"
             # Dark cells get white text so the numbers stay readable.
             color = "white" if count > cm.max() / 2 else "black"
             ax.text(col, row, f"{count}{share}", ha="center", va="center", color=color, fontsize=11)
-    ax.set_xticks([0, 1], labels=[f"predicted\n{name}" for name in CLASS_NAMES])
-    ax.set_yticks([0, 1], labels=[f"true\n{name}" for name in CLASS_NAMES])
+    # Negative then positive, as the matrix is laid out, whatever a model's own class order.
+    ax.set_xticks([0, 1], labels=[f"predicted\n{name}" for name in (BENIGN, MALIGNANT)])
+    ax.set_yticks([0, 1], labels=[f"true\n{name}" for name in (BENIGN, MALIGNANT)])
     _title(ax, title)
     return _save(fig, path)
 
