@@ -23,10 +23,10 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments, ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTModel, set_seed
 
 import data_prep
+from data_prep import to_dataset
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.modeling import SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, last_checkpoint
 from melanoma_screen.transforms import DermoscopyAugmentation, augmentation_rng, build_image_processor
-from train_vit import to_dataset
 
 logger = logging.getLogger("pretrain_mae")
 
@@ -92,12 +92,13 @@ def main(argv=None):
     (args,) = HfArgumentParser(PretrainArguments, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)
-    if bool(args.data_dir) == bool(args.dataset_name):
-        raise SystemExit("pass exactly one of --data-dir or --dataset-name")
     # The same split as train_vit.py with the same seed: even unlabelled, a
     # test image's copy seen in pretraining would flatter the test report.
-    data = data_prep.training_data(data_dir=args.data_dir, dataset_name=args.dataset_name, extra_train_dirs=args.extra_train_dir,
-                                   audit_file=args.audit_file, drop_duplicates=True, val_fraction=args.val_fraction, seed=args.seed)
+    try:
+        data = data_prep.training_data(data_dir=args.data_dir, dataset_name=args.dataset_name, extra_train_dirs=args.extra_train_dir,
+                                       audit_file=args.audit_file, drop_duplicates=True, val_fraction=args.val_fraction, seed=args.seed)
+    except (ValueError, data_prep.DataSourceError) as error:
+        raise SystemExit(f"error: {error}") from error
     train_records = data["train"]
     logger.info("pretraining on %d unlabelled train images: %s", len(train_records), data["sources"])
 

@@ -17,12 +17,12 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from datasets import Dataset, Image as ImageFeature
 from transformers import (
     AutoImageProcessor,
     EarlyStoppingCallback,
@@ -34,10 +34,12 @@ from transformers import (
 )
 
 import data_prep
+from data_prep import to_dataset
 from data_prep.shortcuts import print_shortcut_audit, shortcut_audit, shortcut_markdown
 from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
+from melanoma_screen.labels import malignant_index
 from melanoma_screen.model_card import write_model_card
 from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, trainer_checkpoints, last_checkpoint,
@@ -148,8 +150,6 @@ class TrainArguments:
 def parse_args(argv=None):
     parser = HfArgumentParser((DataArguments, ModelArguments, TrainArguments), description=__doc__.split("\n\n")[0])
     data_args, model_args, train_args = parser.parse_args_into_dataclasses(args=argv)
-    if bool(data_args.data_dir) == bool(data_args.dataset_name):
-        parser.error("pass exactly one of --data-dir or --dataset-name")
     if train_args.push_to_hub and not train_args.hub_model_id:
         parser.error("--push-to-hub needs --hub-model-id")
     return data_args, model_args, train_args
@@ -186,12 +186,6 @@ def load_records(data_args: DataArguments, train_args: TrainArguments):
         logger.warning("shortcut audit: %s", warning)
     data["shortcut_markdown"] = shortcut_markdown(data["shortcut_audit"])
     return data
-
-
-def to_dataset(records) -> Dataset:
-    images = [r.image if r.image is not None else r.path for r in records]
-    dataset = Dataset.from_dict({"image": images, "label": [r.label for r in records]})
-    return dataset.cast_column("image", ImageFeature())
 
 
 def make_transforms(image_processor, data_args: DataArguments, color_constancy: str = "none", field_of_view_mask: float = 0.0):
@@ -268,13 +262,13 @@ def build_model(model_args: ModelArguments):
 # ----------------------------------------------------------------------------- metrics
 
 
-def malignant_probability(logits, temperature: float = 1.0) -> np.ndarray:
-    return calibration.softmax_probs(np.asarray(logits), temperature)[:, 1]
+def malignant_probability(logits, config, temperature: float = 1.0) -> np.ndarray:
+    return calibration.softmax_probs(np.asarray(logits), temperature)[:, malignant_index(config)]
 
 
-def compute_validation_metrics(eval_prediction):
+def compute_validation_metrics(eval_prediction, config):
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
-    report = metrics.binary_metrics(labels, malignant_probability(logits))
+    report = metrics.binary_metrics(labels, malignant_probability(logits, config))
     auc = report["roc_auc"]
     return {
         "roc_auc": float("nan") if auc is None else auc,
@@ -298,12 +292,12 @@ def weighted_loss(class_weights, label_smoothing):
 
 def score_external(trainer, dataset, records, operating_points) -> dict:
     labels = np.array([r.label for r in records])
-    prob = malignant_probability(trainer.predict(dataset).predictions)
+    prob = malignant_probability(trainer.predict(dataset).predictions, trainer.model.config)
     return metrics.at_operating_points(labels, prob, operating_points["screening_threshold"], operating_points["high_risk_threshold"])
 
 
 def validation_auc(trainer, val_dataset, val_labels) -> float:
-    return metrics.binary_metrics(val_labels, malignant_probability(trainer.predict(val_dataset).predictions))["roc_auc"]
+    return metrics.binary_metrics(val_labels, malignant_probability(trainer.predict(val_dataset).predictions, trainer.model.config))["roc_auc"]
 
 
 def select_checkpoint_or_average(trainer, val_dataset, data, train_args, training_args) -> dict:
@@ -392,7 +386,7 @@ def main(argv=None):
         train_dataset=train_dataset,
         eval_dataset=val_dataset,
         processing_class=image_processor,
-        compute_metrics=compute_validation_metrics,
+        compute_metrics=partial(compute_validation_metrics, config=model.config),
         compute_loss_func=weighted_loss(data["class_weights"], train_args.label_smoothing),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=train_args.early_stopping_patience),
                    *([TimeLimitCallback(train_args.max_train_minutes)] if train_args.max_train_minutes else [])],
@@ -408,7 +402,7 @@ def main(argv=None):
     val_logits = trainer.predict(val_dataset).predictions
     val_labels = np.array([r.label for r in data["validation"]])
     temperature = calibration.fit_temperature(val_logits, val_labels)
-    val_prob = malignant_probability(val_logits, temperature)
+    val_prob = malignant_probability(val_logits, trainer.model.config, temperature)
     operating_points = calibration.choose_operating_points(
         val_labels, val_prob, min_sensitivity=train_args.min_sensitivity, min_specificity=train_args.min_specificity
     )
@@ -445,8 +439,8 @@ def main(argv=None):
         # The classifier now holds the temperature, so these logits are calibrated.
         test_logits = trainer.predict(test_dataset).predictions
         test_labels = np.array([r.label for r in data["test"]])
-        test_prob = malignant_probability(test_logits)
-        test_prob_uncalibrated = malignant_probability(test_logits * temperature)
+        test_prob = malignant_probability(test_logits, trainer.model.config)
+        test_prob_uncalibrated = malignant_probability(test_logits * temperature, trainer.model.config)
         at_points = metrics.at_operating_points(test_labels, test_prob, operating_points["screening_threshold"],
                                                 operating_points["high_risk_threshold"])
         report.update({f"test_{key}": value for key, value in at_points.items()})

@@ -17,23 +17,13 @@ from .audit import (DEFAULT_HASH_DISTANCE, DEFAULT_MIN_DETAIL_CORRELATION, audit
                     leaked_paths)
 from .folder import LABELS, ImageRecord, ScanReport, scan_image_folder
 from .hub import DataSourceError, load_hub_dataset
-from .sources import scan_label_folder, source_counts, training_data
+from .sources import load_source, scan_label_folder, source_counts, to_dataset, training_data
 from .split import balance, class_counts, duplicates_to_drop, group_ids, train_val_split
-
-
-def load_source(data_dir=None, dataset_name=None, progress: bool = True) -> ScanReport:
-    """Scan a local image folder, or load a Hugging Face dataset when no folder is given."""
-    if (data_dir is None) == (dataset_name is None):
-        raise ValueError("Give exactly one of data_dir or dataset_name.")
-    if data_dir is not None:
-        return scan_image_folder(data_dir, progress=progress)
-    return load_hub_dataset(dataset_name, progress=progress)
-
 
 __all__ = [
     "LABELS", "ImageRecord", "ScanReport", "DataSourceError",
     "scan_image_folder", "load_hub_dataset", "load_source",
     "audit_duplicates", "leaked_paths", "DEFAULT_HASH_DISTANCE", "DEFAULT_MIN_DETAIL_CORRELATION",
-    "training_data", "scan_label_folder", "source_counts",
+    "training_data", "scan_label_folder", "source_counts", "to_dataset",
     "group_ids", "train_val_split", "balance", "class_counts", "duplicates_to_drop",
 ]

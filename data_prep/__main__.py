@@ -3,7 +3,8 @@
 validate  scan a dataset and report the images that cannot be used
 audit     find exact and near-duplicate images within and across train/test,
           and acquisition shortcuts (vignette, border colour, size, JPEG quality)
-split     write a train/validation/test manifest, optionally without leaked duplicates
+split     print the train/validation/test split training makes (the same function), with what
+          was dropped and why; --out writes that summary as JSON, for inspection only
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-from . import (DEFAULT_HASH_DISTANCE, DEFAULT_MIN_DETAIL_CORRELATION, LABELS, DataSourceError,
-               audit_duplicates, balance, class_counts, group_ids, leaked_paths, load_source,
-               train_val_split)
+from . import (DEFAULT_HASH_DISTANCE, DEFAULT_MIN_DETAIL_CORRELATION, LABELS, DataSourceError, audit_duplicates,
+               class_counts, load_source, training_data)
 from .shortcuts import DEFAULT_WARN_AUC, print_shortcut_audit, shortcut_audit
 
 MAX_SKIPPED_SHOWN = 20  # the JSON report has them all
@@ -74,50 +75,49 @@ def cmd_audit(report, args) -> None:
     write_json({"scan": report.to_dict(), **audit, "shortcuts": shortcuts}, args.out)
 
 
-def cmd_split(report, args) -> None:
-    train_pool = [record for record in report.records if record.split == "train"]
-    test = [record for record in report.records if record.split == "test"]
+def split_summary(data: dict, args) -> dict:
+    """What training would get: counts per split, source and class, and what was left out and why."""
+    return {
+        "note": "For inspection only: train_vit.py and pretrain_mae.py do not read this file, they make the same "
+                "split themselves with data_prep.training_data from the same folders and settings.",
+        "counts": {name: class_counts(data[name]) for name in ("train", "validation", "test")},
+        "sources": data["sources"],
+        "class_counts_used": data["class_counts"],
+        "class_weights": data["class_weights"],
+        "duplicate_audit": data["audit"]["summary"],
+        "dropped": [{"path": path, "reason": data["drop_reasons"][path]} for path in data["dropped"]],
+        "skipped": data["skipped"],
+        "settings": {"data_dir": args.data_dir, "dataset_name": args.dataset_name, "extra_train_dir": args.extra_train_dir,
+                     "val_fraction": args.val_fraction, "seed": args.seed, "balance": args.balance,
+                     "audit_file": args.audit, "drop_duplicates": args.drop_duplicates},
+    }
 
-    audit = None
-    if args.audit:
-        audit = json.loads(Path(args.audit).read_text())
-        known = {path for group in audit["exact_duplicate_groups"] + audit["near_duplicate_groups"]
-                 for path in group["paths"]}
-        if known and not known & {record.path for record in report.records}:
-            raise ValueError(f"{args.audit} was made for other data: none of its paths are in this dataset.")
-    elif args.drop_duplicates:
-        print("No --audit given: auditing now (save time next run with `python -m data_prep audit`).")
-        audit = run_audit(report.records, args)
-        print_audit(audit)
-    else:
-        print("No --audit given: the validation split does not keep duplicates together.")
 
-    dropped = leaked_paths(audit) & {record.path for record in train_pool} if args.drop_duplicates else set()
-    train_pool = [record for record in train_pool if record.path not in dropped]
-    groups = group_ids(train_pool, audit) if audit else None
-    train, validation = train_val_split(train_pool, args.val_fraction, args.seed, groups)
-    train, class_weights, counts_used = balance(train, args.balance, args.seed)
-
-    def listing(records):
-        return [{"path": record.path, "label": record.label} for record in records]
-
-    if args.drop_duplicates:
-        print(f"Dropped {len(dropped)} training image(s) that copy a test image or repeat within train.")
-    for name, records in (("train", train), ("validation", validation), ("test", test)):
-        print(f"  {name:<10} " + "  ".join(f"{label} {n:>5}" for label, n in class_counts(records).items()))
-    if class_weights:
-        print("Class weights: " + ", ".join(f"{label} {w:.3f}" for label, w in zip(LABELS, class_weights)))
-    write_json({
-        "train": listing(train),
-        "validation": listing(validation),
-        "test": listing(test),
-        "class_counts_used": counts_used,
-        "class_weights": class_weights,
-        "dropped": sorted(dropped),
-        "labels": list(LABELS),
-        "settings": {"val_fraction": args.val_fraction, "seed": args.seed, "balance": args.balance,
-                     "audit": args.audit, "drop_duplicates": args.drop_duplicates, "group_aware": audit is not None},
-    }, args.out)
+def cmd_split(args) -> None:
+    for flag, value in (("--hash-distance", args.hash_distance), ("--min-detail-correlation", args.min_detail_correlation)):
+        if value is not None:
+            # Training audits with the defaults or reads --audit-file; a split tuned otherwise would not be the one it uses.
+            print(f"note: {flag} is deprecated for split and ignored: give it to `python -m data_prep audit` "
+                  "and pass that report with --audit (train_vit.py's --audit-file).")
+    data = training_data(data_dir=args.data_dir, dataset_name=args.dataset_name, extra_train_dirs=args.extra_train_dir,
+                         audit_file=args.audit, drop_duplicates=args.drop_duplicates, val_fraction=args.val_fraction,
+                         seed=args.seed, balance_method=args.balance, progress=not args.no_progress)
+    print_scan(data["scan"])
+    print_audit(data["audit"])
+    summary = split_summary(data, args)
+    print("Duplicate groups are kept on one side of the validation split.")
+    reasons = Counter(item["reason"] for item in summary["dropped"])
+    print(f"Dropped {len(summary['dropped'])} training image(s)"
+          + "".join(f"; {n} as {reason}" for reason, n in sorted(reasons.items())) + ".")
+    for name, counts in summary["counts"].items():
+        print(f"  {name:<10} " + "  ".join(f"{label} {n:>5}" for label, n in counts.items()))
+    for source, splits in summary["sources"].items():
+        print(f"  from {source}: " + "; ".join(f"{split} " + ", ".join(f"{label} {n}" for label, n in counts.items())
+                                              for split, counts in splits.items()))
+    if summary["class_weights"]:
+        print("Class weights: " + ", ".join(f"{label} {w:.3f}" for label, w in zip(LABELS, summary["class_weights"])))
+    if args.out:
+        write_json(summary, args.out)
 
 
 def main(argv=None) -> None:
@@ -151,22 +151,35 @@ def main(argv=None) -> None:
                        help="warn when one acquisition feature alone predicts the label with at least this "
                             "ROC AUC (default %(default)s)")
 
-    split = commands.add_parser("split", parents=[source, tuning], help="write a train/validation/test manifest",
-                                description="Split train into train/validation (stratified, duplicate-aware "
-                                            "with --audit) and write the manifest.")
-    split.add_argument("--out", required=True, help="JSON manifest to write")
+    split = commands.add_parser(
+        "split", parents=[source], help="show the train/validation/test split training will use",
+        description="Print the split train_vit.py and pretrain_mae.py make with the same data and settings "
+                    "(data_prep.training_data): images per split, source and class, and the training images "
+                    "dropped and why. Duplicate groups always stay on one side of the validation split. "
+                    "Nothing reads the --out file: it is for inspection (training splits the folders itself).")
+    split.add_argument("--out", help="also write the summary to this JSON file, for inspection only")
+    split.add_argument("--extra-train-dir", action="extend", nargs="+",
+                       help="more training folders ({benign,malignant}/*), as given to train_vit.py (repeatable)")
     split.add_argument("--val-fraction", type=float, default=0.1, help="share of train used for validation")
-    split.add_argument("--seed", type=int, default=42)
-    split.add_argument("--audit", help="audit JSON from `python -m data_prep audit`, to keep duplicates together")
+    split.add_argument("--seed", type=int, default=42, help="as train_vit.py's --seed (default %(default)s)")
+    split.add_argument("--audit", "--audit-file", dest="audit",
+                       help="audit JSON from `python -m data_prep audit` (train_vit.py's --audit-file); "
+                            "written there when missing, audited afresh when not given")
     split.add_argument("--drop-duplicates", action="store_true",
                        help="leave out training images that copy a test image, and repeats within train")
     split.add_argument("--balance", choices=["none", "undersample", "class_weights"], default="none")
+    for flag in ("--hash-distance", "--min-detail-correlation"):
+        split.add_argument(flag, help="deprecated and ignored by split (a note says so): give it to `audit`, "
+                                      "then pass that report with --audit")
 
     args = parser.parse_args(argv)
     try:
+        if args.command == "split":
+            cmd_split(args)  # training_data scans the folders itself
+            return
         report = load_source(args.data_dir, args.dataset_name, progress=not args.no_progress)
         print_scan(report)
-        {"validate": cmd_validate, "audit": cmd_audit, "split": cmd_split}[args.command](report, args)
+        {"validate": cmd_validate, "audit": cmd_audit}[args.command](report, args)
     except (ValueError, DataSourceError, OSError) as error:
         sys.exit(f"error: {error}")
 

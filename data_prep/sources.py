@@ -21,6 +21,16 @@ from .split import balance, duplicates_to_drop, group_ids, train_val_split
 logger = logging.getLogger("data_prep")
 
 
+def load_source(data_dir=None, dataset_name=None, progress: bool = True) -> ScanReport:
+    """Scan a local image folder, or load a Hugging Face dataset when no folder is given."""
+    # The one check of the choice every command offers (train_vit.py, pretrain_mae.py, python -m data_prep).
+    if bool(data_dir) == bool(dataset_name):
+        raise ValueError("Give exactly one of --data-dir or --dataset-name.")
+    if data_dir:
+        return scan_image_folder(data_dir, progress=progress)
+    return load_hub_dataset(dataset_name, progress=progress)
+
+
 def scan_label_folder(folder, split: str, progress: bool = True) -> ScanReport:
     """A {benign,malignant}/* folder (an extra training set or an external one) read as one split."""
     path = Path(folder).expanduser().resolve()
@@ -59,9 +69,7 @@ def training_data(data_dir=None, dataset_name=None, extra_train_dirs=(), externa
     together (or is read from audit_file): even when nothing is dropped, it
     keeps each group of copies on one side of the validation split.
     """
-    if (data_dir is None) == (dataset_name is None):
-        raise ValueError("Give exactly one of data_dir or dataset_name.")
-    scan = scan_image_folder(data_dir, progress=progress) if data_dir else load_hub_dataset(dataset_name, progress=progress)
+    scan = load_source(data_dir, dataset_name, progress=progress)
     main_source = Path(data_dir).name if data_dir else dataset_name
     for record in scan.records:
         record.source = main_source
@@ -86,7 +94,8 @@ def training_data(data_dir=None, dataset_name=None, extra_train_dirs=(), externa
         audit = audit_duplicates(records, progress=progress)
         if audit_file:
             Path(audit_file).write_text(json.dumps(audit, indent=1))
-    dropped = duplicates_to_drop(audit, drop_duplicates, extra_paths)
+    drop_reasons = duplicates_to_drop(audit, drop_duplicates, extra_paths)
+    dropped = set(drop_reasons)
 
     train_pool = [r for r in records if r.split == "train" and r.path not in dropped]
     test_records = [r for r in records if r.split == "test"]
@@ -98,9 +107,18 @@ def training_data(data_dir=None, dataset_name=None, extra_train_dirs=(), externa
     train, class_weights, class_counts_used = balance(train, method=balance_method, seed=seed)
     external = {Path(folder).name: scan_label_folder(folder, "external", progress=progress).records for folder in external_dirs or ()}
     return dict(
-        scan=scan, skipped=skipped, audit=audit, dropped=sorted(dropped), extra_dropped=len(dropped & extra_paths),
+        scan=scan, skipped=skipped, audit=audit, dropped=sorted(dropped), drop_reasons=drop_reasons, extra_dropped=len(dropped & extra_paths),
         extra_counts={Path(folder).name: extra.counts for folder, extra in zip(extra_train_dirs or (), extra_scans)},
         train=train, validation=validation, test=test_records, external=external,
         class_weights=class_weights, class_counts=class_counts_used,
         sources=source_counts(train=train, validation=validation, test=test_records),
     )
+
+
+def to_dataset(records):
+    """A datasets.Dataset of (image, label) that decodes each image when read, for Trainer."""
+    from datasets import Dataset, Image  # imported here: slow to import, and only training needs it
+
+    images = [r.image if r.image is not None else r.path for r in records]
+    dataset = Dataset.from_dict({"image": images, "label": [r.label for r in records]})
+    return dataset.cast_column("image", Image())

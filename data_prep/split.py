@@ -125,8 +125,12 @@ def balance(records: list[ImageRecord], method: str = "none",
     return kept, None, class_counts(kept)
 
 
-def duplicates_to_drop(audit_report: dict, drop_duplicates: bool, extra_paths=frozenset()) -> set[str]:
-    """Training images to leave out, with images from extra training folders deduplicated always.
+DROPPED_TEST_COPY = "copy of a test image"
+DROPPED_TRAIN_REPEAT = "repeat of another training image, which is kept"
+
+
+def duplicates_to_drop(audit_report: dict, drop_duplicates: bool, extra_paths=frozenset()) -> dict[str, str]:
+    """Training images to leave out, each with the reason, with images from extra training folders deduplicated always.
 
     An extra folder (another dataset added to training) may hold copies of the
     main dataset's images: every extra image that copies a test image is
@@ -135,15 +139,16 @@ def duplicates_to_drop(audit_report: dict, drop_duplicates: bool, extra_paths=fr
     leaked_paths does: training copies of test images go, and one image of
     each group within train stays.
     """
-    dropped = set()
+    dropped = {}
     for group in audit_report["exact_duplicate_groups"] + audit_report["near_duplicate_groups"]:
         train_paths = sorted(path for path, split in zip(group["paths"], group["splits"]) if split == "train")
         if not train_paths:
             continue
         extras = [path for path in train_paths if path in extra_paths]
         if group["cross_split"]:
-            dropped.update(train_paths if drop_duplicates else extras)
+            dropped.update((path, DROPPED_TEST_COPY) for path in (train_paths if drop_duplicates else extras))
             continue
         kept = next((path for path in train_paths if path not in extra_paths), train_paths[0])
-        dropped.update(path for path in (train_paths if drop_duplicates else extras) if path != kept)
+        dropped.update((path, DROPPED_TRAIN_REPEAT) for path in (train_paths if drop_duplicates else extras)
+                       if path != kept)
     return dropped

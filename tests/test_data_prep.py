@@ -10,17 +10,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import data_prep.__main__ as cli
+from conftest import SHARED_DATASET
 from data_prep import (LABELS, DataSourceError, ImageRecord, audit_duplicates, balance, group_ids,
-                       leaked_paths, load_hub_dataset, scan_image_folder, train_val_split)
+                       leaked_paths, load_hub_dataset, scan_image_folder, train_val_split, training_data)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def dataset_root() -> Path:
-    root = Path(__file__).resolve().parents[2] / "shared/data/melanoma_cancer_dataset"
-    if not root.is_dir():
-        pytest.skip(f"shared dataset not found at {root}")
-    return root
+    if not SHARED_DATASET.is_dir():
+        pytest.skip(f"shared dataset not found at {SHARED_DATASET}")
+    return SHARED_DATASET
 
 
 def real_images(split: str, label: str, count: int, skip: int = 0) -> list[Path]:
@@ -79,12 +80,31 @@ def test_scan_counts_valid_images_and_reports_bad_files(tmp_path):
 
 def test_scan_without_test_split_and_without_train(tmp_path):
     place(real_images("train", "benign", 1)[0], tmp_path / "only/train/benign/x.jpg")
+    (tmp_path / "only/train/malignant").mkdir()
     report = scan_image_folder(tmp_path / "only", progress=False)
     assert report.counts == {"train": {"benign": 1, "malignant": 0}}
 
     (tmp_path / "no_train/test/benign").mkdir(parents=True)
     with pytest.raises(ValueError, match="No 'train' folder"):
         scan_image_folder(tmp_path / "no_train", progress=False)
+
+
+def test_class_folders_that_are_not_the_model_classes_fail_loudly(tmp_path):
+    image = real_images("train", "benign", 1)[0]
+    place(image, tmp_path / "unknown/train/benign/a.jpg")
+    place(image, tmp_path / "unknown/train/malignant/b.jpg")
+    place(image, tmp_path / "unknown/train/nevus/c.jpg")
+    with pytest.raises(ValueError, match=r"unknown class folder\(s\) nevus: .* exactly benign, malignant"):
+        scan_image_folder(tmp_path / "unknown", progress=False)
+
+    place(image, tmp_path / "missing/train/benign/a.jpg")
+    place(image, tmp_path / "missing/test/benign/b.jpg")
+    place(image, tmp_path / "missing/test/Malignant/c.jpg")
+    with pytest.raises(ValueError, match=r"train has no malignant folder"):
+        scan_image_folder(tmp_path / "missing", progress=False)
+    # The command line says it in one line, without a traceback.
+    result = run_cli("validate", "--data-dir", str(tmp_path / "missing"))
+    assert result.returncode != 0 and "no malignant folder" in result.stderr and "Traceback" not in result.stderr
 
 
 # --- duplicate audit ----------------------------------------------------------------------------
@@ -116,6 +136,7 @@ def planted(tmp_path_factory):
     put_image("d_transposed", image["d"].transpose(Image.Transpose.TRANSPOSE), "test", "benign")
     put("e_copy", Path(paths["e"]), "test", "benign")
     put_image("f_q70", image["f"], "train", "benign", quality=70)
+    (root / "train" / "malignant").mkdir()  # a train split names every class, even one left empty here
     return scan_image_folder(root, progress=False), paths
 
 
@@ -263,7 +284,7 @@ def run_cli(*args, env=None):
                           capture_output=True, text=True, timeout=120, env=env)
 
 
-def test_cli_audit_and_split_write_json(tmp_path):
+def test_cli_audit_writes_json_and_split_summarises(tmp_path):
     data = tmp_path / "data"
     for source in real_images("train", "benign", 4):
         place(source, data / "train/benign" / source.name)
@@ -281,20 +302,77 @@ def test_cli_audit_and_split_write_json(tmp_path):
     assert audit["scan"]["skipped"][0]["path"].endswith("broken.jpg")
     assert audit["summary"]["exact_cross_split"] == 1
 
-    result = run_cli("split", "--data-dir", str(data), "--out", str(tmp_path / "splits.json"),
+    result = run_cli("split", "--data-dir", str(data), "--out", str(tmp_path / "summary.json"),
                      "--audit", str(tmp_path / "audit.json"), "--drop-duplicates", "--balance", "undersample")
     assert result.returncode == 0, result.stderr
-    manifest = json.loads((tmp_path / "splits.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text())
     original = str(data / "train/benign" / real_images("train", "benign", 1)[0].name)
-    assert manifest["dropped"] == [original]
-    assert str(copied) in {item["path"] for item in manifest["test"]}
+    assert summary["dropped"] == [{"path": original, "reason": "copy of a test image"}]
+    assert "Dropped 1 training image(s); 1 as copy of a test image." in result.stdout
     # 3 benign + 4 malignant remain; one of each goes to validation; undersampling evens out 2 vs 3.
-    assert len(manifest["validation"]) == 2 and len(manifest["train"]) == 4
-    assert original not in {item["path"] for item in manifest["train"] + manifest["validation"]}
-    assert manifest["class_counts_used"] == {"benign": 2, "malignant": 2}
+    assert summary["counts"] == {"train": {"benign": 2, "malignant": 2}, "validation": {"benign": 1, "malignant": 1},
+                                 "test": {"benign": 1, "malignant": 1}}
+    assert summary["class_counts_used"] == {"benign": 2, "malignant": 2}
+    assert summary["sources"]["data"]["test"] == {"benign": 1, "malignant": 1}
+    assert "for inspection only" in summary["note"].lower() or "inspection" in summary["note"]
 
     result = run_cli("validate", "--data-dir", str(tmp_path / "nowhere"))
     assert result.returncode != 0 and "does not exist" in result.stderr
+
+
+def test_cli_split_is_training_data_and_keeps_duplicate_groups_together(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    benign = [place(source, data / "train/benign" / source.name) for source in real_images("train", "benign", 6)]
+    for source in real_images("train", "malignant", 6):
+        place(source, data / "train/malignant" / source.name)
+    place(real_images("test", "benign", 1)[0], data / "test/benign/t.jpg")
+    place(real_images("test", "malignant", 1)[0], data / "test/malignant/m.jpg")
+    # A flipped repeat of each of five benign images: without --audit or --drop-duplicates the old
+    # command ignored such groups; now every split audits, as training does.
+    for path in benign[:5]:
+        save(Image.open(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT), path.with_name(path.stem + "_flip.png"))
+
+    calls = []
+
+    def recording(**kwargs):
+        calls.append(kwargs)
+        calls.append(training_data(**kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(cli, "training_data", recording)
+    out = tmp_path / "summary.json"
+    cli.main(["split", "--data-dir", str(data), "--no-progress", "--seed", "3", "--val-fraction", "0.3",
+              "--hash-distance", "8", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "note: --hash-distance is deprecated for split and ignored" in printed
+
+    kwargs, result = calls
+    assert kwargs["data_dir"] == str(data) and kwargs["seed"] == 3 and kwargs["val_fraction"] == 0.3
+    assert not kwargs["drop_duplicates"] and kwargs["audit_file"] is None
+    # What train_vit.py gets with the same settings, image for image.
+    again = training_data(data_dir=str(data), seed=3, val_fraction=0.3, progress=False)
+    for name in ("train", "validation", "test"):
+        assert [r.path for r in result[name]] == [r.path for r in again[name]]
+    side = {r.path: "train" for r in result["train"]} | {r.path: "validation" for r in result["validation"]}
+    assert result["audit"]["summary"]["near_groups"] == 5
+    for group in result["audit"]["near_duplicate_groups"]:
+        assert len({side[path] for path in group["paths"]}) == 1
+    assert any(side[str(path)] == "validation" for path in benign[:5])  # a group was moved, not just left alone
+    summary = json.loads(out.read_text())
+    assert summary["duplicate_audit"]["near_groups"] == 5 and summary["dropped"] == []
+    assert summary["counts"]["validation"] == {name: sum(r.label_name == name for r in result["validation"])
+                                               for name in LABELS}
+
+
+def test_cli_split_help_says_the_output_is_for_inspection():
+    result = subprocess.run([sys.executable, "-m", "data_prep", "split", "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "for inspection only" in text and "data_prep.training_data" in text
+    for flag in ("--out", "--val-fraction", "--seed", "--audit", "--drop-duplicates", "--balance",
+                 "--hash-distance", "--min-detail-correlation", "--extra-train-dir"):
+        assert flag in text, flag
 
 
 def test_hub_dataset_offline_raises_clear_error():

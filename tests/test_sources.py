@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, SHARED_DATA
 from data_prep import (ImageRecord, duplicates_to_drop, leaked_paths, scan_image_folder, scan_label_folder, source_counts,
                        train_val_split, training_data)
-
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+from data_prep.split import DROPPED_TRAIN_REPEAT
 
 
 def shared_images(dataset: str, label: str, count: int, split: str | None = None) -> list[Path]:
@@ -119,8 +118,12 @@ def test_drop_duplicates_also_dedups_the_main_dataset_as_leaked_paths_does(folde
     assert str(folders["images"]["train", "malignant"][0]) in used and str(copies["of_train"]) not in used
     # With no extra folder, the rule is exactly leaked_paths.
     audit = kept_duplicates["audit"]
-    assert duplicates_to_drop(audit, True) == leaked_paths(audit)
-    assert duplicates_to_drop(audit, False) == set()
+    assert set(duplicates_to_drop(audit, True)) == leaked_paths(audit)
+    assert duplicates_to_drop(audit, False) == {}
+    reasons = dropped_duplicates["drop_reasons"]
+    assert set(reasons) == set(dropped_duplicates["dropped"])
+    assert reasons[str(folders["main_test_copy"])] == reasons[str(copies["of_test"])] == "copy of a test image"
+    assert reasons[str(folders["main_repeat"])].startswith("repeat of another training image")
 
 
 def test_a_duplicate_group_stays_on_one_side_of_the_validation_split(folders, kept_duplicates):
@@ -187,9 +190,14 @@ def test_scan_label_folder_reads_one_folder_as_one_split(folders, tmp_path):
     # A folder without class folders, or its parent, is refused instead of adding nothing.
     (tmp_path / "flat").mkdir()
     shutil.copy(folders["isic"]["benign"][0], tmp_path / "flat" / "a.jpg")
-    for wrong in (tmp_path / "flat", folders["root"]):
+    for label in ("benign", "malignant"):
+        (tmp_path / "empty" / label).mkdir(parents=True)
+    for wrong in (tmp_path / "flat", tmp_path / "empty"):
         with pytest.raises(ValueError, match="no readable images"):
             scan_label_folder(wrong, "train", progress=False)
+    # The parent's folders are datasets, not classes: named in the error.
+    with pytest.raises(ValueError, match="unknown class folder.*derm7pt, isic2017, tenk"):
+        scan_label_folder(folders["root"], "train", progress=False)
 
 
 def test_source_counts_counts_every_source_and_split():
@@ -224,10 +232,12 @@ def test_duplicates_to_drop_rules():
                  group(("/main/train/b.jpg", "train"), ("/main/train/c.jpg", "train")),
                  group(("/main/test/t3.jpg", "test"), ("/main/test/t4.jpg", "test")),  # test images are never dropped
              ]}
-    assert duplicates_to_drop(audit, False, extra) == {"/extra/e1.jpg", "/extra/e2.jpg", "/extra/e3.jpg", "/extra/e5.jpg"}
-    assert duplicates_to_drop(audit, True, extra) == {"/extra/e1.jpg", "/extra/e2.jpg", "/extra/e3.jpg", "/extra/e5.jpg",
-                                                      "/main/train/a.jpg", "/main/train/c.jpg"}
-    assert duplicates_to_drop(audit, True) == leaked_paths(audit)
+    assert duplicates_to_drop(audit, False, extra) == {
+        "/extra/e1.jpg": "copy of a test image", "/extra/e2.jpg": "copy of a test image",
+        "/extra/e3.jpg": DROPPED_TRAIN_REPEAT, "/extra/e5.jpg": DROPPED_TRAIN_REPEAT}
+    assert set(duplicates_to_drop(audit, True, extra)) == {"/extra/e1.jpg", "/extra/e2.jpg", "/extra/e3.jpg",
+                                                           "/extra/e5.jpg", "/main/train/a.jpg", "/main/train/c.jpg"}
+    assert set(duplicates_to_drop(audit, True)) == leaked_paths(audit)
 
 
 # ------------------------------------------------------------------ train_val_split by source and label
