@@ -1,7 +1,15 @@
-"""Shared fixtures: a tiny real-image dataset and a tiny model trained on it."""
+"""Shared fixtures: a tiny real-image dataset and a tiny model trained on it.
+
+Real images come from the shared data folder, ../shared/data next to the
+repository, or the folder named by the MELANOMA_SHARED_DATA environment
+variable. Without it, the tests that need a model still run: their images
+come from examples/ (four labelled test-split images per class), and only
+tests that need more than examples/ holds, or another dataset, are skipped.
+"""
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import subprocess
@@ -18,25 +26,50 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO_ROOT / "benchmarks"))
 from load_test import free_port, wait_until_up  # noqa: E402
 
-SHARED_DATASET = REPO_ROOT.parent / "shared" / "data" / "melanoma_cancer_dataset"
+SHARED_DATA = Path(os.environ.get("MELANOMA_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+SHARED_DATASET = SHARED_DATA / "melanoma_cancer_dataset"
+EXAMPLES = REPO_ROOT / "examples"
+
+
+def example_images(label: str) -> list[Path]:
+    """examples/'s images of one class, as labels.csv labels them (the file names are not trusted for it)."""
+    with open(EXAMPLES / "labels.csv", newline="") as handle:
+        return sorted(EXAMPLES / row["file"] for row in csv.DictReader(handle) if row["label"] == label)
 
 
 def real_images(split: str, label: str, count: int) -> list[Path]:
+    """Up to `count` real images of a split and class: the shared set's, else examples/ (test-split images)."""
     folder = SHARED_DATASET / split / label
-    if not folder.is_dir():
-        pytest.skip(f"the shared dataset is not at {SHARED_DATASET}")
-    return sorted(folder.glob("*.jpg"))[:count]
+    if folder.is_dir():
+        return sorted(folder.glob("*.jpg"))[:count]
+    if split != "test":
+        pytest.skip(f"the shared dataset is not at {SHARED_DATASET}, and examples/ holds test images only")
+    return example_images(label)[:count]
+
+
+def image_count(folder: Path) -> int:
+    return sum(1 for path in folder.rglob("*") if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
 @pytest.fixture(scope="session")
 def tiny_image_folder(tmp_path_factory) -> Path:
-    """40 real dermoscopy images: 10 per label in train/ and in test/."""
+    """Real dermoscopy images in train/ and test/: 10 per label in each from the shared set.
+
+    Without it, examples/'s four images per label are divided, never shared:
+    three go to train/ (one of them to validation), one to test/. Enough for
+    the smoke training, not for figures; tests read the counts from the folder.
+    """
     root = tmp_path_factory.mktemp("tiny_dataset")
-    for split in ("train", "test"):
-        for label in ("benign", "malignant"):
+    for label in ("benign", "malignant"):
+        if SHARED_DATASET.is_dir():
+            chosen = {split: real_images(split, label, 10) for split in ("train", "test")}
+        else:
+            examples = example_images(label)
+            chosen = {"train": examples[:-1], "test": examples[-1:]}
+        for split, images in chosen.items():
             target = root / split / label
             target.mkdir(parents=True)
-            for image in real_images(split, label, 10):
+            for image in images:
                 shutil.copy(image, target / image.name)
     return root
 

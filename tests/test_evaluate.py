@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import evaluate
-from conftest import real_images
+from conftest import image_count, real_images
 
 
 def test_rerun_on_the_test_split_matches_the_stored_report(tiny_model_dir, tiny_image_folder, tmp_path):
@@ -19,16 +19,24 @@ def test_rerun_on_the_test_split_matches_the_stored_report(tiny_model_dir, tiny_
                           "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     stored = json.loads((tiny_model_dir / "eval_results.json").read_text())
-    assert report["n_images"] == 20
+    assert report["n_images"] == image_count(tiny_image_folder / "test")
     for new, old in (("at_0_5", "test_at_0_5"), ("at_screening_threshold", "test_at_screening_threshold")):
         for name in ("roc_auc", "accuracy", "sensitivity", "specificity"):
             assert report[new][name] == pytest.approx(stored[old][name], abs=0.005), (new, name)
 
 
-def test_a_bare_label_folder_is_read_as_one_split(tiny_model_dir, tiny_image_folder):
-    model = evaluate.ScreeningModel.load(str(tiny_model_dir))
-    scan = evaluate.data_prep.scan_image_folder(tiny_image_folder, splits=("test",))
-    report = evaluate.evaluate(model, scan.records, robustness=True)
+def test_a_bare_label_folder_is_read_as_one_split(tiny_model_dir, tiny_image_folder, tmp_path):
+    # No --split: the folder holds benign/ and malignant/ itself, as external sets come.
+    bare, with_split = tmp_path / "bare.json", tmp_path / "split.json"
+    assert evaluate.main(["--model", str(tiny_model_dir), "--data-dir", str(tiny_image_folder / "test"),
+                          "--robustness", "--out", str(bare)]) == 0
+    assert evaluate.main(["--model", str(tiny_model_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
+                          "--out", str(with_split)]) == 0
+    report, reference = json.loads(bare.read_text()), json.loads(with_split.read_text())
+    n_test = image_count(tiny_image_folder / "test")
+    assert report["data"]["split"] is None and report["data"]["counts"] == reference["data"]["counts"]
+    assert sum(report["data"]["counts"]["test"].values()) == report["n_images"] == n_test
+    assert report["at_0_5"] == reference["at_0_5"]  # the same images, read one level down
     assert set(report["robustness"]) == set(evaluate.SHIFTS)
     for row in report["robustness"].values():
         assert 0.0 <= row["roc_auc"] <= 1.0

@@ -18,7 +18,7 @@ from transformers import TrainerControl, TrainerState, ViTConfig, ViTForImageCla
 
 import evaluate
 import train_vit
-from conftest import REPO_ROOT, real_images
+from conftest import REPO_ROOT, SHARED_DATA, image_count, real_images
 from melanoma_screen import modeling
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import ModelLoadError, ScreeningModel
@@ -46,17 +46,18 @@ def test_config_holds_labels_thresholds_and_temperature(tiny_model_dir):
     assert config["calibration_temperature"] > 0 and config["temperature_folded_into_classifier"] is True
 
 
-def test_eval_results_hold_thresholds_and_test_metrics(tiny_model_dir):
+def test_eval_results_hold_thresholds_and_test_metrics(tiny_model_dir, tiny_image_folder):
     report = json.loads((tiny_model_dir / "eval_results.json").read_text())
     config = json.loads((tiny_model_dir / "config.json").read_text())
+    n_test = image_count(tiny_image_folder / "test")
     assert report["operating_points"]["screening_threshold"] == config["screening_threshold"]
-    assert report["split_sizes"]["test"] == 20
+    assert report["split_sizes"]["test"] == n_test
     for key in ("test_at_0_5", "test_at_screening_threshold"):
         metrics = report[key]
         for name in ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc", "ece"):
             assert 0.0 <= metrics[name] <= 1.0, (key, name)
         (tn, fp), (fn, tp) = metrics["confusion_matrix"]
-        assert tn + fp + fn + tp == 20
+        assert tn + fp + fn + tp == n_test
     assert report["test_at_screening_threshold"]["threshold"] == config["screening_threshold"]
     assert report["operating_points"]["high_risk_threshold"] == config["high_risk_threshold"]
 
@@ -169,7 +170,6 @@ def test_averaged_state_dict_is_the_mean_of_the_weights(tmp_path):
 
 # ------------------------------------------------------------------ issue 9: several sources, external sets, shortcuts
 
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 FIELD_OF_VIEW = 0.45
 
 
