@@ -107,7 +107,7 @@ class ModelArguments:
     color_constancy: str = field(
         default="none",
         metadata={"help": "Colour constancy before the image processor; saved in the config, applied by the app, "
-                          "predict.py and evaluate.py (not by a bare transformers pipeline).",
+                          "predict.py and evaluate_model.py (not by a bare transformers pipeline).",
                   "choices": list(COLOR_CONSTANCY_METHODS)},
     )
 

@@ -3,7 +3,7 @@
     python experiments/summarize_runs.py runs/gpu --data-dir gpu_data --out runs/gpu/summary.json
 
 Reads each RUN/eval_results.json (validation, test and external figures that
-train_vit.py wrote) and scores one probe per run: evaluate.py's vignette probe
+train_vit.py wrote) and scores one probe per run: evaluate_model.py's vignette probe
 on the benign test images. The
 ranking by external ROC AUC is for choosing which runs to look at closely; the
 external set is then no longer untouched, and reports say so.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluate import score, shortcut_probes
+from evaluate_model import score, shortcut_probes
 from melanoma_screen.inference import ScreeningModel
 
 

@@ -216,7 +216,7 @@ def _color_constancy_note(method: str, image_size: int, field_of_view_mask: floa
     title = " and ".join(titles[:1] + [later.lower() for later in titles[1:]])
     return (
         f"\n**{title}.** This model was trained on images resized to {image_size}x{image_size}, then "
-        f"{', then '.join(steps)}. `pipeline` does not know {these}: the app, predict.py and evaluate.py apply {them}; "
+        f"{', then '.join(steps)}. `pipeline` does not know {these}: the app, predict.py and evaluate_model.py apply {them}; "
         "with a bare pipeline pass `ScreeningModel.load(MODEL).pipeline_input(path)` from this project's "
         "`melanoma_screen.inference` instead of the path.\n"
     )

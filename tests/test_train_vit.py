@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import TrainerControl, TrainerState, ViTConfig, ViTForImageClassification, pipeline
 
-import evaluate
+import evaluate_model
 import train_vit
 from conftest import REPO_ROOT, real_images
 from melanoma_screen import modeling
@@ -143,10 +143,10 @@ def test_color_constancy_and_checkpoint_averaging(tiny_image_folder, tmp_path):
     encoder = [name for name in saved if not name.startswith("classifier")]
     assert encoder and all(torch.allclose(saved[name], expected[name], atol=1e-6) for name in encoder)
 
-    # evaluate.py applies the stored colour constancy and so reproduces the report; the switch turns it off.
+    # evaluate_model.py applies the stored colour constancy and so reproduces the report; the switch turns it off.
     rerun, bare = tmp_path / "rerun.json", tmp_path / "bare.json"
     for out, extra in ((rerun, []), (bare, ["--without-color-constancy"])):
-        assert evaluate.main(["--model", str(output_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
+        assert evaluate_model.main(["--model", str(output_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
                               "--out", str(out), *extra]) == 0
     rerun, bare = json.loads(rerun.read_text()), json.loads(bare.read_text())
     assert rerun["color_constancy"] == {"trained_with": "shades_of_gray", "applied": "shades_of_gray"}

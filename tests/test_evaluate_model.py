@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import evaluate
+import evaluate_model
 from conftest import real_images
 
 
 def test_rerun_on_the_test_split_matches_the_stored_report(tiny_model_dir, tiny_image_folder, tmp_path):
     out = tmp_path / "report.json"
-    assert evaluate.main(["--model", str(tiny_model_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
+    assert evaluate_model.main(["--model", str(tiny_model_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
                           "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     stored = json.loads((tiny_model_dir / "eval_results.json").read_text())
@@ -26,19 +26,19 @@ def test_rerun_on_the_test_split_matches_the_stored_report(tiny_model_dir, tiny_
 
 
 def test_a_bare_label_folder_is_read_as_one_split(tiny_model_dir, tiny_image_folder):
-    model = evaluate.ScreeningModel.load(str(tiny_model_dir))
-    scan = evaluate.data_prep.scan_image_folder(tiny_image_folder, splits=("test",))
-    report = evaluate.evaluate(model, scan.records, robustness=True)
-    assert set(report["robustness"]) == set(evaluate.SHIFTS)
+    model = evaluate_model.ScreeningModel.load(str(tiny_model_dir))
+    scan = evaluate_model.data_prep.scan_image_folder(tiny_image_folder, splits=("test",))
+    report = evaluate_model.evaluate(model, scan.records, robustness=True)
+    assert set(report["robustness"]) == set(evaluate_model.SHIFTS)
     for row in report["robustness"].values():
         assert 0.0 <= row["roc_auc"] <= 1.0
         assert row["auc_drop"] == pytest.approx(report["at_0_5"]["roc_auc"] - row["roc_auc"])
 
 
-@pytest.mark.parametrize("name", sorted(evaluate.SHIFTS))
+@pytest.mark.parametrize("name", sorted(evaluate_model.SHIFTS))
 def test_every_shift_keeps_the_size_and_changes_the_pixels(name):
     image = Image.open(real_images("test", "benign", 1)[0]).convert("RGB")
-    shifted = evaluate.SHIFTS[name](image)
+    shifted = evaluate_model.SHIFTS[name](image)
     assert shifted.size == image.size and shifted.mode == "RGB"
     assert np.abs(np.asarray(shifted, dtype=np.float32) - np.asarray(image, dtype=np.float32)).mean() > 0.5
 
@@ -48,12 +48,12 @@ def test_robustness_table_goes_into_the_model_card(tiny_model_dir, tiny_image_fo
     shutil.copy(tiny_model_dir / "README.md", card)
     arguments = ["--model", str(tiny_model_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
                  "--robustness", "--card", str(card)]
-    assert evaluate.main(arguments) == 0
+    assert evaluate_model.main(arguments) == 0
     first = card.read_text()
     assert "| darker (-35%) |" in first and "Not measured yet" not in first
-    assert "python evaluate.py --model" in first
+    assert "python evaluate_model.py --model" in first
     # A rerun replaces the table rather than adding a second one.
-    assert evaluate.main(arguments) == 0
+    assert evaluate_model.main(arguments) == 0
     assert card.read_text().count("| darker (-35%) |") == 1
 
 
@@ -63,7 +63,7 @@ def test_compare_tabulates_runs_from_their_stored_commands(tiny_model_dir, tmp_p
     report = json.loads((run / "eval_results.json").read_text())
     card = tmp_path / "README.md"
     shutil.copy(tiny_model_dir / "README.md", card)
-    assert evaluate.main(["--compare", str(run), "--card", str(card)]) == 0
+    assert evaluate_model.main(["--compare", str(run), "--card", str(card)]) == 0
     printed = capsys.readouterr().out
     row = next(line for line in printed.splitlines() if line.startswith("| tiny-run |"))
     # initialisation, extra training data, field of view, colour constancy, augmentation
@@ -74,5 +74,5 @@ def test_compare_tabulates_runs_from_their_stored_commands(tiny_model_dir, tmp_p
     # A run from before the settings were stored as data is read from its command.
     del report["settings"]
     (run / "eval_results.json").write_text(json.dumps(report))
-    assert evaluate.main(["--compare", str(run)]) == 0
+    assert evaluate_model.main(["--compare", str(run)]) == 0
     assert row in capsys.readouterr().out

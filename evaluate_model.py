@@ -1,8 +1,8 @@
 """Evaluate a saved model on a labelled image folder, optionally under acquisition shifts.
 
-    python evaluate.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test
-    python evaluate.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test --robustness
-    python evaluate.py --model model --data-dir /path/to/external_set       # {benign,malignant}/*.jpg
+    python evaluate_model.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test
+    python evaluate_model.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test --robustness
+    python evaluate_model.py --model model --data-dir /path/to/external_set       # {benign,malignant}/*.jpg
 
 The model is scored through melanoma_screen's ScreeningModel at 0.5 and at
 the two thresholds stored with it. By default it runs in exact fp32 mode,
@@ -18,7 +18,7 @@ circular field of view added, malignant images with theirs painted out, and
 the metrics of images with and without dark corners ("shortcut_probes").
 --card MODEL/README.md writes both tables into the model card.
 
-    python evaluate.py --compare runs/a runs/b ... --card model/README.md
+    python evaluate_model.py --compare runs/a runs/b ... --card model/README.md
 
 --compare evaluates nothing: it tabulates finished training runs, from each
 run's eval_results.json (and robustness.json, written by --robustness --out),
@@ -273,7 +273,7 @@ def robustness_markdown(report: dict) -> str:
     for name, row in report["robustness"].items():
         lines.append(f"| {name} | {row['roc_auc']:.3f} | {row['auc_drop']:.3f} | {row['sensitivity_at_screening']:.3f} "
                      f"| {row['specificity_at_screening']:.3f} |")
-    return "\n".join(lines) + f"\n\nMeasured on {report['n_images']} images with `{report.get('command', 'evaluate.py --robustness')}`."
+    return "\n".join(lines) + f"\n\nMeasured on {report['n_images']} images with `{report.get('command', 'evaluate_model.py --robustness')}`."
 
 
 def _rate(value) -> str:
@@ -323,7 +323,7 @@ def shortcut_probes_markdown(report: dict) -> str:
                      f"| {_rate(row.get('roc_auc'))} |")
     return ("\n".join(lines) + f"\n\nA model that reads the lesion, not the dermatoscope's field of view, barely moves in "
             f"either probe. Screening threshold {probes['screening_threshold']:.3f}; vignettes seeded per image; measured "
-            f"with `{report.get('command', 'evaluate.py --robustness')}`.")
+            f"with `{report.get('command', 'evaluate_model.py --robustness')}`.")
 
 
 def write_card_section(card_path, name: str, markdown: str, heading: str, after: str = "robustness") -> None:
@@ -442,7 +442,7 @@ def main(argv=None) -> int:
         table = comparison_markdown([describe_run(Path(run)) for run in args.compare])
         print(table)
         if args.card:
-            command = "python evaluate.py --compare " + " ".join(args.compare) + f" --card {args.card}"
+            command = "python evaluate_model.py --compare " + " ".join(args.compare) + f" --card {args.card}"
             update_card_section(args.card, "comparison", f"{table}\n\nWritten by `{command}`.")
         return 0
     if not args.data_dir:
@@ -465,7 +465,7 @@ def main(argv=None) -> int:
     report = evaluate(model, scan.records, robustness=args.robustness, batch_size=args.batch_size)
     report["color_constancy"] = {"trained_with": trained_with, "applied": model.color_constancy}
     report["data"] = {"data_dir": str(data_dir), "split": args.split, "counts": scan.counts, "skipped": len(scan.skipped)}
-    report["command"] = "python evaluate.py " + " ".join(shlex.quote(arg) for arg in (argv if argv is not None else sys.argv[1:]))
+    report["command"] = "python evaluate_model.py " + " ".join(shlex.quote(arg) for arg in (argv if argv is not None else sys.argv[1:]))
     print_report(report, model.eval_results if args.split == "test" and model.color_constancy == trained_with else None)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
