@@ -45,6 +45,7 @@ from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import FAST, ScreeningModel
 from melanoma_screen.input_check import refusal_report
 from melanoma_screen.model_card import replace_section, update_card_section
+from melanoma_screen.results import load_eval_results
 from melanoma_screen.shortcuts import add_circular_vignette, fill_dark_border, has_dark_corners
 from melanoma_screen.transforms import COLOR_CONSTANCY_NAMES
 
@@ -256,12 +257,12 @@ def print_report(report: dict, stored: dict | None) -> None:
                   f"{row['specificity_at_screening']:9.3f}")
     if "shortcut_probes" in report:
         print_shortcut_probes(report["shortcut_probes"])
-    if stored:
+    if stored and stored["test"]:
         largest = max(
-            abs(report[new][name] - stored[old][name])
-            for new, old in (("at_0_5", "test_at_0_5"), ("at_screening_threshold", "test_at_screening_threshold"))
+            abs(report[key][name] - stored["test"][key][name])
+            for key in ("at_0_5", "at_screening_threshold")
             for name in ("accuracy", "sensitivity", "specificity", "roc_auc")
-            if stored.get(old) and stored[old].get(name) is not None
+            if stored["test"][key].get(name) is not None
         )
         print(f"\nlargest difference from the stored eval_results.json: {largest * 100:.2f} points")
 
@@ -362,7 +363,7 @@ def describe_run(run_dir: Path) -> dict:
     """One row of the comparison: the recipe (from the stored settings) and its figures."""
     import train_vit  # heavy (Trainer); only --compare needs its defaults
 
-    report = json.loads((run_dir / "eval_results.json").read_text())
+    report = load_eval_results(run_dir / "eval_results.json")
     data_args, model_args, train_args = run_settings(report)
     defaults = train_vit.DataArguments()
     changed = {name.removeprefix("augment_"): data_args.get(name, getattr(defaults, name)) for name in _RECIPE_KNOBS
@@ -381,13 +382,13 @@ def describe_run(run_dir: Path) -> dict:
         "weights": f"mean of last {len(selection['average']['checkpoints'])}" if selection["chosen"] == "average" else "best epoch",
         "val AUC": report["validation_at_screening_threshold"]["roc_auc"],
         "val spec @ screening": report["validation_at_screening_threshold"]["specificity"],
-        "test AUC": report["test_at_0_5"]["roc_auc"],
-        "test acc": report["test_at_0_5"]["accuracy"],
-        "test sens / spec @ screening": (report["test_at_screening_threshold"]["sensitivity"],
-                                         report["test_at_screening_threshold"]["specificity"]),
-        "test ECE": report["test_at_0_5"]["ece"],
     }
-    for name, external in (report.get("external") or {}).items():
+    if report["test"]:
+        at_05, at_screening = report["test"]["at_0_5"], report["test"]["at_screening_threshold"]
+        row.update({"test AUC": at_05["roc_auc"], "test acc": at_05["accuracy"],
+                    "test sens / spec @ screening": (at_screening["sensitivity"], at_screening["specificity"]),
+                    "test ECE": at_05["ece"]})
+    for name, external in report["external"].items():
         row[f"{name} AUC"] = external["at_0_5"]["roc_auc"]
         row[f"{name} sens / spec @ screening"] = (external["at_screening_threshold"]["sensitivity"],
                                                   external["at_screening_threshold"]["specificity"])

@@ -447,11 +447,11 @@ def main(argv=None):
         test_labels = np.array([r.label for r in data["test"]])
         test_prob = malignant_probability(test_logits)
         test_prob_uncalibrated = malignant_probability(test_logits * temperature)
-        at_points = metrics.at_operating_points(test_labels, test_prob, operating_points["screening_threshold"],
-                                                operating_points["high_risk_threshold"])
-        report.update({f"test_{key}": value for key, value in at_points.items()})
+        report["test"] = metrics.at_operating_points(test_labels, test_prob, operating_points["screening_threshold"],
+                                                     operating_points["high_risk_threshold"])
         report["test_ece_uncalibrated"] = metrics.expected_calibration_error(test_labels, test_prob_uncalibrated)
     else:
+        report["test"] = None
         logger.warning("no test split: the report holds validation figures only")
     # Scored with the thresholds from validation, as a user elsewhere would get
     # them: nothing is fitted here, so these figures show how far they move.
@@ -471,7 +471,7 @@ def main(argv=None):
     (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
     if test_dataset is not None:
         plots.save_roc_curve(test_labels, test_prob, output_dir / "roc_curve.png", operating_points=operating_points)
-        plots.save_confusion_matrix(report["test_at_screening_threshold"]["confusion_matrix"], output_dir / "confusion_matrix.png")
+        plots.save_confusion_matrix(report["test"]["at_screening_threshold"]["confusion_matrix"], output_dir / "confusion_matrix.png")
         plots.save_reliability_diagram(test_labels, test_prob_uncalibrated, test_prob, output_dir / "reliability_diagram.png")
     write_model_card(
         output_dir,
@@ -517,8 +517,7 @@ def model_card_context(train_args, model_args, data_args, data, report, base_mod
         high_risk_threshold=report["operating_points"]["high_risk_threshold"],
         min_sensitivity=train_args.min_sensitivity,
         min_specificity=train_args.min_specificity,
-        test_metrics_at_05=report.get("test_at_0_5"),
-        test_metrics_at_screening=report.get("test_at_screening_threshold"),
+        test=report["test"],
         validation_metrics=report["validation_at_screening_threshold"],
         audit_summary=audit_summary,
         color_constancy=model_args.color_constancy,
@@ -533,10 +532,8 @@ def model_card_context(train_args, model_args, data_args, data, report, base_mod
 
 def print_summary(report):
     rows = [("validation @ screening", report["validation_at_screening_threshold"])]
-    for key, name in (("test_at_0_5", "test @ 0.5"), ("test_at_screening_threshold", "test @ screening")):
-        if key in report:
-            rows.append((name, report[key]))
-    for source, result in report.get("external", {}).items():
+    sets = ([("test", report["test"])] if report["test"] else []) + list(report["external"].items())
+    for source, result in sets:
         rows += [(f"{source[:13]} @ 0.5", result["at_0_5"]), (f"{source[:13]} @ screening", result["at_screening_threshold"])]
     print(f"\n{'':24s} {'AUC':>6s} {'acc':>6s} {'sens':>6s} {'spec':>6s} {'ECE':>6s}")
     for name, m in rows:

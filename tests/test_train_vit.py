@@ -22,7 +22,7 @@ from conftest import REPO_ROOT, real_images
 from melanoma_screen import modeling
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import ModelLoadError, ScreeningModel
-from melanoma_screen.metrics import binary_metrics
+from melanoma_screen.metrics import OPERATING_POINTS, binary_metrics
 from melanoma_screen.modeling import averaged_state_dict
 from melanoma_screen.shortcuts import dark_corner_count, has_dark_corners, mask_field_of_view
 from melanoma_screen.transforms import build_image_processor
@@ -51,13 +51,15 @@ def test_eval_results_hold_thresholds_and_test_metrics(tiny_model_dir):
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert report["operating_points"]["screening_threshold"] == config["screening_threshold"]
     assert report["split_sizes"]["test"] == 20
-    for key in ("test_at_0_5", "test_at_screening_threshold"):
-        metrics = report[key]
+    # One layout: the test block holds what evaluate_model.py reports, like each external set.
+    assert set(report["test"]) == set(OPERATING_POINTS) and not any(key.startswith("test_at_") for key in report)
+    for key in ("at_0_5", "at_screening_threshold"):
+        metrics = report["test"][key]
         for name in ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc", "ece"):
             assert 0.0 <= metrics[name] <= 1.0, (key, name)
         (tn, fp), (fn, tp) = metrics["confusion_matrix"]
         assert tn + fp + fn + tp == 20
-    assert report["test_at_screening_threshold"]["threshold"] == config["screening_threshold"]
+    assert report["test"]["at_screening_threshold"]["threshold"] == config["screening_threshold"]
     assert report["operating_points"]["high_risk_threshold"] == config["high_risk_threshold"]
 
 
@@ -68,7 +70,7 @@ def test_model_card_metadata_matches_eval_results(tiny_model_dir):
     assert data["pipeline_tag"] == "image-classification" and data["library_name"] == "transformers"
     results = data["model-index"][0]["results"][0]["metrics"]
     auc = [m["value"] for m in results if m["type"] == "roc_auc"]
-    assert auc and auc[0] == pytest.approx(report["test_at_0_5"]["roc_auc"], abs=1e-3)
+    assert auc and auc[0] == pytest.approx(report["test"]["at_0_5"]["roc_auc"], abs=1e-3)
     assert "not a diagnosis" in card.text.lower()
     assert "train_vit.py" in card.text and "--scratch-config tiny" in card.text
 
@@ -152,7 +154,7 @@ def test_color_constancy_and_checkpoint_averaging(tiny_image_folder, tmp_path):
     assert rerun["color_constancy"] == {"trained_with": "shades_of_gray", "applied": "shades_of_gray"}
     assert bare["color_constancy"] == {"trained_with": "shades_of_gray", "applied": "none"}
     for name in ("roc_auc", "accuracy", "sensitivity", "specificity"):
-        assert rerun["at_screening_threshold"][name] == pytest.approx(report["test_at_screening_threshold"][name], abs=0.005)
+        assert rerun["at_screening_threshold"][name] == pytest.approx(report["test"]["at_screening_threshold"][name], abs=0.005)
 
 
 def test_averaged_state_dict_is_the_mean_of_the_weights(tmp_path):
@@ -277,7 +279,7 @@ def test_model_card_lists_sources_external_results_and_shortcut_audit(multi_sour
     assert by_dataset["derm7pt (external validation)"]["Specificity at screening threshold"] == \
         pytest.approx(external["at_screening_threshold"]["specificity"], abs=1e-4)
     assert by_dataset["Melanoma Skin Cancer Dataset of 10000 Images"]["ROC AUC"] == \
-        pytest.approx(report["test_at_0_5"]["roc_auc"], abs=1e-4)
+        pytest.approx(report["test"]["at_0_5"]["roc_auc"], abs=1e-4)
 
     # The shortcut audit covers train, validation and test, in eval_results.json and in the card.
     audit = report["shortcut_audit"]
