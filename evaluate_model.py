@@ -22,7 +22,8 @@ the metrics of images with and without dark corners ("shortcut_probes").
 
 --compare evaluates nothing: it tabulates finished training runs, from each
 run's eval_results.json (and robustness.json, written by --robustness --out),
-with the recipe read back from the training command each one stored.
+with the recipe from the settings each one stored; runs trained before
+settings were stored show their recipe as unknown (—).
 """
 
 from __future__ import annotations
@@ -340,49 +341,54 @@ def write_card_section(card_path, name: str, markdown: str, heading: str, after:
     path.write_text(replace_section(card, name, markdown), encoding="utf-8")
 
 
-def run_settings(report: dict) -> tuple[dict, dict, dict]:
-    """(data, model, training) settings of a run, as train_vit.py stored them.
-
-    Runs trained before the settings were stored as data have only their
-    command: those are parsed once more with train_vit's parser.
-    """
-    if "settings" in report:
-        settings = report["settings"]
-        return settings["data"], settings["model"], settings["training"]
-    import train_vit  # heavy (Trainer); only old runs need it
-
-    parsed = train_vit.parse_args(shlex.split(report["command"])[2:])
-    return tuple(vars(args) for args in parsed)
-
+UNKNOWN = "—"  # a setting the run did not store, unlike "–", a setting that was off or empty
 
 _RECIPE_KNOBS = ("augment_brightness", "augment_contrast", "augment_saturation", "augment_hue", "augment_white_balance",
                  "augment_vignette", "crop_scale_min")
 
 
-def describe_run(run_dir: Path) -> dict:
-    """One row of the comparison: the recipe (from the stored settings) and its figures."""
-    import train_vit  # heavy (Trainer); only --compare needs its defaults
+_RECIPE_COLUMNS = ("initialisation", "extra training data", "field of view", "colour constancy", "augmentation")
 
-    report = load_eval_results(run_dir / "eval_results.json")
-    data_args, model_args, train_args = run_settings(report)
+
+def recipe(settings: dict | None) -> dict:
+    """The comparison's recipe columns from the settings a run stored (None: all unknown)."""
+    if settings is None:
+        return dict.fromkeys(_RECIPE_COLUMNS, UNKNOWN)
+    import train_vit  # heavy (Trainer); only its defaults are needed
+
     defaults = train_vit.DataArguments()
+    data_args, model_args = settings["data"], settings["model"]
     changed = {name.removeprefix("augment_"): data_args.get(name, getattr(defaults, name)) for name in _RECIPE_KNOBS
                if data_args.get(name, getattr(defaults, name)) != getattr(defaults, name)}
-    selection = report.get("checkpoint_selection", {"chosen": "best checkpoint"})
     color_constancy = model_args.get("color_constancy", "none")
-    row = {
-        "run": run_dir.name,
-        "initialisation": "random" if model_args.get("scratch_config") else
-                          ("MAE encoder" if model_args.get("init_from") else model_args.get("model_name_or_path")),
-        "extra training data": ", ".join(Path(folder).name for folder in data_args.get("extra_train_dir") or []) or "–",
-        "field of view": f"mask r={model_args['field_of_view_mask']:g}" if model_args.get("field_of_view_mask") else "–",
-        "colour constancy": "–" if color_constancy == "none" else COLOR_CONSTANCY_NAMES[color_constancy],
-        "augmentation": ", ".join(f"{k} {v:g}" for k, v in changed.items()) or "default",
-        "epochs": f"{report.get('epochs_trained') or train_args['epochs']:.3g}",
+    return dict(zip(_RECIPE_COLUMNS, (
+        "random" if model_args.get("scratch_config") else
+        ("MAE encoder" if model_args.get("init_from") else model_args.get("model_name_or_path")),
+        ", ".join(Path(folder).name for folder in data_args.get("extra_train_dir") or []) or "–",
+        f"mask r={model_args['field_of_view_mask']:g}" if model_args.get("field_of_view_mask") else "–",
+        "–" if color_constancy == "none" else COLOR_CONSTANCY_NAMES[color_constancy],
+        ", ".join(f"{k} {v:g}" for k, v in changed.items()) or "default",
+    )))
+
+
+def describe_run(run_dir: Path) -> dict:
+    """One row of the comparison: the recipe (from the settings the run stored) and its figures.
+
+    Runs trained before the settings were stored as data show theirs as
+    unknown: their command line is for people, and a renamed flag would
+    misread it.
+    """
+    report = load_eval_results(run_dir / "eval_results.json")
+    settings = report.get("settings")
+    row = {"run": run_dir.name, **recipe(settings)}
+    epochs = report.get("epochs_trained") or (settings["training"]["epochs"] if settings else None)
+    selection = report.get("checkpoint_selection", {"chosen": "best checkpoint"})
+    row.update({
+        "epochs": UNKNOWN if epochs is None else f"{epochs:.3g}",
         "weights": f"mean of last {len(selection['average']['checkpoints'])}" if selection["chosen"] == "average" else "best epoch",
         "val AUC": report["validation_at_screening_threshold"]["roc_auc"],
         "val spec @ screening": report["validation_at_screening_threshold"]["specificity"],
-    }
+    })
     if report["test"]:
         at_05, at_screening = report["test"]["at_0_5"], report["test"]["at_screening_threshold"]
         row.update({"test AUC": at_05["roc_auc"], "test acc": at_05["accuracy"],
@@ -452,11 +458,17 @@ def main(argv=None) -> int:
         parser.error("--card needs --robustness (or --compare)")
 
     data_dir = Path(args.data_dir)
-    if args.split is None:
-        # A bare {benign,malignant} folder, as external sets usually come: read it as one split.
-        scan = data_prep.scan_image_folder(data_dir.parent, splits=(data_dir.name,))
-    else:
-        scan = data_prep.scan_image_folder(data_dir, splits=(args.split,))
+    try:
+        if args.split is None:
+            # A bare {benign,malignant} folder, as external sets usually come, read as one split named after
+            # the folder: the report's counts keep the keys they had.
+            scan = data_prep.scan_label_folder(data_dir, split=data_dir.resolve().name)
+        else:
+            scan = data_prep.scan_image_folder(data_dir, splits=(args.split,))
+            if not scan.records:
+                raise ValueError(f"{data_dir / args.split} holds no readable images in benign/ or malignant/ folders.")
+    except ValueError as error:
+        parser.error(str(error))
     for skipped in scan.skipped:
         print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
     model = ScreeningModel.load(args.model, **(FAST if args.fast else {}))
