@@ -521,13 +521,12 @@ def metrics_by_source(report: dict, text: dict, lang: str) -> list[str]:
     The thresholds come from validation data of the training sources; the
     external columns show how far sensitivity and specificity move elsewhere.
     """
-    columns = [(text["test_column"], {"at_0_5": report["test_at_0_5"], "at_screening_threshold": report["test_at_screening_threshold"],
-                                      "at_high_risk_threshold": report.get("test_at_high_risk_threshold")})]
-    columns += [(text["external_column"].format(name=name), result) for name, result in (report.get("external") or {}).items()]
+    test = report["test"]
+    columns = [(text["test_column"], test)]
+    columns += [(text["external_column"].format(name=name), result) for name, result in report["external"].items()]
     names = text["metrics"]
-    t = _number(report["test_at_screening_threshold"]["threshold"], lang)
-    high = report.get("test_at_high_risk_threshold")
-    h = _number(high["threshold"], lang) if high else "?"
+    t = _number(test["at_screening_threshold"]["threshold"], lang)
+    h = _number(test["at_high_risk_threshold"]["threshold"], lang)
 
     def cell(result: dict, key: str, metric: str) -> str:
         value = (result.get(key) or {}).get(metric)
@@ -558,9 +557,8 @@ def about_markdown(model: ScreeningModel | None, lang: str) -> str:
         return text["no_model_about"]
     lines = [text["about_model"].format(id=model.model_id, version=getattr(model, "version", None) or "?",
                                         size=getattr(model, "image_size", "?")), ""]
-    report = getattr(model, "eval_results", None) or {}
-    at_05, at_screening = report.get("test_at_0_5"), report.get("test_at_screening_threshold")
-    if not (at_05 and at_screening):
+    report = getattr(model, "eval_results", None)
+    if not (report and report["test"]):
         lines.append(text["about_no_report"])
     else:
         lines += metrics_by_source(report, text, lang)

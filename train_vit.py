@@ -109,7 +109,7 @@ class ModelArguments:
     color_constancy: str = field(
         default="none",
         metadata={"help": "Colour constancy before the image processor; saved in the config, applied by the app, "
-                          "predict.py and evaluate.py (not by a bare transformers pipeline).",
+                          "predict.py and evaluate_model.py (not by a bare transformers pipeline).",
                   "choices": list(COLOR_CONSTANCY_METHODS)},
     )
 
@@ -321,36 +321,15 @@ def select_checkpoint_or_average(trainer, val_dataset, data, train_args, trainin
     return {"chosen": "best checkpoint", "best_checkpoint": best, "average": averaged}
 
 
-# ----------------------------------------------------------------------------- main
+# ----------------------------------------------------------------------------- train
 
 
-def main(argv=None):
-    data_args, model_args, train_args = parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(train_args.seed)
-    output_dir = Path(train_args.output_dir)
-    command = "python " + " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
-
-    data = load_records(data_args, train_args)
-    if not data["train"] or not data["validation"]:
-        raise SystemExit("Not enough valid training images to carve a validation split.")
-    model, image_processor, base_model, init_description = build_model(model_args)
-    model.config.color_constancy = model_args.color_constancy
-    model.config.field_of_view_mask = model_args.field_of_view_mask
-    if model_args.color_constancy != "none":
-        init_description += f", inputs corrected with {COLOR_CONSTANCY_NAMES[model_args.color_constancy]} colour constancy"
-    if model_args.field_of_view_mask:
-        init_description += f", every image masked to a centred circle of radius {model_args.field_of_view_mask:g} of its side"
-    train_transform, eval_transform = make_transforms(image_processor, data_args, model_args.color_constancy,
-                                                      model_args.field_of_view_mask)
-    train_dataset = to_dataset(data["train"]).with_transform(train_transform)
-    val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
-    test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None
-
+def build_trainer(model, image_processor, train_dataset, val_dataset, class_weights, train_args):
+    """A Trainer that validates by ROC AUC each epoch (or every --eval-steps) and ends on the best checkpoint."""
     every = dict(eval_strategy="steps", eval_steps=train_args.eval_steps, save_strategy="steps", save_steps=train_args.eval_steps) \
         if train_args.eval_steps else dict(eval_strategy="epoch", save_strategy="epoch")
     training_args = TrainingArguments(
-        output_dir=str(output_dir / "checkpoints"),
+        output_dir=str(Path(train_args.output_dir) / "checkpoints"),
         num_train_epochs=train_args.epochs,
         max_steps=train_args.max_steps,
         per_device_train_batch_size=train_args.batch_size,
@@ -379,7 +358,7 @@ def main(argv=None):
         push_to_hub=False,
     )
     logger.info("process %d of %d (%s)", training_args.process_index, training_args.world_size, training_args.parallel_mode)
-    trainer = CheckpointSafeTrainer(
+    return CheckpointSafeTrainer(
         model=model,
         args=training_args,
         data_collator=collate,
@@ -387,20 +366,22 @@ def main(argv=None):
         eval_dataset=val_dataset,
         processing_class=image_processor,
         compute_metrics=partial(compute_validation_metrics, config=model.config),
-        compute_loss_func=weighted_loss(data["class_weights"], train_args.label_smoothing),
+        compute_loss_func=weighted_loss(class_weights, train_args.label_smoothing),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=train_args.early_stopping_patience),
                    *([TimeLimitCallback(train_args.max_train_minutes)] if train_args.max_train_minutes else [])],
     )
-    resume_from = last_checkpoint(training_args.output_dir) if train_args.resume else None
-    if train_args.resume:
-        logger.info("resuming from %s", resume_from or "scratch (no checkpoint found)")
-    trainer.train(resume_from_checkpoint=resume_from)
-    checkpoint_selection = select_checkpoint_or_average(trainer, val_dataset, data, train_args, training_args)
 
-    # Calibration and operating points come from validation only; the test
-    # split is touched once, below, for the report.
+
+# ----------------------------------------------------------------------------- calibrate and report
+
+
+def calibrate(trainer, val_dataset, val_labels, train_args) -> dict:
+    """Fit the temperature and both thresholds, fold them into the model and its config.
+
+    Everything comes from validation only; the test split is touched once, in
+    calibrate_and_report, for the report.
+    """
     val_logits = trainer.predict(val_dataset).predictions
-    val_labels = np.array([r.label for r in data["validation"]])
     temperature = calibration.fit_temperature(val_logits, val_labels)
     val_prob = malignant_probability(val_logits, trainer.model.config, temperature)
     operating_points = calibration.choose_operating_points(
@@ -417,12 +398,19 @@ def main(argv=None):
             "min_specificity": train_args.min_specificity,
         }
     )
-    validation_metrics = metrics.binary_metrics(val_labels, val_prob, threshold=operating_points["screening_threshold"])
+    return {"temperature": temperature, "operating_points": operating_points,
+            "validation": metrics.binary_metrics(val_labels, val_prob, threshold=operating_points["screening_threshold"])}
 
+
+def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transform, args, checkpoint_selection, command):
+    """(eval_results.json's content, (test labels, calibrated and uncalibrated P(malignant)) or None for the plots)."""
+    data_args, model_args, train_args = args
+    calibrated = calibrate(trainer, val_dataset, np.array([r.label for r in data["validation"]]), train_args)
+    operating_points, temperature = calibrated["operating_points"], calibrated["temperature"]
     report = {
         "operating_points": operating_points,
         "calibration_temperature": temperature,
-        "validation_at_screening_threshold": validation_metrics,
+        "validation_at_screening_threshold": calibrated["validation"],
         "class_counts_used": data["class_counts"],
         "class_weights": data["class_weights"],
         "split_sizes": {"train": len(data["train"]), "validation": len(data["validation"]), "test": len(data["test"])},
@@ -435,17 +423,19 @@ def main(argv=None):
         "epochs_trained": trainer.state.epoch,
         "command": command,
     }
+    test_scores = None
     if test_dataset is not None:
         # The classifier now holds the temperature, so these logits are calibrated.
         test_logits = trainer.predict(test_dataset).predictions
         test_labels = np.array([r.label for r in data["test"]])
         test_prob = malignant_probability(test_logits, trainer.model.config)
         test_prob_uncalibrated = malignant_probability(test_logits * temperature, trainer.model.config)
-        at_points = metrics.at_operating_points(test_labels, test_prob, operating_points["screening_threshold"],
-                                                operating_points["high_risk_threshold"])
-        report.update({f"test_{key}": value for key, value in at_points.items()})
+        report["test"] = metrics.at_operating_points(test_labels, test_prob, operating_points["screening_threshold"],
+                                                     operating_points["high_risk_threshold"])
         report["test_ece_uncalibrated"] = metrics.expected_calibration_error(test_labels, test_prob_uncalibrated)
+        test_scores = (test_labels, test_prob, test_prob_uncalibrated)
     else:
+        report["test"] = None
         logger.warning("no test split: the report holds validation figures only")
     # Scored with the thresholds from validation, as a user elsewhere would get
     # them: nothing is fitted here, so these figures show how far they move.
@@ -455,27 +445,68 @@ def main(argv=None):
     }
     report["sources"] = data["sources"]
     report["settings"] = {"data": asdict(data_args), "model": asdict(model_args), "training": asdict(train_args)}
+    return report, test_scores
 
-    if not trainer.is_world_process_zero():
-        return
+
+def save_outputs(output_dir: Path, trainer, image_processor, report, test_scores, card_context, data) -> None:
+    """The model folder: weights, eval_results.json, plots, model card and input check, then the summary."""
     output_dir.mkdir(parents=True, exist_ok=True)
     # save_pretrained rather than trainer.save_model: the latter adds a pickled training_args.bin.
     trainer.model.save_pretrained(output_dir)
     image_processor.save_pretrained(output_dir)
     (output_dir / "eval_results.json").write_text(json.dumps(report, indent=2))
-    if test_dataset is not None:
-        plots.save_roc_curve(test_labels, test_prob, output_dir / "roc_curve.png", operating_points=operating_points)
-        plots.save_confusion_matrix(report["test_at_screening_threshold"]["confusion_matrix"], output_dir / "confusion_matrix.png")
+    if test_scores is not None:
+        test_labels, test_prob, test_prob_uncalibrated = test_scores
+        plots.save_roc_curve(test_labels, test_prob, output_dir / "roc_curve.png", operating_points=report["operating_points"])
+        plots.save_confusion_matrix(report["test"]["at_screening_threshold"]["confusion_matrix"], output_dir / "confusion_matrix.png")
         plots.save_reliability_diagram(test_labels, test_prob_uncalibrated, test_prob, output_dir / "reliability_diagram.png")
-    write_model_card(
-        output_dir,
-        REPO_ROOT / "model_card.md",
-        model_card_context(train_args, model_args, data_args, data, report, base_model, init_description, model, command),
-    )
+    write_model_card(output_dir, REPO_ROOT / "model_card.md", card_context)
     logger.info("saved model, eval_results.json, plots and model card to %s", output_dir)
     from melanoma_screen.input_check import fit_after_training  # refuses what this model cannot judge (app, /predict)
     fit_after_training(output_dir, trainer.model, image_processor, data["train"], data["validation"])
     print_summary(report)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    data_args, model_args, train_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(train_args.seed)
+    output_dir = Path(train_args.output_dir)
+    command = "python " + " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
+
+    data = load_records(data_args, train_args)
+    if not data["train"] or not data["validation"]:
+        raise SystemExit("Not enough valid training images to carve a validation split.")
+    model, image_processor, base_model, init_description = build_model(model_args)
+    model.config.color_constancy = model_args.color_constancy
+    model.config.field_of_view_mask = model_args.field_of_view_mask
+    if model_args.color_constancy != "none":
+        init_description += f", inputs corrected with {COLOR_CONSTANCY_NAMES[model_args.color_constancy]} colour constancy"
+    if model_args.field_of_view_mask:
+        init_description += f", every image masked to a centred circle of radius {model_args.field_of_view_mask:g} of its side"
+    train_transform, eval_transform = make_transforms(image_processor, data_args, model_args.color_constancy,
+                                                      model_args.field_of_view_mask)
+    train_dataset = to_dataset(data["train"]).with_transform(train_transform)
+    val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
+    test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None
+
+    trainer = build_trainer(model, image_processor, train_dataset, val_dataset, data["class_weights"], train_args)
+    resume_from = last_checkpoint(trainer.args.output_dir) if train_args.resume else None
+    if train_args.resume:
+        logger.info("resuming from %s", resume_from or "scratch (no checkpoint found)")
+    trainer.train(resume_from_checkpoint=resume_from)
+    checkpoint_selection = select_checkpoint_or_average(trainer, val_dataset, data, train_args, trainer.args)
+
+    report, test_scores = calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transform,
+                                               (data_args, model_args, train_args), checkpoint_selection, command)
+    if not trainer.is_world_process_zero():
+        return
+    save_outputs(output_dir, trainer, image_processor, report, test_scores,
+                 model_card_context(train_args, model_args, data_args, data, report, base_model, init_description, model, command),
+                 data)
 
     if train_args.push_to_hub:
         try:
@@ -511,8 +542,7 @@ def model_card_context(train_args, model_args, data_args, data, report, base_mod
         high_risk_threshold=report["operating_points"]["high_risk_threshold"],
         min_sensitivity=train_args.min_sensitivity,
         min_specificity=train_args.min_specificity,
-        test_metrics_at_05=report.get("test_at_0_5"),
-        test_metrics_at_screening=report.get("test_at_screening_threshold"),
+        test=report["test"],
         validation_metrics=report["validation_at_screening_threshold"],
         audit_summary=audit_summary,
         color_constancy=model_args.color_constancy,
@@ -527,10 +557,8 @@ def model_card_context(train_args, model_args, data_args, data, report, base_mod
 
 def print_summary(report):
     rows = [("validation @ screening", report["validation_at_screening_threshold"])]
-    for key, name in (("test_at_0_5", "test @ 0.5"), ("test_at_screening_threshold", "test @ screening")):
-        if key in report:
-            rows.append((name, report[key]))
-    for source, result in report.get("external", {}).items():
+    sets = ([("test", report["test"])] if report["test"] else []) + list(report["external"].items())
+    for source, result in sets:
         rows += [(f"{source[:13]} @ 0.5", result["at_0_5"]), (f"{source[:13]} @ screening", result["at_screening_threshold"])]
     print(f"\n{'':24s} {'AUC':>6s} {'acc':>6s} {'sens':>6s} {'spec':>6s} {'ECE':>6s}")
     for name, m in rows:

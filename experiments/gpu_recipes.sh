@@ -60,7 +60,7 @@ train() {  # name, minutes, args...
     python train_vit.py --output-dir "$RUNS/$name" --max-train-minutes "$minutes" "$@" > "$RUNS/$name.log" 2>&1
     echo "[$(elapsed)s] end $name (exit $?)"
     # One line of figures per finished run, so the output tail holds them even if the packing never happens.
-    python -c "import json,sys; r=json.load(open(sys.argv[1])); e=next(iter(r['external'].values()),None); print('RESULT', sys.argv[2], 'epochs', r['epochs_trained'], 'val', round(r['checkpoint_selection']['best_checkpoint']['validation_roc_auc'],3), 'test', round(r['test_at_0_5']['roc_auc'],3), 'ext', e and round(e['at_0_5']['roc_auc'],3), 'ext spec@scr', e and round(e['at_screening_threshold']['specificity'],3))" "$RUNS/$name/eval_results.json" "$name" 2>/dev/null
+    python -c "import sys; from melanoma_screen.results import load_eval_results; r=load_eval_results(sys.argv[1]); e=next(iter(r['external'].values()),None); print('RESULT', sys.argv[2], 'epochs', r['epochs_trained'], 'val', round(r['checkpoint_selection']['best_checkpoint']['validation_roc_auc'],3), 'test', round(r['test']['at_0_5']['roc_auc'],3), 'ext', e and round(e['at_0_5']['roc_auc'],3), 'ext spec@scr', e and round(e['at_screening_threshold']['specificity'],3))" "$RUNS/$name/eval_results.json" "$name" 2>/dev/null
 }
 
 # A watchdog, so that whatever finished is packed before the command's limit.

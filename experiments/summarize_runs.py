@@ -3,7 +3,7 @@
     python experiments/summarize_runs.py runs/gpu --data-dir gpu_data --out runs/gpu/summary.json
 
 Reads each RUN/eval_results.json (validation, test and external figures that
-train_vit.py wrote) and scores one probe per run: evaluate.py's vignette probe
+train_vit.py wrote) and scores one probe per run: evaluate_model.py's vignette probe
 on the benign test images. The
 ranking by external ROC AUC is for choosing which runs to look at closely; the
 external set is then no longer untouched, and reports say so.
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluate import score, shortcut_probes
+from evaluate_model import score, shortcut_probes
 from melanoma_screen.inference import ScreeningModel
+from melanoma_screen.results import load_eval_results
 
 
 def vignette_probe(run: Path, benign_paths: list[str]) -> dict:
@@ -39,16 +40,17 @@ def main(argv=None) -> None:
     benign = [str(path) for path in sorted((Path(args.data_dir) / "melanoma_cancer_dataset" / "test" / "benign").iterdir())[: args.probe_images]]
     rows = []
     for run in sorted(path for path in Path(args.runs).iterdir() if (path / "eval_results.json").is_file()):
-        report = json.loads((run / "eval_results.json").read_text())
-        external = next(iter(report.get("external", {}).values()), None)
+        # Runs still training write the old layout; the reader upgrades it.
+        report = load_eval_results(run / "eval_results.json")
+        test, external = report["test"], next(iter(report["external"].values()), None)
         row = {
             "run": run.name,
             "epochs": report.get("epochs_trained"),
             "val_auc": report["checkpoint_selection"]["best_checkpoint"]["validation_roc_auc"],
-            "test_auc": report["test_at_0_5"]["roc_auc"],
-            "test_ece": report["test_at_0_5"]["ece"],
-            "test_sens_scr": report["test_at_screening_threshold"]["sensitivity"],
-            "test_spec_scr": report["test_at_screening_threshold"]["specificity"],
+            "test_auc": test["at_0_5"]["roc_auc"] if test else None,
+            "test_ece": test["at_0_5"]["ece"] if test else None,
+            "test_sens_scr": test["at_screening_threshold"]["sensitivity"] if test else None,
+            "test_spec_scr": test["at_screening_threshold"]["specificity"] if test else None,
             "ext_auc": external["at_0_5"]["roc_auc"] if external else None,
             "ext_ece": external["at_0_5"]["ece"] if external else None,
             "ext_sens_scr": external["at_screening_threshold"]["sensitivity"] if external else None,

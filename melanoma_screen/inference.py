@@ -21,7 +21,6 @@ gets a Prediction with `input_check.reason` set, and no risk level in its JSON.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -43,6 +42,7 @@ from .images import load_rgb_image
 from .input_check import STATS_FILE, InputCheck, Verdict, image_features
 from .labels import malignant_index
 from .onnx_engine import logits_and_embedding
+from .results import EvalResultsError, load_eval_results
 from .transforms import (apply_color_constancy, apply_field_of_view_mask, color_constancy_of, field_of_view_mask_of,
                          model_input)
 
@@ -270,7 +270,10 @@ class ScreeningModel:
             detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ModelLoadError(f"Could not load model '{source}' ({type(error).__name__}: {detail}).") from error
         eval_path = folder / "eval_results.json"
-        eval_results = json.loads(eval_path.read_text()) if eval_path.is_file() else None
+        try:
+            eval_results = load_eval_results(eval_path) if eval_path.is_file() else None
+        except EvalResultsError as error:
+            raise ModelLoadError(f"Could not load model '{source}': {error}") from error
         # The name it is published under, when the folder was stamped with one (melanoma_screen.identity).
         model_id = getattr(model.config, "model_name", None) or model_id
         stamped = getattr(model.config, "model_version", None)

@@ -121,10 +121,15 @@ def binary_metrics(y_true, prob_malignant, threshold: float = 0.5) -> dict:
     }
 
 
+OPERATING_POINTS = ("at_0_5", "at_screening_threshold", "at_high_risk_threshold")
+
+
 def at_operating_points(y_true, prob_malignant, screening_threshold: float, high_risk_threshold: float) -> dict:
-    """binary_metrics at 0.5 and at a model's two thresholds, under the keys every report uses."""
-    return {
-        "at_0_5": binary_metrics(y_true, prob_malignant, threshold=0.5),
-        "at_screening_threshold": binary_metrics(y_true, prob_malignant, threshold=screening_threshold),
-        "at_high_risk_threshold": binary_metrics(y_true, prob_malignant, threshold=high_risk_threshold),
-    }
+    """binary_metrics at 0.5 and at a model's two thresholds, keyed by OPERATING_POINTS.
+
+    This is the block every report holds: evaluate_model.py's, and in
+    eval_results.json the "test" entry and each "external" entry.
+    """
+    thresholds = (0.5, screening_threshold, high_risk_threshold)
+    return {key: binary_metrics(y_true, prob_malignant, threshold=threshold)
+            for key, threshold in zip(OPERATING_POINTS, thresholds)}

@@ -9,11 +9,12 @@ Context keys (all required unless marked):
     dataset_description, command, image_size, n_parameters,
     class_counts_used (dict), split_sizes (dict), temperature,
     screening_threshold, high_risk_threshold, min_sensitivity, min_specificity,
-    test_metrics_at_05, test_metrics_at_screening, validation_metrics
-    (dicts from metrics.binary_metrics), audit_summary (str),
+    test (metrics.at_operating_points' block, as in eval_results.json; None without a test split),
+    validation_metrics (from metrics.binary_metrics), audit_summary (str),
     license (optional, default cc-by-nc-4.0), date (optional, default today),
     color_constancy and field_of_view_mask (optional, the preprocessing pipeline users must add),
-    external and sources (optional, for the external-validation and per-source tables),
+    external (optional, {name: at_operating_points block}) and sources (optional), for the
+    external-validation and per-source tables,
     tags (optional list), dataset_name (optional, for the model-index).
 Plots are linked by the fixed names in PLOT_FILES, next to README.md.
 """
@@ -124,21 +125,26 @@ def _base_model_link(base_model) -> str:
     return f"[{base_model}](https://huggingface.co/{base_model})"
 
 
+def _test_at(context: dict, point: str) -> dict | None:
+    # The test block is None when the run had no test split.
+    return None if context["test"] is None else context["test"][point]
+
+
+def _test(context: dict, point: str, metric: str):
+    metrics = _test_at(context, point)
+    return None if metrics is None else metrics[metric]
+
+
 def _metrics_columns(c: dict) -> str:
     def at(metrics: dict | None) -> str:
         return "n/a" if metrics is None else f"{metrics['threshold']:.4g}"
 
+    at_05, at_screening = _test_at(c, "at_0_5"), _test_at(c, "at_screening_threshold")
     return metrics_table({
-        f"Test @ {at(c['test_metrics_at_05'])}": c["test_metrics_at_05"],
-        f"Test @ screening ({at(c['test_metrics_at_screening'])})": c["test_metrics_at_screening"],
+        f"Test @ {at(at_05)}": at_05,
+        f"Test @ screening ({at(at_screening)})": at_screening,
         f"Validation @ {at(c['validation_metrics'])}": c["validation_metrics"],
     })
-
-
-def _test(context: dict, split_key: str, metric: str):
-    # Test metrics are None when the run had no test split.
-    metrics = context[split_key]
-    return None if metrics is None else metrics[metric]
 
 
 # Placeholders computed from the context: name -> (context keys needed, formatter).
@@ -150,26 +156,24 @@ _DERIVED = {
     "min_specificity": (("min_specificity",), lambda c: _percent(c["min_specificity"])),
     "n_parameters": (("n_parameters",), lambda c: _n_parameters(c["n_parameters"])),
     "base_model_link": (("base_model",), lambda c: _base_model_link(c["base_model"])),
-    "metrics_table": (("test_metrics_at_05", "test_metrics_at_screening", "validation_metrics"), _metrics_columns),
-    "confusion_matrix_at_05": (("test_metrics_at_05",), lambda c: confusion_table(_test(c, "test_metrics_at_05", "confusion_matrix"))),
-    "confusion_matrix_at_screening": (("test_metrics_at_screening",),
-                                      lambda c: confusion_table(_test(c, "test_metrics_at_screening", "confusion_matrix"))),
-    "test_n": (("test_metrics_at_05",), lambda c: format_value(_test(c, "test_metrics_at_05", "n"))),
-    "test_n_malignant": (("test_metrics_at_05",), lambda c: format_value(_test(c, "test_metrics_at_05", "n_malignant"))),
-    "test_n_benign": (("test_metrics_at_05",), lambda c: format_value(_test(c, "test_metrics_at_05", "n_benign"))),
+    "metrics_table": (("test", "validation_metrics"), _metrics_columns),
+    "confusion_matrix_at_05": (("test",), lambda c: confusion_table(_test(c, "at_0_5", "confusion_matrix"))),
+    "confusion_matrix_at_screening": (("test",), lambda c: confusion_table(_test(c, "at_screening_threshold", "confusion_matrix"))),
+    "test_n": (("test",), lambda c: format_value(_test(c, "at_0_5", "n"))),
+    "test_n_malignant": (("test",), lambda c: format_value(_test(c, "at_0_5", "n_malignant"))),
+    "test_n_benign": (("test",), lambda c: format_value(_test(c, "at_0_5", "n_benign"))),
     "class_counts_table": (("class_counts_used",), lambda c: counts_table(c["class_counts_used"], "Class", "Images")),
     "split_sizes_table": (("split_sizes",), lambda c: counts_table(c["split_sizes"], "Split", "Images")),
     "audit_summary": (("audit_summary",), lambda c: str(c["audit_summary"]).strip() or "not run"),
     "color_constancy_note": (("image_size",), lambda c: _color_constancy_note(c.get("color_constancy", "none"), c["image_size"],
                                                                               c.get("field_of_view_mask") or 0.0)),
-    "external_table": ((), lambda c: external_table(c.get("external") or {}, c.get("test_metrics_at_05"),
-                                                    c.get("test_metrics_at_screening"))),
+    "external_table": ((), lambda c: external_table(c.get("external") or {})),
     "sources_table": ((), lambda c: sources_table(c.get("sources") or {})),
     "shortcut_audit": ((), lambda c: str(c.get("shortcut_audit") or "Not run.").strip()),
 }
 
 
-def external_table(external: dict, test_at_05: dict | None = None, test_at_screening: dict | None = None) -> str:
+def external_table(external: dict) -> str:
     """One row per evaluation set: ROC AUC, then sensitivity/specificity at 0.5, screening and high-risk thresholds."""
     if not external:
         return "No external set was scored in this run (`train_vit.py --external-dir DIR`)."
@@ -216,7 +220,7 @@ def _color_constancy_note(method: str, image_size: int, field_of_view_mask: floa
     title = " and ".join(titles[:1] + [later.lower() for later in titles[1:]])
     return (
         f"\n**{title}.** This model was trained on images resized to {image_size}x{image_size}, then "
-        f"{', then '.join(steps)}. `pipeline` does not know {these}: the app, predict.py and evaluate.py apply {them}; "
+        f"{', then '.join(steps)}. `pipeline` does not know {these}: the app, predict.py and evaluate_model.py apply {them}; "
         "with a bare pipeline pass `ScreeningModel.load(MODEL).pipeline_input(path)` from this project's "
         "`melanoma_screen.inference` instead of the path.\n"
     )
@@ -270,41 +274,32 @@ def _eval_results(context: dict) -> list[EvalResult]:
         "dataset_name": context.get("dataset_name", DEFAULT_DATASET_NAME),
         "dataset_split": "test",
     }
-    at_05, at_screening = context["test_metrics_at_05"], context["test_metrics_at_screening"]
-    if at_05 is None or at_screening is None:
+    if context["test"] is None:
         return []  # no test split: no model-index rather than made-up numbers
     rows = [("accuracy", "accuracy", "Accuracy"), ("roc_auc", "roc_auc", "ROC AUC"), ("f1", "f1", "F1"),
             ("sensitivity", "recall", "Sensitivity (recall of malignant)"),
             ("specificity", "specificity", "Specificity"), ("precision", "precision", "Precision"),
             ("ece", "ece", "Expected calibration error")]
-    results = [
-        EvalResult(**common, metric_type=metric_type, metric_name=name, metric_value=round(float(at_05[key]), 4),
-                   metric_args={"threshold": at_05["threshold"]})
-        for key, metric_type, name in rows if at_05.get(key) is not None  # roc_auc is None with one class
-    ]
-    # The screening operating point is what the tool is used at; report it too.
-    for key, metric_type, name in [("sensitivity", "recall", "Sensitivity at screening threshold"),
-                                   ("specificity", "specificity", "Specificity at screening threshold")]:
-        results.append(EvalResult(**common, metric_type=metric_type, metric_name=name,
-                                  metric_value=round(float(at_screening[key]), 4),
-                                  metric_config="screening_threshold",
-                                  metric_args={"threshold": at_screening["threshold"]}))
     # External sets are a second dataset entry of the model-index: the figures
     # a user elsewhere should expect, next to the in-distribution ones.
-    for external_name, external in (context.get("external") or {}).items():
-        # huggingface_hub groups results into dataset entries by type, config and split, not by
-        # name: the config keeps each external set its own entry (and its own figures).
-        external_common = dict(common, dataset_type="imagefolder", dataset_name=f"{external_name} (external validation)",
-                               dataset_config=external_name, dataset_split="all")
-        at_05, at_screening = external["at_0_5"], external["at_screening_threshold"]
+    # huggingface_hub groups results into dataset entries by type, config and split, not by
+    # name: the config keeps each external set its own entry (and its own figures).
+    blocks = [(common, context["test"])] + [
+        (dict(common, dataset_type="imagefolder", dataset_name=f"{name} (external validation)", dataset_config=name,
+              dataset_split="all"), external)
+        for name, external in (context.get("external") or {}).items()]
+    results = []
+    for entry, block in blocks:
+        at_05, at_screening = block["at_0_5"], block["at_screening_threshold"]
         results += [
-            EvalResult(**external_common, metric_type=metric_type, metric_name=name, metric_value=round(float(at_05[key]), 4),
+            EvalResult(**entry, metric_type=metric_type, metric_name=name, metric_value=round(float(at_05[key]), 4),
                        metric_args={"threshold": at_05["threshold"]})
-            for key, metric_type, name in rows if at_05.get(key) is not None
+            for key, metric_type, name in rows if at_05.get(key) is not None  # roc_auc is None with one class
         ]
+        # The screening operating point is what the tool is used at; report it too.
         for key, metric_type, name in [("sensitivity", "recall", "Sensitivity at screening threshold"),
                                        ("specificity", "specificity", "Specificity at screening threshold")]:
-            results.append(EvalResult(**external_common, metric_type=metric_type, metric_name=name,
+            results.append(EvalResult(**entry, metric_type=metric_type, metric_name=name,
                                       metric_value=round(float(at_screening[key]), 4), metric_config="screening_threshold",
                                       metric_args={"threshold": at_screening["threshold"]}))
     return results
@@ -312,8 +307,7 @@ def _eval_results(context: dict) -> list[EvalResult]:
 
 def card_metadata(context: dict) -> ModelCardData:
     context = _with_defaults(context)
-    missing = [key for key in ("model_id", "dataset_id", "test_metrics_at_05", "test_metrics_at_screening")
-               if key not in context]
+    missing = [key for key in ("model_id", "dataset_id", "test") if key not in context]
     if missing:
         raise MissingPlaceholderError(f"model card metadata needs context keys missing from the context: {', '.join(missing)}.")
     dataset_id = str(context["dataset_id"])

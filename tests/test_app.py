@@ -306,23 +306,24 @@ def test_about_shows_id_version_and_test_metrics(app):
     about = app.about_markdown(app.MODEL, "en")
     report = app.MODEL.eval_results
     for needle in (app.MODEL.model_id, app.MODEL.version, "ROC AUC", "Accuracy", "Sensitivity", "Specificity", "ECE",
-                   f"{report['test_at_screening_threshold']['sensitivity']:.3f}"):
+                   f"{report['test']['at_screening_threshold']['sensitivity']:.3f}"):
         assert needle in about
     assert "Sensibilité" in app.about_markdown(app.MODEL, "fr")
 
 
 def test_about_shows_external_sets_beside_the_test_split(app):
     report = app.MODEL.eval_results
-    external = {"at_0_5": dict(report["test_at_0_5"], roc_auc=0.6123, n=961, n_malignant=252),
-                "at_screening_threshold": dict(report["test_at_screening_threshold"], sensitivity=0.8771, specificity=0.4321),
-                "at_high_risk_threshold": dict(report["test_at_high_risk_threshold"], sensitivity=0.3456, specificity=0.9012)}
+    test = report["test"]
+    external = {"at_0_5": dict(test["at_0_5"], roc_auc=0.6123, n=961, n_malignant=252),
+                "at_screening_threshold": dict(test["at_screening_threshold"], sensitivity=0.8771, specificity=0.4321),
+                "at_high_risk_threshold": dict(test["at_high_risk_threshold"], sensitivity=0.3456, specificity=0.9012)}
     lines = app.metrics_by_source(dict(report, external={"derm7pt": external}), app.TEXT["en"], "en")
     table = "\n".join(lines)
     assert "derm7pt (other clinic)" in table and "Test split (same source)" in table
     for needle in ("0.612", "0.877", "0.432", "0.346", "0.901", "961 (252)"):
         assert needle in table
     row = next(line for line in lines if line.startswith("| Specificity at the screening threshold"))
-    assert row.endswith(f"| {report['test_at_screening_threshold']['specificity']:.3f} | 0.432 |")
+    assert row.endswith(f"| {test['at_screening_threshold']['specificity']:.3f} | 0.432 |")
     assert "autre clinique" in "\n".join(app.metrics_by_source(dict(report, external={"derm7pt": external}), app.TEXT["fr"], "fr"))
 
 

@@ -68,12 +68,12 @@ def test_dermoscopy_from_another_clinic_is_accepted(shipped):
 
 
 def test_colour_casts_and_compression_are_accepted(shipped, lesions):
-    # Shifts of the robustness probe (evaluate.SHIFTS) that the check lets through (>= 96% of the test split each).
+    # Shifts of the robustness probe (evaluate_model.SHIFTS) that the check lets through (>= 96% of the test split each).
     # A 2 px blur, 1/4 resolution and +-35% exposure are refused far more often: README.md says so.
-    import evaluate
+    import evaluate_model
 
     names = ("warm colour cast", "cool colour cast", "JPEG quality 20", "zoom in (70% centre crop)")
-    shifted = [evaluate.SHIFTS[name](image) for name in names for image in lesions[:2]]
+    shifted = [evaluate_model.SHIFTS[name](image) for name in names for image in lesions[:2]]
     assert reasons(shipped, shifted).count(None) >= 7
 
 
@@ -224,11 +224,11 @@ def test_predict_cli_fills_error_and_reason_for_a_refused_picture(tmp_path):
 
 
 def test_evaluate_reports_the_refusal_rate(shipped):
-    import evaluate
+    import evaluate_model
 
-    scan = evaluate.data_prep.scan_image_folder(SHARED_DATASET, splits=("test",), progress=False)
+    scan = evaluate_model.data_prep.scan_image_folder(SHARED_DATASET, splits=("test",), progress=False)
     records = scan.records[:20] + scan.records[-20:]
-    report = evaluate.evaluate(shipped, records)
+    report = evaluate_model.evaluate(shipped, records)
     check = report["input_check"]
     assert check["n"] == 40 and 0.9 <= check["accepted"] <= 1.0
     assert check["accepted_pictures"]["n"] == 40 - check["refused"]

@@ -7,7 +7,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 
 from melanoma_screen.calibration import choose_operating_points
-from melanoma_screen.metrics import binary_metrics
+from melanoma_screen.metrics import at_operating_points, binary_metrics
 from melanoma_screen.model_card import (
     PLOT_FILES,
     MissingPlaceholderError,
@@ -50,8 +50,7 @@ def make_context(**overrides):
         "high_risk_threshold": points["high_risk_threshold"],
         "min_sensitivity": 0.95,
         "min_specificity": 0.95,
-        "test_metrics_at_05": binary_metrics(y_test, p_test, 0.5),
-        "test_metrics_at_screening": binary_metrics(y_test, p_test, points["screening_threshold"]),
+        "test": at_operating_points(y_test, p_test, points["screening_threshold"], points["high_risk_threshold"]),
         "validation_metrics": binary_metrics(y_val, p_val, points["screening_threshold"]),
         "audit_summary": "12 exact duplicates found across train/test and removed from train.",
         "license": "cc-by-nc-4.0",
@@ -72,7 +71,7 @@ def test_front_matter_parses_and_matches_metrics():
     assert data.base_model == "google/vit-base-patch16-224-in21k"
     assert data.model_name == "someone/vit-melanoma-screening"
 
-    at_05 = context["test_metrics_at_05"]
+    at_05 = context["test"]["at_0_5"]
     by_name = {result.metric_name: result for result in data.eval_results}
     expected = {"Accuracy": "accuracy", "ROC AUC": "roc_auc", "F1": "f1",
                 "Sensitivity (recall of malignant)": "sensitivity", "Specificity": "specificity",
@@ -82,7 +81,7 @@ def test_front_matter_parses_and_matches_metrics():
         assert by_name[name].task_type == "image-classification"
         assert by_name[name].dataset_split == "test"
     assert by_name["Sensitivity (recall of malignant)"].metric_type == "recall"
-    at_screening = context["test_metrics_at_screening"]
+    at_screening = context["test"]["at_screening_threshold"]
     assert by_name["Sensitivity at screening threshold"].metric_value == pytest.approx(at_screening["sensitivity"], abs=1e-4)
     assert by_name["Sensitivity at screening threshold"].metric_args == {"threshold": at_screening["threshold"]}
 
@@ -104,8 +103,8 @@ def test_body_content():
     for name in PLOT_FILES.values():
         assert f"]({name})" in body
     # metrics at 3 decimals, counts as integers
-    assert f"{context['test_metrics_at_05']['accuracy']:.3f}" in body
-    tn, fp = context["test_metrics_at_05"]["confusion_matrix"][0]
+    assert f"{context['test']['at_0_5']['accuracy']:.3f}" in body
+    tn, fp = context["test"]["at_0_5"]["confusion_matrix"][0]
     assert f"{tn} (true negative)" in body and f"{fp} (false positive)" in body
     assert "85,800,194" in body and "95%" in body
     for words in ("Intended use", "Out-of-scope", "Limitations", "HAM10000", "Codella", "isic-archive.com",
@@ -151,7 +150,7 @@ def test_write_model_card_with_real_plots(tmp_path):
     y_test, p_test = _synthetic_split(1)
     out = tmp_path / "model"
     save_roc_curve(y_test, p_test, out / PLOT_FILES["roc_curve"], operating_points=context)
-    save_confusion_matrix(context["test_metrics_at_screening"]["confusion_matrix"], out / PLOT_FILES["confusion_matrix"])
+    save_confusion_matrix(context["test"]["at_screening_threshold"]["confusion_matrix"], out / PLOT_FILES["confusion_matrix"])
     save_reliability_diagram(y_test, p_test ** 0.5, p_test, out / PLOT_FILES["reliability_diagram"])
     readme = write_model_card(out, TEMPLATE, context)
     assert readme == out / "README.md"
@@ -174,7 +173,7 @@ def test_plots_tolerate_edge_cases(tmp_path):
 
 
 def test_run_without_test_split_renders_without_model_index():
-    context = make_context(test_metrics_at_05=None, test_metrics_at_screening=None)
+    context = make_context(test=None)
     card = ModelCard(render_model_card(TEMPLATE, context))
     assert card.data.eval_results is None
     assert "model-index" not in card.content
@@ -205,8 +204,7 @@ def test_measured_sections_are_replaced_in_place():
 
 def _external_result(seed: int, screening: float, high_risk: float) -> dict:
     y, p = _synthetic_split(seed, n=90)
-    return {"at_0_5": binary_metrics(y, p, 0.5), "at_screening_threshold": binary_metrics(y, p, screening),
-            "at_high_risk_threshold": binary_metrics(y, p, high_risk)}
+    return at_operating_points(y, p, screening, high_risk)
 
 
 def test_external_table_has_one_row_per_set_with_the_three_operating_points():
@@ -265,7 +263,7 @@ def test_card_with_external_sets_and_sources():
         assert values["ROC AUC"] == pytest.approx(result["at_0_5"]["roc_auc"], abs=1e-4)
         assert values["Specificity at screening threshold"] == pytest.approx(result["at_screening_threshold"]["specificity"], abs=1e-4)
     test_values = {metric["name"]: metric["value"] for metric in results[0]["metrics"]}
-    assert test_values["ROC AUC"] == pytest.approx(context["test_metrics_at_05"]["roc_auc"], abs=1e-4)
+    assert test_values["ROC AUC"] == pytest.approx(context["test"]["at_0_5"]["roc_auc"], abs=1e-4)
     # Without external sets the card says how to add one, and the model-index keeps the test split alone.
     plain = ModelCard(render_model_card(TEMPLATE, context))
     assert "No external set was scored" in plain.text and len(plain.data.to_dict()["model-index"][0]["results"]) == 1

@@ -1,4 +1,4 @@
-"""evaluate.py --robustness probes the dermoscope-vignette shortcut, on real images with the tiny trained model."""
+"""evaluate_model.py --robustness probes the dermoscope-vignette shortcut, on real images with the tiny trained model."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import evaluate
+import evaluate_model
 from conftest import real_images
 from melanoma_screen.shortcuts import dark_corner_count, has_dark_corners
 
@@ -32,9 +32,9 @@ def probe_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def probe_report(tiny_model_dir, probe_folder):
-    model = evaluate.ScreeningModel.load(str(tiny_model_dir))
-    scan = evaluate.data_prep.scan_image_folder(probe_folder, splits=("test",))
-    return model, scan, evaluate.evaluate(model, scan.records, robustness=True)
+    model = evaluate_model.ScreeningModel.load(str(tiny_model_dir))
+    scan = evaluate_model.data_prep.scan_image_folder(probe_folder, splits=("test",))
+    return model, scan, evaluate_model.evaluate(model, scan.records, robustness=True)
 
 
 def test_vignette_probe_scores_the_clean_benign_images_again_behind_a_vignette(probe_report):
@@ -44,14 +44,14 @@ def test_vignette_probe_scores_the_clean_benign_images_again_behind_a_vignette(p
     row = probes["vignette"]
     assert row["n"] == 6 and row["n_benign_with_dark_corners_left_out"] == 0
     benign = [record.path for record in scan.records if record.label == 0]
-    assert row["mean_p_malignant_before"] == pytest.approx(evaluate.score(model, benign).mean(), abs=1e-5)
+    assert row["mean_p_malignant_before"] == pytest.approx(evaluate_model.score(model, benign).mean(), abs=1e-5)
     for key in ("mean_p_malignant_before", "mean_p_malignant_after", "flagged_before", "flagged_after"):
         assert 0.0 <= row[key] <= 1.0
     assert row["mean_p_malignant_change"] == pytest.approx(row["mean_p_malignant_after"] - row["mean_p_malignant_before"])
     assert row["flagged_change_points"] == pytest.approx(100 * (row["flagged_after"] - row["flagged_before"]))
     # Seeded per image: a rerun draws the same vignettes and gets the same scores.
-    again = evaluate.shortcut_probes(model, [r.path for r in scan.records], np.asarray([r.label for r in scan.records]),
-                                     evaluate.score(model, [r.path for r in scan.records]))
+    again = evaluate_model.shortcut_probes(model, [r.path for r in scan.records], np.asarray([r.label for r in scan.records]),
+                                     evaluate_model.score(model, [r.path for r in scan.records]))
     assert again["vignette"]["mean_p_malignant_after"] == pytest.approx(row["mean_p_malignant_after"], abs=1e-6)
 
 
@@ -75,21 +75,21 @@ def test_probes_print_and_go_into_the_model_card(tiny_model_dir, probe_folder, t
     shutil.copy(tiny_model_dir / "README.md", card)
     arguments = ["--model", str(tiny_model_dir), "--data-dir", str(probe_folder), "--split", "test",
                  "--robustness", "--card", str(card), "--out", str(tmp_path / "robustness.json")]
-    assert evaluate.main(arguments) == 0
+    assert evaluate_model.main(arguments) == 0
     printed = capsys.readouterr().out
     assert "vignette added to benign images" in printed and "with dark corners" in printed
     assert "shortcut_probes" in json.loads((tmp_path / "robustness.json").read_text())
     text = card.read_text()
     assert text.count("| black circular vignette added to benign images | 6 |") == 1
     assert "| with dark corners | 3 | 3 / 0 |" in text and "Not probed yet" not in text
-    assert evaluate.main(arguments) == 0
+    assert evaluate_model.main(arguments) == 0
     assert card.read_text().count("| black circular vignette added to benign images |") == 1
 
     # A card rendered before the section existed gets it after the robustness table.
     old = text.split("<!-- begin shortcut_probes -->")[0].rsplit("### Shortcut probes", 1)[0] + \
         text.split("<!-- end shortcut_probes -->")[1]
     card.write_text(old)
-    assert evaluate.main(arguments) == 0
+    assert evaluate_model.main(arguments) == 0
     updated = card.read_text()
     assert updated.index("<!-- end robustness -->") < updated.index("### Shortcut probes") < \
         updated.index("| black circular vignette added to benign images |")

@@ -16,13 +16,13 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from transformers import TrainerControl, TrainerState, ViTConfig, ViTForImageClassification, pipeline
 
-import evaluate
+import evaluate_model
 import train_vit
 from conftest import REPO_ROOT, SHARED_DATA, image_count, real_images
 from melanoma_screen import modeling
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import ModelLoadError, ScreeningModel
-from melanoma_screen.metrics import binary_metrics
+from melanoma_screen.metrics import OPERATING_POINTS, binary_metrics
 from melanoma_screen.modeling import averaged_state_dict
 from melanoma_screen.shortcuts import dark_corner_count, has_dark_corners, mask_field_of_view
 from melanoma_screen.transforms import build_image_processor
@@ -52,13 +52,15 @@ def test_eval_results_hold_thresholds_and_test_metrics(tiny_model_dir, tiny_imag
     n_test = image_count(tiny_image_folder / "test")
     assert report["operating_points"]["screening_threshold"] == config["screening_threshold"]
     assert report["split_sizes"]["test"] == n_test
-    for key in ("test_at_0_5", "test_at_screening_threshold"):
-        metrics = report[key]
+    # One layout: the test block holds what evaluate_model.py reports, like each external set.
+    assert set(report["test"]) == set(OPERATING_POINTS) and not any(key.startswith("test_at_") for key in report)
+    for key in ("at_0_5", "at_screening_threshold"):
+        metrics = report["test"][key]
         for name in ("accuracy", "precision", "sensitivity", "specificity", "f1", "roc_auc", "ece"):
             assert 0.0 <= metrics[name] <= 1.0, (key, name)
         (tn, fp), (fn, tp) = metrics["confusion_matrix"]
         assert tn + fp + fn + tp == n_test
-    assert report["test_at_screening_threshold"]["threshold"] == config["screening_threshold"]
+    assert report["test"]["at_screening_threshold"]["threshold"] == config["screening_threshold"]
     assert report["operating_points"]["high_risk_threshold"] == config["high_risk_threshold"]
 
 
@@ -69,7 +71,7 @@ def test_model_card_metadata_matches_eval_results(tiny_model_dir):
     assert data["pipeline_tag"] == "image-classification" and data["library_name"] == "transformers"
     results = data["model-index"][0]["results"][0]["metrics"]
     auc = [m["value"] for m in results if m["type"] == "roc_auc"]
-    assert auc and auc[0] == pytest.approx(report["test_at_0_5"]["roc_auc"], abs=1e-3)
+    assert auc and auc[0] == pytest.approx(report["test"]["at_0_5"]["roc_auc"], abs=1e-3)
     assert "not a diagnosis" in card.text.lower()
     assert "train_vit.py" in card.text and "--scratch-config tiny" in card.text
 
@@ -144,16 +146,16 @@ def test_color_constancy_and_checkpoint_averaging(tiny_image_folder, tmp_path):
     encoder = [name for name in saved if not name.startswith("classifier")]
     assert encoder and all(torch.allclose(saved[name], expected[name], atol=1e-6) for name in encoder)
 
-    # evaluate.py applies the stored colour constancy and so reproduces the report; the switch turns it off.
+    # evaluate_model.py applies the stored colour constancy and so reproduces the report; the switch turns it off.
     rerun, bare = tmp_path / "rerun.json", tmp_path / "bare.json"
     for out, extra in ((rerun, []), (bare, ["--without-color-constancy"])):
-        assert evaluate.main(["--model", str(output_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
+        assert evaluate_model.main(["--model", str(output_dir), "--data-dir", str(tiny_image_folder), "--split", "test",
                               "--out", str(out), *extra]) == 0
     rerun, bare = json.loads(rerun.read_text()), json.loads(bare.read_text())
     assert rerun["color_constancy"] == {"trained_with": "shades_of_gray", "applied": "shades_of_gray"}
     assert bare["color_constancy"] == {"trained_with": "shades_of_gray", "applied": "none"}
     for name in ("roc_auc", "accuracy", "sensitivity", "specificity"):
-        assert rerun["at_screening_threshold"][name] == pytest.approx(report["test_at_screening_threshold"][name], abs=0.005)
+        assert rerun["at_screening_threshold"][name] == pytest.approx(report["test"]["at_screening_threshold"][name], abs=0.005)
 
 
 def test_averaged_state_dict_is_the_mean_of_the_weights(tmp_path):
@@ -277,7 +279,7 @@ def test_model_card_lists_sources_external_results_and_shortcut_audit(multi_sour
     assert by_dataset["derm7pt (external validation)"]["Specificity at screening threshold"] == \
         pytest.approx(external["at_screening_threshold"]["specificity"], abs=1e-4)
     assert by_dataset["Melanoma Skin Cancer Dataset of 10000 Images"]["ROC AUC"] == \
-        pytest.approx(report["test_at_0_5"]["roc_auc"], abs=1e-4)
+        pytest.approx(report["test"]["at_0_5"]["roc_auc"], abs=1e-4)
 
     # The shortcut audit covers train, validation and test, in eval_results.json and in the card.
     audit = report["shortcut_audit"]

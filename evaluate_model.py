@@ -1,8 +1,8 @@
 """Evaluate a saved model on a labelled image folder, optionally under acquisition shifts.
 
-    python evaluate.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test
-    python evaluate.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test --robustness
-    python evaluate.py --model model --data-dir /path/to/external_set       # {benign,malignant}/*.jpg
+    python evaluate_model.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test
+    python evaluate_model.py --model model --data-dir ../shared/data/melanoma_cancer_dataset --split test --robustness
+    python evaluate_model.py --model model --data-dir /path/to/external_set       # {benign,malignant}/*.jpg
 
 The model is scored through melanoma_screen's ScreeningModel at 0.5 and at
 the two thresholds stored with it. By default it runs in exact fp32 mode,
@@ -18,11 +18,12 @@ circular field of view added, malignant images with theirs painted out, and
 the metrics of images with and without dark corners ("shortcut_probes").
 --card MODEL/README.md writes both tables into the model card.
 
-    python evaluate.py --compare runs/a runs/b ... --card model/README.md
+    python evaluate_model.py --compare runs/a runs/b ... --card model/README.md
 
 --compare evaluates nothing: it tabulates finished training runs, from each
 run's eval_results.json (and robustness.json, written by --robustness --out),
-with the recipe read back from the training command each one stored.
+with the recipe from the settings each one stored; runs trained before
+settings were stored show their recipe as unknown (—).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import FAST, ScreeningModel
 from melanoma_screen.input_check import refusal_report
 from melanoma_screen.model_card import replace_section, update_card_section
+from melanoma_screen.results import load_eval_results
 from melanoma_screen.shortcuts import add_circular_vignette, fill_dark_border, has_dark_corners
 from melanoma_screen.transforms import COLOR_CONSTANCY_NAMES
 
@@ -256,12 +258,12 @@ def print_report(report: dict, stored: dict | None) -> None:
                   f"{row['specificity_at_screening']:9.3f}")
     if "shortcut_probes" in report:
         print_shortcut_probes(report["shortcut_probes"])
-    if stored:
+    if stored and stored["test"]:
         largest = max(
-            abs(report[new][name] - stored[old][name])
-            for new, old in (("at_0_5", "test_at_0_5"), ("at_screening_threshold", "test_at_screening_threshold"))
+            abs(report[key][name] - stored["test"][key][name])
+            for key in ("at_0_5", "at_screening_threshold")
             for name in ("accuracy", "sensitivity", "specificity", "roc_auc")
-            if stored.get(old) and stored[old].get(name) is not None
+            if stored["test"][key].get(name) is not None
         )
         print(f"\nlargest difference from the stored eval_results.json: {largest * 100:.2f} points")
 
@@ -273,7 +275,7 @@ def robustness_markdown(report: dict) -> str:
     for name, row in report["robustness"].items():
         lines.append(f"| {name} | {row['roc_auc']:.3f} | {row['auc_drop']:.3f} | {row['sensitivity_at_screening']:.3f} "
                      f"| {row['specificity_at_screening']:.3f} |")
-    return "\n".join(lines) + f"\n\nMeasured on {report['n_images']} images with `{report.get('command', 'evaluate.py --robustness')}`."
+    return "\n".join(lines) + f"\n\nMeasured on {report['n_images']} images with `{report.get('command', 'evaluate_model.py --robustness')}`."
 
 
 def _rate(value) -> str:
@@ -323,7 +325,7 @@ def shortcut_probes_markdown(report: dict) -> str:
                      f"| {_rate(row.get('roc_auc'))} |")
     return ("\n".join(lines) + f"\n\nA model that reads the lesion, not the dermatoscope's field of view, barely moves in "
             f"either probe. Screening threshold {probes['screening_threshold']:.3f}; vignettes seeded per image; measured "
-            f"with `{report.get('command', 'evaluate.py --robustness')}`.")
+            f"with `{report.get('command', 'evaluate_model.py --robustness')}`.")
 
 
 def write_card_section(card_path, name: str, markdown: str, heading: str, after: str = "robustness") -> None:
@@ -339,55 +341,60 @@ def write_card_section(card_path, name: str, markdown: str, heading: str, after:
     path.write_text(replace_section(card, name, markdown), encoding="utf-8")
 
 
-def run_settings(report: dict) -> tuple[dict, dict, dict]:
-    """(data, model, training) settings of a run, as train_vit.py stored them.
-
-    Runs trained before the settings were stored as data have only their
-    command: those are parsed once more with train_vit's parser.
-    """
-    if "settings" in report:
-        settings = report["settings"]
-        return settings["data"], settings["model"], settings["training"]
-    import train_vit  # heavy (Trainer); only old runs need it
-
-    parsed = train_vit.parse_args(shlex.split(report["command"])[2:])
-    return tuple(vars(args) for args in parsed)
-
+UNKNOWN = "—"  # a setting the run did not store, unlike "–", a setting that was off or empty
 
 _RECIPE_KNOBS = ("augment_brightness", "augment_contrast", "augment_saturation", "augment_hue", "augment_white_balance",
                  "augment_vignette", "crop_scale_min")
 
 
-def describe_run(run_dir: Path) -> dict:
-    """One row of the comparison: the recipe (from the stored settings) and its figures."""
-    import train_vit  # heavy (Trainer); only --compare needs its defaults
+_RECIPE_COLUMNS = ("initialisation", "extra training data", "field of view", "colour constancy", "augmentation")
 
-    report = json.loads((run_dir / "eval_results.json").read_text())
-    data_args, model_args, train_args = run_settings(report)
+
+def recipe(settings: dict | None) -> dict:
+    """The comparison's recipe columns from the settings a run stored (None: all unknown)."""
+    if settings is None:
+        return dict.fromkeys(_RECIPE_COLUMNS, UNKNOWN)
+    import train_vit  # heavy (Trainer); only its defaults are needed
+
     defaults = train_vit.DataArguments()
+    data_args, model_args = settings["data"], settings["model"]
     changed = {name.removeprefix("augment_"): data_args.get(name, getattr(defaults, name)) for name in _RECIPE_KNOBS
                if data_args.get(name, getattr(defaults, name)) != getattr(defaults, name)}
-    selection = report.get("checkpoint_selection", {"chosen": "best checkpoint"})
     color_constancy = model_args.get("color_constancy", "none")
-    row = {
-        "run": run_dir.name,
-        "initialisation": "random" if model_args.get("scratch_config") else
-                          ("MAE encoder" if model_args.get("init_from") else model_args.get("model_name_or_path")),
-        "extra training data": ", ".join(Path(folder).name for folder in data_args.get("extra_train_dir") or []) or "–",
-        "field of view": f"mask r={model_args['field_of_view_mask']:g}" if model_args.get("field_of_view_mask") else "–",
-        "colour constancy": "–" if color_constancy == "none" else COLOR_CONSTANCY_NAMES[color_constancy],
-        "augmentation": ", ".join(f"{k} {v:g}" for k, v in changed.items()) or "default",
-        "epochs": f"{report.get('epochs_trained') or train_args['epochs']:.3g}",
+    return dict(zip(_RECIPE_COLUMNS, (
+        "random" if model_args.get("scratch_config") else
+        ("MAE encoder" if model_args.get("init_from") else model_args.get("model_name_or_path")),
+        ", ".join(Path(folder).name for folder in data_args.get("extra_train_dir") or []) or "–",
+        f"mask r={model_args['field_of_view_mask']:g}" if model_args.get("field_of_view_mask") else "–",
+        "–" if color_constancy == "none" else COLOR_CONSTANCY_NAMES[color_constancy],
+        ", ".join(f"{k} {v:g}" for k, v in changed.items()) or "default",
+    )))
+
+
+def describe_run(run_dir: Path) -> dict:
+    """One row of the comparison: the recipe (from the settings the run stored) and its figures.
+
+    Runs trained before the settings were stored as data show theirs as
+    unknown: their command line is for people, and a renamed flag would
+    misread it.
+    """
+    report = load_eval_results(run_dir / "eval_results.json")
+    settings = report.get("settings")
+    row = {"run": run_dir.name, **recipe(settings)}
+    epochs = report.get("epochs_trained") or (settings["training"]["epochs"] if settings else None)
+    selection = report.get("checkpoint_selection", {"chosen": "best checkpoint"})
+    row.update({
+        "epochs": UNKNOWN if epochs is None else f"{epochs:.3g}",
         "weights": f"mean of last {len(selection['average']['checkpoints'])}" if selection["chosen"] == "average" else "best epoch",
         "val AUC": report["validation_at_screening_threshold"]["roc_auc"],
         "val spec @ screening": report["validation_at_screening_threshold"]["specificity"],
-        "test AUC": report["test_at_0_5"]["roc_auc"],
-        "test acc": report["test_at_0_5"]["accuracy"],
-        "test sens / spec @ screening": (report["test_at_screening_threshold"]["sensitivity"],
-                                         report["test_at_screening_threshold"]["specificity"]),
-        "test ECE": report["test_at_0_5"]["ece"],
-    }
-    for name, external in (report.get("external") or {}).items():
+    })
+    if report["test"]:
+        at_05, at_screening = report["test"]["at_0_5"], report["test"]["at_screening_threshold"]
+        row.update({"test AUC": at_05["roc_auc"], "test acc": at_05["accuracy"],
+                    "test sens / spec @ screening": (at_screening["sensitivity"], at_screening["specificity"]),
+                    "test ECE": at_05["ece"]})
+    for name, external in report["external"].items():
         row[f"{name} AUC"] = external["at_0_5"]["roc_auc"]
         row[f"{name} sens / spec @ screening"] = (external["at_screening_threshold"]["sensitivity"],
                                                   external["at_screening_threshold"]["specificity"])
@@ -442,7 +449,7 @@ def main(argv=None) -> int:
         table = comparison_markdown([describe_run(Path(run)) for run in args.compare])
         print(table)
         if args.card:
-            command = "python evaluate.py --compare " + " ".join(args.compare) + f" --card {args.card}"
+            command = "python evaluate_model.py --compare " + " ".join(args.compare) + f" --card {args.card}"
             update_card_section(args.card, "comparison", f"{table}\n\nWritten by `{command}`.")
         return 0
     if not args.data_dir:
@@ -451,11 +458,17 @@ def main(argv=None) -> int:
         parser.error("--card needs --robustness (or --compare)")
 
     data_dir = Path(args.data_dir)
-    if args.split is None:
-        # A bare {benign,malignant} folder, as external sets usually come: read it as one split.
-        scan = data_prep.scan_image_folder(data_dir.parent, splits=(data_dir.name,))
-    else:
-        scan = data_prep.scan_image_folder(data_dir, splits=(args.split,))
+    try:
+        if args.split is None:
+            # A bare {benign,malignant} folder, as external sets usually come, read as one split named after
+            # the folder: the report's counts keep the keys they had.
+            scan = data_prep.scan_label_folder(data_dir, split=data_dir.resolve().name)
+        else:
+            scan = data_prep.scan_image_folder(data_dir, splits=(args.split,))
+            if not scan.records:
+                raise ValueError(f"{data_dir / args.split} holds no readable images in benign/ or malignant/ folders.")
+    except ValueError as error:
+        parser.error(str(error))
     for skipped in scan.skipped:
         print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
     model = ScreeningModel.load(args.model, **(FAST if args.fast else {}))
@@ -465,7 +478,7 @@ def main(argv=None) -> int:
     report = evaluate(model, scan.records, robustness=args.robustness, batch_size=args.batch_size)
     report["color_constancy"] = {"trained_with": trained_with, "applied": model.color_constancy}
     report["data"] = {"data_dir": str(data_dir), "split": args.split, "counts": scan.counts, "skipped": len(scan.skipped)}
-    report["command"] = "python evaluate.py " + " ".join(shlex.quote(arg) for arg in (argv if argv is not None else sys.argv[1:]))
+    report["command"] = "python evaluate_model.py " + " ".join(shlex.quote(arg) for arg in (argv if argv is not None else sys.argv[1:]))
     print_report(report, model.eval_results if args.split == "test" and model.color_constancy == trained_with else None)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
