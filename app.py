@@ -36,7 +36,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from melanoma_screen.explain import HOW_TO_READ, overlay_heatmap  # noqa: E402
-from melanoma_screen.feedback import FeedbackStore  # noqa: E402
+from melanoma_screen.feedback import MAX_COMMENT_CHARS, TRUE_LABELS, FeedbackStore  # noqa: E402
 from melanoma_screen.images import ImageLoadError, load_rgb_image  # noqa: E402
 from melanoma_screen.input_check import REASONS as REFUSAL_REASONS  # noqa: E402
 from melanoma_screen.input_check import message as refusal_message  # noqa: E402
@@ -51,14 +51,11 @@ EXAMPLES_DIR = REPO_ROOT / "examples"
 # The quick model for when model/ is missing; README.md has the command of the shipped one.
 TRAIN_COMMAND = ("python train_vit.py --data-dir ../shared/data/melanoma_cancer_dataset "
                  "--scratch-config tiny --image-size 64 --max-steps 20 --output-dir model")
-CLASSES = ("benign", "malignant")
-TRUE_LABELS = ("benign", "malignant", "other", "unknown")
 RISK_COLOURS = {  # background, border; dark text reads on all three in light and dark themes
     "low": ("#e7f6ec", "#2e7d32"),
     "moderate": ("#fff4e0", "#b26a00"),
     "high": ("#fdeaea", "#c62828"),
 }
-MAX_COMMENT_CHARS = 2000
 HEATMAP_MAX_SIDE = 1024
 # Analyses that run at once; the rest wait in the queue (2 CPU cores: two).
 MODEL_CONCURRENCY = 2

@@ -155,11 +155,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGB")
     return image
 
-
-def image_error_or_none(path: ImageSource) -> str | None:
-    """The reason `path` cannot be used as an image, or None when it can."""
-    try:
-        load_rgb_image(path, min_side=1)
-    except ImageLoadError as error:
-        return str(error)
-    return None
