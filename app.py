@@ -38,11 +38,10 @@ import gradio as gr  # noqa: E402
 from melanoma_screen.explain import HOW_TO_READ, overlay_heatmap  # noqa: E402
 from melanoma_screen.feedback import MAX_COMMENT_CHARS, TRUE_LABELS, FeedbackStore  # noqa: E402
 from melanoma_screen.images import ImageLoadError, load_rgb_image  # noqa: E402
-from melanoma_screen.input_check import REASONS as REFUSAL_REASONS  # noqa: E402
-from melanoma_screen.input_check import message as refusal_message  # noqa: E402
 from melanoma_screen.inference import (  # noqa: E402
     FAST, ModelLoadError, ScreeningModel, default_model_source,
 )
+from melanoma_screen.messages import render  # noqa: E402
 
 logger = logging.getLogger("app")
 
@@ -124,7 +123,6 @@ TEXT = {
         "about_title": "About the model",
         "about_model": "**Model:** `{id}` · **version:** `{version}` · **input size:** {size}×{size} pixels",
         "refused_title": "This picture was not analysed.",
-        "refused": {reason: refusal_message(reason, "en") for reason in REFUSAL_REASONS},
         "about_check": ("**Input check:** pictures that are too dark, too bright or blurred, that show no lesion, "
                         "do not look like skin or are unlike the training images are refused instead of scored "
                         "({accepted} of the validation images were accepted)."),
@@ -217,7 +215,6 @@ TEXT = {
         "about_title": "À propos du modèle",
         "about_model": "**Modèle :** `{id}` · **version :** `{version}` · **taille d'entrée :** {size}×{size} pixels",
         "refused_title": "Cette image n'a pas été analysée.",
-        "refused": {reason: refusal_message(reason, "fr") for reason in REFUSAL_REASONS},
         "about_check": ("**Contrôle de l'image :** les images trop sombres, trop claires ou floues, sans lésion "
                         "visible, qui ne ressemblent pas à de la peau ou trop différentes des images d'entraînement "
                         "sont refusées au lieu d'être évaluées ({accepted} des images de validation ont été "
@@ -256,25 +253,6 @@ TEXT = {
 }
 LANGUAGES = [("English", "en"), ("Français", "fr")]
 
-# The messages of melanoma_screen.images.ImageLoadError, in French. An unknown
-# message is shown as it is (in English) rather than dropped.
-_FRENCH_IMAGE_ERRORS = [
-    (r"No image was given\..*", "Aucune image fournie."),
-    (r"File not found: (.*)\.", r"fichier introuvable : \1."),
-    (r"(.*) is an empty file, not an image\.", r"\1 est un fichier vide, pas une image."),
-    (r"The image is too large \((\d+)x(\d+) pixels\)\. Please upload an image under (\d+) megapixels\.",
-     r"l'image est trop grande (\1×\2 pixels). Importez une image de moins de \3 mégapixels."),
-    (r"This file is not an image that can be read \(use JPEG or PNG\)\.",
-     "ce fichier n'est pas une image lisible (utilisez JPEG ou PNG)."),
-    (r"The image is too large to process safely\. Please upload a smaller image\.",
-     "l'image est trop grande pour être traitée sans risque. Importez une image plus petite."),
-    (r"The image file is damaged or truncated and cannot be read \((.*)\)\.",
-     r"le fichier image est endommagé ou tronqué et ne peut pas être lu (\1)."),
-    (r"The image is too small \((\d+)x(\d+) pixels\)\. Please upload an image at least (\d+)x(\d+) pixels\.",
-     r"l'image est trop petite (\1×\2 pixels). Importez une image d'au moins \3×\4 pixels."),
-]
-
-
 def _lang(lang: str | None) -> str:
     return lang if lang in TEXT else "en"
 
@@ -287,14 +265,6 @@ def _number(value: float, lang: str, digits: int = 3) -> str:
 def _percent(value: float, lang: str) -> str:
     # French writes 46,5 % (decimal comma, narrow no-break space before %).
     return _number(100 * value, lang, 1) + ("\u202f%" if lang == "fr" else "%")
-
-
-def translate_image_error(message: str, lang: str) -> str:
-    if lang == "fr":
-        for pattern, replacement in _FRENCH_IMAGE_ERRORS:
-            if re.fullmatch(pattern, message, flags=re.DOTALL):
-                return re.sub(pattern, replacement, message, flags=re.DOTALL)
-    return message
 
 
 # ---------------------------------------------------------------------------- model
@@ -342,9 +312,9 @@ def image_source(payload):
             try:
                 return base64.b64decode(url.partition(",")[2], validate=False)
             except (binascii.Error, ValueError) as error:
-                raise ImageLoadError("The uploaded data is not a valid image.") from error
+                raise ImageLoadError("bad_data_url") from error
         return None
-    raise ImageLoadError("The upload could not be read as a file; please try again.")
+    raise ImageLoadError("bad_upload")
 
 
 # ---------------------------------------------------------------------------- app logic
@@ -406,7 +376,7 @@ class Screener:
             # Drafted like the model's decode: a 100 MP phone JPEG never exists at full size here.
             picture = load_rgb_image(source, draft_size=(HEATMAP_MAX_SIDE, HEATMAP_MAX_SIDE))
         except ImageLoadError as error:
-            return {"kind": "bad_image", "message": str(error)}
+            return {"kind": "bad_image", "code": error.code, "params": error.params}
         except Exception:
             logger.exception("analysis failed")
             return {"kind": "internal"}
@@ -470,12 +440,12 @@ def render_result(state: dict | None, lang: str) -> dict:
     elif kind == "no_image":
         message = html.escape(text["no_image"])
     elif kind == "bad_image":
-        message = html.escape(text["bad_image"].format(reason=translate_image_error(state["message"], lang)))
+        message = html.escape(text["bad_image"].format(reason=render(state["code"], state["params"], lang)))
     elif kind == "refused":
         reason = state.get("reason")
         message = (f'<strong>{html.escape(text["refused_title"])}</strong> '
                    f'<span class="refusal" data-reason="{html.escape(str(reason))}">'
-                   f'{html.escape(text["refused"].get(reason, text["internal"]))}</span>')
+                   f'{html.escape(render(reason, lang=lang))}</span>')
     else:
         message = html.escape(text["internal"])
     return {"probabilities": None, "risk": message_html(message, "error")}
