@@ -92,3 +92,21 @@ def test_an_image_error_survives_pickling():
     error = ImageLoadError("too_small", width=1, height=2, min_side=32)
     copy = pickle.loads(pickle.dumps(error))
     assert (type(copy), copy.code, copy.params, str(copy)) == (ImageLoadError, error.code, error.params, str(error))
+
+
+def test_every_page_text_has_both_languages_with_the_same_fields():
+    from melanoma_screen.feedback import TRUE_LABELS
+    from melanoma_screen.ui_text import TEXT
+
+    def flat(texts, prefix=""):
+        out = {}
+        for key, value in texts.items():
+            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
+        return out
+
+    english, french = flat(TEXT["en"]), flat(TEXT["fr"])
+    assert set(english) == set(french) and set(TEXT) == set(LANGUAGES)
+    for key, text in english.items():
+        assert text.strip() and french[key].strip(), key
+        assert template_fields(text) == template_fields(french[key]), key
+    assert all(tuple(TEXT[lang]["truth_choices"]) == TRUE_LABELS for lang in LANGUAGES)
