@@ -35,14 +35,15 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from melanoma_screen.explain import HOW_TO_READ, overlay_heatmap  # noqa: E402
-from melanoma_screen.feedback import FeedbackStore  # noqa: E402
+from melanoma_screen.explain import overlay_heatmap  # noqa: E402
+from melanoma_screen.feedback import MAX_COMMENT_CHARS, TRUE_LABELS, FeedbackStore  # noqa: E402
 from melanoma_screen.images import ImageLoadError, load_rgb_image  # noqa: E402
-from melanoma_screen.input_check import REASONS as REFUSAL_REASONS  # noqa: E402
-from melanoma_screen.input_check import message as refusal_message  # noqa: E402
+from melanoma_screen.input_check import REASONS as REFUSALS  # noqa: E402
 from melanoma_screen.inference import (  # noqa: E402
     FAST, ModelLoadError, ScreeningModel, default_model_source,
 )
+from melanoma_screen.messages import render  # noqa: E402
+from melanoma_screen.ui_text import LANGUAGES, TEXT  # noqa: E402
 
 logger = logging.getLogger("app")
 
@@ -51,14 +52,11 @@ EXAMPLES_DIR = REPO_ROOT / "examples"
 # The quick model for when model/ is missing; README.md has the command of the shipped one.
 TRAIN_COMMAND = ("python train_vit.py --data-dir ../shared/data/melanoma_cancer_dataset "
                  "--scratch-config tiny --image-size 64 --max-steps 20 --output-dir model")
-CLASSES = ("benign", "malignant")
-TRUE_LABELS = ("benign", "malignant", "other", "unknown")
 RISK_COLOURS = {  # background, border; dark text reads on all three in light and dark themes
     "low": ("#e7f6ec", "#2e7d32"),
     "moderate": ("#fff4e0", "#b26a00"),
     "high": ("#fdeaea", "#c62828"),
 }
-MAX_COMMENT_CHARS = 2000
 HEATMAP_MAX_SIDE = 1024
 # Analyses that run at once; the rest wait in the queue (2 CPU cores: two).
 MODEL_CONCURRENCY = 2
@@ -69,213 +67,6 @@ MODEL_CONCURRENCY = 2
 # images, uses one thread per image anyway. This is the only place the app sets threads.
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 ANALYSIS_THREADS = max(1, _CORES // MODEL_CONCURRENCY)
-
-# ---------------------------------------------------------------------------- texts
-
-TEXT = {
-    "en": {
-        "title": "# Melanoma screening aid",
-        "intro": ("Upload a **dermoscopic** image of a skin lesion, take one with the camera or pick an "
-                  "example, then press **Analyse**. The model estimates how likely the lesion is to be a "
-                  "melanoma and shows which areas drove its score."),
-        "disclaimer": ("<strong>Screening aid, not a diagnosis.</strong> A low score never rules out "
-                       "melanoma. See a doctor about any lesion that changes, bleeds or worries you. The "
-                       "model was trained on dermoscopic images (taken through a dermatoscope): an ordinary "
-                       "phone photo is outside what it learned, and its result may then be meaningless."),
-        "image": "Lesion image (dermoscopy)",
-        "analyse": "Analyse",
-        "examples": "Examples from the test set, with their true diagnosis",
-        "example": "Example",
-        "true_diagnosis": "True diagnosis",
-        "probabilities": "Calibrated probabilities",
-        "classes": {"benign": "benign", "malignant": "malignant (melanoma)"},
-        "risk_title": "Risk level:",
-        "risk": {"low": "Low", "moderate": "Moderate", "high": "High"},
-        "advice": {
-            "low": "No urgent sign, but see a doctor if the lesion changes, bleeds or itches.",
-            "moderate": "Show this lesion to a doctor, who may refer you to a dermatologist.",
-            "high": "Ask for a dermatologist appointment soon.",
-        },
-        "probability_line": ("Probability of melanoma: {p}. The risk is moderate from {s} and high from {h} "
-                             "(thresholds chosen on validation data)."),
-        "probability_line_one_threshold": ("Probability of melanoma: {p}. The risk is high from {h} (threshold "
-                                           "chosen on validation data; this model has no moderate band)."),
-        "waiting": "The result appears here after you press <strong>Analyse</strong>.",
-        "heatmap": "Where the model looked (attention rollout)",
-        "how_to_read": HOW_TO_READ.get("en", ""),
-        "no_image": "No image was given. Upload a photo of the lesion, take one, or pick an example.",
-        "bad_image": "This image could not be analysed: {reason}",
-        "internal": "Something went wrong while analysing this image. Please try another image.",
-        "no_model": ("No model is loaded, so the app cannot analyse images ({reason}). Train one with "
-                     "<code>{command}</code> and restart the app, or set MODEL_ID (or --model) to a trained "
-                     "model folder or Hugging Face Hub id."),
-        "feedback_title": "Report a wrong prediction",
-        "feedback_intro": ("Know the true diagnosis of the lesion you analysed? Tell us. Only when you press "
-                           "the button below are the image (without its metadata), the prediction and your "
-                           "report stored, to help improve the model; nothing is stored otherwise."),
-        "truth_label": "True diagnosis",
-        "truth_choices": {"benign": "Benign", "malignant": "Malignant (melanoma)",
-                          "other": "Another diagnosis", "unknown": "I don't know"},
-        "comment": "Comment (optional)",
-        "comment_placeholder": "e.g. biopsy result, what the doctor said",
-        "send": "Send report",
-        "thanks": "Thank you. Your report was saved (reference {id}).",
-        "analyse_first": "Analyse an image first, then report what is wrong with its result.",
-        "already_reported": "This result has already been reported (reference {id}).",
-        "choose_truth": "Choose the true diagnosis first.",
-        "feedback_failed": "Sorry, the report could not be saved ({reason}).",
-        "about_title": "About the model",
-        "about_model": "**Model:** `{id}` · **version:** `{version}` · **input size:** {size}×{size} pixels",
-        "refused_title": "This picture was not analysed.",
-        "refused": {reason: refusal_message(reason, "en") for reason in REFUSAL_REASONS},
-        "about_check": ("**Input check:** pictures that are too dark, too bright or blurred, that show no lesion, "
-                        "do not look like skin or are unlike the training images are refused instead of scored "
-                        "({accepted} of the validation images were accepted)."),
-        "about_no_check": ("**Input check:** this model has no fitted input check, so every picture that can be "
-                           "read is scored."),
-        "about_no_report": "This model has no test report (eval_results.json), so no test metrics can be shown.",
-        "about_metrics_intro": ("Measured once on the held-out test split of the training source and on every "
-                                "external set from another clinic, at the same thresholds:"),
-        "test_column": "Test split (same source)",
-        "external_column": "{name} (other clinic)",
-        "about_external_note": ("The thresholds were chosen on validation images of the training sources; on another "
-                                "clinic's dermatoscope they give the sensitivity and specificity of its column, which "
-                                "is what to expect elsewhere. The test split shares its source with training and "
-                                "flatters the model."),
-        "metric": "Metric",
-        "value": "Value",
-        "metrics": {
-            "roc_auc": "ROC AUC",
-            "accuracy": "Accuracy (threshold 0.5)",
-            "sensitivity": "Sensitivity at the screening threshold ({t})",
-            "specificity": "Specificity at the screening threshold ({t})",
-            "sensitivity_high": "Sensitivity at the high-risk threshold ({h})",
-            "specificity_high": "Specificity at the high-risk threshold ({h})",
-            "images": "Images (melanomas)",
-            "ece": "Expected calibration error (ECE)",
-        },
-        "about_thresholds": ("Risk is **low** below the screening threshold ({s}), **moderate** up to the "
-                             "high-risk threshold ({h}) and **high** from there; both were chosen on "
-                             "validation data, before the test split was used."),
-        "about_limits": ("Trained on dermoscopic images from the ISIC archive, mostly of light skin; its "
-                         "performance on other skin types, cameras and clinics is not established. Not a "
-                         "medical device."),
-        "no_model_about": "No model is loaded.",
-    },
-    "fr": {
-        "title": "# Aide au dépistage du mélanome",
-        "intro": ("Importez une image **dermoscopique** d'une lésion de la peau, prenez-en une avec la caméra "
-                  "ou choisissez un exemple, puis appuyez sur **Analyser**. Le modèle estime la probabilité "
-                  "que la lésion soit un mélanome et montre les zones qui ont compté dans son score."),
-        "disclaimer": ("<strong>Aide au dépistage, pas un diagnostic.</strong> Un score faible n'exclut jamais "
-                       "un mélanome. Consultez un médecin pour toute lésion qui change, saigne ou vous "
-                       "inquiète. Le modèle a été entraîné sur des images dermoscopiques (prises au "
-                       "dermatoscope) : une photo ordinaire prise au téléphone sort de ce qu'il a appris, et "
-                       "son résultat peut alors n'avoir aucun sens."),
-        "image": "Image de la lésion (dermoscopie)",
-        "analyse": "Analyser",
-        "examples": "Exemples du jeu de test, avec leur diagnostic réel",
-        "example": "Exemple",
-        "true_diagnosis": "Diagnostic réel",
-        "probabilities": "Probabilités calibrées",
-        "classes": {"benign": "bénin", "malignant": "malin (mélanome)"},
-        "risk_title": "Niveau de risque :",
-        "risk": {"low": "Faible", "moderate": "Modéré", "high": "Élevé"},
-        "advice": {
-            "low": "Aucun signe urgent, mais consultez un médecin si la lésion change, saigne ou démange.",
-            "moderate": "Montrez cette lésion à un médecin, qui pourra vous orienter vers un dermatologue.",
-            "high": "Demandez rapidement un rendez-vous chez un dermatologue.",
-        },
-        "probability_line": ("Probabilité de mélanome : {p}. Le risque est modéré à partir de {s} et élevé à "
-                             "partir de {h} (seuils choisis sur les données de validation)."),
-        "probability_line_one_threshold": ("Probabilité de mélanome : {p}. Le risque est élevé à partir de {h} "
-                                           "(seuil choisi sur les données de validation ; ce modèle n'a pas de "
-                                           "zone de risque modéré)."),
-        "waiting": "Le résultat s'affiche ici après un appui sur <strong>Analyser</strong>.",
-        "heatmap": "Où le modèle a regardé (attention rollout)",
-        "how_to_read": HOW_TO_READ.get("fr", HOW_TO_READ.get("en", "")),
-        "no_image": "Aucune image fournie. Importez une photo de la lésion, prenez-en une ou choisissez un exemple.",
-        "bad_image": "Cette image n'a pas pu être analysée : {reason}",
-        "internal": "Un problème est survenu pendant l'analyse de cette image. Essayez une autre image.",
-        "no_model": ("Aucun modèle n'est chargé : l'application ne peut pas analyser d'images ({reason}). "
-                     "Entraînez-en un avec <code>{command}</code> puis relancez l'application, ou indiquez "
-                     "dans MODEL_ID (ou --model) un dossier de modèle entraîné ou un identifiant du Hugging "
-                     "Face Hub."),
-        "feedback_title": "Signaler une prédiction erronée",
-        "feedback_intro": ("Vous connaissez le diagnostic réel de la lésion analysée ? Dites-le-nous. C'est "
-                           "seulement quand vous appuyez sur le bouton ci-dessous que l'image (sans ses "
-                           "métadonnées), la prédiction et votre signalement sont enregistrés, pour aider à "
-                           "améliorer le modèle ; rien n'est enregistré sinon."),
-        "truth_label": "Diagnostic réel",
-        "truth_choices": {"benign": "Bénin", "malignant": "Malin (mélanome)",
-                          "other": "Un autre diagnostic", "unknown": "Je ne sais pas"},
-        "comment": "Commentaire (facultatif)",
-        "comment_placeholder": "p. ex. résultat de biopsie, avis du médecin",
-        "send": "Envoyer le signalement",
-        "thanks": "Merci. Votre signalement a été enregistré (référence {id}).",
-        "analyse_first": "Analysez d'abord une image, puis signalez ce qui est faux dans son résultat.",
-        "already_reported": "Ce résultat a déjà été signalé (référence {id}).",
-        "choose_truth": "Choisissez d'abord le diagnostic réel.",
-        "feedback_failed": "Désolé, le signalement n'a pas pu être enregistré ({reason}).",
-        "about_title": "À propos du modèle",
-        "about_model": "**Modèle :** `{id}` · **version :** `{version}` · **taille d'entrée :** {size}×{size} pixels",
-        "refused_title": "Cette image n'a pas été analysée.",
-        "refused": {reason: refusal_message(reason, "fr") for reason in REFUSAL_REASONS},
-        "about_check": ("**Contrôle de l'image :** les images trop sombres, trop claires ou floues, sans lésion "
-                        "visible, qui ne ressemblent pas à de la peau ou trop différentes des images d'entraînement "
-                        "sont refusées au lieu d'être évaluées ({accepted} des images de validation ont été "
-                        "acceptées)."),
-        "about_no_check": ("**Contrôle de l'image :** ce modèle n'a pas de contrôle d'image ajusté ; toute image "
-                           "lisible est évaluée."),
-        "about_no_report": "Ce modèle n'a pas de rapport de test (eval_results.json) : aucune mesure ne peut être affichée.",
-        "about_metrics_intro": ("Mesuré une seule fois sur le jeu de test mis de côté de la source d'entraînement et "
-                                "sur chaque jeu externe d'une autre clinique, aux mêmes seuils :"),
-        "test_column": "Jeu de test (même source)",
-        "external_column": "{name} (autre clinique)",
-        "about_external_note": ("Les seuils ont été choisis sur des images de validation des sources d'entraînement ; "
-                                "avec le dermatoscope d'une autre clinique, ils donnent la sensibilité et la spécificité "
-                                "de sa colonne, ce qui est à attendre ailleurs. Le jeu de test partage sa source avec "
-                                "l'entraînement et flatte le modèle."),
-        "metric": "Mesure",
-        "value": "Valeur",
-        "metrics": {
-            "roc_auc": "ROC AUC",
-            "accuracy": "Exactitude (seuil 0,5)",
-            "sensitivity": "Sensibilité au seuil de dépistage ({t})",
-            "specificity": "Spécificité au seuil de dépistage ({t})",
-            "sensitivity_high": "Sensibilité au seuil de risque élevé ({h})",
-            "specificity_high": "Spécificité au seuil de risque élevé ({h})",
-            "images": "Images (mélanomes)",
-            "ece": "Erreur de calibration attendue (ECE)",
-        },
-        "about_thresholds": ("Le risque est **faible** sous le seuil de dépistage ({s}), **modéré** jusqu'au "
-                             "seuil de risque élevé ({h}) et **élevé** au-delà ; les deux seuils ont été choisis "
-                             "sur les données de validation, avant l'usage du jeu de test."),
-        "about_limits": ("Entraîné sur des images dermoscopiques de l'archive ISIC, surtout de peaux claires ; "
-                         "ses performances sur d'autres types de peau, appareils et cliniques ne sont pas "
-                         "établies. Ce n'est pas un dispositif médical."),
-        "no_model_about": "Aucun modèle n'est chargé.",
-    },
-}
-LANGUAGES = [("English", "en"), ("Français", "fr")]
-
-# The messages of melanoma_screen.images.ImageLoadError, in French. An unknown
-# message is shown as it is (in English) rather than dropped.
-_FRENCH_IMAGE_ERRORS = [
-    (r"No image was given\..*", "Aucune image fournie."),
-    (r"File not found: (.*)\.", r"fichier introuvable : \1."),
-    (r"(.*) is an empty file, not an image\.", r"\1 est un fichier vide, pas une image."),
-    (r"The image is too large \((\d+)x(\d+) pixels\)\. Please upload an image under (\d+) megapixels\.",
-     r"l'image est trop grande (\1×\2 pixels). Importez une image de moins de \3 mégapixels."),
-    (r"This file is not an image that can be read \(use JPEG or PNG\)\.",
-     "ce fichier n'est pas une image lisible (utilisez JPEG ou PNG)."),
-    (r"The image is too large to process safely\. Please upload a smaller image\.",
-     "l'image est trop grande pour être traitée sans risque. Importez une image plus petite."),
-    (r"The image file is damaged or truncated and cannot be read \((.*)\)\.",
-     r"le fichier image est endommagé ou tronqué et ne peut pas être lu (\1)."),
-    (r"The image is too small \((\d+)x(\d+) pixels\)\. Please upload an image at least (\d+)x(\d+) pixels\.",
-     r"l'image est trop petite (\1×\2 pixels). Importez une image d'au moins \3×\4 pixels."),
-]
 
 
 def _lang(lang: str | None) -> str:
@@ -290,14 +81,6 @@ def _number(value: float, lang: str, digits: int = 3) -> str:
 def _percent(value: float, lang: str) -> str:
     # French writes 46,5 % (decimal comma, narrow no-break space before %).
     return _number(100 * value, lang, 1) + ("\u202f%" if lang == "fr" else "%")
-
-
-def translate_image_error(message: str, lang: str) -> str:
-    if lang == "fr":
-        for pattern, replacement in _FRENCH_IMAGE_ERRORS:
-            if re.fullmatch(pattern, message, flags=re.DOTALL):
-                return re.sub(pattern, replacement, message, flags=re.DOTALL)
-    return message
 
 
 # ---------------------------------------------------------------------------- model
@@ -345,9 +128,9 @@ def image_source(payload):
             try:
                 return base64.b64decode(url.partition(",")[2], validate=False)
             except (binascii.Error, ValueError) as error:
-                raise ImageLoadError("The uploaded data is not a valid image.") from error
+                raise ImageLoadError("bad_data_url") from error
         return None
-    raise ImageLoadError("The upload could not be read as a file; please try again.")
+    raise ImageLoadError("bad_upload")
 
 
 # ---------------------------------------------------------------------------- app logic
@@ -409,7 +192,7 @@ class Screener:
             # Drafted like the model's decode: a 100 MP phone JPEG never exists at full size here.
             picture = load_rgb_image(source, draft_size=(HEATMAP_MAX_SIDE, HEATMAP_MAX_SIDE))
         except ImageLoadError as error:
-            return {"kind": "bad_image", "message": str(error)}
+            return {"kind": "bad_image", "code": error.code, "params": error.params}
         except Exception:
             logger.exception("analysis failed")
             return {"kind": "internal"}
@@ -473,12 +256,12 @@ def render_result(state: dict | None, lang: str) -> dict:
     elif kind == "no_image":
         message = html.escape(text["no_image"])
     elif kind == "bad_image":
-        message = html.escape(text["bad_image"].format(reason=translate_image_error(state["message"], lang)))
+        message = html.escape(text["bad_image"].format(reason=render(state["code"], state["params"], lang)))
     elif kind == "refused":
         reason = state.get("reason")
         message = (f'<strong>{html.escape(text["refused_title"])}</strong> '
                    f'<span class="refusal" data-reason="{html.escape(str(reason))}">'
-                   f'{html.escape(text["refused"].get(reason, text["internal"]))}</span>')
+                   f'{html.escape(render(reason, lang=lang))}</span>')
     else:
         message = html.escape(text["internal"])
     return {"probabilities": None, "risk": message_html(message, "error")}
@@ -587,6 +370,47 @@ def read_examples(folder: Path = EXAMPLES_DIR) -> list[list[str]]:
 
 # ---------------------------------------------------------------------------- page
 
+# The page's static texts as gr.I18n translations, so a browser set to French gets
+# them in French from the first paint. gr.I18n follows the browser's locale only and
+# Python cannot change it, so the explicit EN/FR switch (build_demo) re-renders these
+# texts too, besides the panels built on the server (result, disclaimer, about).
+# The upload Image is left out: Gradio 6.31 shows its gr.I18n label as "[object Object]".
+# Dataset headers are plain strings in Gradio, which gr.I18n does not reach.
+I18N_KEYS = ("heading", "analyse", "examples", "probabilities", "heatmap", "how_to_read", "feedback_title",
+             "feedback_intro", "truth_label", "truth_choices", "comment", "comment_placeholder", "send", "about_title")
+
+
+def i18n_translations() -> dict[str, dict[str, str]]:
+    """{lang: {key: text}} for gr.I18n; a dict of choices becomes one key per choice ("truth_choices.benign")."""
+    def flat(key, value):
+        return {f"{key}.{choice}": text for choice, text in value.items()} if isinstance(value, dict) else {key: value}
+    return {lang: {k: v for key in I18N_KEYS for k, v in flat(key, text[key]).items()} for lang, text in TEXT.items()}
+
+
+I18N = gr.I18n(**i18n_translations())
+
+
+def static_text(key, lang: str | None = None):
+    """A component property's value for text `key` in `lang`; lang None: the first render, through gr.I18n
+    where I18N_KEYS allows, else in English.
+
+    A dict of texts gives radio choices in TRUE_LABELS order, a tuple of keys a list of texts.
+    """
+    if isinstance(key, tuple):
+        return [static_text(k, lang) for k in key]
+    value = TEXT[lang or "en"][key]
+    i18n = lang is None and key in I18N_KEYS
+    if isinstance(value, dict):
+        return [(I18N(f"{key}.{code}") if i18n else value[code], code) for code in TRUE_LABELS]
+    return I18N(key) if i18n else value
+
+
+class Page(gr.Blocks):
+    """Blocks whose launch() brings the page's gr.I18n translations, however it is launched (Spaces, tests)."""
+
+    def launch(self, *args, i18n: gr.I18n | None = None, **kwargs):
+        return super().launch(*args, i18n=i18n or I18N, **kwargs)
+
 
 def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
                feedback_dir: str | os.PathLike | None = None, feedback_dataset: str | None = None) -> gr.Blocks:
@@ -595,13 +419,18 @@ def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
     The Screener holding the event functions is `demo.screener`.
     """
     screener = Screener(model, load_error, feedback_dir=feedback_dir, feedback_dataset=feedback_dataset)
-    en = TEXT["en"]
     initial = {"kind": "no_model", "reason": screener.load_error} if model is None else None
+    localised = []  # (component, {property: text key}): what the language switch re-renders
 
-    with gr.Blocks(title="Melanoma screening aid", analytics_enabled=False) as demo:
+    def static(component_class, texts: dict, **kwargs):
+        component = component_class(**kwargs, **{prop: static_text(key) for prop, key in texts.items()})
+        localised.append((component, texts))
+        return component
+
+    with Page(title="Melanoma screening aid", analytics_enabled=False) as demo:
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=240):
-                title = gr.Markdown(en["title"] + "\n\n" + en["intro"], elem_id="title")
+                static(gr.Markdown, {"value": "heading"}, elem_id="title")
             with gr.Column(scale=1, min_width=180):
                 language = gr.Radio(LANGUAGES, value="en", label="Language / Langue", elem_id="language")
         disclaimer = gr.HTML(disclaimer_html("en"), elem_id="disclaimer")
@@ -610,38 +439,39 @@ def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
         # before the examples.
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=280):
-                image = gr.Image(
-                    sources=["upload", "webcam", "clipboard"], type="filepath", image_mode=None,
-                    label=en["image"], elem_id="lesion-image",
+                image = static(
+                    gr.Image, {"label": "image"}, sources=["upload", "webcam", "clipboard"], type="filepath",
+                    image_mode=None, elem_id="lesion-image",
                     # On phones, use the back camera and do not mirror the picture.
                     webcam_options=gr.WebcamOptions(mirror=False, constraints={"video": {"facingMode": "environment"}}),
                 )
-                analyse_button = gr.Button(en["analyse"], variant="primary", elem_id="analyse")
+                analyse_button = static(gr.Button, {"value": "analyse"}, variant="primary", elem_id="analyse")
             with gr.Column(scale=1, min_width=280):
                 first = render_result(initial, "en")
                 risk = gr.HTML(first["risk"], elem_id="risk")
-                probabilities = gr.Label(label=en["probabilities"], num_top_classes=2, show_heading=False,
-                                         elem_id="probabilities")
-                heatmap = gr.Image(label=en["heatmap"], interactive=False, format="png", elem_id="heatmap",
-                                   buttons=["download", "fullscreen"])
-                how_to_read = gr.Markdown(en["how_to_read"], elem_id="how-to-read")
+                probabilities = static(gr.Label, {"label": "probabilities"}, num_top_classes=2, show_heading=False,
+                                       elem_id="probabilities")
+                heatmap = static(gr.Image, {"label": "heatmap"}, interactive=False, format="png", elem_id="heatmap",
+                                 buttons=["download", "fullscreen"])
+                static(gr.Markdown, {"value": "how_to_read"}, elem_id="how-to-read")
 
         # The second input only carries each example's true diagnosis into the table.
-        true_diagnosis = gr.Textbox(label=en["true_diagnosis"], visible=False)
-        examples = gr.Examples(read_examples(), inputs=[image, true_diagnosis], label=en["examples"],
+        true_diagnosis = gr.Textbox(label=TEXT["en"]["true_diagnosis"], visible=False)
+        examples = gr.Examples(read_examples(), inputs=[image, true_diagnosis], label=static_text("examples"),
                                cache_examples=False, examples_per_page=8, elem_id="examples")
-        examples.dataset.headers = [en["example"], en["true_diagnosis"]]  # short: fits a phone's width
+        headers = ("example", "true_diagnosis")  # short: fits a phone's width
+        examples.dataset.headers = static_text(headers)
+        localised.append((examples.dataset, {"label": "examples", "headers": headers}))
 
-        with gr.Accordion(en["feedback_title"], open=False, elem_id="feedback") as feedback_box:
-            feedback_intro = gr.Markdown(en["feedback_intro"])
-            truth = gr.Radio([(en["truth_choices"][k], k) for k in TRUE_LABELS], label=en["truth_label"],
-                             elem_id="truth")
-            comment = gr.Textbox(label=en["comment"], placeholder=en["comment_placeholder"], lines=2,
-                                 max_length=MAX_COMMENT_CHARS, elem_id="comment")
-            send = gr.Button(en["send"], elem_id="send-report")
+        with static(gr.Accordion, {"label": "feedback_title"}, open=False, elem_id="feedback"):
+            static(gr.Markdown, {"value": "feedback_intro"})
+            truth = static(gr.Radio, {"label": "truth_label", "choices": "truth_choices"}, elem_id="truth")
+            comment = static(gr.Textbox, {"label": "comment", "placeholder": "comment_placeholder"}, lines=2,
+                             max_length=MAX_COMMENT_CHARS, elem_id="comment")
+            send = static(gr.Button, {"value": "send"}, elem_id="send-report")
             feedback_status = gr.Markdown("", elem_id="feedback-status")
 
-        with gr.Accordion(en["about_title"], open=False, elem_id="about") as about_box:
+        with static(gr.Accordion, {"label": "about_title"}, open=False, elem_id="about"):
             about = gr.Markdown(screener.about("en"), elem_id="about-model")
 
         result_state = gr.State(initial)
@@ -656,8 +486,7 @@ def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
             api_description=("Screen one dermoscopic image. Returns {label, probabilities: {benign, malignant}, "
                              "risk_level: low|moderate|high, screening_threshold, high_risk_threshold, model_id, "
                              "model_version}, or {error: message, reason: code} when the image cannot be used or "
-                             "the input check refuses it (too_dark, too_bright, blurred, no_lesion, not_skin, "
-                             "unfamiliar)."),
+                             f"the input check refuses it ({', '.join(REFUSALS)})."),
             preprocess=False, concurrency_id="model",
         )
 
@@ -673,35 +502,23 @@ def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
 
         def switch_language(lang, state):
             lang = _lang(lang)
-            text = TEXT[lang]
             view = render_result(state, lang)
-            return (
-                text["title"] + "\n\n" + text["intro"],
-                disclaimer_html(lang),
-                gr.update(label=text["image"]),
-                gr.update(value=text["analyse"]),
-                gr.update(label=text["examples"], headers=[text["example"], text["true_diagnosis"]]),
-                gr.update(label=text["probabilities"], value=view["probabilities"]),
-                view["risk"],
-                gr.update(label=text["heatmap"]),
-                text["how_to_read"],
-                gr.update(label=text["feedback_title"]),
-                text["feedback_intro"],
-                gr.update(label=text["truth_label"], choices=[(text["truth_choices"][k], k) for k in TRUE_LABELS]),
-                gr.update(label=text["comment"], placeholder=text["comment_placeholder"]),
-                gr.update(value=text["send"]),
-                "",
-                gr.update(label=text["about_title"]),
-                screener.about(lang),
-            )
+            updates = {component: {prop: static_text(key, lang) for prop, key in texts.items()}
+                       for component, texts in localised}
+            # The panels the server renders: the result as it stands, the disclaimer, the model's figures.
+            updates[probabilities]["value"] = view["probabilities"]
+            updates |= {risk: {"value": view["risk"]}, disclaimer: {"value": disclaimer_html(lang)},
+                        feedback_status: {"value": ""}, about: {"value": screener.about(lang)}}
+            return {component: gr.update(**properties) for component, properties in updates.items()}
 
         language.change(
             switch_language, inputs=[language, result_state],
-            outputs=[title, disclaimer, image, analyse_button, examples.dataset, probabilities, risk, heatmap,
-                     how_to_read, feedback_box, feedback_intro, truth, comment, send, feedback_status, about_box,
-                     about],
+            outputs=[component for component, _ in localised] + [risk, disclaimer, feedback_status, about],
             api_visibility="private", queue=False,
         )
+        # The page opens in the browser's language, the one gr.I18n showed the static texts in.
+        demo.load(None, None, language, js="() => (navigator.language || '').toLowerCase().startsWith('fr') ? 'fr' : 'en'",
+                  api_visibility="private", queue=False)
 
     # At most MODEL_CONCURRENCY images in the model at once, a bounded waiting line.
     demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=32)

@@ -16,6 +16,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .messages import CodedError
+
 # A picture in a format that must be decoded at full size is refused above this,
 # before decoding: 60 MP is 180 MB of RGB, and a decompression bomb announces
 # hundreds of megapixels in its header.
@@ -36,15 +38,13 @@ MIN_SIDE = 32
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
 
-class ImageLoadError(ValueError):
-    """An input that cannot be used as a lesion image; the message is for people.
+class ImageLoadError(CodedError):
+    """An input that cannot be used as a lesion image.
 
-    `reason` is a short code for programs (the app's /predict returns it).
+    `code` and `params` name the problem (melanoma_screen.messages renders them in
+    each language); str() is the English sentence, and `reason` the code the app's
+    /predict returns.
     """
-
-    def __init__(self, message: str, reason: str = "unreadable"):
-        super().__init__(message)
-        self.reason = reason
 
 
 def _open(source: ImageSource) -> Image.Image:
@@ -62,9 +62,9 @@ def _open(source: ImageSource) -> Image.Image:
         return Image.open(io.BytesIO(source))
     path = Path(source)
     if not path.is_file():
-        raise ImageLoadError(f"File not found: {path.name}.", "not_found")
+        raise ImageLoadError("not_found", name=path.name)
     if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path.name} is an empty file, not an image.", "empty_file")
+        raise ImageLoadError("empty_file", name=path.name)
     return Image.open(path)
 
 
@@ -82,7 +82,7 @@ def load_rgb_image(source: ImageSource, min_side: int = MIN_SIDE,
     JPEG over MAX_PIXELS is still decoded at the scale that brings it under.
     """
     if source is None:
-        raise ImageLoadError("No image was given. Please upload a photo of the lesion.", "no_image")
+        raise ImageLoadError("no_image")
     try:
         with warnings.catch_warnings():
             # Pillow warns from MAX_IMAGE_PIXELS and raises from twice that; the limits
@@ -93,10 +93,7 @@ def load_rgb_image(source: ImageSource, min_side: int = MIN_SIDE,
             draftable = image.format in DRAFTABLE_FORMATS and not isinstance(source, Image.Image)
             limit = jpeg_pixel_limit() if draftable else MAX_PIXELS
             if width * height > limit:
-                raise ImageLoadError(
-                    f"The image is too large ({width}x{height} pixels). "
-                    f"Please upload an image under {limit // 1_000_000} megapixels.", "too_large"
-                )
+                raise ImageLoadError("too_large", width=width, height=height, megapixels=limit // 1_000_000)
             if getattr(image, "is_animated", False):
                 image.seek(0)
             if draftable:
@@ -108,10 +105,10 @@ def load_rgb_image(source: ImageSource, min_side: int = MIN_SIDE,
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         if isinstance(error, UnidentifiedImageError):
-            raise ImageLoadError("This file is not an image that can be read (use JPEG or PNG).", "not_an_image") from error
-        raise ImageLoadError("The image is too large to process safely. Please upload a smaller image.", "too_large") from error
+            raise ImageLoadError("not_an_image") from error
+        raise ImageLoadError("decompression_bomb") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageLoadError(f"The image file is damaged or truncated and cannot be read ({error}).", "damaged") from error
+        raise ImageLoadError("damaged", detail=str(error)) from error
 
     try:
         image = ImageOps.exif_transpose(image)
@@ -119,10 +116,7 @@ def load_rgb_image(source: ImageSource, min_side: int = MIN_SIDE,
         pass
     image = _to_rgb(image)
     if min(image.size) < min_side:
-        raise ImageLoadError(
-            f"The image is too small ({image.size[0]}x{image.size[1]} pixels). "
-            f"Please upload an image at least {min_side}x{min_side} pixels.", "too_small"
-        )
+        raise ImageLoadError("too_small", width=image.size[0], height=image.size[1], min_side=min_side)
     return image
 
 
@@ -155,11 +149,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGB")
     return image
 
-
-def image_error_or_none(path: ImageSource) -> str | None:
-    """The reason `path` cannot be used as an image, or None when it can."""
-    try:
-        load_rgb_image(path, min_side=1)
-    except ImageLoadError as error:
-        return str(error)
-    return None

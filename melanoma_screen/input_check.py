@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .messages import render
+
 logger = logging.getLogger(__name__)
 
 STATS_FILE = "input_check.safetensors"
@@ -82,42 +84,8 @@ RULES = (
 )
 UNFAMILIAR = "unfamiliar"
 
-# One sentence each, English and French: what is wrong and how to retake the picture.
-MESSAGES = {
-    "too_dark": (
-        "The picture is too dark to judge. Retake it with more light, or with the dermatoscope's light on.",
-        "La photo est trop sombre pour être analysée. Reprenez-la avec plus de lumière, ou avec l'éclairage du dermatoscope allumé.",
-    ),
-    "too_bright": (
-        "The picture is too bright (overexposed) to judge. Retake it with less light, without flash or direct sunlight.",
-        "La photo est trop claire (surexposée) pour être analysée. Reprenez-la avec moins de lumière, sans flash ni soleil direct.",
-    ),
-    "blurred": (
-        "The picture is too blurred to judge. Hold the camera still, let it focus on the lesion, and retake it.",
-        "La photo est trop floue pour être analysée. Tenez l'appareil immobile, laissez-le faire la mise au point sur la lésion, puis reprenez-la.",
-    ),
-    "no_lesion": (
-        "No lesion can be seen in the picture. Centre the lesion in the frame, close up, and retake it.",
-        "Aucune lésion n'est visible sur la photo. Centrez la lésion dans le cadre, de près, puis reprenez-la.",
-    ),
-    "not_skin": (
-        "This does not look like a picture of skin. Upload a dermoscopic picture of the lesion itself.",
-        "Cette image ne ressemble pas à une photo de peau. Importez une image dermoscopique de la lésion elle-même.",
-    ),
-    UNFAMILIAR: (
-        "This picture is too unlike the dermoscopic images the model learned from for its result to mean anything. "
-        "Upload a dermoscopic picture centred on the lesion.",
-        "Cette image est trop différente des images dermoscopiques sur lesquelles le modèle a appris pour que son "
-        "résultat ait un sens. Importez une image dermoscopique centrée sur la lésion.",
-    ),
-}
-REASONS = tuple(MESSAGES)
-
-
-def message(reason: str, lang: str = "en") -> str:
-    """The sentence for people for a refusal reason, in English or French."""
-    english, french = MESSAGES[reason]
-    return french if lang == "fr" else english
+# Every refusal code, in the order reports list them; melanoma_screen.messages holds their sentences.
+REASONS = ("too_dark", "too_bright", "blurred", "no_lesion", "not_skin", UNFAMILIAR)
 
 
 # ---------------------------------------------------------------- statistics
@@ -176,7 +144,7 @@ class Verdict:
         return self.reason is None
 
     def message(self, lang: str = "en") -> str | None:
-        return None if self.ok else message(self.reason, lang)
+        return None if self.ok else render(self.reason, lang=lang)
 
 
 class InputCheck:

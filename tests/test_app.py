@@ -31,6 +31,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from melanoma_screen.calibration import risk_level  # noqa: E402
+from melanoma_screen.images import ImageLoadError  # noqa: E402
 
 EXAMPLES = REPO_ROOT / "examples"
 PREDICTION_KEYS = {"label", "probabilities", "risk_level", "screening_threshold", "high_risk_threshold", "model_id",
@@ -218,6 +219,14 @@ def test_empty_submit(client, server, good_image, app):
     assert probabilities is None and state == {"kind": "no_image"} and "No image" in risk
 
 
+@pytest.mark.parametrize("payload, code", [({"url": "data:image/png;base64,abc"}, "bad_data_url"), (42, "bad_upload")])
+def test_an_upload_that_is_not_a_file_is_unreadable(app, payload, code):
+    with pytest.raises(ImageLoadError) as caught:
+        app.image_source(payload)
+    assert caught.value.code == code
+    assert app.predict(payload) == {"error": str(caught.value), "reason": "unreadable"}
+
+
 def test_page_analysis_gives_probabilities_risk_and_heatmap(server, good_image, app):
     probabilities, risk, heatmap, state, status = server[0].screener.analyse({"path": good_image}, "en")
     direct = app.MODEL.predict(good_image).to_json()
@@ -296,10 +305,13 @@ def test_risk_levels_have_advice_in_both_languages(app):
     assert set(app.TEXT["en"]) == set(app.TEXT["fr"])
 
 
-def test_image_errors_are_translated(app):
-    assert app.translate_image_error("The image is too small (1x1 pixels). Please upload an image at least 32x32 pixels.",
-                                     "fr") == "l'image est trop petite (1×1 pixels). Importez une image d'au moins 32×32 pixels."
-    assert app.translate_image_error("Something new.", "fr") == "Something new."
+def test_image_errors_are_shown_in_the_chosen_language(app, server, odd_files):
+    *_, state, _ = server[0].screener.analyse({"path": str(odd_files["one_pixel"])}, "en")
+    assert state == {"kind": "bad_image", "code": "too_small", "params": {"width": 1, "height": 1, "min_side": 32}}
+    french = html_unescape(app.render_result(state, "fr")["risk"])
+    assert ("Cette image n'a pas pu être analysée : l'image est trop petite (1×1 pixels). "
+            "Importez une image d'au moins 32×32 pixels.") in french
+    assert "This image could not be analysed: The image is too small (1x1 pixels)." in app.render_result(state, "en")["risk"]
 
 
 def test_about_shows_id_version_and_test_metrics(app):
@@ -404,20 +416,21 @@ def refusing_app(app):
 
 
 def test_a_refused_picture_gives_error_and_reason_and_no_risk_level(client, server, refusing_app, good_image, tmp_path):
-    from melanoma_screen.input_check import REASONS, message
+    from melanoma_screen.input_check import REASONS
+    from melanoma_screen.messages import render
 
     wall = tmp_path / "wall.png"
     Image.new("RGB", (400, 300), (150, 150, 150)).save(wall)
     result = client.predict(handle_file(str(wall)), api_name="/predict")
     assert set(result) == {"error", "reason", "model_id", "model_version"}, result
-    assert result["reason"] in REASONS and result["error"] == message(result["reason"], "en")
+    assert result["reason"] in REASONS and result["error"] == render(result["reason"])
     assert result["model_version"] == refusing_app.MODEL.version
     # A real lesion still gets its risk level through the same check.
     assert_prediction(client.predict(handle_file(good_image), api_name="/predict"), refusing_app.MODEL)
 
     probabilities, risk, heatmap, state, _ = server[0].screener.analyse({"path": str(wall)}, "fr")
     assert probabilities is None and heatmap is None and state == {"kind": "refused", "reason": result["reason"]}
-    assert "data-risk" not in risk and html_unescape(message(result["reason"], "fr")) in html_unescape(risk)
+    assert "data-risk" not in risk and render(result["reason"], lang="fr") in html_unescape(risk)
     assert "pas été analysée" in html_unescape(risk)
 
 

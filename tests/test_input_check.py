@@ -22,6 +22,7 @@ from not_lesion_set import CATEGORIES, build_not_lesion_set
 
 from melanoma_screen import input_check
 from melanoma_screen.inference import FAST, ScreeningModel
+from melanoma_screen.messages import render
 
 MODEL_DIR = REPO_ROOT / "model"
 EXAMPLES = REPO_ROOT / "examples"
@@ -133,7 +134,7 @@ def test_the_generated_not_a_lesion_set_is_mostly_refused(shipped):
 
 def test_every_reason_has_an_english_and_a_french_sentence():
     for reason in input_check.REASONS:
-        english, french = input_check.message(reason, "en"), input_check.message(reason, "fr")
+        english, french = render(reason, lang="en"), render(reason, lang="fr")
         assert english.endswith(".") and french.endswith(".") and english != french
 
 
@@ -220,7 +221,7 @@ def test_predict_cli_fills_error_and_reason_for_a_refused_picture(tmp_path):
     assert rows["lesion.jpg"]["risk_level"] and not rows["lesion.jpg"]["error"] and not rows["lesion.jpg"]["reason"]
     lawn = rows["lawn.png"]
     assert lawn["risk_level"] == "" and lawn["prob_malignant"] == ""
-    assert lawn["reason"] in input_check.REASONS and lawn["error"] == input_check.message(lawn["reason"])
+    assert lawn["reason"] in input_check.REASONS and lawn["error"] == render(lawn["reason"])
 
 
 def test_evaluate_reports_the_refusal_rate(shipped):
