@@ -1,5 +1,6 @@
 import io
 import json
+import math
 import shutil
 import sys
 
@@ -242,11 +243,19 @@ def fast_model(tiny_model_dir):
     return ScreeningModel.load(str(tiny_model_dir), **FAST)
 
 
-def test_fast_path_is_onnxruntime_int8_and_close_to_pipeline(fast_model, model, images):
+def test_fast_path_is_onnxruntime_int8_and_close_to_pipeline(fast_model, model, images, tiny_model_dir):
     assert (fast_model.engine, fast_model.precision) == (FAST["engine"], FAST["precision"])
+    # int8 rounding happens before the folded temperature, which a tiny calibration set can push to
+    # its floor (logits x20): compare the logit margin the network itself produced.
+    temperature = json.loads((tiny_model_dir / "eval_results.json").read_text())["calibration_temperature"]
+
+    def network_margin(probability: float) -> float:
+        probability = min(max(probability, 1e-9), 1 - 1e-9)
+        return math.log(probability / (1 - probability)) * temperature
+
     for path in images:
         fast, exact = fast_model.predict(path), model.predict(path)
-        assert abs(fast.malignant_probability - exact.malignant_probability) < 0.02
+        assert abs(network_margin(fast.malignant_probability) - network_margin(exact.malignant_probability)) < 0.08
         assert abs(sum(fast.probabilities.values()) - 1) < 1e-9
     heatmap = fast_model.explain(images[0])  # heat-maps come from the float PyTorch model
     np.testing.assert_array_equal(heatmap, model.explain(images[0]))
