@@ -1,0 +1,120 @@
+"""Do test-time flips or checkpoint averaging move the external result? Inference-only levers, tried on one trained run.
+
+    python experiments/tta_and_averaging.py runs/vit-tiny-vig-isic-scale \
+        --data-dir ../shared/data/melanoma_cancer_dataset --extra-train-dir ../shared/data/isic2017 \
+        --audit-file runs/audit_joint.json --external-dir ../shared/data/derm7pt
+
+Variants: the run's model as saved; the mean P(malignant) over the horizontal
+flip, or over all four flips; the weights averaged over the run's saved
+checkpoints (with and without the four flips). Each variant gets its own
+screening and high-risk thresholds fitted on the run's validation split (the
+split training made, rebuilt by data_prep.training_data with the same seed and
+audit), and is then scored on the 10k test split and the external set at those
+thresholds. The external set fits nothing; choosing a variant by it makes its
+figures slightly optimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageClassification
+
+from data_prep import training_data
+from melanoma_screen import calibration, metrics
+from melanoma_screen.images import load_rgb_image
+from melanoma_screen.inference import ScreeningModel
+
+FLIPS = {"none": [()], "hflip": [(), (3,)], "4 flips": [(), (3,), (2,), (2, 3)]}
+
+
+def pixel_batches(model: ScreeningModel, paths: list[str], batch_size: int, desc: str) -> list[torch.Tensor]:
+    """Decode and preprocess once; every variant reuses the same tensors."""
+    return [model.preprocess([load_rgb_image(path) for path in paths[start:start + batch_size]])
+            for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False)]
+
+
+@torch.no_grad()
+def p_malignant(network, batches: list[torch.Tensor], flips: list[tuple]) -> np.ndarray:
+    malignant = network.config.label2id["malignant"]
+    out = []
+    for pixels in batches:
+        probs = [torch.softmax(network(pixel_values=torch.flip(pixels, dims) if dims else pixels).logits, -1)[:, malignant]
+                 for dims in flips]
+        out.append(torch.stack(probs).mean(0).numpy())
+    return np.concatenate(out)
+
+
+def averaged_network(checkpoints: list[Path]):
+    # from_pretrained, not the raw safetensors: transformers renames the stored keys on load.
+    networks = [AutoModelForImageClassification.from_pretrained(str(folder)) for folder in checkpoints]
+    states = [network.state_dict() for network in networks]
+    networks[0].load_state_dict({key: sum(state[key].float() for state in states) / len(states) for key in states[0]})
+    return networks[0].eval()
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", help="train_vit.py output folder, with its checkpoints/ kept")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--extra-train-dir", action="append", default=[])
+    parser.add_argument("--audit-file", required=True, help="the audit the run was trained with (its split depends on it)")
+    parser.add_argument("--external-dir", action="append", default=[])
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--out", help="write the table as JSON here")
+    args = parser.parse_args(argv)
+
+    run = Path(args.run)
+    data = training_data(data_dir=args.data_dir, extra_train_dirs=args.extra_train_dir, external_dirs=args.external_dir,
+                         audit_file=args.audit_file, drop_duplicates=True, seed=args.seed)
+    sets = {"validation": data["validation"], "test": data["test"], **data["external"]}
+    model = ScreeningModel.load(str(run))
+    pixels = {name: pixel_batches(model, [r.path for r in records], args.batch_size, name) for name, records in sets.items()}
+    labels = {name: np.array([r.label for r in records]) for name, records in sets.items()}
+
+    saved = model.model
+    checkpoints = sorted((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    networks = {"saved model": saved}
+    if len(checkpoints) > 1:
+        networks[f"mean of {len(checkpoints)} checkpoints"] = averaged_network(checkpoints)
+
+    rows = []
+    for network_name, network in networks.items():
+        for flip_name, flips in FLIPS.items():
+            if network is not saved and flip_name == "hflip":
+                continue
+            probs = {name: p_malignant(network, batches, flips) for name, batches in pixels.items()}
+            points = calibration.choose_operating_points(labels["validation"], probs["validation"])
+            row = {"weights": network_name, "flips": flip_name, "validation_auc": metrics.binary_metrics(labels["validation"], probs["validation"])["roc_auc"]}
+            for name in sets:
+                if name == "validation":
+                    continue
+                result = metrics.at_operating_points(labels[name], probs[name], points["screening_threshold"], points["high_risk_threshold"])
+                row[name] = {"auc": result["at_0_5"]["roc_auc"],
+                             "sens_scr": result["at_screening_threshold"]["sensitivity"],
+                             "spec_scr": result["at_screening_threshold"]["specificity"]}
+            rows.append(row)
+            print(json.dumps(row))
+
+    external = [name for name in sets if name not in ("validation", "test")]
+    header = f"{'weights':<24} {'flips':<8} {'val AUC':>7} {'test AUC':>8} {'sens/spec@scr':>13}" + "".join(
+        f" {name[:10] + ' AUC':>14} {'sens/spec@scr':>13}" for name in external)
+    print(header)
+    for row in rows:
+        line = f"{row['weights']:<24} {row['flips']:<8} {row['validation_auc']:>7.3f} {row['test']['auc']:>8.3f} " \
+               f"{row['test']['sens_scr']:>6.3f}/{row['test']['spec_scr']:.3f}"
+        for name in external:
+            line += f" {row[name]['auc']:>14.3f} {row[name]['sens_scr']:>6.3f}/{row[name]['spec_scr']:.3f}"
+        print(line)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
