@@ -48,7 +48,7 @@ from melanoma_screen.input_check import refusal_report
 from melanoma_screen.model_card import replace_section, update_card_section
 from melanoma_screen.results import load_eval_results
 from melanoma_screen.shortcuts import add_circular_vignette, fill_dark_border, has_dark_corners
-from melanoma_screen.transforms import COLOR_CONSTANCY_NAMES
+from melanoma_screen.transforms import AUGMENTATION_DEFAULTS, COLOR_CONSTANCY_NAMES
 
 
 def _colour_cast(gains):
@@ -343,10 +343,6 @@ def write_card_section(card_path, name: str, markdown: str, heading: str, after:
 
 UNKNOWN = "—"  # a setting the run did not store, unlike "–", a setting that was off or empty
 
-_RECIPE_KNOBS = ("augment_brightness", "augment_contrast", "augment_saturation", "augment_hue", "augment_white_balance",
-                 "augment_vignette", "crop_scale_min")
-
-
 _RECIPE_COLUMNS = ("initialisation", "extra training data", "field of view", "colour constancy", "augmentation")
 
 
@@ -354,12 +350,9 @@ def recipe(settings: dict | None) -> dict:
     """The comparison's recipe columns from the settings a run stored (None: all unknown)."""
     if settings is None:
         return dict.fromkeys(_RECIPE_COLUMNS, UNKNOWN)
-    import train_vit  # heavy (Trainer); only its defaults are needed
-
-    defaults = train_vit.DataArguments()
     data_args, model_args = settings["data"], settings["model"]
-    changed = {name.removeprefix("augment_"): data_args.get(name, getattr(defaults, name)) for name in _RECIPE_KNOBS
-               if data_args.get(name, getattr(defaults, name)) != getattr(defaults, name)}
+    changed = {name.removeprefix("augment_"): data_args.get(name, default) for name, default in AUGMENTATION_DEFAULTS.items()
+               if data_args.get(name, default) != default}
     color_constancy = model_args.get("color_constancy", "none")
     return dict(zip(_RECIPE_COLUMNS, (
         "random" if model_args.get("scratch_config") else

@@ -45,6 +45,7 @@ from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, trainer_checkpoints, last_checkpoint,
 )
 from melanoma_screen.transforms import (
+    AUGMENTATION_DEFAULTS,
     COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, apply_color_constancy, apply_field_of_view_mask,
     augmentation_rng, build_image_processor, model_input, processor_image_size,
 )
@@ -75,18 +76,18 @@ class DataArguments:
     audit_file: Optional[str] = field(default=None, metadata={"help": "Reuse a duplicate-audit report (`python -m data_prep audit`) instead of auditing again; written there when missing."})
     balance: str = field(default="none", metadata={"help": "Class balancing for training.", "choices": ["none", "undersample", "class_weights"]})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (for quick runs)."})
-    augment_brightness: float = field(default=0.15, metadata={"help": "Random brightness factor range, 1 ± this."})
-    augment_contrast: float = field(default=0.15, metadata={"help": "Random contrast factor range, 1 ± this."})
-    augment_saturation: float = field(default=0.15, metadata={"help": "Random saturation factor range, 1 ± this."})
-    augment_hue: float = field(default=0.02, metadata={"help": "Random hue shift, ± this fraction of the colour wheel."})
-    augment_white_balance: float = field(default=0.0, metadata={"help": "Random per-channel gain, 1 ± this (another device's white balance)."})
+    augment_brightness: float = field(default=AUGMENTATION_DEFAULTS["augment_brightness"], metadata={"help": "Random brightness factor range, 1 ± this."})
+    augment_contrast: float = field(default=AUGMENTATION_DEFAULTS["augment_contrast"], metadata={"help": "Random contrast factor range, 1 ± this."})
+    augment_saturation: float = field(default=AUGMENTATION_DEFAULTS["augment_saturation"], metadata={"help": "Random saturation factor range, 1 ± this."})
+    augment_hue: float = field(default=AUGMENTATION_DEFAULTS["augment_hue"], metadata={"help": "Random hue shift, ± this fraction of the colour wheel."})
+    augment_white_balance: float = field(default=AUGMENTATION_DEFAULTS["augment_white_balance"], metadata={"help": "Random per-channel gain, 1 ± this (another device's white balance)."})
     augment_vignette: float = field(
-        default=0.0,
+        default=AUGMENTATION_DEFAULTS["augment_vignette"],
         metadata={"help": "Probability of drawing a random black circular field of view on a training image of either "
                           "class, so a dermoscope's vignette carries no class information."},
     )
     crop_scale_min: float = field(
-        default=0.5,
+        default=AUGMENTATION_DEFAULTS["crop_scale_min"],
         metadata={"help": "Smallest share of the image a random crop keeps; lower lets small lesions fill the frame "
                           "as they do on other devices."},
     )

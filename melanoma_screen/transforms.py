@@ -189,6 +189,20 @@ class DermoscopyAugmentation:
 _rng_cache: dict[int, random.Random] = {}
 
 
+# train_vit.py's augmentation flags and their defaults, which are DermoscopyAugmentation's own:
+# evaluate_model.py --compare names a recipe by what it changed from these, without importing the script.
+_DEFAULT_AUGMENTATION = DermoscopyAugmentation(image_size=1)
+AUGMENTATION_DEFAULTS = {
+    "augment_brightness": _DEFAULT_AUGMENTATION.brightness,
+    "augment_contrast": _DEFAULT_AUGMENTATION.contrast,
+    "augment_saturation": _DEFAULT_AUGMENTATION.saturation,
+    "augment_hue": _DEFAULT_AUGMENTATION.hue,
+    "augment_white_balance": _DEFAULT_AUGMENTATION.white_balance,
+    "augment_vignette": _DEFAULT_AUGMENTATION.vignette,
+    "crop_scale_min": _DEFAULT_AUGMENTATION.crop_scale[0],
+}
+
+
 def augmentation_rng() -> random.Random:
     """A random generator for augmentation that differs per DataLoader worker and per epoch.
 
