@@ -44,7 +44,13 @@ def real_images(split: str, label: str, count: int) -> list[Path]:
         return sorted(folder.glob("*.jpg"))[:count]
     if split != "test":
         pytest.skip(f"the shared dataset is not at {SHARED_DATASET}, and examples/ holds test images only")
-    return example_images(label)[:count]
+    examples = example_images(label)
+    if len(examples) < count:
+        # A test that asks for more images than examples/ holds measures a rate or picks images
+        # by a property; four cannot stand in for that.
+        pytest.skip(f"the shared dataset is not at {SHARED_DATASET}, and examples/ holds {len(examples)} {label} "
+                    f"images where the test needs {count}")
+    return examples[:count]
 
 
 def image_count(folder: Path) -> int:
