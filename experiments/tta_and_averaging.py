@@ -28,6 +28,7 @@ from transformers import AutoModelForImageClassification
 from data_prep import training_data
 from melanoma_screen import calibration, metrics
 from melanoma_screen.images import load_rgb_image
+from melanoma_screen.labels import malignant_index
 from melanoma_screen.inference import ScreeningModel
 
 FLIPS = {"none": [()], "hflip": [(), (3,)], "4 flips": [(), (3,), (2,), (2, 3)]}
@@ -41,7 +42,7 @@ def pixel_batches(model: ScreeningModel, paths: list[str], batch_size: int, desc
 
 @torch.no_grad()
 def p_malignant(network, batches: list[torch.Tensor], flips: list[tuple]) -> np.ndarray:
-    malignant = network.config.label2id["malignant"]
+    malignant = malignant_index(network.config)
     out = []
     for pixels in batches:
         probs = [torch.softmax(network(pixel_values=torch.flip(pixels, dims) if dims else pixels).logits, -1)[:, malignant]
