@@ -15,7 +15,9 @@ dermatoscope or a phone would cause (colour casts, exposure, blur, zoom,
 framing, JPEG compression, low resolution) and reports the ROC AUC drop.
 It also probes the dermoscope-vignette shortcut: benign images with a black
 circular field of view added, malignant images with theirs painted out, and
-the metrics of images with and without dark corners ("shortcut_probes").
+the metrics of images with and without dark corners; and the skin-colour
+shortcut: every image with the skin around its lesion recoloured towards
+whiter and yellower, and towards darker and pinker skin ("shortcut_probes").
 --card MODEL/README.md writes both tables into the model card.
 
     python evaluate_model.py --compare runs/a runs/b ... --card model/README.md
@@ -48,6 +50,7 @@ from melanoma_screen.input_check import refusal_report
 from melanoma_screen.model_card import replace_section, update_card_section
 from melanoma_screen.results import load_eval_results
 from melanoma_screen.shortcuts import add_circular_vignette, fill_dark_border, has_dark_corners
+from melanoma_screen.skin import PROBE_TARGETS, recolour_skin
 from melanoma_screen.transforms import AUGMENTATION_DEFAULTS, COLOR_CONSTANCY_NAMES
 
 
@@ -192,6 +195,15 @@ def shortcut_probes(model: ScreeningModel, paths, labels: np.ndarray, clean: np.
         return filled
 
     filled = score_each(model, [paths[i] for i in malignant], fill, batch_size=batch_size, desc="field-of-view probe")
+    skin_colour = {}
+    for direction, target in PROBE_TARGETS.items():
+        recoloured = score_each(model, paths, lambda index, image: recolour_skin(image, target),
+                                batch_size=batch_size, desc=f"skin-colour probe ({direction})")
+        skin_colour[direction] = {
+            "target_rgb": list(target),
+            **{name: _before_after(clean[labels == label], recoloured[labels == label], threshold)
+               for name, label in (("benign", 0), ("malignant", 1))},
+        }
     return {
         "screening_threshold": threshold,
         "vignette": {**_before_after(clean[benign], vignetted, threshold),
@@ -201,6 +213,8 @@ def shortcut_probes(model: ScreeningModel, paths, labels: np.ndarray, clean: np.
                           "images": "malignant images with dark corners, with the dark border painted in skin colour",
                           # fill_dark_border leaves a border alone when it is not round (a lesion or shadow at the edge).
                           "n_still_dark_after_fill": int(sum(still_dark))},
+        # The skin around the lesion (melanoma_screen.skin) moved to another colour, the lesion left as it is.
+        "skin_colour": skin_colour,
         "by_dark_corners": {"with": _subgroup(labels[dark], clean[dark], threshold),
                             "without": _subgroup(labels[~dark], clean[~dark], threshold)},
     }
@@ -282,6 +296,9 @@ def _rate(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+SKIN_PROBE_NAMES = {"whiter_yellower": "whiter and yellower", "darker_pinker": "darker and pinker"}
+
+
 def print_shortcut_probes(probes: dict) -> None:
     print(f"\nshortcut probes at the screening threshold ({probes['screening_threshold']:.3f})")
     print(f"{'probe':44s} {'n':>5s} {'mean P before':>14s} {'after':>6s} {'change':>7s} "
@@ -295,6 +312,14 @@ def print_shortcut_probes(probes: dict) -> None:
         print(f"{name:44s} {row['n']:5d} {row['mean_p_malignant_before']:14.3f} {row['mean_p_malignant_after']:6.3f} "
               f"{row['mean_p_malignant_change']:+7.3f} {row['flagged_before']:15.1%} {row['flagged_after']:6.1%} "
               f"{row['flagged_change_points']:+7.1f}p")
+    for direction, probe in (probes.get("skin_colour") or {}).items():
+        for name in ("benign", "malignant"):
+            row = probe[name]
+            if row["n"]:
+                label = f"skin {SKIN_PROBE_NAMES[direction]}, {name}"
+                print(f"{label:44s} {row['n']:5d} {row['mean_p_malignant_before']:14.3f} {row['mean_p_malignant_after']:6.3f} "
+                      f"{row['mean_p_malignant_change']:+7.3f} {row['flagged_before']:15.1%} {row['flagged_after']:6.1%} "
+                      f"{row['flagged_change_points']:+7.1f}p")
     print(f"\n{'subgroup':22s} {'n':>5s} {'malig':>6s} {'benign':>7s} {'sens@scr':>9s} {'spec@scr':>9s} {'AUC':>6s}")
     for key in ("with", "without"):
         row = probes["by_dark_corners"][key]
@@ -316,6 +341,15 @@ def shortcut_probes_markdown(report: dict) -> str:
                          f"({row['flagged_change_points']:+.1f} points) |")
         else:
             lines.append(f"| {name} | 0 | – | – |")
+    for direction, probe in (probes.get("skin_colour") or {}).items():
+        target = ", ".join(f"{value:g}" for value in probe["target_rgb"])
+        for name in ("benign", "malignant"):
+            row = probe[name]
+            if row["n"]:
+                lines.append(f"| skin around the lesion recoloured {SKIN_PROBE_NAMES[direction]} (RGB {target}), {name} images "
+                             f"| {row['n']} | {row['mean_p_malignant_before']:.3f} → {row['mean_p_malignant_after']:.3f} "
+                             f"({row['mean_p_malignant_change']:+.3f}) | {row['flagged_before']:.1%} → {row['flagged_after']:.1%} "
+                             f"({row['flagged_change_points']:+.1f} points) |")
     lines += ["", "| subgroup | images | malignant / benign | sensitivity @ screening | specificity @ screening | ROC AUC |",
               "|---|---|---|---|---|---|"]
     for key in ("with", "without"):
@@ -323,8 +357,9 @@ def shortcut_probes_markdown(report: dict) -> str:
         lines.append(f"| {key} dark corners | {row['n']} | {row['n_malignant']} / {row['n_benign']} "
                      f"| {_rate(row.get('sensitivity_at_screening'))} | {_rate(row.get('specificity_at_screening'))} "
                      f"| {_rate(row.get('roc_auc'))} |")
-    return ("\n".join(lines) + f"\n\nA model that reads the lesion, not the dermatoscope's field of view, barely moves in "
-            f"either probe. Screening threshold {probes['screening_threshold']:.3f}; vignettes seeded per image; measured "
+    return ("\n".join(lines) + f"\n\nA model that reads the lesion, not the dermatoscope's field of view or the skin's "
+            f"colour, barely moves in any probe. The skin probe moves only the skin outside the lesion mask "
+            f"(`melanoma_screen.skin`). Screening threshold {probes['screening_threshold']:.3f}; vignettes seeded per image; measured "
             f"with `{report.get('command', 'evaluate_model.py --robustness')}`.")
 
 
@@ -402,6 +437,10 @@ def describe_run(run_dir: Path) -> dict:
         if vignette and vignette.get("n"):
             row["vignette probe: P(mal) / flagged change"] = (vignette["mean_p_malignant_change"],
                                                               vignette["flagged_change_points"] / 100)
+        for direction, probe in ((robustness.get("shortcut_probes") or {}).get("skin_colour") or {}).items():
+            if probe["benign"].get("n"):
+                row[f"skin probe {SKIN_PROBE_NAMES[direction]}: benign P(mal) / flagged change"] = (
+                    probe["benign"]["mean_p_malignant_change"], probe["benign"]["flagged_change_points"] / 100)
     return row
 
 

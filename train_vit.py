@@ -41,6 +41,7 @@ from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.labels import malignant_index
 from melanoma_screen.model_card import write_model_card
+from melanoma_screen.skin import reference_skin_colour
 from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, trainer_checkpoints, last_checkpoint,
 )
@@ -86,6 +87,11 @@ class DataArguments:
         metadata={"help": "Probability of drawing a random black circular field of view on a training image of either "
                           "class, so a dermoscope's vignette carries no class information."},
     )
+    augment_skin_recolour: float = field(
+        default=AUGMENTATION_DEFAULTS["augment_skin_recolour"],
+        metadata={"help": "Probability of moving the skin around the lesion, and only the skin, to a random skin tone "
+                          "under a random light, so the skin's colour carries no class information."},
+    )
     crop_scale_min: float = field(
         default=AUGMENTATION_DEFAULTS["crop_scale_min"],
         metadata={"help": "Smallest share of the image a random crop keeps; lower lets small lesions fill the frame "
@@ -110,8 +116,15 @@ class ModelArguments:
     color_constancy: str = field(
         default="none",
         metadata={"help": "Colour constancy before the image processor; saved in the config, applied by the app, "
-                          "predict.py and evaluate_model.py (not by a bare transformers pipeline).",
+                          "predict.py and evaluate_model.py (a bare transformers pipeline gets it through "
+                          "ScreeningModel.pipeline_input). skin_reference: one gain per channel so the skin around "
+                          "the lesion takes --skin-reference-rgb.",
                   "choices": list(COLOR_CONSTANCY_METHODS)},
+    )
+    skin_reference_rgb: Optional[str] = field(
+        default=None,
+        metadata={"help": "R,G,B (0-255) the skin is normalised to with --color-constancy skin_reference; default: "
+                          "the median skin colour of 2,000 training images, measured at the model's input size."},
     )
 
 
@@ -189,11 +202,13 @@ def load_records(data_args: DataArguments, train_args: TrainArguments):
     return data
 
 
-def make_transforms(image_processor, data_args: DataArguments, color_constancy: str = "none", field_of_view_mask: float = 0.0):
+def make_transforms(image_processor, data_args: DataArguments, color_constancy: str = "none", field_of_view_mask: float = 0.0,
+                    skin_reference=None):
     augment = DermoscopyAugmentation(
         image_size=processor_image_size(image_processor),
         crop_scale=(data_args.crop_scale_min, 1.0),
         vignette=data_args.augment_vignette,
+        skin_recolour=data_args.augment_skin_recolour,
         brightness=data_args.augment_brightness,
         contrast=data_args.augment_contrast,
         saturation=data_args.augment_saturation,
@@ -205,16 +220,38 @@ def make_transforms(image_processor, data_args: DataArguments, color_constancy: 
     # device's colour shift: the jitter teaches what it cannot undo.
     def train_transform(batch):
         images = [apply_field_of_view_mask(apply_color_constancy(augment(load_rgb_image(image, min_side=1), augmentation_rng()),
-                                                                 color_constancy), field_of_view_mask)
+                                                                 color_constancy, skin_reference), field_of_view_mask)
                   for image in batch["image"]]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
 
     def eval_transform(batch):
-        images = [model_input(load_rgb_image(image, min_side=1), image_processor, color_constancy, field_of_view_mask)
+        images = [model_input(load_rgb_image(image, min_side=1), image_processor, color_constancy, field_of_view_mask,
+                              skin_reference)
                   for image in batch["image"]]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
 
     return train_transform, eval_transform
+
+
+def skin_reference_colour(model_args: ModelArguments, train_records, image_processor, seed: int) -> tuple:
+    """--skin-reference-rgb, or the median skin colour of the training images as the model will see them (resized)."""
+    if model_args.skin_reference_rgb:
+        try:
+            reference = tuple(float(value) for value in model_args.skin_reference_rgb.split(","))
+        except ValueError:
+            reference = ()
+        if len(reference) != 3 or not all(1 <= value <= 255 for value in reference):
+            raise SystemExit(f"--skin-reference-rgb {model_args.skin_reference_rgb!r}: give three numbers 1-255, e.g. 216,170,166")
+        return reference
+    size = processor_image_size(image_processor)
+    local = [record for record in train_records if not record.path.startswith("hub://")]
+    if not local:
+        raise SystemExit("--color-constancy skin_reference on a Hub dataset needs --skin-reference-rgb R,G,B")
+
+    def resized(path):
+        return lambda: load_rgb_image(path).resize((size, size), image_processor.resample)
+
+    return reference_skin_colour([resized(record.path) for record in local], seed=seed)
 
 
 def collate(examples):
@@ -484,12 +521,19 @@ def main(argv=None):
     model, image_processor, base_model, init_description = build_model(model_args)
     model.config.color_constancy = model_args.color_constancy
     model.config.field_of_view_mask = model_args.field_of_view_mask
+    skin_reference = None
+    if model_args.color_constancy == "skin_reference":
+        skin_reference = skin_reference_colour(model_args, data["train"], image_processor, train_args.seed)
+        model.config.skin_reference_rgb = list(skin_reference)
+        logger.info("skin reference colour (RGB): %s", skin_reference)
     if model_args.color_constancy != "none":
         init_description += f", inputs corrected with {COLOR_CONSTANCY_NAMES[model_args.color_constancy]} colour constancy"
+        if skin_reference:
+            init_description += " (skin around the lesion brought to RGB " + ", ".join(f"{c:g}" for c in skin_reference) + ")"
     if model_args.field_of_view_mask:
         init_description += f", every image masked to a centred circle of radius {model_args.field_of_view_mask:g} of its side"
     train_transform, eval_transform = make_transforms(image_processor, data_args, model_args.color_constancy,
-                                                      model_args.field_of_view_mask)
+                                                      model_args.field_of_view_mask, skin_reference)
     train_dataset = to_dataset(data["train"]).with_transform(train_transform)
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None

@@ -13,6 +13,10 @@
 #   vig-isic             without the stronger zoom-in crops (default crop scale 0.5 instead of 0.25)
 #   vig-isic-scale-sog   with shades-of-gray colour constancy in training and inference
 #   vig-isic-scale-seed7 the same recipe with another seed: how far two runs of one recipe differ
+# and, for the skin-colour issue, against the same vig-isic-scale:
+#   skinref              skin-referenced colour gain (melanoma_screen.skin) in training and inference
+#   skinaug              the skin around the lesion recoloured at random in training (p = 0.5)
+#   skinref-skinaug      both
 # derm7pt is scored after training to compare recipes, never to fit anything; choosing a
 # recipe on it makes its figures slightly optimistic, and the README says so.
 set -uo pipefail
@@ -41,6 +45,9 @@ recipe_args() {
         vig-isic)             echo "${JOINT[*]} --augment-vignette 0.5" ;;
         vig-isic-scale-sog)   echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --color-constancy shades_of_gray" ;;
         vig-isic-scale-seed7) echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --seed 7" ;;
+        skinref)              echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --color-constancy skin_reference" ;;
+        skinaug)              echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --augment-skin-recolour 0.5" ;;
+        skinref-skinaug)      echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --color-constancy skin_reference --augment-skin-recolour 0.5" ;;
         *) echo "unknown recipe $1" >&2; return 1 ;;
     esac
 }

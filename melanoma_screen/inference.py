@@ -44,7 +44,7 @@ from .labels import malignant_index
 from .onnx_engine import logits_and_embedding
 from .results import EvalResultsError, load_eval_results
 from .transforms import (apply_color_constancy, apply_field_of_view_mask, color_constancy_of, field_of_view_mask_of,
-                         model_input)
+                         model_input, skin_reference_of)
 
 # What we fetch for a Hub id; the card, plots and checkpoints are not needed to predict.
 MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "eval_results.json", STATS_FILE]
@@ -197,6 +197,7 @@ class ScreeningModel:
         try:
             self.color_constancy = color_constancy_of(self.config)
             self.field_of_view_mask = field_of_view_mask_of(self.config)
+            self.skin_reference = skin_reference_of(self.config)
         except ValueError as error:
             raise ModelLoadError(f"Could not load model '{model_id}': {error}.") from error
 
@@ -310,19 +311,22 @@ class ScreeningModel:
         """
         if self.color_constancy == "none" and not self.field_of_view_mask:
             return str(source) if isinstance(source, Path) else source
-        return model_input(load_rgb_image(source), self.image_processor, self.color_constancy, self.field_of_view_mask)
+        return model_input(load_rgb_image(source), self.image_processor, self.color_constancy, self.field_of_view_mask,
+                           self.skin_reference)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """(N, 3, H, W) float32, equal to image_processor(images)["pixel_values"] after the model's colour constancy."""
         if not self._fast:
-            images = [model_input(image, self.image_processor, self.color_constancy, self.field_of_view_mask) for image in images]
+            images = [model_input(image, self.image_processor, self.color_constancy, self.field_of_view_mask,
+                                  self.skin_reference) for image in images]
             return self.image_processor(images, return_tensors="pt")["pixel_values"]
         width, height = self._resize_to
         batch = np.empty((len(images), 3, height, width), dtype=np.float32)
         for i, image in enumerate(images):
             rgb = image if image.mode == "RGB" else image.convert("RGB")
             resized = apply_field_of_view_mask(apply_color_constancy(rgb.resize(self._resize_to, self.image_processor.resample),
-                                                                     self.color_constancy), self.field_of_view_mask)
+                                                                     self.color_constancy, self.skin_reference),
+                                               self.field_of_view_mask)
             # Straight from PIL's (H, W, 3) bytes into the channel-first float batch:
             # one pass, no intermediate float image, no torch permute copy.
             np.multiply(np.asarray(resized).transpose(2, 0, 1), self._multiply, out=batch[i])

@@ -18,6 +18,7 @@ from PIL import Image, ImageEnhance
 from transformers import ViTImageProcessorPil
 
 from .shortcuts import add_circular_vignette, mask_field_of_view
+from .skin import normalise_skin_colour, random_skin_colour, recolour_skin
 
 # Mean/std of 0.5 is what google/vit-base-patch16-224-in21k uses, so a scratch
 # model and a fine-tuned one see inputs on the same scale.
@@ -37,8 +38,9 @@ def build_image_processor(image_size: int, image_mean=DEFAULT_MEAN, image_std=DE
     )
 
 
-COLOR_CONSTANCY_METHODS = ("none", "shades_of_gray")
-COLOR_CONSTANCY_NAMES = {"none": "none", "shades_of_gray": "Shades of Gray"}
+COLOR_CONSTANCY_METHODS = ("none", "shades_of_gray", "skin_reference")
+COLOR_CONSTANCY_NAMES = {"none": "none", "shades_of_gray": "Shades of Gray",
+                         "skin_reference": "skin-referenced colour gain"}
 # Minkowski norm p = 6 is what Barata et al. (2015) found best for dermoscopy
 # and what ISIC 2017-2019 winning entries used.
 SHADES_OF_GRAY_POWER = 6
@@ -68,8 +70,28 @@ def color_constancy_of(config) -> str:
     return method
 
 
-def apply_color_constancy(image: Image.Image, method: str) -> Image.Image:
-    return shades_of_gray(image) if method == "shades_of_gray" else image
+def skin_reference_of(config):
+    """The skin colour a "skin_reference" model normalises to, from its config: (R, G, B) in 0-255, else None."""
+    if color_constancy_of(config) != "skin_reference":
+        return None
+    value = getattr(config, "skin_reference_rgb", None)
+    try:
+        reference = tuple(float(channel) for channel in value)
+    except (TypeError, ValueError):  # absent, or a string in a hand-edited config.json
+        reference = ()
+    if len(reference) != 3 or not all(1.0 <= channel <= 255.0 for channel in reference):
+        raise ValueError(f"skin_reference_rgb {value!r} in the model config must be three numbers between 1 and 255")
+    return reference
+
+
+def apply_color_constancy(image: Image.Image, method: str, skin_reference=None) -> Image.Image:
+    if method == "shades_of_gray":
+        return shades_of_gray(image)
+    if method == "skin_reference":
+        if skin_reference is None:
+            raise ValueError("skin_reference colour constancy needs the reference skin colour (skin_reference_rgb)")
+        return normalise_skin_colour(image, skin_reference)
+    return image
 
 
 def field_of_view_mask_of(config) -> float:
@@ -89,7 +111,7 @@ def apply_field_of_view_mask(image: Image.Image, radius: float) -> Image.Image:
 
 
 def model_input(image: Image.Image, image_processor, color_constancy: str = "none",
-                field_of_view_mask: float = 0.0) -> Image.Image:
+                field_of_view_mask: float = 0.0, skin_reference=None) -> Image.Image:
     """The image resized as the processor would, colour-corrected, then masked to the model's field of view.
 
     Correcting after the resize keeps it cheap on large photos and makes
@@ -101,7 +123,7 @@ def model_input(image: Image.Image, image_processor, color_constancy: str = "non
         return image
     size = image_processor.size
     resized = image.resize((int(size["width"]), int(size["height"])), image_processor.resample)
-    return apply_field_of_view_mask(apply_color_constancy(resized, color_constancy), field_of_view_mask)
+    return apply_field_of_view_mask(apply_color_constancy(resized, color_constancy, skin_reference), field_of_view_mask)
 
 
 def processor_image_size(image_processor) -> int:
@@ -121,6 +143,9 @@ class DermoscopyAugmentation:
     that fraction, as another device's white balance or illuminant would.
     vignette is the probability of drawing a dermatoscope's black circular
     field of view, on either class, so that the vignette stops being evidence.
+    skin_recolour is the probability of moving the skin around the lesion, and
+    only the skin, to a random skin tone under a random light
+    (melanoma_screen.skin), so that the skin's colour stops being evidence.
     """
 
     image_size: int
@@ -132,9 +157,13 @@ class DermoscopyAugmentation:
     hue: float = 0.02
     white_balance: float = 0.0
     vignette: float = 0.0
+    skin_recolour: float = 0.0
 
     def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
         image = self.random_resized_crop(image, rng)
+        # Before the vignette, so the skin is measured and moved inside the picture's own field of view.
+        if self.skin_recolour > 0 and rng.random() < self.skin_recolour:
+            image = recolour_skin(image, random_skin_colour(rng))
         # After the crop, so the circle sits in the frame the model sees, as a lens's would.
         if self.vignette > 0 and rng.random() < self.vignette:
             image = add_circular_vignette(image, rng)
@@ -199,6 +228,7 @@ AUGMENTATION_DEFAULTS = {
     "augment_hue": _DEFAULT_AUGMENTATION.hue,
     "augment_white_balance": _DEFAULT_AUGMENTATION.white_balance,
     "augment_vignette": _DEFAULT_AUGMENTATION.vignette,
+    "augment_skin_recolour": _DEFAULT_AUGMENTATION.skin_recolour,
     "crop_scale_min": _DEFAULT_AUGMENTATION.crop_scale[0],
 }
 
