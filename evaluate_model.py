@@ -220,7 +220,8 @@ def shortcut_probes(model: ScreeningModel, paths, labels: np.ndarray, clean: np.
     }
 
 
-def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_size: int = 32) -> dict:
+def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_size: int = 32,
+             probes_only: bool = False) -> dict:
     paths = [record.path for record in records]
     labels = np.asarray([record.label for record in records])
     reasons = []
@@ -237,7 +238,7 @@ def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_siz
     if robustness:
         clean_auc = report["at_0_5"]["roc_auc"]
         report["robustness"] = {}
-        for name, shift in SHIFTS.items():
+        for name, shift in ({} if probes_only else SHIFTS).items():
             shifted = score(model, paths, shift=shift, batch_size=batch_size, desc=name)
             at_screening = metrics.binary_metrics(labels, shifted, model.screening_threshold)
             report["robustness"][name] = {
@@ -430,9 +431,10 @@ def describe_run(run_dir: Path) -> dict:
     if robustness_path.is_file():
         robustness = json.loads(robustness_path.read_text())
         shifts = robustness["robustness"]
-        worst = min(shifts, key=lambda name: shifts[name]["roc_auc"])
-        row["mean AUC under shifts"] = float(np.mean([shift["roc_auc"] for shift in shifts.values()]))
-        row["worst shift"] = (worst, shifts[worst]["roc_auc"])
+        if shifts:  # empty after --shortcut-probes-only
+            worst = min(shifts, key=lambda name: shifts[name]["roc_auc"])
+            row["mean AUC under shifts"] = float(np.mean([shift["roc_auc"] for shift in shifts.values()]))
+            row["worst shift"] = (worst, shifts[worst]["roc_auc"])
         vignette = (robustness.get("shortcut_probes") or {}).get("vignette")
         if vignette and vignette.get("n"):
             row["vignette probe: P(mal) / flagged change"] = (vignette["mean_p_malignant_change"],
@@ -468,6 +470,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", help="Image folder: {split}/{benign,malignant}/* or {benign,malignant}/*.")
     parser.add_argument("--split", default=None, help="Split folder to score, e.g. test (omit when --data-dir holds the label folders).")
     parser.add_argument("--robustness", action="store_true", help="Also score under acquisition shifts.")
+    parser.add_argument("--shortcut-probes-only", action="store_true",
+                        help="With --robustness: the shortcut probes without the acquisition shifts (a quick recipe comparison).")
     parser.add_argument("--fast", action="store_true", help="Score the app's int8 ONNX Runtime path instead of exact fp32.")
     parser.add_argument("--without-color-constancy", action="store_true",
                         help="Skip the colour constancy the model was trained with, as a bare transformers pipeline does.")
@@ -488,6 +492,10 @@ def main(argv=None) -> int:
         parser.error("--data-dir is required (unless --compare)")
     if args.card and not args.robustness:
         parser.error("--card needs --robustness (or --compare)")
+    if args.shortcut_probes_only and not args.robustness:
+        parser.error("--shortcut-probes-only needs --robustness")
+    if args.card and args.shortcut_probes_only:
+        parser.error("--card writes the whole robustness table: run without --shortcut-probes-only")
 
     data_dir = Path(args.data_dir)
     try:
@@ -507,7 +515,8 @@ def main(argv=None) -> int:
     trained_with = model.color_constancy
     if args.without_color_constancy:
         model.color_constancy = "none"
-    report = evaluate(model, scan.records, robustness=args.robustness, batch_size=args.batch_size)
+    report = evaluate(model, scan.records, robustness=args.robustness, batch_size=args.batch_size,
+                      probes_only=args.shortcut_probes_only)
     report["color_constancy"] = {"trained_with": trained_with, "applied": model.color_constancy}
     report["data"] = {"data_dir": str(data_dir), "split": args.split, "counts": scan.counts, "skipped": len(scan.skipped)}
     report["command"] = "python evaluate_model.py " + " ".join(shlex.quote(arg) for arg in (argv if argv is not None else sys.argv[1:]))

@@ -331,7 +331,11 @@ def weighted_loss(class_weights, label_smoothing):
 def score_external(trainer, dataset, records, operating_points) -> dict:
     labels = np.array([r.label for r in records])
     prob = malignant_probability(trainer.predict(dataset).predictions, trainer.model.config)
-    return metrics.at_operating_points(labels, prob, operating_points["screening_threshold"], operating_points["high_risk_threshold"])
+    screening, high_risk = operating_points["screening_threshold"], operating_points["high_risk_threshold"]
+    report = metrics.at_operating_points(labels, prob, screening, high_risk)
+    # Where the score shift shows: the benign lesions' mean score, and what 90% sensitivity would cost there.
+    report["by_source"] = metrics.by_source(labels, prob, ["all"] * len(labels), screening, high_risk)["all"]
+    return report
 
 
 def validation_auc(trainer, val_dataset, val_labels) -> float:
@@ -413,18 +417,20 @@ def build_trainer(model, image_processor, train_dataset, val_dataset, class_weig
 # ----------------------------------------------------------------------------- calibrate and report
 
 
-def calibrate(trainer, val_dataset, val_labels, train_args) -> dict:
+def calibrate(trainer, val_dataset, val_records, train_args) -> dict:
     """Fit the temperature and both thresholds, fold them into the model and its config.
 
     Everything comes from validation only; the test split is touched once, in
     calibrate_and_report, for the report.
     """
+    val_labels = np.array([record.label for record in val_records])
     val_logits = trainer.predict(val_dataset).predictions
     temperature = calibration.fit_temperature(val_logits, val_labels)
     val_prob = malignant_probability(val_logits, trainer.model.config, temperature)
     operating_points = calibration.choose_operating_points(
         val_labels, val_prob, min_sensitivity=train_args.min_sensitivity, min_specificity=train_args.min_specificity
     )
+    val_sources = [record.source for record in val_records]
     calibration.fold_temperature_into_classifier(trainer.model, temperature)
     trainer.model.config.update(
         {
@@ -437,18 +443,22 @@ def calibrate(trainer, val_dataset, val_labels, train_args) -> dict:
         }
     )
     return {"temperature": temperature, "operating_points": operating_points,
-            "validation": metrics.binary_metrics(val_labels, val_prob, threshold=operating_points["screening_threshold"])}
+            "validation": metrics.binary_metrics(val_labels, val_prob, threshold=operating_points["screening_threshold"]),
+            "validation_by_source": metrics.by_source(val_labels, val_prob, val_sources, operating_points["screening_threshold"],
+                                                      operating_points["high_risk_threshold"])}
 
 
 def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transform, args, checkpoint_selection, command):
     """(eval_results.json's content, (test labels, calibrated and uncalibrated P(malignant)) or None for the plots)."""
     data_args, model_args, train_args = args
-    calibrated = calibrate(trainer, val_dataset, np.array([r.label for r in data["validation"]]), train_args)
+    calibrated = calibrate(trainer, val_dataset, data["validation"], train_args)
     operating_points, temperature = calibrated["operating_points"], calibrated["temperature"]
     report = {
         "operating_points": operating_points,
         "calibration_temperature": temperature,
         "validation_at_screening_threshold": calibrated["validation"],
+        # The thresholds are chosen on the pooled validation set; here is what they give on each of its sources.
+        "validation_by_source": calibrated["validation_by_source"],
         "class_counts_used": data["class_counts"],
         "class_weights": data["class_weights"],
         "split_sizes": {"train": len(data["train"]), "validation": len(data["validation"]), "test": len(data["test"])},
@@ -459,6 +469,8 @@ def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transfor
         "color_constancy": model_args.color_constancy,
         "checkpoint_selection": checkpoint_selection,
         "epochs_trained": trainer.state.epoch,
+        "train_minutes": next((entry["train_runtime"] / 60 for entry in reversed(trainer.state.log_history)
+                               if "train_runtime" in entry), None),
         "command": command,
     }
     test_scores = None

@@ -133,3 +133,32 @@ def at_operating_points(y_true, prob_malignant, screening_threshold: float, high
     thresholds = (0.5, screening_threshold, high_risk_threshold)
     return {key: binary_metrics(y_true, prob_malignant, threshold=threshold)
             for key, threshold in zip(OPERATING_POINTS, thresholds)}
+
+
+def by_source(y_true, prob_malignant, sources, screening_threshold: float, high_risk_threshold: float) -> dict:
+    """Sensitivity and specificity at both thresholds for each source of a pooled set.
+
+    Thresholds chosen on a pooled validation set can hold on one source and
+    fail on another; this shows it. A source with one class only has the
+    other rate undefined (None), not 0.
+    """
+    y_true, prob_malignant = _as_arrays(y_true, prob_malignant)
+    sources = np.asarray(sources)
+    report = {}
+    for source in sorted(set(sources.tolist())):
+        chosen = sources == source
+        labels, probs = y_true[chosen], prob_malignant[chosen]
+        n_malignant, n_benign = int(labels.sum()), int((labels == 0).sum())
+        row = {"n_malignant": n_malignant, "n_benign": n_benign,
+               "mean_p_malignant_benign": float(probs[labels == 0].mean()) if n_benign else None}
+        for name, threshold in (("screening", screening_threshold), ("high_risk", high_risk_threshold)):
+            flagged = probs >= threshold
+            row[f"sensitivity_at_{name}"] = float(flagged[labels == 1].mean()) if n_malignant else None
+            row[f"specificity_at_{name}"] = float((~flagged[labels == 0]).mean()) if n_benign else None
+        if n_malignant and n_benign:
+            # Where the threshold would have to sit on this source for 90% sensitivity, and what that leaves.
+            at_90 = float(np.sort(probs[labels == 1])[::-1][int(np.ceil(0.9 * n_malignant)) - 1])
+            row["threshold_for_sensitivity_0_90"] = at_90
+            row["specificity_at_sensitivity_0_90"] = float((probs[labels == 0] < at_90).mean())
+        report[source] = row
+    return report

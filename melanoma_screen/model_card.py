@@ -209,7 +209,12 @@ def _color_constancy_note(method: str, image_size: int, field_of_view_mask: floa
     titles, steps = [], []
     if method != "none":
         titles.append("Colour constancy")
-        steps.append(f"corrected with {COLOR_CONSTANCY_NAMES[method]} colour constancy (`color_constancy` in config.json)")
+        if method == "skin_reference":
+            steps.append("scaled by one gain per channel so that the skin around the lesion (found by "
+                         "`melanoma_screen.skin`) takes the reference colour `skin_reference_rgb` in config.json "
+                         "(`color_constancy` = `skin_reference`)")
+        else:
+            steps.append(f"corrected with {COLOR_CONSTANCY_NAMES[method]} colour constancy (`color_constancy` in config.json)")
     if field_of_view_mask:
         titles.append("Field-of-view mask")
         steps.append(f"masked to a centred circle of radius {field_of_view_mask:g} of the side, black outside "
