@@ -423,10 +423,19 @@ def describe_run(run_dir: Path) -> dict:
         row.update({"test AUC": at_05["roc_auc"], "test acc": at_05["accuracy"],
                     "test sens / spec @ screening": (at_screening["sensitivity"], at_screening["specificity"]),
                     "test ECE": at_05["ece"]})
+    # by_source.json: experiments/operating_points_by_source.py, for runs trained before training reported it.
+    by_source_path = run_dir / "by_source.json"
+    by_source = json.loads(by_source_path.read_text())["external"] if by_source_path.is_file() else {}
     for name, external in report["external"].items():
         row[f"{name} AUC"] = external["at_0_5"]["roc_auc"]
         row[f"{name} sens / spec @ screening"] = (external["at_screening_threshold"]["sensitivity"],
                                                   external["at_screening_threshold"]["specificity"])
+        shift = external.get("by_source") or by_source.get(name)
+        if shift and "specificity_at_sensitivity_0_90" in shift:
+            row[f"{name} spec @ sens 0.90"] = shift["specificity_at_sensitivity_0_90"]
+            row[f"{name} mean P(mal) of benign"] = shift["mean_p_malignant_benign"]
+    if report.get("train_minutes") is not None:
+        row["train minutes"] = f"{report['train_minutes']:.0f}"
     robustness_path = run_dir / "robustness.json"
     if robustness_path.is_file():
         robustness = json.loads(robustness_path.read_text())
