@@ -106,12 +106,12 @@ def shortfall(counts: dict, min_malignant: int = MIN_MALIGNANT, min_benign: int 
         return None
     words = {"malignant": ("melanoma", "melanomas"), "benign": ("benign lesion", "benign lesions")}
 
-    def amount(name, n):
-        return f"{n} {words[name][0] if n == 1 else words[name][1]}"
+    def amount(name, n, more=""):
+        return f"{n} {more}{words[name][0] if n == 1 else words[name][1]}"
 
     have = " and ".join(amount(name, counts.get(name, 0)) for name in ("malignant", "benign"))
-    more = " and ".join(f"{amount(name, n)} more" for name, n in missing.items())
-    return (f"Too few images to calibrate: there are {have} usable, and calibration needs at least "
+    more = " and ".join(amount(name, n, "more ") for name, n in missing.items())
+    return (f"Too few images to calibrate: {have} are usable, and calibration needs at least "
             f"{amount('malignant', min_malignant)} and {amount('benign', min_benign)} (fewer give intervals too wide "
             f"to act on). Add {more}.")
 
@@ -244,7 +244,8 @@ def expected_on_new_images(labels, probabilities, min_sensitivity: float, min_sp
             for key, values in results.items()}
 
 
-def _roc_auc_figure(labels, probabilities, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+def roc_auc_figure(labels, probabilities, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """ROC AUC with a stratified bootstrap 95% interval: the ranking, which no threshold changes."""
     from sklearn.metrics import roc_auc_score
 
     labels, probabilities = np.asarray(labels), np.asarray(probabilities, dtype=np.float64)
@@ -286,7 +287,7 @@ def site_report(scores: SiteScores, fit: SiteFit, model, site_name: str = "site"
         "high_risk_threshold": points["high_risk_threshold"],
         "source_screening_threshold": source_points["screening_threshold"],
         "source_high_risk_threshold": source_points["high_risk_threshold"],
-        "roc_auc": _roc_auc_figure(scores.labels, scores.probabilities, n_bootstrap),
+        "roc_auc": roc_auc_figure(scores.labels, scores.probabilities, n_bootstrap),
         # On the images fitted on: the site thresholds meet their targets here by construction.
         "at_site_thresholds": operating_point_figures(scores.labels, fit.probabilities, points["screening_threshold"],
                                                       points["high_risk_threshold"], n_bootstrap),
