@@ -334,6 +334,24 @@ def metrics_by_source(report: dict, text: dict, lang: str) -> list[str]:
     return lines
 
 
+def site_thresholds_text(site: dict, screening: float, high: float, text: dict, lang: str) -> str:
+    """The thresholds' sentence for a folder written by calibrate_site.py: refitted where, on how many images."""
+    fitted = site.get("n_fitted") or {}
+    at_site = site.get("at_site_thresholds") or {}
+    sensitivity = (at_site.get("at_screening_threshold") or {}).get("sensitivity")
+    specificity = (at_site.get("at_high_risk_threshold") or {}).get("specificity")
+
+    def number(value):
+        return "?" if value is None else _number(value, lang)
+
+    return text["about_site_thresholds"].format(
+        s=_number(screening, lang), h=_number(high, lang), n=sum(fitted.values()) or "?", m=fitted.get("malignant", "?"),
+        b=fitted.get("benign", "?"), date=site.get("date", "?"), source=site.get("source_model", "?"),
+        s0=number(site.get("source_screening_threshold")), h0=number(site.get("source_high_risk_threshold")),
+        sens="?" if sensitivity is None else _percent(sensitivity, lang),
+        spec="?" if specificity is None else _percent(specificity, lang))
+
+
 def about_markdown(model: ScreeningModel | None, lang: str) -> str:
     text = TEXT[lang]
     if model is None:
@@ -348,7 +366,10 @@ def about_markdown(model: ScreeningModel | None, lang: str) -> str:
     config = getattr(model, "config", None)
     screening = getattr(config, "screening_threshold", None)
     high = getattr(config, "high_risk_threshold", None)
-    if screening is not None and high is not None:
+    site = getattr(config, "site_calibration", None)
+    if screening is not None and high is not None and isinstance(site, dict):
+        lines += ["", site_thresholds_text(site, screening, high, text, lang)]
+    elif screening is not None and high is not None:
         lines += ["", text["about_thresholds"].format(s=_number(screening, lang), h=_number(high, lang))]
     check = getattr(model, "input_check", None)
     accepted = (check.meta.get("validation_acceptance") if check is not None else None)
