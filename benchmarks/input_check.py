@@ -21,13 +21,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from common import DATASET, REPO_ROOT, list_images  # and the repository on sys.path
+from common import DATASET, SHARED_DATA, list_images  # and the repository on sys.path
 from not_lesion_set import CATEGORIES, build_not_lesion_set
 
 from melanoma_screen import input_check  # noqa: E402
 from melanoma_screen.inference import FAST, ScreeningModel, default_model_source  # noqa: E402
 
-DERM7PT = REPO_ROOT.parent / "shared" / "data" / "derm7pt"
+DERM7PT = SHARED_DATA / "derm7pt"
 
 
 def labelled(folder: Path) -> tuple[list[Path], list[int]]:
