@@ -49,8 +49,10 @@ from .results import EvalResultsError, load_eval_results
 from .transforms import (apply_color_constancy, apply_field_of_view_mask, color_constancy_of, field_of_view_mask_of,
                          model_input)
 
-# What we fetch for a Hub id; the card, plots and checkpoints are not needed to predict.
-MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "eval_results.json", STATS_FILE]
+# What we fetch for a Hub id; the card, plots and checkpoints are not needed to predict (the int8
+# graph is, when the repository has one: built otherwise, see melanoma_screen.onnx_engine).
+MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "eval_results.json", STATS_FILE,
+               "model.int8.onnx"]
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 DEFAULT_THRESHOLD = 0.5

@@ -192,6 +192,19 @@ class Verdict:
         return None if self.ok else render(self.reason, lang=lang)
 
 
+def _matmul(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """left @ right through PyTorch, on the threads the caller gave it (one per analysis in the app).
+
+    numpy's BLAS starts its own thread per core for each product: beside the app's
+    concurrent analyses, or another job, they wait on each other (the same trap as
+    PyTorch's threads in benchmarks/README.md), and the batch's spread cost more
+    than its forward pass.
+    """
+    import torch
+
+    return (torch.from_numpy(np.ascontiguousarray(left)) @ torch.from_numpy(np.ascontiguousarray(right))).numpy()
+
+
 def _whitening(check, name: str) -> np.ndarray:
     """W with W W^T = the precision check.<name>, computed once per precision matrix.
 
@@ -247,8 +260,9 @@ class InputCheck:
             return np.full(len(tokens), np.nan)
         whitening = _whitening(self, "spread_precision")
         centred = tokens.astype(np.float32) - tokens.mean(axis=1, keepdims=True, dtype=np.float32)
-        whitened = centred @ whitening.astype(np.float32)
-        return np.median(np.sqrt((whitened ** 2).sum(axis=-1)), axis=1).astype(np.float64)
+        count, patches, width = centred.shape
+        whitened = _matmul(centred.reshape(count * patches, width), whitening.astype(np.float32))
+        return np.median(np.sqrt((whitened ** 2).sum(axis=-1)).reshape(count, patches), axis=1).astype(np.float64)
 
     def distance(self, embeddings: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each embedding to the nearest class mean; NaN without fitted statistics.
@@ -262,8 +276,9 @@ class InputCheck:
         if self.class_means is None or self.precision is None:
             return np.full(len(embeddings), np.nan)
         whitening = _whitening(self, "precision")
-        whitened = embeddings @ whitening
-        squared = ((whitened[:, None, :] - (self.class_means @ whitening)[None]) ** 2).sum(axis=-1)
+        whitened = _matmul(np.concatenate([embeddings, self.class_means]), whitening)
+        whitened, means = whitened[:len(embeddings)], whitened[len(embeddings):]
+        squared = ((whitened[:, None, :] - means[None]) ** 2).sum(axis=-1)
         return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
 
     def judge(self, features: np.ndarray, embeddings: np.ndarray | None = None) -> list[Verdict]:
@@ -525,12 +540,16 @@ def measure(model, sources, batch_size: int = 64, desc: str = "measuring", progr
     with tqdm(total=len(sources), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, len(sources), batch_size):
             images, positions = [], []
-            for position, source in enumerate(sources[start:start + batch_size], start):
-                try:
-                    images.append(source if isinstance(source, Image.Image) else model.decode(source))
-                    positions.append(position)
-                except ImageLoadError:
+            chunk = sources[start:start + batch_size]
+            decoded = model.decode_each(chunk) if hasattr(model, "decode_each") else [
+                source if isinstance(source, Image.Image) else model.decode(source) for source in chunk]
+            for position, image in enumerate(decoded, start):
+                if isinstance(image, ImageLoadError):
                     continue
+                if isinstance(image, Exception):
+                    raise image
+                images.append(image)
+                positions.append(position)
             if images:
                 batch = model.measure_decoded(images)
                 features.append(batch["features"])
