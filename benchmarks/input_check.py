@@ -101,6 +101,18 @@ def main(argv=None) -> int:
     for category, row in results["not_a_lesion"].items():
         print(f"    {category:22s} {row['refused']:3d}/{row['n']:<3d} {row['reasons']}"
               + (f"; still accepted: {', '.join(row['accepted'])}" if row["accepted"] else ""))
+    check = model.input_check
+    def rounded(value):
+        return None if value is None else round(value, 1)
+
+    print(f"photographs of people (distance threshold {rounded(check.threshold)}, spread threshold "
+          f"{rounded(check.spread_threshold)}):")
+    for sample, verdict in zip(samples, verdicts):
+        if sample.category == "person":
+            print(f"    {sample.name:30s} distance {verdict.details.get('distance')}, spread "
+                  f"{verdict.details.get('spread')}: {verdict.reason or 'accepted'}")
+    results["people"] = {sample.name: {**verdict.details, "reason": verdict.reason}
+                         for sample, verdict in zip(samples, verdicts) if sample.category == "person"}
     for name, part in (("test split", test), ("derm7pt", external)):
         if part:
             print(f"ROC AUC on {name}: accepted {auc(part['accepted_pictures'])}, refused {auc(part['refused_pictures'])} "

@@ -737,7 +737,7 @@ def _fit_command(args) -> int:
     finally:
         model.close()
     print(json.dumps({key: report[key] for key in ("n_train", "n_validation", "validation_acceptance",
-                                                   "validation_refusals", "distance_threshold")}, indent=2))
+                                                   "validation_refusals", "distance_threshold", "spread_threshold")}, indent=2))
     print(f"wrote {folder / STATS_FILE} and {folder / REPORT_FILE}")
     return 0
 
