@@ -14,6 +14,14 @@ model_id, model_version}`), or `{"error": "<message>", "reason": "<code>"}` for 
 input it cannot use or that the input check refuses (melanoma_screen.input_check).
 The page's own events are private, so the API page lists only `/predict`.
 
+The same JSON comes from a lean route on the same server, for programs that
+need no Gradio client: `POST /api/screen` with the image as the body (or as a
+multipart file field), e.g. `curl --data-binary @lesion.jpg http://127.0.0.1:7860/api/screen`.
+It skips Gradio's upload, queue and event stream, which cost most of the CPU of
+a `/predict` call (benchmarks/README.md). `GET /api/timings` gives the CPU time
+the model has spent per stage (decode, resize, statistics, model, feature space)
+since start-up; benchmarks/load_test.py reads it.
+
 Feedback ("Report a wrong prediction") is stored only when that button is pressed:
 in FEEDBACK_DIR (default ./feedback), or in the Hub dataset FEEDBACK_DATASET when set.
 """
@@ -120,6 +128,8 @@ def image_source(payload):
         return None
     if isinstance(payload, (str, os.PathLike)):
         return str(payload)
+    if isinstance(payload, (bytes, bytearray)):  # the lean route's request body
+        return bytes(payload) or None
     if isinstance(payload, dict):
         if payload.get("path"):
             return str(payload["path"])
@@ -236,6 +246,12 @@ class Screener:
             dataset = self.feedback_dataset or os.environ.get("FEEDBACK_DATASET") or None
             self._store = FeedbackStore(folder=self.feedback_dir, hub_dataset_id=dataset)
         return self._store
+
+    def timings(self) -> dict:
+        """The model's CPU seconds per stage since start-up, and how many pictures it scored."""
+        if self.model is None:
+            return {"images": 0, "cpu_seconds": {}}
+        return self.model.clock.snapshot()
 
     def about(self, lang) -> str:
         return about_markdown(self.model, _lang(lang))
@@ -426,11 +442,53 @@ def static_text(key, lang: str | None = None):
     return I18N(key) if i18n else value
 
 
-class Page(gr.Blocks):
-    """Blocks whose launch() brings the page's gr.I18n translations, however it is launched (Spaces, tests)."""
+# The lean route: an image in the request body, /predict's JSON back (see the module's docstring).
+SCREEN_ROUTE = "/api/screen"
+TIMINGS_ROUTE = "/api/timings"
+MAX_UPLOAD_BYTES = 30 * 1024 * 1024  # launch()'s max_file_size for the page's uploads
 
-    def launch(self, *args, i18n: gr.I18n | None = None, **kwargs):
-        return super().launch(*args, i18n=i18n or I18N, **kwargs)
+
+def add_lean_routes(app, screener: "Screener") -> None:
+    """SCREEN_ROUTE and TIMINGS_ROUTE on the server's FastAPI app."""
+    import anyio
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    # As many analyses at once as the Gradio queue runs; the others wait for a slot.
+    limiter = anyio.CapacityLimiter(MODEL_CONCURRENCY)
+
+    async def screen(request: Request):
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+            return JSONResponse({"error": render("too_large_upload"), "reason": "too_large"}, status_code=413)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            upload = next((value for value in form.values() if hasattr(value, "read")), None)
+            body = await upload.read() if upload is not None else b""
+        else:
+            body = await request.body()
+        if len(body) > MAX_UPLOAD_BYTES:
+            return JSONResponse({"error": render("too_large_upload"), "reason": "too_large"}, status_code=413)
+        return JSONResponse(await anyio.to_thread.run_sync(screener.predict, body, limiter=limiter))
+
+    async def timings():
+        return JSONResponse(screener.timings())
+
+    app.add_api_route(SCREEN_ROUTE, screen, methods=["POST"], include_in_schema=False)
+    app.add_api_route(TIMINGS_ROUTE, timings, methods=["GET"], include_in_schema=False)
+
+
+class Page(gr.Blocks):
+    """Blocks whose launch() brings the page's gr.I18n translations and the lean routes, however it is launched."""
+
+    def launch(self, *args, i18n: gr.I18n | None = None, prevent_thread_lock: bool = False, **kwargs):
+        # The server's FastAPI app exists once launch() has built it: started without
+        # blocking, given the routes, then blocked on as launch() itself would.
+        result = super().launch(*args, i18n=i18n or I18N, prevent_thread_lock=True, **kwargs)
+        add_lean_routes(self.app, self.screener)
+        if not prevent_thread_lock:
+            self.block_thread()
+        return result
 
 
 def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
