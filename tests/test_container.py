@@ -8,6 +8,8 @@ on a machine and reuses its layers after that.
 
 This test is not skipped where podman is missing: it fails and says how to get
 it (.ci/run installs it). Deselect it on a workstation with `-m "not container"`.
+MELANOMA_TEST_IMAGE=TAG checks an image already built instead of building one; CI
+never sets it. PODMAN sets the podman command and its store (benchmarks/container.py).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def container_tools():
 
 @pytest.fixture(scope="module")
 def image(container_tools, tmp_path_factory):
+    if os.environ.get("MELANOMA_TEST_IMAGE"):  # an image already built from this Dockerfile, to re-check it quickly
+        return os.environ["MELANOMA_TEST_IMAGE"]
     log = tmp_path_factory.mktemp("container") / "build.log"
     try:
         container_tools.build_image(container_tools.IMAGE, log_path=log)
@@ -58,7 +62,7 @@ def running(container_tools, image):
     """(base URL, container id) of the image started as a user would: its own CMD, settings and user."""
     container, port = container_tools.create_container(image)
     try:
-        container_tools.podman("start", container)
+        container_tools.start_container(container)  # at the test's priority (nice), like the app outside
         url = f"http://127.0.0.1:{port}/"
         try:
             container_tools.wait_for_prediction(url, LESION, lambda: container_tools.container_running(container))
@@ -92,12 +96,9 @@ def test_real_lesion_gets_the_same_prediction_as_outside(container_tools, runnin
     inside = container_tools.predict_once(url, LESION)
     outside = app_outside.predict(str(LESION))
     assert "label" in inside, inside
-    assert inside["label"] == outside["label"]
-    assert inside["risk_level"] == outside["risk_level"]
-    assert inside["model_version"] == outside["model_version"]  # the same weights, by their hash
-    assert inside["model_id"] == "/app/model"
-    for key in ("screening_threshold", "high_risk_threshold"):
-        assert inside[key] == pytest.approx(outside[key], abs=1e-9)
+    # Label, risk level, thresholds, model name and version (the weights' hash): identical.
+    assert {k: v for k, v in inside.items() if k != "probabilities"} == \
+        {k: v for k, v in outside.items() if k != "probabilities"}
     assert inside["probabilities"].keys() == outside["probabilities"].keys()
     for name, probability in outside["probabilities"].items():
         assert math.isclose(inside["probabilities"][name], probability, abs_tol=1e-4), (name, inside, outside)
