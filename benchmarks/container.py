@@ -321,6 +321,9 @@ def measure_outside(args, paths) -> dict:
         process = start_app(str(REPO_ROOT / "model"), port, log)
         try:
             return measure(f"http://{HOST}:{port}/", process.pid, lambda: process.poll() is None, started, args, paths)
+        except ContainerError as error:
+            log.seek(0)
+            raise ContainerError(f"outside the container: {error}\n--- app log (end) ---\n{log.read()[-3000:]}") from None
         finally:
             stop(process)
 
