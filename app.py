@@ -13,6 +13,7 @@ HTTP API: one public endpoint, `/predict`, takes an image file and returns JSON
 model_id, model_version}`), or `{"error": "<message>", "reason": "<code>"}` for an
 input it cannot use or that the input check refuses (melanoma_screen.input_check).
 The page's own events are private, so the API page lists only `/predict`.
+`python app.py` also serves GET /healthz: 200 once the model is loaded, else 503.
 
 The same JSON comes from a lean route on the same server, for programs that
 need no Gradio client: `POST /api/screen` with the image as the body (or as a
@@ -42,6 +43,8 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
 
 from melanoma_screen.explain import overlay_heatmap  # noqa: E402
 from melanoma_screen.feedback import MAX_COMMENT_CHARS, TRUE_LABELS, FeedbackStore  # noqa: E402
@@ -629,5 +632,18 @@ MODEL, MODEL_ERROR = load_model(MODEL_SOURCE)
 demo = build_demo(MODEL, MODEL_ERROR)
 predict = demo.screener.predict
 
+
+def health(request) -> JSONResponse:
+    """GET /healthz, for a container's HEALTHCHECK: 200 once the model is loaded, 503 without one."""
+    model = demo.screener.model
+    if model is None:
+        return JSONResponse({"status": "no_model", "reason": demo.screener.load_error}, status_code=503)
+    return JSONResponse({"status": "ok", "model_id": MODEL_SOURCE, "model_version": model.version})
+
+
+# A plain route, outside Gradio's queue: the check costs no analysis slot.
+HEALTH_ROUTES = [Route("/healthz", health, methods=["GET"])]
+
 if __name__ == "__main__":
-    demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=ARGS.share, max_file_size="30mb")
+    demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=ARGS.share, max_file_size="30mb",
+                app_kwargs={"routes": HEALTH_ROUTES})
