@@ -137,7 +137,10 @@ def test_output_stores_no_image_and_no_file_name(calibrated, small_site):
         assert path.suffix.lower() not in (".jpg", ".jpeg") and not path.is_dir()
         if path.suffix in (".json", ".md"):
             text = path.read_text()
-            assert not [name for name in names if name in text], path.name
+            # The source card may name its own training images (its shortcut examples); only new mentions count.
+            source = SHIPPED / path.name
+            source_text = source.read_text() if source.is_file() else ""
+            assert not [name for name in names if name in text and name not in source_text], path.name
 
 
 # ---------------------------------------------------------------------------- who loads it
@@ -321,3 +324,17 @@ def test_site_folder_of_ten_k_test_images_gives_thresholds_close_to_the_shipped_
     assert abs(after["specificity"] - before["specificity"]) <= 0.03
     # The high-risk threshold sits on the benign tail, so it moves more; it stays in the upper half of the scale.
     assert 0.5 <= config["high_risk_threshold"] <= shipped["high_risk_threshold"] + 0.1
+
+
+def test_fit_temperature_refuses_a_site_whose_scores_are_shifted_rather_than_overconfident():
+    from melanoma_screen.site_calibration import SiteScores, fit_site
+
+    # Every lesion scores high, melanomas a little higher, as derm7pt's do: the NLL-best temperature flattens
+    # everything towards 0.5 and ends at its bound.
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 30 + [0] * 70)
+    p = np.clip(np.where(labels == 1, 0.97, 0.9) + rng.normal(0, 0.01, labels.size), 0.01, 0.999)
+    scores = SiteScores(labels, np.log(np.column_stack([1 - p, p])), 1)
+    with pytest.raises(SiteCalibrationError, match="Run without --fit-temperature"):
+        fit_site(scores, 0.95, 0.95, fit_temperature=True)
+    assert fit_site(scores, 0.95, 0.95).temperature == 1.0  # the thresholds alone still fit
