@@ -592,12 +592,18 @@ def fit_screening_model(screening_model, train_records, validation_records, outp
 
 
 CARD_SECTION = "input_check"
-MISSES = ("It misses colour photographs whose colours and texture resemble skin (cats, a portrait, a cup of "
-          "coffee, a stained tissue slide, a retina in the generated set), some blurred or over-exposed pale "
-          "lesions, and anything that looks like dermoscopy without being a melanocytic lesion (other skin "
-          "conditions, scars, tattoos): it judges whether a picture is like the training images, not what it "
-          "shows. It also refuses many pictures the model still handles: a 2 px blur or a quarter of the "
-          "resolution (about 58% refused on the test split), and +-35% exposure (24-35%).")
+MISSES = ("It misses colour photographs whose colours and texture resemble skin: in the generated set, every "
+          "animal (fur: cats, cheetahs, a lion), a close-up of a face, a cup of coffee, a building, a stained tissue "
+          "slide and a retina, plus a few over-exposed pale lesions and plain-skin frames; and anything that looks "
+          "like dermoscopy without being a melanocytic lesion (other skin conditions, scars, tattoos): it judges "
+          "whether a picture is like the training images, not what it shows. Photographs of whole people and rooms "
+          "are refused by the spread of their patch tokens, black-and-white pictures as having no colour. It also "
+          "refuses some pictures the model still handles: heavy blur or a quarter of the resolution, and large "
+          "exposure changes.")
+
+
+def _rounded(value):
+    return None if value is None else round(value, 2)
 
 
 def card_markdown(report: dict, benchmark: dict | None = None) -> str:
@@ -605,11 +611,13 @@ def card_markdown(report: dict, benchmark: dict | None = None) -> str:
     refusals = ", ".join(f"{reason} {count}" for reason, count in report["validation_refusals"].items()) or "none"
     lines = [
         f"Pictures are refused, with a sentence saying why, when they are too dark, too bright, blurred, show no "
-        f"lesion, do not look like skin, or lie too far from the training images in the model's feature space "
+        f"lesion, have no colour, do not look like skin, or lie too far from the training images in the model's "
+        f"feature space, by the distance of their mean patch token or by how far their patch tokens spread "
         f"(`{STATS_FILE}`, fitted on {report['n_train']} training and {report['n_validation']} validation images: "
         f"each image statistic's bounds leave out {100 * report['alpha']:g}% of the training images, and the "
-        f"distance threshold, {report['distance_threshold'] if report['distance_threshold'] is None else round(report['distance_threshold'], 2)}, "
-        f"was chosen so that {100 * report['target_acceptance']:g}% of validation is accepted).",
+        f"distance threshold, {_rounded(report.get('distance_threshold'))}, and spread threshold, "
+        f"{_rounded(report.get('spread_threshold'))}, were chosen so that {100 * report['target_acceptance']:g}% "
+        f"of validation is accepted).",
         "",
         f"Validation images accepted: {100 * (report['validation_acceptance'] or 0):.1f}% (refused: {refusals}).",
     ]
