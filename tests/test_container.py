@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
 
