@@ -454,13 +454,14 @@ MAX_UPLOAD_BYTES = 30 * 1024 * 1024  # launch()'s max_file_size for the page's u
 def add_lean_routes(app, screener: "Screener") -> None:
     """SCREEN_ROUTE and TIMINGS_ROUTE on the server's FastAPI app."""
     import anyio
-    from fastapi import Request
     from fastapi.responses import JSONResponse
 
     # As many analyses at once as the Gradio queue runs; the others wait for a slot.
     limiter = anyio.CapacityLimiter(MODEL_CONCURRENCY)
 
-    async def screen(request: Request):
+    # Plain Starlette routes: they get the request itself, with no FastAPI parameter
+    # parsing (which, under postponed annotations, read `request` as a query field).
+    async def screen(request):
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
             return JSONResponse({"error": render("too_large_upload"), "reason": "too_large"}, status_code=413)
@@ -474,11 +475,11 @@ def add_lean_routes(app, screener: "Screener") -> None:
             return JSONResponse({"error": render("too_large_upload"), "reason": "too_large"}, status_code=413)
         return JSONResponse(await anyio.to_thread.run_sync(screener.predict, body, limiter=limiter))
 
-    async def timings():
+    async def timings(request):
         return JSONResponse(screener.timings())
 
-    app.add_api_route(SCREEN_ROUTE, screen, methods=["POST"], include_in_schema=False)
-    app.add_api_route(TIMINGS_ROUTE, timings, methods=["GET"], include_in_schema=False)
+    app.add_route(SCREEN_ROUTE, screen, methods=["POST"], include_in_schema=False)
+    app.add_route(TIMINGS_ROUTE, timings, methods=["GET"], include_in_schema=False)
 
 
 class Page(gr.Blocks):
