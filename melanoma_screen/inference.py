@@ -285,7 +285,7 @@ class ScreeningModel:
         input_check = InputCheck.load(folder, model_version=version)
         if input_check is None:
             logger.warning("Model '%s' has no %s: pictures are scored without the input check. Fit it with "
-                           "`python -m melanoma_screen.input_check fit --model FOLDER --data-dir DATA`.",
+                           "`python fit_input_check.py fit --model FOLDER --data-dir DATA`.",
                            source, STATS_FILE)
         return cls(model, image_processor, model_id, version, eval_results, engine=engine, precision=precision,
                    input_check=input_check)
@@ -332,9 +332,6 @@ class ScreeningModel:
             np.multiply(np.asarray(resized).transpose(2, 0, 1), self._multiply, out=batch[i])
         batch += self._add
         return torch.from_numpy(batch)
-
-    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.logits_and_embeddings(pixel_values)[0]
 
     def _torch_forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return logits_and_embedding(self.model, pixel_values)

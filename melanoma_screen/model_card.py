@@ -349,9 +349,33 @@ def replace_section(card: str, name: str, markdown: str) -> str:
     return f"{head}{begin}\n{markdown.strip()}\n{end}{tail}"
 
 
-def update_card_section(card_path, name: str, markdown: str) -> None:
+UNDER_TITLE, AT_END = "under the title", "at the end"
+
+
+def upsert_card_section(card_path, name: str, markdown: str, heading: str | None = None,
+                        add_at: str | None = None) -> None:
+    """Write markdown into the card's NAME section, adding the section when the card has none.
+
+    A card rendered before a section existed gets it added where `add_at` says:
+    UNDER_TITLE, AT_END, or after the end of the section of that name; with the
+    `heading` line above it. Without add_at, a missing section is an error (the
+    template has it, so its absence means this is not our card).
+    """
     path = Path(card_path)
-    path.write_text(replace_section(path.read_text(encoding="utf-8"), name, markdown), encoding="utf-8")
+    card = path.read_text(encoding="utf-8")
+    begin, end = _markers(name)
+    if begin not in card and add_at is not None:
+        empty = (f"{heading}\n\n" if heading else "") + f"{begin}\n{end}"
+        if add_at == UNDER_TITLE:
+            card = re.sub(r"^(# .*\n)", lambda match: f"{match.group(1)}\n{empty}\n", card, count=1, flags=re.MULTILINE)
+        elif add_at == AT_END:
+            card = card.rstrip("\n") + f"\n\n{empty}\n"
+        else:
+            anchor = _markers(add_at)[1]
+            if anchor not in card:
+                raise ValueError(f"the model card has no {begin} ... {end} section, nor {anchor} to add it after")
+            card = card.replace(anchor, f"{anchor}\n\n{empty}", 1)
+    path.write_text(replace_section(card, name, markdown), encoding="utf-8")
 
 
 # ------------------------------------------------------------------ public
