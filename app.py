@@ -13,6 +13,15 @@ HTTP API: one public endpoint, `/predict`, takes an image file and returns JSON
 model_id, model_version}`), or `{"error": "<message>", "reason": "<code>"}` for an
 input it cannot use or that the input check refuses (melanoma_screen.input_check).
 The page's own events are private, so the API page lists only `/predict`.
+`python app.py` also serves GET /healthz: 200 once the model is loaded, else 503.
+
+The same JSON comes from a lean route on the same server, for programs that
+need no Gradio client: `POST /api/screen` with the image as the body (or as a
+multipart file field), e.g. `curl --data-binary @lesion.jpg http://127.0.0.1:7860/api/screen`.
+It skips Gradio's upload, queue and event stream, which cost most of the CPU of
+a `/predict` call (benchmarks/README.md). `GET /api/timings` gives the CPU time
+the model has spent per stage (decode, resize, statistics, model, feature space)
+since start-up; benchmarks/load_test.py reads it.
 
 Feedback ("Report a wrong prediction") is stored only when that button is pressed:
 in FEEDBACK_DIR (default ./feedback), or in the Hub dataset FEEDBACK_DATASET when set.
@@ -34,6 +43,8 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+from starlette.responses import JSONResponse  # noqa: E402
+from starlette.routing import Route  # noqa: E402
 
 from melanoma_screen.explain import overlay_heatmap  # noqa: E402
 from melanoma_screen.feedback import MAX_COMMENT_CHARS, TRUE_LABELS, FeedbackStore  # noqa: E402
@@ -120,6 +131,8 @@ def image_source(payload):
         return None
     if isinstance(payload, (str, os.PathLike)):
         return str(payload)
+    if isinstance(payload, (bytes, bytearray)):  # the lean route's request body
+        return bytes(payload) or None
     if isinstance(payload, dict):
         if payload.get("path"):
             return str(payload["path"])
@@ -237,6 +250,12 @@ class Screener:
             self._store = FeedbackStore(folder=self.feedback_dir, hub_dataset_id=dataset)
         return self._store
 
+    def timings(self) -> dict:
+        """The model's CPU seconds per stage since start-up, and how many pictures it scored."""
+        if self.model is None:
+            return {"images": 0, "cpu_seconds": {}}
+        return self.model.clock.snapshot()
+
     def about(self, lang) -> str:
         return about_markdown(self.model, _lang(lang))
 
@@ -334,6 +353,24 @@ def metrics_by_source(report: dict, text: dict, lang: str) -> list[str]:
     return lines
 
 
+def site_thresholds_text(site: dict, screening: float, high: float, text: dict, lang: str) -> str:
+    """The thresholds' sentence for a folder written by calibrate_site.py: refitted where, on how many images."""
+    fitted = site.get("n_fitted") or {}
+    at_site = site.get("at_site_thresholds") or {}
+    sensitivity = (at_site.get("at_screening_threshold") or {}).get("sensitivity")
+    specificity = (at_site.get("at_high_risk_threshold") or {}).get("specificity")
+
+    def number(value):
+        return "?" if value is None else _number(value, lang)
+
+    return text["about_site_thresholds"].format(
+        s=_number(screening, lang), h=_number(high, lang), n=sum(fitted.values()) or "?", m=fitted.get("malignant", "?"),
+        b=fitted.get("benign", "?"), date=site.get("date", "?"), source=site.get("source_model", "?"),
+        s0=number(site.get("source_screening_threshold")), h0=number(site.get("source_high_risk_threshold")),
+        sens="?" if sensitivity is None else _percent(sensitivity, lang),
+        spec="?" if specificity is None else _percent(specificity, lang))
+
+
 def about_markdown(model: ScreeningModel | None, lang: str) -> str:
     text = TEXT[lang]
     if model is None:
@@ -348,7 +385,10 @@ def about_markdown(model: ScreeningModel | None, lang: str) -> str:
     config = getattr(model, "config", None)
     screening = getattr(config, "screening_threshold", None)
     high = getattr(config, "high_risk_threshold", None)
-    if screening is not None and high is not None:
+    site = getattr(config, "site_calibration", None)
+    if screening is not None and high is not None and isinstance(site, dict):
+        lines += ["", site_thresholds_text(site, screening, high, text, lang)]
+    elif screening is not None and high is not None:
         lines += ["", text["about_thresholds"].format(s=_number(screening, lang), h=_number(high, lang))]
     check = getattr(model, "input_check", None)
     accepted = (check.meta.get("validation_acceptance") if check is not None else None)
@@ -405,11 +445,53 @@ def static_text(key, lang: str | None = None):
     return I18N(key) if i18n else value
 
 
-class Page(gr.Blocks):
-    """Blocks whose launch() brings the page's gr.I18n translations, however it is launched (Spaces, tests)."""
+# The lean route: an image in the request body, /predict's JSON back (see the module's docstring).
+SCREEN_ROUTE = "/api/screen"
+TIMINGS_ROUTE = "/api/timings"
+MAX_UPLOAD_BYTES = 30 * 1024 * 1024  # launch()'s max_file_size for the page's uploads
 
-    def launch(self, *args, i18n: gr.I18n | None = None, **kwargs):
-        return super().launch(*args, i18n=i18n or I18N, **kwargs)
+
+def add_lean_routes(app, screener: "Screener") -> None:
+    """SCREEN_ROUTE and TIMINGS_ROUTE on the server's FastAPI app."""
+    import anyio
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    # As many analyses at once as the Gradio queue runs; the others wait for a slot.
+    limiter = anyio.CapacityLimiter(MODEL_CONCURRENCY)
+
+    async def screen(request: Request):
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
+            return JSONResponse({"error": render("too_large_upload"), "reason": "too_large"}, status_code=413)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form()
+            upload = next((value for value in form.values() if hasattr(value, "read")), None)
+            body = await upload.read() if upload is not None else b""
+        else:
+            body = await request.body()
+        if len(body) > MAX_UPLOAD_BYTES:
+            return JSONResponse({"error": render("too_large_upload"), "reason": "too_large"}, status_code=413)
+        return JSONResponse(await anyio.to_thread.run_sync(screener.predict, body, limiter=limiter))
+
+    async def timings():
+        return JSONResponse(screener.timings())
+
+    app.add_api_route(SCREEN_ROUTE, screen, methods=["POST"], include_in_schema=False)
+    app.add_api_route(TIMINGS_ROUTE, timings, methods=["GET"], include_in_schema=False)
+
+
+class Page(gr.Blocks):
+    """Blocks whose launch() brings the page's gr.I18n translations and the lean routes, however it is launched."""
+
+    def launch(self, *args, i18n: gr.I18n | None = None, prevent_thread_lock: bool = False, **kwargs):
+        # The server's FastAPI app exists once launch() has built it: started without
+        # blocking, given the routes, then blocked on as launch() itself would.
+        result = super().launch(*args, i18n=i18n or I18N, prevent_thread_lock=True, **kwargs)
+        add_lean_routes(self.app, self.screener)
+        if not prevent_thread_lock:
+            self.block_thread()
+        return result
 
 
 def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
@@ -550,5 +632,18 @@ MODEL, MODEL_ERROR = load_model(MODEL_SOURCE)
 demo = build_demo(MODEL, MODEL_ERROR)
 predict = demo.screener.predict
 
+
+def health(request) -> JSONResponse:
+    """GET /healthz, for a container's HEALTHCHECK: 200 once the model is loaded, 503 without one."""
+    model = demo.screener.model
+    if model is None:
+        return JSONResponse({"status": "no_model", "reason": demo.screener.load_error}, status_code=503)
+    return JSONResponse({"status": "ok", "model_id": MODEL_SOURCE, "model_version": model.version})
+
+
+# A plain route, outside Gradio's queue: the check costs no analysis slot.
+HEALTH_ROUTES = [Route("/healthz", health, methods=["GET"])]
+
 if __name__ == "__main__":
-    demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=ARGS.share, max_file_size="30mb")
+    demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=ARGS.share, max_file_size="30mb",
+                app_kwargs={"routes": HEALTH_ROUTES})

@@ -23,7 +23,7 @@ import data_prep
 from data_prep.settings import SplitSettings, add_split_arguments
 from melanoma_screen.images import ImageLoadError
 from melanoma_screen.inference import FAST, ScreeningModel
-from melanoma_screen.input_check import REPORT_FILE, STATS_FILE, fit_screening_model
+from melanoma_screen.input_check import DEFAULT_ALPHA, REPORT_FILE, STATS_FILE, fit_screening_model
 
 logger = logging.getLogger("fit_input_check")
 
@@ -83,7 +83,7 @@ def fit_command(args) -> int:
     finally:
         model.close()
     print(json.dumps({key: report[key] for key in ("n_train", "n_validation", "validation_acceptance",
-                                                   "validation_refusals", "distance_threshold")}, indent=2))
+                                                   "validation_refusals", "distance_threshold", "spread_threshold")}, indent=2))
     print(f"wrote {folder / STATS_FILE} and {folder / REPORT_FILE}")
     return 0
 
@@ -118,8 +118,8 @@ def main(argv=None) -> int:
                                                  "settings default to those stored in MODEL/eval_results.json.")
     fit_parser.add_argument("--model", default="model", help="model folder (default: model)")
     add_split_arguments(fit_parser, stored_defaults=True)
-    fit_parser.add_argument("--alpha", type=float, default=0.002,
-                            help="share of training pictures each statistic's bound may leave out (default: 0.002)")
+    fit_parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                            help=f"share of training pictures each statistic's bound may leave out (default: {DEFAULT_ALPHA})")
     fit_parser.add_argument("--target-acceptance", type=float, default=0.99,
                             help="share of validation pictures to accept, statistics and distance together "
                                  "(default: 0.99)")

@@ -84,14 +84,15 @@ def predict_files(model: ScreeningModel, files: list[Path], batch_size: int = 32
         for start in range(0, len(files), batch_size):
             chunk = files[start:start + batch_size]
             rows, decoded, positions = [None] * len(chunk), [], []
-            for i, path in enumerate(chunk):
-                try:
-                    decoded.append(model.decode(path))
+            # Decoded over the model's batch threads, one file per core.
+            for i, (path, image) in enumerate(zip(chunk, model.decode_each(chunk))):
+                if isinstance(image, ImageLoadError):
+                    rows[i] = error_row(path, str(image), image.reason)
+                elif isinstance(image, Exception):  # e.g. a file we may not read: report it, keep going
+                    rows[i] = error_row(path, f"{type(image).__name__}: {image}")
+                else:
+                    decoded.append(image)
                     positions.append(i)
-                except ImageLoadError as error:
-                    rows[i] = error_row(path, str(error), error.reason)
-                except Exception as error:  # e.g. a file we may not read: report it, keep going
-                    rows[i] = error_row(path, f"{type(error).__name__}: {error}")
             # The good images of the chunk go through the model together.
             for i, prediction in zip(positions, model.predict_decoded(decoded)):
                 rows[i] = prediction_row(chunk[i], prediction)

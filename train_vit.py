@@ -415,16 +415,7 @@ def calibrate(trainer, val_dataset, val_records, train_args) -> dict:
     )
     val_sources = [record.source for record in val_records]
     calibration.fold_temperature_into_classifier(trainer.model, temperature)
-    trainer.model.config.update(
-        {
-            "calibration_temperature": temperature,
-            "temperature_folded_into_classifier": True,
-            "screening_threshold": operating_points["screening_threshold"],
-            "high_risk_threshold": operating_points["high_risk_threshold"],
-            "min_sensitivity": train_args.min_sensitivity,
-            "min_specificity": train_args.min_specificity,
-        }
-    )
+    trainer.model.config.update(calibration.operating_point_config(operating_points, temperature))
     return {"temperature": temperature, "operating_points": operating_points,
             "validation": metrics.binary_metrics(val_labels, val_prob, threshold=operating_points["screening_threshold"]),
             "validation_by_source": metrics.by_source(val_labels, val_prob, val_sources, operating_points["screening_threshold"],

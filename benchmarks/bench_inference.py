@@ -1,6 +1,7 @@
 """Time the app's inference path against transformers.pipeline, in one run.
 
     python benchmarks/bench_inference.py --model model --n 200 --json bench.json
+    python benchmarks/bench_inference.py --model model --n 200 --competing-job   # beside another CPU-bound job
 
 Both sides run in this process with the same PyTorch threads, on the same JPEG
 files, and the single-image calls alternate (pipeline, ours, ours, pipeline, ...)
@@ -12,6 +13,9 @@ across machines. Measured:
   batched        images/s over the n images, --batch-size at a time
                  (pipeline(paths, batch_size=...) against ScreeningModel.predict_batch)
   heat-map       ours only: decode + attention rollout + overlay, what the page shows
+  stages         ours only: the share of predict_batch's CPU time spent decoding,
+                 resizing, on the input check's image statistics, in the model,
+                 in the feature-space distance and spread, and the rest (Python)
 
 The last line is `speedup_vs_pipeline=X.XX`: pipeline's p50 over ours.
 """
@@ -27,7 +31,7 @@ import torch
 from transformers import pipeline
 from transformers.utils import logging as transformers_logging
 
-from common import conditions, default_images_dir, list_images, summary_ms, take  # and the repository on sys.path
+from common import competing_cpu_job, conditions, default_images_dir, list_images, summary_ms, take  # noqa: E501  and the repository on sys.path
 
 from melanoma_screen.calibration import risk_level  # noqa: E402
 from melanoma_screen.explain import overlay_heatmap  # noqa: E402
@@ -50,6 +54,8 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="PyTorch threads for both sides (default 1: what the app gives each of its two "
                              "concurrent analyses on 2 cores)")
+    parser.add_argument("--competing-job", action="store_true",
+                        help="run one CPU-bound process per core beside the benchmark, as another job would")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.n < 1 or args.batch_size < 1:
@@ -65,6 +71,11 @@ def timed(fn, *args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    with competing_cpu_job(args.competing_job):
+        return measure(args)
+
+
+def measure(args) -> int:
     transformers_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     source = args.model or default_model_source()
@@ -118,6 +129,16 @@ def main(argv=None) -> int:
 
     heat = [timed(heatmap, path)[0] for path in paths[:max(1, min(args.heatmaps, args.n))]]
 
+    # Where our batched CPU time goes: the model's own per-stage clock, the rest from the process's.
+    model.clock.reset()
+    cpu_start = time.process_time()
+    ours_batch(paths)
+    cpu_total = time.process_time() - cpu_start
+    stage_seconds = model.clock.snapshot()["cpu_seconds"]
+    stage_seconds["other (Python, softmax, verdicts)"] = max(cpu_total - sum(stage_seconds.values()), 0.0)
+    stages = {name: {"ms_per_image": 1000 * seconds / len(paths), "share": seconds / max(cpu_total, 1e-12)}
+              for name, seconds in stage_seconds.items()}
+
     result = {
         "model": str(source), "image_size": model.image_size, "engine": model.engine, "precision": model.precision,
         "images": str(images_dir), "n": len(paths), "batch_size": args.batch_size, "conditions": info,
@@ -125,6 +146,7 @@ def main(argv=None) -> int:
         "batched_images_per_s": throughput,
         "heatmap_ours": summary_ms(heat),
         "max_abs_probability_difference": float(max(differences)),
+        "stages_ours": stages, "competing_job": args.competing_job,
     }
     p50 = {name: result["single_image"][name]["p50_ms"] for name in single}
     p95 = {name: result["single_image"][name]["p95_ms"] for name in single}
@@ -132,7 +154,8 @@ def main(argv=None) -> int:
     result["batched_speedup"] = throughput["ours"] / throughput["pipeline"]
 
     print(f"model {source} ({model.image_size} px), ours: {model.engine} {model.precision}, {args.threads} PyTorch thread(s), "
-          f"{len(paths)} images from {images_dir}, {info['cpu_count']} CPUs, load average {info['load_average_1min_at_start']}")
+          f"{len(paths)} images from {images_dir}, {info['cpu_count']} CPUs, load average {info['load_average_1min_at_start']}"
+          f"{', beside a competing CPU job' if args.competing_job else ''}")
     print(f"{'':28s} {'pipeline':>10s} {'ours':>10s} {'ratio':>8s}")
     print(f"{'single image p50 (ms)':28s} {p50['pipeline']:10.2f} {p50['ours']:10.2f} {p50['pipeline'] / p50['ours']:7.2f}x")
     print(f"{'single image p95 (ms)':28s} {p95['pipeline']:10.2f} {p95['ours']:10.2f} {p95['pipeline'] / p95['ours']:7.2f}x")
@@ -141,6 +164,8 @@ def main(argv=None) -> int:
     print(f"{'heat-map p50 / p95 (ms)':28s} {'-':>10s} {result['heatmap_ours']['p50_ms']:10.2f} "
           f"{'':>8s} p95 {result['heatmap_ours']['p95_ms']:.2f}")
     print(f"max |P(malignant) ours - pipeline| = {result['max_abs_probability_difference']:.4f}")
+    print("our batched CPU time by stage: " + ", ".join(
+        f"{name} {100 * row['share']:.0f}% ({row['ms_per_image']:.2f} ms/img)" for name, row in stages.items()))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +15,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))  # `python benchmarks/x.py` puts benchmarks/, not the root, on the path
 
-DATASET = REPO_ROOT.parent / "shared" / "data" / "melanoma_cancer_dataset"
+# The shared data folder beside the repository, or the one MELANOMA_SHARED_DATA names (as the tests read it).
+SHARED_DATA = Path(os.environ.get("MELANOMA_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+DATASET = SHARED_DATA / "melanoma_cancer_dataset"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
@@ -57,3 +61,23 @@ def conditions() -> dict:
     return {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine(),
             "python": platform.python_version(), "load_average_1min_at_start": load}
+
+
+@contextlib.contextmanager
+def competing_cpu_job(enabled: bool = True, processes: int | None = None):
+    """While inside, one busy process per core (or `processes`), as another job on the machine would be.
+
+    Plain Python loops at normal priority: they compete for the cores, not for memory.
+    """
+    if not enabled:
+        yield []
+        return
+    count = processes or os.cpu_count() or 1
+    workers = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait()

@@ -5,7 +5,7 @@
 
 Three rates, with the model's own input check (MODEL/input_check.safetensors):
 the share of the 10k set's test split accepted (target >= 98%), of derm7pt, real
-dermoscopy from another clinic, accepted (target >= 90%), and of the generated
+dermoscopy from another clinic, accepted (target >= 98%), and of the generated
 "not a dermoscopic lesion" set refused (target >= 95%, benchmarks/not_lesion_set.py,
 per category too). None of these was used to fit a threshold. For the two real
 sets it also gives the model's ROC AUC on the accepted and on the refused images:
@@ -21,14 +21,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from common import DATASET, REPO_ROOT, list_images  # and the repository on sys.path
+from common import DATASET, SHARED_DATA, list_images  # and the repository on sys.path
 from not_lesion_set import CATEGORIES, build_not_lesion_set
 
 from melanoma_screen import input_check  # noqa: E402
 from melanoma_screen.model_card import AT_END, upsert_card_section  # noqa: E402
 from melanoma_screen.inference import FAST, ScreeningModel, default_model_source  # noqa: E402
 
-DERM7PT = REPO_ROOT.parent / "shared" / "data" / "derm7pt"
+DERM7PT = SHARED_DATA / "derm7pt"
 
 
 def labelled(folder: Path) -> tuple[list[Path], list[int]]:
@@ -72,8 +72,11 @@ def main(argv=None) -> int:
     generated = input_check.measure(model, [sample.image for sample in samples], desc="not a lesion")
     verdicts = model.input_check.judge(generated["features"], generated["embeddings"])
     by_category = {category: [] for category in CATEGORIES}
+    accepted_names = {category: [] for category in CATEGORIES}
     for sample, verdict in zip(samples, verdicts):
         by_category[sample.category].append(verdict.reason)
+        if verdict.ok:
+            accepted_names[sample.category].append(sample.name)
     refused = sum(reason is not None for reason in [v.reason for v in verdicts])
 
     results["sets"]["test split (10k set)"] = {"n": test["n"], "accepted": test["accepted"]}
@@ -82,7 +85,8 @@ def main(argv=None) -> int:
     results["sets"]["not a lesion (generated)"] = {"n": len(samples), "accepted": 1 - refused / len(samples)}
     results["test"], results["external"] = test, external
     results["not_a_lesion"] = {category: {"n": len(reasons), "refused": sum(r is not None for r in reasons),
-                                          "reasons": dict(Counter(r or "accepted" for r in reasons))}
+                                          "reasons": dict(Counter(r or "accepted" for r in reasons)),
+                                          "accepted": accepted_names[category]}
                                for category, reasons in by_category.items() if reasons}
     results["command"] = "python benchmarks/input_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -92,11 +96,24 @@ def main(argv=None) -> int:
     print(f"\n{model.model_id} ({model.version})")
     print(f"test split accepted:      {100 * test['accepted']:.1f}% of {test['n']} (target >= 98%); refused {test['reasons']}")
     if external:
-        print(f"derm7pt accepted:         {100 * external['accepted']:.1f}% of {external['n']} (target >= 90%); "
+        print(f"derm7pt accepted:         {100 * external['accepted']:.1f}% of {external['n']} (target >= 98%); "
               f"refused {external['reasons']}")
     print(f"not-a-lesion set refused: {100 * refused / len(samples):.1f}% of {len(samples)} (target >= 95%)")
     for category, row in results["not_a_lesion"].items():
-        print(f"    {category:22s} {row['refused']:3d}/{row['n']:<3d} {row['reasons']}")
+        print(f"    {category:22s} {row['refused']:3d}/{row['n']:<3d} {row['reasons']}"
+              + (f"; still accepted: {', '.join(row['accepted'])}" if row["accepted"] else ""))
+    check = model.input_check
+    def rounded(value):
+        return None if value is None else round(value, 1)
+
+    print(f"photographs of people (distance threshold {rounded(check.threshold)}, spread threshold "
+          f"{rounded(check.spread_threshold)}):")
+    for sample, verdict in zip(samples, verdicts):
+        if sample.category == "person":
+            print(f"    {sample.name:30s} distance {verdict.details.get('distance')}, spread "
+                  f"{verdict.details.get('spread')}: {verdict.reason or 'accepted'}")
+    results["people"] = {sample.name: {**verdict.details, "reason": verdict.reason}
+                         for sample, verdict in zip(samples, verdicts) if sample.category == "person"}
     for name, part in (("test split", test), ("derm7pt", external)):
         if part:
             print(f"ROC AUC on {name}: accepted {auc(part['accepted_pictures'])}, refused {auc(part['refused_pictures'])} "

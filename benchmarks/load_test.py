@@ -1,18 +1,25 @@
 """Load test of the app: many concurrent users calling /predict over plain HTTP, on this machine only.
 
     python benchmarks/load_test.py --model model --clients 20 --requests 10
+    python benchmarks/load_test.py --model model --competing-job     # beside another CPU-bound job
 
 Starts `python app.py --model DIR --host 127.0.0.1 --port FREE_PORT` as a child
-process and waits until it answers. Then --clients asynchronous users, all in
-one event loop (httpx), each send --requests /predict calls with real images
-through Gradio's REST API, as curl would: upload the file
-(POST /gradio_api/upload), start the call (POST /gradio_api/call/predict), read
-its event stream (GET /gradio_api/call/predict/EVENT_ID) until `complete`. All
-start together. gradio_client is not used: its threads and polling cost about
+process and waits until it answers (the app's time to its first answered
+request is reported too). Then, for each route (--route, default both),
+--clients asynchronous users, all in one event loop (httpx), each send
+--requests calls with real images. The "gradio" route is /predict through
+Gradio's REST API, as curl would: upload the file (POST /gradio_api/upload),
+start the call (POST /gradio_api/call/predict), read its event stream
+(GET /gradio_api/call/predict/EVENT_ID) until `complete`. The "lean" route is
+the app's POST /api/screen with the image as the body. All start together. gradio_client is not used: its threads and polling cost about
 eight times the app's CPU per request, so on a 2-core machine the figures
 measured the load generator. Reports errors, p50/p95 latency per request
-(upload + queue + prediction), throughput, and the CPU time per request of the
-app and of this load generator. Every request goes to 127.0.0.1, and the run is
+(upload + queue + prediction), throughput, the CPU time per request of the
+app and of this load generator, and the app's CPU per request by stage (decode,
+resize, statistics, model, feature space, from the app's /api/timings; the rest
+is the web framework's: HTTP, upload, queue, event stream, JSON). --competing-job
+runs one busy process per core beside the app meanwhile, as another job on the
+machine would. Every request goes to 127.0.0.1, and the run is
 bounded: clients x requests calls, --deadline seconds. Exit status 1 when any
 request failed.
 """
@@ -33,7 +40,8 @@ import urllib.request
 
 from pathlib import Path
 
-from common import REPO_ROOT, default_images_dir, list_images, summary_ms, take  # and the repository on sys.path
+from common import (REPO_ROOT, competing_cpu_job, conditions, default_images_dir, list_images, summary_ms,  # noqa: F401
+                    take)  # and the repository on sys.path
 
 from melanoma_screen.inference import default_model_source  # noqa: E402
 
@@ -49,6 +57,10 @@ def parse_args(argv=None):
     parser.add_argument("--images", default=None, help="folder of images (default: the shared test split, else examples/)")
     parser.add_argument("--startup-timeout", type=float, default=300, help="seconds to wait for the app to answer")
     parser.add_argument("--deadline", type=float, default=600, help="seconds after which clients stop sending")
+    parser.add_argument("--route", choices=["both", "gradio", "lean"], default="both",
+                        help="gradio: /predict through Gradio's REST API; lean: POST /api/screen (default: both)")
+    parser.add_argument("--competing-job", action="store_true",
+                        help="run one CPU-bound process per core beside the app during the test")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.requests < 1:
@@ -136,7 +148,20 @@ async def _one_request(http, base: str, path: Path) -> str | None:
     return "the event stream ended without a result"
 
 
-async def _run_clients(url: str, paths, clients: int, requests: int, deadline_s: float) -> dict:
+async def _one_lean_request(http, base: str, path: Path) -> str | None:
+    """One POST of the image to the lean route; None when it succeeded, else what went wrong."""
+    response = await http.post(f"{base}api/screen", content=path.read_bytes(), headers={"Content-Type": "image/jpeg"})
+    response.raise_for_status()
+    result = response.json()
+    if not isinstance(result, dict):
+        return f"unexpected answer {result!r}"
+    return None if "label" in result or "reason" in result else result.get("error", repr(result))
+
+
+REQUESTS = {"gradio": _one_request, "lean": _one_lean_request}
+
+
+async def _run_clients(url: str, paths, clients: int, requests: int, deadline_s: float, route: str = "gradio") -> dict:
     import httpx
 
     latencies, errors = [], []
@@ -155,7 +180,7 @@ async def _run_clients(url: str, paths, clients: int, requests: int, deadline_s:
                 path = paths[(index * requests + k) % len(paths)]
                 started = time.perf_counter()
                 try:
-                    problem = await _one_request(http, url, Path(path))
+                    problem = await REQUESTS[route](http, url, Path(path))
                 except Exception as error:
                     problem = f"{type(error).__name__}: {error}"
                 elapsed = time.perf_counter() - started
@@ -173,8 +198,50 @@ async def _run_clients(url: str, paths, clients: int, requests: int, deadline_s:
     return {"latencies": latencies, "errors": errors, "wall_s": time.perf_counter() - start}
 
 
-def run_clients(url: str, paths, clients: int, requests: int, deadline_s: float) -> dict:
-    return asyncio.run(_run_clients(url, paths, clients, requests, deadline_s))
+def run_clients(url: str, paths, clients: int, requests: int, deadline_s: float, route: str = "gradio") -> dict:
+    return asyncio.run(_run_clients(url, paths, clients, requests, deadline_s, route))
+
+
+def app_timings(url: str) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"{url}api/timings", timeout=10) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+def first_answer_s(url: str, path: Path, started: float) -> float | None:
+    """Seconds from the app's start to its first answered /api/screen request."""
+    request = urllib.request.Request(f"{url}api/screen", data=path.read_bytes(), headers={"Content-Type": "image/jpeg"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            json.loads(response.read())
+        return time.perf_counter() - started
+    except (OSError, ValueError):
+        return None
+
+
+def measure_route(url: str, process, paths, args, route: str) -> dict:
+    before_timings, server_cpu, clients_cpu = app_timings(url), cpu_seconds(process.pid), own_cpu_seconds()
+    outcome = run_clients(url, paths, args.clients, args.requests, args.deadline, route)
+    server_cpu_end, clients_cpu = cpu_seconds(process.pid), own_cpu_seconds() - clients_cpu
+    after_timings = app_timings(url)
+    server_cpu = None if server_cpu is None or server_cpu_end is None else server_cpu_end - server_cpu
+    total = args.clients * args.requests
+    latencies, errors = outcome["latencies"], outcome["errors"]
+    stages = None
+    if before_timings and after_timings and server_cpu is not None:
+        stages = {name: 1000 * (after_timings["cpu_seconds"][name] - before_timings["cpu_seconds"].get(name, 0.0)) / total
+                  for name in after_timings["cpu_seconds"]}
+        stages["web framework and the rest"] = 1000 * server_cpu / total - sum(stages.values())
+    return {
+        "route": route, "requests": total, "ok": len(latencies), "errors": len(errors), "error_messages": errors[:20],
+        "wall_s": outcome["wall_s"], "throughput_per_s": len(latencies) / outcome["wall_s"],
+        "latency": summary_ms(latencies) if latencies else None,
+        "server_cpu_ms_per_request": None if server_cpu is None else 1000 * server_cpu / total,
+        "server_cpu_ms_per_request_by_stage": stages,
+        "clients_cpu_ms_per_request": 1000 * clients_cpu / total,
+    }
 
 
 def main(argv=None) -> int:
@@ -185,17 +252,15 @@ def main(argv=None) -> int:
     port = free_port()
     url = f"http://{HOST}:{port}/"
 
-    with tempfile.TemporaryFile(mode="w+") as log:
+    routes = ["gradio", "lean"] if args.route == "both" else [args.route]
+    with tempfile.TemporaryFile(mode="w+") as log, competing_cpu_job(args.competing_job):
         process = start_app(model, port, log)
         try:
             started = time.perf_counter()
             wait_until_up(url, process, args.startup_timeout)
             startup_s = time.perf_counter() - started
-            # Where the CPU goes: the clients share this machine's cores with the server.
-            server_cpu, clients_cpu = cpu_seconds(process.pid), own_cpu_seconds()
-            outcome = run_clients(url, paths, args.clients, args.requests, args.deadline)
-            server_cpu_end, clients_cpu = cpu_seconds(process.pid), own_cpu_seconds() - clients_cpu
-            server_cpu = None if server_cpu is None or server_cpu_end is None else server_cpu_end - server_cpu
+            first_s = first_answer_s(url, Path(paths[0]), started)
+            measured = [measure_route(url, process, paths, args, route) for route in routes]
         except RuntimeError as error:
             log.seek(0)
             print(f"load test aborted: {error}\n--- app log (end) ---\n{log.read()[-3000:]}", file=sys.stderr)
@@ -203,33 +268,38 @@ def main(argv=None) -> int:
         finally:
             stop(process)
 
-    total = args.clients * args.requests
-    latencies, errors = outcome["latencies"], outcome["errors"]
     result = {
-        "model": str(model), "clients": args.clients, "requests_per_client": args.requests, "requests": total,
-        "ok": len(latencies), "errors": len(errors), "error_messages": errors[:20],
-        "wall_s": outcome["wall_s"], "throughput_per_s": len(latencies) / outcome["wall_s"],
-        "latency": summary_ms(latencies) if latencies else None, "app_startup_s": startup_s,
-        "server_cpu_ms_per_request": None if server_cpu is None else 1000 * server_cpu / total,
-        "clients_cpu_ms_per_request": 1000 * clients_cpu / total,
+        "model": str(model), "clients": args.clients, "requests_per_client": args.requests,
+        "requests": sum(row["requests"] for row in measured), "ok": sum(row["ok"] for row in measured),
+        "errors": sum(row["errors"] for row in measured), "app_startup_s": startup_s,
+        "app_first_answer_s": first_s, "competing_job": args.competing_job, "conditions": conditions(),
+        "routes": {row["route"]: row for row in measured},
     }
-    print(f"app on {url} (model {model}) up in {startup_s:.1f} s; {args.clients} clients x {args.requests} "
-          f"requests of /predict with images from {images_dir}")
-    for message in errors[:10]:
-        print("  error:", message)
-    if latencies:
-        print(f"ok={len(latencies)} errors={len(errors)} p50={result['latency']['p50_ms']:.0f}ms "
-              f"p95={result['latency']['p95_ms']:.0f}ms throughput={result['throughput_per_s']:.1f} req/s "
-              f"wall={outcome['wall_s']:.1f}s")
-        server = result["server_cpu_ms_per_request"]
-        print(f"CPU per request: app {'?' if server is None else f'{server:.0f}'} ms, "
-              f"load generator {result['clients_cpu_ms_per_request']:.0f} ms")
-    else:
-        print(f"ok=0 errors={len(errors)}")
+    first = "?" if first_s is None else f"{first_s:.1f}"
+    print(f"app on {url} (model {model}) up in {startup_s:.1f} s, first request answered {first} s after start; "
+          f"{args.clients} clients x {args.requests} requests per route with images from {images_dir}"
+          f"{', beside a competing CPU job' if args.competing_job else ''}; load average at start "
+          f"{result['conditions']['load_average_1min_at_start']}")
+    for row in measured:
+        for message in row["error_messages"][:10]:
+            print(f"  {row['route']} error:", message)
+        if row["latency"]:
+            print(f"{row['route']:7s} ok={row['ok']} errors={row['errors']} p50={row['latency']['p50_ms']:.0f}ms "
+                  f"p95={row['latency']['p95_ms']:.0f}ms throughput={row['throughput_per_s']:.1f} req/s "
+                  f"wall={row['wall_s']:.1f}s")
+        else:
+            print(f"{row['route']:7s} ok=0 errors={row['errors']}")
+        server = row["server_cpu_ms_per_request"]
+        print(f"        CPU per request: app {'?' if server is None else f'{server:.1f}'} ms, "
+              f"load generator {row['clients_cpu_ms_per_request']:.1f} ms")
+        if row["server_cpu_ms_per_request_by_stage"]:
+            print("        app CPU by stage (ms/request): " + ", ".join(
+                f"{name} {value:.1f}" for name, value in row["server_cpu_ms_per_request_by_stage"].items()))
+    print(f"errors={result['errors']}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)
-    return 1 if errors or not latencies else 0
+    return 1 if result["errors"] or not result["ok"] else 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
     samples = build_not_lesion_set(lesion_paths)      # [Sample(name, category, image), ...]
 
 Built on the fly, so nothing large is committed: the sample photographs that
-scikit-image (`skimage.data`, the bundled ones) and matplotlib ship, plus
+scikit-image (`skimage.data`, the bundled ones), matplotlib, scikit-learn and
+Gradio ship (people, close-ups of their faces, animals, rooms and scenes,
+objects, a real screenshot), plus
 generated plain colours and skin tones, noise, gradients, rendered text and
 mock-ups of this app's page, and real lesions ruined on purpose (heavy blur,
 far under- and over-exposed). `lesion_paths` supplies those real lesions; the
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
-CATEGORIES = ("photo", "plain colour", "plain skin", "noise", "gradient", "text", "screenshot",
+CATEGORIES = ("person", "animal", "room or scene", "object", "photo", "plain colour", "plain skin", "noise", "gradient", "text", "screenshot",
               "blurred lesion", "under-exposed lesion", "over-exposed lesion")
 
 # Bundled with scikit-image's wheel; the others in skimage.data need a download (pooch).
@@ -30,6 +32,22 @@ SKIMAGE_SAMPLES = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard"
                    "logo", "microaneurysms", "moon", "page", "retina", "rocket", "text", "binary_blobs",
                    "shepp_logan_phantom", "stereo_motorcycle")
 MATPLOTLIB_SAMPLES = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")
+# Photographs other installed packages ship: (package, path inside it); the icons are too small to count.
+PACKAGE_SAMPLES = (("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
+                   ("gradio", "media_assets/images/cheetah.jpg"), ("gradio", "media_assets/images/cheetah1.jpg"),
+                   ("gradio", "media_assets/images/lion.jpg"), ("gradio", "media_assets/images/groot.jpeg"),
+                   ("gradio", "media_assets/images/tower.jpg"), ("gradio", "media_assets/images/screenshot.gif"))
+# What each photograph shows; the rest are "photo" (textures, microscopy, astronomy, drawings).
+SUBJECTS = {"skimage-astronaut": "person", "skimage-camera": "person", "matplotlib-grace_hopper": "person",
+            "skimage-cat": "animal", "skimage-chelsea": "animal", "gradio-cheetah": "animal",
+            "gradio-cheetah1": "animal", "gradio-lion": "animal",
+            "skimage-stereo_motorcycle": "room or scene", "sklearn-china": "room or scene",
+            "gradio-tower": "room or scene", "skimage-rocket": "room or scene",
+            "skimage-coffee": "object", "skimage-clock": "object", "skimage-coins": "object",
+            "matplotlib-Minduka_Present_Blue_Pack": "object", "sklearn-flower": "object", "gradio-groot": "object",
+            "gradio-screenshot": "screenshot"}
+# Head and shoulders filling the frame, as a phone's portrait would: (left, top, right, bottom) in the photograph.
+FACE_CROPS = {"skimage-astronaut": (140, 20, 320, 220), "matplotlib-grace_hopper": (100, 60, 420, 420)}
 # Light to dark skin, roughly the ten tones of the Monk skin tone scale.
 SKIN_TONES = [(246, 237, 228), (243, 231, 219), (247, 234, 208), (234, 218, 186), (215, 189, 150),
               (160, 126, 86), (130, 92, 67), (96, 65, 52), (58, 49, 42), (41, 36, 32)]
@@ -60,8 +78,10 @@ def _to_rgb(array: np.ndarray) -> Image.Image:
 
 
 def sample_photographs() -> list[Sample]:
-    """What scikit-image and matplotlib ship; either may be missing, and that only shrinks the set."""
-    samples = []
+    """What scikit-image, matplotlib, scikit-learn and Gradio ship; any may be missing, which only shrinks the set."""
+    import importlib
+
+    photographs = []  # (name, RGB image)
     try:
         import skimage.data
     except ImportError:
@@ -69,7 +89,9 @@ def sample_photographs() -> list[Sample]:
     if skimage is not None:
         for name in SKIMAGE_SAMPLES:
             try:
-                samples.append(Sample(f"skimage-{name}", "photo", _to_rgb(getattr(skimage.data, name)())))
+                data = getattr(skimage.data, name)()
+                # stereo_motorcycle is (left, right, disparity): the left view is the photograph.
+                photographs.append((f"skimage-{name}", _to_rgb(data[0] if isinstance(data, tuple) else data)))
             except Exception:  # a sample that needs a download offline, or one a newer release dropped
                 continue
     try:
@@ -81,7 +103,20 @@ def sample_photographs() -> list[Sample]:
     for name in MATPLOTLIB_SAMPLES if folder else ():
         if (folder / name).is_file():
             with Image.open(folder / name) as image:
-                samples.append(Sample(f"matplotlib-{Path(name).stem}", "photo", _to_rgb(np.asarray(image))))
+                photographs.append((f"matplotlib-{Path(name).stem}", _to_rgb(np.asarray(image))))
+    for package, relative in PACKAGE_SAMPLES:
+        try:
+            path = Path(importlib.util.find_spec(package).origin).parent / relative
+        except (AttributeError, ImportError, ValueError):
+            continue
+        if path.is_file():
+            with Image.open(path) as image:
+                photographs.append((f"{package}-{Path(relative).stem}", _to_rgb(np.asarray(image.convert("RGBA")))))
+    samples = [Sample(name, SUBJECTS.get(name, "photo"), image) for name, image in photographs]
+    by_name = dict(photographs)
+    for name, box in FACE_CROPS.items():
+        if name in by_name:
+            samples.append(Sample(f"{name}-face", "person", by_name[name].crop(box)))
     return samples
 
 

@@ -165,6 +165,19 @@ def choose_operating_points(y_true, prob_malignant, min_sensitivity: float = 0.9
     }
 
 
+def operating_point_config(operating_points: dict, temperature: float | None = None) -> dict:
+    """The config.json entries a model's operating points are stored in (train_vit.py, calibrate_site.py).
+
+    With a temperature, it is recorded as folded into the classifier
+    (fold_temperature_into_classifier), which is how every stored model holds it.
+    """
+    entries = {key: float(operating_points[key])
+               for key in ("screening_threshold", "high_risk_threshold", "min_sensitivity", "min_specificity")}
+    if temperature is not None:
+        entries.update(calibration_temperature=float(temperature), temperature_folded_into_classifier=True)
+    return entries
+
+
 def risk_level(prob_malignant: float, screening_threshold: float, high_risk_threshold: float) -> str:
     """"low" below screening, "moderate" in [screening, high_risk), "high" at or above high_risk."""
     if high_risk_threshold < screening_threshold:

@@ -20,12 +20,14 @@ gets a Prediction with `input_check.reason` set, and no risk level in its JSON.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
+import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,15 +41,18 @@ from . import hub
 from .calibration import risk_level, softmax_probs
 from .explain import attention_rollout, upsample_heatmap
 from .images import load_rgb_image
-from .input_check import STATS_FILE, InputCheck, Verdict, image_features
+from .input_check import STATS_FILE, InputCheck, Verdict, batch_features
+from .weights import ModelLoadError, weights_version  # noqa: F401  (re-exported: app.py, predict.py, calibrate_site.py)
 from .labels import malignant_index
-from .onnx_engine import logits_and_embedding
+from .onnx_engine import logits_and_patch_tokens
 from .results import EvalResultsError, load_eval_results
 from .transforms import (apply_color_constancy, apply_field_of_view_mask, color_constancy_of, field_of_view_mask_of,
                          model_input, skin_reference_of)
 
-# What we fetch for a Hub id; the card, plots and checkpoints are not needed to predict.
-MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "eval_results.json", STATS_FILE]
+# What we fetch for a Hub id; the card, plots and checkpoints are not needed to predict (the int8
+# graph is, when the repository has one: built otherwise, see melanoma_screen.onnx_engine).
+MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "eval_results.json", STATS_FILE,
+               "model.int8.onnx"]
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 DEFAULT_THRESHOLD = 0.5
@@ -64,8 +69,42 @@ DRAFT_MARGIN = 4
 logger = logging.getLogger(__name__)
 
 
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message is one sentence for people."""
+class StageClock:
+    """CPU seconds spent in each stage of scoring, summed over the threads that ran it.
+
+    Thread CPU time (time.thread_time), so a busy machine's waiting is not counted
+    as work: benchmarks/bench_inference.py and the app's /api/timings report the
+    share of each stage from it.
+    """
+
+    STAGES = ("decode", "resize", "statistics", "model", "feature space")
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.seconds = dict.fromkeys(self.STAGES, 0.0)
+            self.images = 0
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.thread_time()
+        try:
+            yield
+        finally:
+            spent = time.thread_time() - start
+            with self._lock:
+                self.seconds[name] += spent
+
+    def count(self, images: int) -> None:
+        with self._lock:
+            self.images += images
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"images": self.images, "cpu_seconds": dict(self.seconds)}
 
 
 @dataclass
@@ -143,22 +182,10 @@ def quantize_encoder(model):
     return model
 
 
-def weights_version(folder: Path) -> str:
-    """First 12 hex digits of the sha256 of model.safetensors: names the exact weights in reports."""
-    path = folder / "model.safetensors"
-    if not path.is_file():
-        # Also refuses pickled pytorch_model.bin folders, which could run code on load.
-        raise ModelLoadError(f"Could not load model from {folder}: it has no model.safetensors.")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
-
-
 class ScreeningModel:
     def __init__(self, model, image_processor, model_id: str, version: str, eval_results: dict | None = None,
-                 engine: str = "torch", precision: str = "fp32", input_check: InputCheck | None = None):
+                 engine: str = "torch", precision: str = "fp32", input_check: InputCheck | None = None,
+                 folder=None):
         if engine not in ENGINES or precision not in PRECISIONS:
             raise ValueError(f"engine must be one of {ENGINES} and precision one of {PRECISIONS}, "
                              f"got {engine!r} and {precision!r}.")
@@ -168,8 +195,11 @@ class ScreeningModel:
         self.model_id = model_id
         self.version = version
         self.eval_results = eval_results
+        # The model folder: where the ONNX graph built for these weights is kept (melanoma_screen.onnx_engine).
+        self.folder = folder
         # None: the folder has no fitted check, and every decodable picture is scored.
         self.input_check = input_check
+        self.clock = StageClock()
 
         try:
             self.malignant_index = malignant_index(self.config)
@@ -225,7 +255,7 @@ class ScreeningModel:
             try:
                 from .onnx_engine import OnnxClassifier
 
-                self._onnx = OnnxClassifier(self.model, precision)
+                self._onnx = OnnxClassifier(self.model, precision, folder=self.folder, weights_version=self.version)
             except Exception as error:  # no onnxruntime, or an exporter that changed: slower, still right
                 logger.warning("ONNX Runtime unavailable (%s: %s); predicting with PyTorch.", type(error).__name__, error)
                 engine = "torch"
@@ -288,7 +318,7 @@ class ScreeningModel:
                            "`python fit_input_check.py fit --model FOLDER --data-dir DATA`.",
                            source, STATS_FILE)
         return cls(model, image_processor, model_id, version, eval_results, engine=engine, precision=precision,
-                   input_check=input_check)
+                   input_check=input_check, folder=folder)
 
     def close(self) -> None:
         """Stops the batch threads; the model cannot score afterwards."""
@@ -300,7 +330,21 @@ class ScreeningModel:
 
     def decode(self, source) -> Image.Image:
         """load_rgb_image, with large JPEGs decoded at a reduced scale (see DRAFT_MARGIN)."""
-        return load_rgb_image(source, draft_size=self._draft_size)
+        with self.clock.stage("decode"):
+            return load_rgb_image(source, draft_size=self._draft_size)
+
+    def decode_each(self, sources) -> list:
+        """decode for each source, over the batch threads: a decoded image, or the exception it raised, per source."""
+        def attempt(source):
+            try:
+                return self.decode(source)
+            except Exception as error:  # handed back: the caller decides what a bad file means
+                return error
+
+        sources = list(sources)
+        if self._pool is not None and len(sources) > 1:
+            return list(self._pool.map(attempt, sources))
+        return [attempt(source) for source in sources]
 
     def pipeline_input(self, source):
         """What to hand `transformers.pipeline` so it scores `source` as this model does.
@@ -316,57 +360,87 @@ class ScreeningModel:
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """(N, 3, H, W) float32, equal to image_processor(images)["pixel_values"] after the model's colour constancy."""
+        return self._model_inputs(images)[0]
+
+    def _model_inputs(self, images: list[Image.Image]) -> tuple[torch.Tensor, np.ndarray]:
+        """The pixel values, and the (N, H, W, 3) uint8 pictures they were made from: what the input check measures."""
         if not self._fast:
             images = [model_input(image, self.image_processor, self.color_constancy, self.field_of_view_mask,
                                   self.skin_reference) for image in images]
-            return self.image_processor(images, return_tensors="pt")["pixel_values"]
+            pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
+            size = (int(pixel_values.shape[3]), int(pixel_values.shape[2]))
+            pictures = np.stack([np.asarray((image if image.mode == "RGB" else image.convert("RGB")).resize(
+                size, Image.Resampling.BILINEAR)) for image in images])
+            return pixel_values, pictures
         width, height = self._resize_to
-        batch = np.empty((len(images), 3, height, width), dtype=np.float32)
-        for i, image in enumerate(images):
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            resized = apply_field_of_view_mask(apply_color_constancy(rgb.resize(self._resize_to, self.image_processor.resample),
-                                                                     self.color_constancy, self.skin_reference),
-                                               self.field_of_view_mask)
-            # Straight from PIL's (H, W, 3) bytes into the channel-first float batch:
+        pictures = np.empty((len(images), height, width, 3), dtype=np.uint8)
+        with self.clock.stage("resize"):
+            for i, image in enumerate(images):
+                rgb = image if image.mode == "RGB" else image.convert("RGB")
+                resized = apply_field_of_view_mask(apply_color_constancy(rgb.resize(self._resize_to, self.image_processor.resample),
+                                                                         self.color_constancy, self.skin_reference),
+                                                   self.field_of_view_mask)
+                pictures[i] = np.asarray(resized)
+            # Straight from the (N, H, W, 3) bytes into the channel-first float batch:
             # one pass, no intermediate float image, no torch permute copy.
-            np.multiply(np.asarray(resized).transpose(2, 0, 1), self._multiply, out=batch[i])
-        batch += self._add
-        return torch.from_numpy(batch)
+            batch = np.multiply(pictures.transpose(0, 3, 1, 2), self._multiply[None], dtype=np.float32)
+            batch += self._add[None]
+        return torch.from_numpy(batch), pictures
 
-    def _torch_forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits_and_embedding(self.model, pixel_values)
+    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.logits_and_patch_tokens(pixel_values)[0]
 
-    def logits_and_embeddings(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, 2) logits and the (N, D) embeddings the input check measures, from one forward pass."""
-        forward = self._onnx.with_embedding if self._onnx is not None else self._torch_forward
+    def _torch_forward(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        logits, tokens = logits_and_patch_tokens(self.model, pixel_values)
+        return logits.float().numpy(), tokens.float().numpy()
+
+    def logits_and_patch_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """(N, 2) logits and the (N, P, D) patch tokens the input check measures, from one forward pass."""
+        run = self._onnx.with_patch_tokens if self._onnx is not None else self._torch_forward
+
+        def forward(part):
+            with self.clock.stage("model"):
+                return run(part)
+
+        pixels = pixel_values.numpy() if self._onnx is not None else pixel_values
         if self.precision == "int8":
             # Dynamic quantisation picks one activation scale per input tensor: one image
             # at a time, a score never depends on the other images in its batch.
-            parts = pixel_values.split(1)
+            parts = [pixels[i:i + 1] for i in range(len(pixels))]
         else:
-            parts = [part for part in pixel_values.tensor_split(self._workers) if len(part)]
+            parts = [part for part in np.array_split(np.arange(len(pixels)), self._workers) if len(part)]
+            parts = [pixels[part[0]:part[-1] + 1] for part in parts]
         with torch.inference_mode():
             if self._pool is not None and len(parts) > 1:
                 outputs = list(self._pool.map(forward, parts))
             else:
                 outputs = [forward(part) for part in parts]
-        return torch.cat([logits for logits, _ in outputs]), torch.cat([embedding for _, embedding in outputs])
+        logits = np.concatenate([logits for logits, _ in outputs])
+        return torch.from_numpy(logits), np.concatenate([tokens for _, tokens in outputs])
 
     def measure_decoded(self, images: list[Image.Image]) -> dict:
-        """What the input check looks at, with P(malignant): {"features", "embeddings", "probabilities"} arrays."""
-        logits, embeddings = self.logits_and_embeddings(self.preprocess(images))
+        """What the input check looks at, with P(malignant): {"features", "embeddings", "probabilities"} arrays.
+
+        "embeddings" are the (N, P, D) patch tokens, in float16 to keep a training split's in memory.
+        """
+        pixel_values, pictures = self._model_inputs(images)
+        logits, tokens = self.logits_and_patch_tokens(pixel_values)
         return {
-            "features": np.stack([image_features(image) for image in images]),
-            "embeddings": embeddings.float().numpy(),
+            "features": batch_features(pictures),
+            "embeddings": tokens.astype(np.float16),
             "probabilities": softmax_probs(logits.float(), self.temperature)[:, self.malignant_index],
         }
 
-    def _predictions(self, pixel_values: torch.Tensor, images: list[Image.Image]) -> list[Prediction]:
-        logits, embeddings = self.logits_and_embeddings(pixel_values)
+    def _predictions(self, images: list[Image.Image]) -> list[Prediction]:
+        pixel_values, pictures = self._model_inputs(images)
+        logits, tokens = self.logits_and_patch_tokens(pixel_values)
         probs = softmax_probs(logits.float(), self.temperature)
+        self.clock.count(len(images))
         if self.input_check is not None:
-            verdicts = self.input_check.judge(np.stack([image_features(image) for image in images]),
-                                              embeddings.float().numpy())
+            with self.clock.stage("statistics"):
+                features = batch_features(pictures)
+            with self.clock.stage("feature space"):
+                verdicts = self.input_check.judge(features, tokens)
         else:
             verdicts = [Verdict() for _ in images]
         id2label = self.config.id2label
@@ -392,7 +466,7 @@ class ScreeningModel:
 
     def predict_decoded(self, images: list[Image.Image]) -> list[Prediction]:
         """One forward pass over images already decoded by `decode` (or load_rgb_image)."""
-        return self._predictions(self.preprocess(images), images) if images else []
+        return self._predictions(images) if images else []
 
     def predict_batch(self, images, batch_size: int = 32) -> list[Prediction]:
         """Like predict for each image, batch_size at a time; the first bad image raises."""
@@ -400,7 +474,11 @@ class ScreeningModel:
         predictions = []
         for start in range(0, len(images), batch_size):
             # Decode chunk by chunk so a large batch never holds every full-size photo at once.
-            predictions += self.predict_decoded([self.decode(image) for image in images[start:start + batch_size]])
+            decoded = self.decode_each(images[start:start + batch_size])
+            for image in decoded:
+                if isinstance(image, Exception):
+                    raise image
+            predictions += self.predict_decoded(decoded)
         return predictions
 
     def explain(self, image) -> np.ndarray:

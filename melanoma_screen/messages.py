@@ -59,6 +59,10 @@ CATALOGUE: dict[str, Message] = {
         "The image is too small ({width}x{height} pixels). Please upload an image at least {min_side}x{min_side} pixels.",
         "l'image est trop petite ({width}×{height} pixels). Importez une image d'au moins {min_side}×{min_side} pixels.",
         ("width", "height", "min_side")),
+    # app's lean route: a body over launch()'s upload limit
+    "too_large_upload": Message(
+        "The upload is larger than 30 MB. Please upload a smaller image.",
+        "l'envoi dépasse 30 Mo. Importez une image plus petite.", reason="too_large"),
     # app.image_source: an upload that is not a file
     "bad_data_url": Message(
         "The uploaded data is not a valid image.",
@@ -82,6 +86,12 @@ CATALOGUE: dict[str, Message] = {
     "no_lesion": Message(
         "No lesion can be seen in the picture. Centre the lesion in the frame, close up, and retake it.",
         "Aucune lésion n'est visible sur la photo. Centrez la lésion dans le cadre, de près, puis reprenez-la."),
+    "no_colour": Message(
+        "This picture has no colour (it is black and white or grayscale), and a lesion is judged on its colours. "
+        "Upload the original colour photo of the lesion, not a grayscale copy, scan or print.",
+        "Cette image n'a pas de couleurs (elle est en noir et blanc ou en niveaux de gris), or une lésion s'analyse "
+        "sur ses couleurs. Importez la photo couleur d'origine de la lésion, pas une copie en niveaux de gris, un "
+        "scan ou une impression."),
     "not_skin": Message(
         "This does not look like a picture of skin. Upload a dermoscopic picture of the lesion itself.",
         "Cette image ne ressemble pas à une photo de peau. Importez une image dermoscopique de la lésion elle-même."),

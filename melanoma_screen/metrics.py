@@ -7,7 +7,6 @@ straight into a JSON report or the model card without conversion.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 
 def _as_arrays(y_true, prob_malignant) -> tuple[np.ndarray, np.ndarray]:
@@ -104,6 +103,9 @@ def binary_metrics(y_true, prob_malignant, threshold: float = 0.5) -> dict:
     sensitivity = _ratio(tp, tp + fn)
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)  # = harmonic mean of precision and sensitivity
     # AUC is undefined with a single class; None serialises to JSON null.
+    # Imported here: scikit-learn takes a second to import, and predicting (predict.py, the app) needs none of it.
+    from sklearn.metrics import roc_auc_score
+
     roc_auc = float(roc_auc_score(y, p)) if 0 < malignant.sum() < y.size else None
     return {
         "threshold": float(threshold),

@@ -1,10 +1,18 @@
 """The classifier run by ONNX Runtime: the fast CPU path from pixels to logits.
 
-The ONNX graph is exported from the loaded PyTorch model when the model is
-loaded, so it always holds exactly the weights of model.safetensors; nothing
-extra is stored beside the model. For a ViT this small, ONNX Runtime's CPU
-kernels and the absence of Python between operations make the forward pass
-about twice as fast as PyTorch's (benchmarks/README.md).
+The ONNX graph is exported from the PyTorch model and kept beside it, as
+MODEL/model.int8.onnx (or model.fp32.onnx), stamped with the hash of the
+model.safetensors it was exported from: exporting and quantising take seconds,
+which every start-up paid before. A stamp that does not match the weights, or a
+graph written by another version of this code, is rebuilt on load, and written
+back when the folder is writable (else into ~/.cache/melanoma_screen), so the
+file always holds exactly the weights of model.safetensors. To rebuild it by hand:
+
+    python -m melanoma_screen.onnx_engine --model model
+
+For a ViT this small, ONNX Runtime's CPU kernels and the absence of Python
+between operations make the forward pass about twice as fast as PyTorch's
+(benchmarks/README.md).
 
 precision="int8" stores the weights of the encoder's matrix products in int8
 and quantises their inputs on the fly (dynamic quantisation). The patch
@@ -14,40 +22,33 @@ carries the folded calibration temperature, stay float.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import io
 import logging
+import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 OPSET = 17
-
-
-class _LogitsAndEmbedding(torch.nn.Module):
-    """pixel_values -> (logits, embedding): ViTForImageClassification's forward, with the
-    feature-space embedding of the input check (see feature_embedding) as a second output."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values):
-        return logits_and_embedding(self.model, pixel_values)
+# Names the graph's inputs and outputs; a stored graph with another one is rebuilt.
+GRAPH_FORMAT = "logits+patch_tokens/1"
+logger = logging.getLogger(__name__)
 
 
 def embedding_layer(config) -> int:
     return max(1, config.num_hidden_layers // 2)
 
 
-def logits_and_embedding(model, pixel_values):
-    """ViTForImageClassification's logits, and the mean patch token after the middle encoder layer.
+def logits_and_patch_tokens(model, pixel_values):
+    """ViTForImageClassification's logits, and the patch tokens after the middle encoder layer.
 
-    The input check measures distances there rather than on the CLS token the
-    classifier reads: trained to separate benign from malignant, the last CLS
+    The input check measures their mean, and how far they spread around it,
+    there rather than on the CLS token the classifier reads: trained to separate benign from malignant, the last CLS
     token maps much of what it has never seen onto one of the two classes,
     while the middle layer still describes texture and colour. With the model
     shipped in November 2026 and the same image statistics and validation
@@ -57,11 +58,21 @@ def logits_and_embedding(model, pixel_values):
     """
     outputs = model.vit(pixel_values=pixel_values, output_hidden_states=True)
     logits = model.classifier(outputs.last_hidden_state[:, 0, :])
-    return logits, outputs.hidden_states[embedding_layer(model.config)][:, 1:, :].mean(dim=1)
+    return logits, outputs.hidden_states[embedding_layer(model.config)][:, 1:, :]
 
 
 def export_onnx(model) -> bytes:
-    """The model as an ONNX graph with a dynamic batch axis."""
+    """The model as an ONNX graph with a dynamic batch axis: pixel_values -> logits, patch_tokens."""
+    import torch
+
+    class LogitsAndPatchTokens(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            return logits_and_patch_tokens(self.model, pixel_values)
+
     model = copy.deepcopy(model).eval()
     model.set_attn_implementation("eager")  # plain MatMul/Softmax ops that every runtime has
     size = model.config.image_size
@@ -70,9 +81,9 @@ def export_onnx(model) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and exporter notices, none of them about this graph
         torch.onnx.export(
-            _LogitsAndEmbedding(model), (dummy,), buffer, dynamo=False, opset_version=OPSET,
-            input_names=["pixel_values"], output_names=["logits", "embedding"],
-            dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}, "embedding": {0: "batch"}},
+            LogitsAndPatchTokens(model), (dummy,), buffer, dynamo=False, opset_version=OPSET,
+            input_names=["pixel_values"], output_names=["logits", "patch_tokens"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}, "patch_tokens": {0: "batch"}},
         )
     return buffer.getvalue()
 
@@ -99,18 +110,53 @@ def quantize_int8(onnx_model: bytes) -> bytes:
         return target.read_bytes()
 
 
+def _stamped(graph: bytes, weights_version: str, precision: str) -> bytes:
+    import onnx
+
+    proto = onnx.load_from_string(graph)
+    for key, value in (("weights_version", weights_version), ("precision", precision), ("graph_format", GRAPH_FORMAT)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
+
+
+def build_graph(model, precision: str, weights_version: str = "") -> bytes:
+    """The exported (and, for int8, quantised) graph, stamped with the weights it holds."""
+    graph = export_onnx(model)
+    if precision == "int8":
+        graph = quantize_int8(graph)
+    return _stamped(graph, weights_version, precision)
+
+
+def graph_paths(folder, weights_version: str, precision: str) -> list[Path]:
+    """Where a stored graph is looked for: in the model folder, then in the user's cache."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "melanoma_screen"
+    return [Path(folder) / f"model.{precision}.onnx", cache / f"{weights_version}.{precision}.onnx"]
+
+
+def _session(graph, options):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+def _matches(session, weights_version: str, precision: str) -> bool:
+    stamp = session.get_modelmeta().custom_metadata_map
+    return (stamp.get("weights_version") == weights_version and stamp.get("precision") == precision
+            and stamp.get("graph_format") == GRAPH_FORMAT)
+
+
 class OnnxClassifier:
     """Callable like the PyTorch model's forward: (N, 3, H, W) float32 tensor -> (N, 2) logits.
 
-    `with_embedding` also returns the (N, D) CLS embedding, from the same run.
+    `with_patch_tokens` also returns the (N, P, D) patch tokens of the input check, from the same run.
+    model: the PyTorch model, or a callable returning it (loaded only when the graph must be built).
+    folder and weights_version: where a stored graph is looked for, and the weights it must hold.
     """
 
-    def __init__(self, model, precision: str = "fp32"):
+    def __init__(self, model, precision: str = "fp32", folder=None, weights_version: str | None = None):
         import onnxruntime
 
-        graph = export_onnx(model)
-        if precision == "int8":
-            graph = quantize_int8(graph)
         options = onnxruntime.SessionOptions()
         # One thread: run() works on the calling thread. A second thread does not make
         # one image of this small model faster (benchmarks/README.md); the callers use
@@ -118,13 +164,63 @@ class OnnxClassifier:
         # app's concurrent requests). run() is thread-safe.
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.precision = precision
+        self.session = self.source = None
+        candidates = graph_paths(folder, weights_version, precision) if folder is not None and weights_version else []
+        for path in candidates:
+            if path.is_file():
+                try:
+                    session = _session(str(path), options)
+                except Exception as error:  # a truncated or foreign file: rebuilt below
+                    logger.warning("%s cannot be read (%s); rebuilding it.", path, error)
+                    continue
+                if _matches(session, weights_version, precision):
+                    self.session, self.source = session, path
+                    return
+                logger.info("%s was built for other weights or by another version; rebuilding it.", path)
+        graph = build_graph(model() if callable(model) and not hasattr(model, "config") else model, precision,
+                            weights_version or "")
+        self.session = _session(graph, options)
+        for path in candidates:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+                partial.write_bytes(graph)
+                os.replace(partial, path)  # atomic: a concurrent reader never sees half a file
+                self.source = path
+                break
+            except OSError:
+                continue
 
-    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.with_embedding(pixel_values)[0]
+    def __call__(self, pixel_values):
+        return self.with_patch_tokens(pixel_values)[0]
 
-    def with_embedding(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = np.ascontiguousarray(pixel_values.numpy(), dtype=np.float32)
-        logits, embedding = self.session.run(["logits", "embedding"], {"pixel_values": pixels})
-        return torch.from_numpy(logits), torch.from_numpy(embedding)
+    def with_patch_tokens(self, pixel_values):
+        """(N, 2) logits and (N, P, D) patch tokens, numpy float32."""
+        pixels = np.ascontiguousarray(pixel_values, dtype=np.float32)
+        logits, tokens = self.session.run(["logits", "patch_tokens"], {"pixel_values": pixels})
+        return logits, tokens
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m melanoma_screen.onnx_engine",
+                                     description="Build (export, and quantise for int8) the ONNX graph of a model "
+                                                 "folder and store it there, stamped with the weights' hash.")
+    parser.add_argument("--model", default="model", help="model folder (default: model)")
+    parser.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="default: int8, the app's")
+    args = parser.parse_args(argv)
+    from transformers import ViTForImageClassification
+
+    from .weights import weights_version
+
+    folder = Path(args.model)
+    model = ViTForImageClassification.from_pretrained(folder, use_safetensors=True)
+    graph = build_graph(model, args.precision, weights_version(folder))
+    target = folder / f"model.{args.precision}.onnx"
+    target.write_bytes(graph)
+    print(f"wrote {target} ({len(graph) / 1e6:.1f} MB) for weights {weights_version(folder)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

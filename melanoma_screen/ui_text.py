@@ -93,6 +93,13 @@ TEXT = {
         "about_thresholds": ("Risk is **low** below the screening threshold ({s}), **moderate** up to the "
                              "high-risk threshold ({h}) and **high** from there; both were chosen on "
                              "validation data, before the test split was used."),
+        "about_site_thresholds": ("Risk is **low** below the screening threshold ({s}), **moderate** up to the "
+                                  "high-risk threshold ({h}) and **high** from there. **Both thresholds are "
+                                  "site-calibrated:** they were refitted on {n} diagnosed images of one site ({m} "
+                                  "melanomas, {b} benign lesions) on {date}, from `{source}`, whose thresholds were {s0} "
+                                  "and {h0}. On those images the screening threshold flags {sens} of the melanomas "
+                                  "and the high-risk threshold clears {spec} of the benign lesions. The test metrics "
+                                  "above were measured at the thresholds of `{source}`."),
         "about_limits": ("Trained on dermoscopic images from the ISIC archive, mostly of light skin; its "
                          "performance on other skin types, cameras and clinics is not established. Not a "
                          "medical device."),
@@ -185,6 +192,13 @@ TEXT = {
         "about_thresholds": ("Le risque est **faible** sous le seuil de dépistage ({s}), **modéré** jusqu'au "
                              "seuil de risque élevé ({h}) et **élevé** au-delà ; les deux seuils ont été choisis "
                              "sur les données de validation, avant l'usage du jeu de test."),
+        "about_site_thresholds": ("Le risque est **faible** sous le seuil de dépistage ({s}), **modéré** jusqu'au "
+                                  "seuil de risque élevé ({h}) et **élevé** au-delà. **Les deux seuils sont calibrés "
+                                  "sur site :** ils ont été réajustés sur {n} images diagnostiquées d'un même site ({m} "
+                                  "mélanomes, {b} lésions bénignes) le {date}, à partir de `{source}`, dont les seuils "
+                                  "étaient {s0} et {h0}. Sur ces images, le seuil de dépistage signale {sens} des "
+                                  "mélanomes et le seuil de risque élevé écarte {spec} des lésions bénignes. Les mesures "
+                                  "de test ci-dessus ont été faites aux seuils de `{source}`."),
         "about_limits": ("Entraîné sur des images dermoscopiques de l'archive ISIC, surtout de peaux claires ; "
                          "ses performances sur d'autres types de peau, appareils et cliniques ne sont pas "
                          "établies. Ce n'est pas un dispositif médical."),

@@ -102,3 +102,8 @@ def wait_for_app(url: str, process: subprocess.Popen, log: Path, timeout: float 
         wait_until_up(url, process, timeout)
     except RuntimeError as error:
         pytest.fail(f"the app did not start: {error}\n{log.read_text()}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "container: builds and starts the Docker image with podman "
+                            "(tests/test_container.py; minutes on a machine's first run)")

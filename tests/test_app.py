@@ -443,3 +443,25 @@ def html_unescape(text: str) -> str:
 def test_predict_json_names_the_model_and_its_version(client, app, good_image):
     result = client.predict(handle_file(good_image), api_name="/predict")
     assert result["model_id"] == app.MODEL.model_id and result["model_version"] == app.MODEL.version
+
+
+# ---------------------------------------------------------------------------- lean route
+
+
+def test_the_lean_route_answers_with_the_same_json_as_predict(client, server, app, good_image, odd_files):
+    import httpx
+
+    base = server[1].rstrip("/")
+    expected = client.predict(handle_file(good_image), api_name="/predict")
+    data = Path(good_image).read_bytes()
+    raw = httpx.post(f"{base}{app.SCREEN_ROUTE}", content=data, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    form = httpx.post(f"{base}{app.SCREEN_ROUTE}", files={"image": ("lesion.jpg", data, "image/jpeg")}, timeout=60)
+    assert raw.status_code == form.status_code == 200
+    assert raw.json() == form.json() == expected
+    # A bad file is a sentence and a code, as on /predict; an empty body is "no image".
+    broken = httpx.post(f"{base}{app.SCREEN_ROUTE}", content=odd_files["truncated"].read_bytes(), timeout=60).json()
+    assert broken == client.predict(handle_file(str(odd_files["truncated"])), api_name="/predict")
+    assert httpx.post(f"{base}{app.SCREEN_ROUTE}", content=b"", timeout=60).json()["reason"] == "no_image"
+    timings = httpx.get(f"{base}{app.TIMINGS_ROUTE}", timeout=60).json()
+    assert timings["images"] >= 2 and timings["cpu_seconds"]["model"] > 0
+    assert set(timings["cpu_seconds"]) == {"decode", "resize", "statistics", "model", "feature space"}

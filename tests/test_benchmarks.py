@@ -39,13 +39,21 @@ def test_bench_inference_prints_speedup_and_writes_json(tiny_model_dir, image_fo
     assert set(report["batched_images_per_s"]) == {"pipeline", "ours"}
     assert report["heatmap_ours"]["p50_ms"] > 0
     assert report["max_abs_probability_difference"] < 0.1  # int8 moves probabilities a little, not a lot
+    stages = report["stages_ours"]
+    assert {"decode", "resize", "statistics", "model", "feature space"} <= set(stages)
+    assert stages["model"]["ms_per_image"] > 0 and 0.99 < sum(row["share"] for row in stages.values()) < 1.01
 
 
 def test_check_accuracy_compares_both_paths(tiny_model_dir, tmp_path):
     out = tmp_path / "accuracy.json"
+    # Its own test split of real images, so it runs with or without the shared dataset.
+    for label in ("benign", "malignant"):
+        (tmp_path / "data" / "test" / label).mkdir(parents=True)
+        for image in real_images("test", label, 3):
+            shutil.copy(image, tmp_path / "data" / "test" / label / image.name)
     # In fp32 our path gives pipeline's numbers, so the AUCs agree exactly on any model.
-    result = run("check_accuracy.py", "--model", tiny_model_dir, "--limit", 3, "--engine", "torch", "--precision", "fp32",
-                 "--json", out)
+    result = run("check_accuracy.py", "--model", tiny_model_dir, "--data-dir", tmp_path / "data", "--limit", 3,
+                 "--engine", "torch", "--precision", "fp32", "--json", out)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["n"] == 6 and report["passed"]
@@ -59,7 +67,13 @@ def test_load_test_two_clients_no_errors(tiny_model_dir, image_folder, tmp_path)
                  "--json", out)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads(out.read_text())
-    assert report["requests"] == 4 and report["ok"] == 4 and report["errors"] == 0
+    assert report["requests"] == 8 and report["ok"] == 8 and report["errors"] == 0
+    assert set(report["routes"]) == {"gradio", "lean"}
+    for route in report["routes"].values():
+        assert route["ok"] == 4 and route["latency"]["p95_ms"] > 0
+        stages = route["server_cpu_ms_per_request_by_stage"]
+        assert stages["model"] > 0 and "web framework and the rest" in stages
+    assert report["app_first_answer_s"] >= report["app_startup_s"] > 0
     assert "errors=0" in result.stdout
 
 

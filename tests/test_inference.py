@@ -261,6 +261,45 @@ def test_fast_path_is_onnxruntime_int8_and_close_to_pipeline(fast_model, model, 
     np.testing.assert_array_equal(heatmap, model.explain(images[0]))
 
 
+def test_the_int8_graph_is_stored_with_the_weights_hash_and_rebuilt_when_they_change(tiny_model_dir, tmp_path, images):
+    import onnxruntime
+
+    from melanoma_screen import onnx_engine
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "model.int8.onnx").unlink(missing_ok=True)
+    first = ScreeningModel.load(str(folder), **FAST)
+    stored = folder / "model.int8.onnx"
+    assert first._onnx.source == stored and stored.is_file()
+    stamp = onnxruntime.InferenceSession(str(stored)).get_modelmeta().custom_metadata_map
+    assert stamp["weights_version"] == first.version and stamp["graph_format"] == onnx_engine.GRAPH_FORMAT
+    built = stored.stat().st_mtime_ns
+    # Loaded again: the stored graph is used as it is, and scores the same.
+    again = ScreeningModel.load(str(folder), **FAST)
+    assert stored.stat().st_mtime_ns == built
+    assert again.predict(images[0]).malignant_probability == first.predict(images[0]).malignant_probability
+    # Other weights under the same name: the stamp no longer matches, and the graph is rebuilt for them.
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "model.safetensors"))
+    name = next(key for key in weights if key.endswith("classifier.bias"))
+    weights[name] = weights[name].clone()
+    weights[name][first.malignant_index] += 2.0
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    changed = ScreeningModel.load(str(folder), **FAST)
+    assert changed.version != first.version
+    stamp = onnxruntime.InferenceSession(str(stored)).get_modelmeta().custom_metadata_map
+    assert stamp["weights_version"] == changed.version
+    # The rebuilt graph holds the new weights: the malignant logit is 2 higher, the other unchanged.
+    pixels = first.preprocess([load_rgb_image(images[0])])
+    shift = (changed.logits(pixels) - first.logits(pixels))[0]
+    assert abs(float(shift[changed.malignant_index]) - 2.0) < 1e-3 and abs(float(shift[1 - changed.malignant_index])) < 1e-3
+    # A damaged file is rebuilt, not a failure.
+    stored.write_bytes(b"not an onnx graph")
+    assert ScreeningModel.load(str(folder), **FAST).predict(images[0]).label in ("benign", "malignant")
+
+
 def test_onnxruntime_fp32_gives_pipeline_numbers(tiny_model_dir, model, images):
     onnx = ScreeningModel.load(str(tiny_model_dir), engine="onnxruntime", precision="fp32")
     assert onnx.engine == "onnxruntime"

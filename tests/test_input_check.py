@@ -7,10 +7,13 @@ model has too few images for bounds, which is itself tested: it then refuses not
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -103,12 +106,61 @@ def test_plain_skin_and_blank_frames_are_refused_as_no_lesion(shipped):
     assert reasons(shipped, pictures) == ["no_lesion", "no_lesion"]
 
 
-def test_a_grey_photo_and_a_page_of_text_are_refused_as_not_skin(shipped):
+def test_a_page_of_text_is_refused_as_not_skin_and_a_black_and_white_photo_as_colourless(shipped):
     pictures = {sample.name: sample.image for sample in build_not_lesion_set() if sample.name in ("skimage-camera", "text-2")}
     verdicts = dict(zip(pictures, reasons(shipped, list(pictures.values()))))
-    assert verdicts["skimage-camera"] == "not_skin"
-    # Light text on a dark page is all fine edges; dark text on white is first refused as too bright.
+    # Light text on a dark page is all fine edges, whatever its colours; dark text on white is first refused as too bright.
     assert verdicts["text-2"] == "not_skin"
+    assert verdicts["skimage-camera"] == "no_colour"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_48_bit(rgb: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one), from (H, W, 3) uint16."""
+    height, width, _ = rgb.shape
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, colour type 2: RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_a_lesion_without_its_colours_is_refused_as_colourless_in_every_grey_format(shipped, lesions):
+    grey = [image.convert("L") for image in lesions]
+    sixteen_bit = [Image.fromarray(np.asarray(image, dtype=np.uint16) * 257) for image in grey]
+    assert sixteen_bit[0].mode.startswith("I;16")
+    with_alpha = [image.convert("LA") for image in grey]
+    # RGB whose channels differ by a level or two, as a grayscale picture re-saved as a colour JPEG.
+    rng = np.random.default_rng(0)
+    nearly_grey = [Image.fromarray(np.clip(np.asarray(image.convert("RGB"), np.int16) + rng.integers(-2, 3, (1, 1, 3)),
+                                           0, 255).astype(np.uint8)) for image in grey]
+    for pictures in (grey, sixteen_bit, with_alpha, nearly_grey):
+        # Through PNG files, as an upload arrives, so the decoder's handling of each mode is part of the test.
+        predictions = shipped.predict_batch([png_bytes(picture) for picture in pictures])
+        assert [p.input_check.reason for p in predictions] == ["no_colour"] * len(pictures), pictures[0].mode
+    message = shipped.predict(png_bytes(grey[0])).to_json()
+    assert message["reason"] == "no_colour" and "colour" in message["error"]
+    assert render("no_colour", lang="fr").startswith("Cette image n'a pas de couleurs")
+
+
+def test_a_colour_16_bit_png_is_decoded_and_scored_as_its_8_bit_original(shipped, lesions):
+    for lesion in lesions[:4]:
+        original = np.asarray(lesion)
+        deep = shipped.predict(png_48_bit(original.astype(np.uint16) * 257))
+        assert shipped.decode(png_48_bit(original.astype(np.uint16) * 257)).mode == "RGB"
+        assert np.array_equal(np.asarray(shipped.decode(png_48_bit(original.astype(np.uint16) * 257))), original)
+        eight_bit = shipped.predict(png_bytes(lesion))
+        assert deep.input_check.reason == eight_bit.input_check.reason
+        assert deep.malignant_probability == pytest.approx(eight_bit.malignant_probability, abs=1e-6)
+    # The app's examples are all accepted, so the first ones are scored, not refused.
+    assert not shipped.predict(png_48_bit(np.asarray(lesions[0]).astype(np.uint16) * 257)).refused
 
 
 def test_a_picture_far_from_the_training_images_is_refused_as_unfamiliar(shipped):
@@ -117,10 +169,22 @@ def test_a_picture_far_from_the_training_images_is_refused_as_unfamiliar(shipped
     measured = input_check.measure(shipped, [sample.image for sample in samples], progress=False)
     verdicts = shipped.input_check.judge(measured["features"], measured["embeddings"])
     unfamiliar = [v for v in verdicts if v.reason == "unfamiliar"]
-    assert unfamiliar, "no picture was refused by the distance alone"
+    assert unfamiliar, "no picture was refused by the feature space alone"
     for verdict in unfamiliar:
-        assert verdict.details["distance"] > verdict.details["threshold"]
-        assert "statistic" not in verdict.details
+        assert verdict.details["statistic"] in ("distance", "spread") and "bound" not in verdict.details
+        assert verdict.details[verdict.details["statistic"]] > verdict.details["threshold"]
+
+
+def test_a_portrait_whose_mean_token_looks_ordinary_is_refused_by_the_spread_of_its_patches(shipped):
+    # The mean patch token of a person's photograph lies among the lesions' (why a portrait passed
+    # the distance); its patches spread far more than a lesion's.
+    people = [sample for sample in build_not_lesion_set() if sample.category == "person"]
+    measured = input_check.measure(shipped, [sample.image for sample in people], progress=False)
+    check = shipped.input_check
+    assert check.uses_spread
+    distances, spreads = check.distance(measured["embeddings"]), check.spread(measured["embeddings"])
+    assert (spreads > check.spread_threshold).any() and (distances[spreads > check.spread_threshold] <= check.threshold).any()
+    assert [v.reason for v in check.judge(measured["features"], measured["embeddings"])].count(None) <= 1
 
 
 def test_the_generated_not_a_lesion_set_is_mostly_refused(shipped):

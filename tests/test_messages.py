@@ -16,7 +16,7 @@ from melanoma_screen.images import ImageLoadError, load_rgb_image
 from melanoma_screen.messages import CATALOGUE, LANGUAGES, CodedError, reason, render, template_fields
 
 # Raised by app.image_source; tests/test_app.py reaches them.
-UPLOAD_CODES = {"bad_data_url", "bad_upload"}
+UPLOAD_CODES = {"bad_data_url", "bad_upload", "too_large_upload"}
 
 
 def png_announcing(width: int, height: int) -> bytes:

@@ -1,0 +1,133 @@
+"""Refit a model's screening and high-risk thresholds on a clinic's own diagnosed images.
+
+    python calibrate_site.py --model model --data-dir SITE --out-dir model-site
+    python calibrate_site.py --model model --data-dir SITE --out-dir model-site --fit-temperature --overwrite
+
+SITE holds benign/ and malignant/ folders of images diagnosed at the site (by
+histology or follow-up), taken with the site's own device. Each image is decoded
+and scored as the app does, through ScreeningModel and its input check; pictures
+the input check refuses are counted and left out. The thresholds are then chosen
+with the rules and targets of training (sensitivity target for the screening
+threshold, specificity target for the high-risk one), and OUT_DIR gets a complete
+model folder: the same weights, the new thresholds in config.json, the same input
+check, and a card section with the counts and the figures, before and after, with
+bootstrap 95% intervals. The app loads it with MODEL_ID=OUT_DIR. No image and no
+file name is stored.
+
+It refuses fewer than 20 melanomas or 50 benign lesions (why: see
+melanoma_screen/site_calibration.py), never writes over its input model, and
+never over an existing OUT_DIR without --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from data_prep import scan_label_folder
+from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError, ScreeningModel
+from melanoma_screen.site_calibration import (MIN_BENIGN, MIN_MALIGNANT, SiteCalibrationError, check_output_folder,
+                                              fit_site, score_site, shortfall, site_report,
+                                              write_site_model)
+
+
+def scan_site_folder(folder, progress: bool = True):
+    """The folder's decodable images, through data_prep's scan; a bad layout is a SiteCalibrationError."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise SiteCalibrationError(f"{folder} is not a folder. Give a folder holding benign/ and malignant/ "
+                                   "sub-folders of diagnosed images.")
+    try:
+        return scan_label_folder(folder, split="site", progress=progress)
+    except ValueError as error:
+        raise SiteCalibrationError(f"{error} Put each diagnosed image in {folder}/benign/ or {folder}/malignant/.") from error
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="model", help="input model folder (default: model)")
+    parser.add_argument("--data-dir", required=True, help="the site's diagnosed images, in benign/ and malignant/")
+    parser.add_argument("--out-dir", required=True, help="where the site-calibrated model folder is written")
+    parser.add_argument("--fit-temperature", action="store_true",
+                        help="also refit the calibration temperature on the site's images (folded into the classifier)")
+    parser.add_argument("--min-sensitivity", type=float, default=None,
+                        help="sensitivity the screening threshold must reach (default: the model's, from training)")
+    parser.add_argument("--min-specificity", type=float, default=None,
+                        help="specificity the high-risk threshold must reach (default: the model's, from training)")
+    parser.add_argument("--site-name", default="site",
+                        help="how the card names the site's data (default: 'site'; the folder name is not stored)")
+    parser.add_argument("--name", default=None, help="model name in config.json and the card (default: OUT_DIR's name)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR when it exists")
+    parser.add_argument("--engine", choices=ENGINES, default=FAST["engine"],
+                        help=f"what scores the images (default: {FAST['engine']}, as in the app)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=FAST["precision"],
+                        help=f"weights' precision (default: {FAST['precision']}, as in the app)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    args = parser.parse_args(argv)
+    for name in ("min_sensitivity", "min_specificity"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value <= 1:
+            parser.error(f"--{name.replace('_', '-')} must be in (0, 1]")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def print_report(report: dict) -> None:
+    fitted, refused = report["n_fitted"], report["n_refused_by_input_check"]
+    print(f"images found: {report['n_found']}; unreadable: {report['n_unreadable']}")
+    print("refused by the input check (not fitted): "
+          + (", ".join(f"{reason} {counts}" for reason, counts in refused.items()) or "none"))
+    print(f"fitted on {fitted['malignant']} melanomas and {fitted['benign']} benign lesions; "
+          f"site ROC AUC {report['roc_auc']['value']:.3f} (95% CI {report['roc_auc']['95ci'][0]:.3f}-"
+          f"{report['roc_auc']['95ci'][1]:.3f})")
+    if report["temperature_refitted"]:
+        print(f"site temperature factor: {report['site_temperature']:.3f}")
+    print(f"\n{'':34s} {'threshold':>9s} {'sensitivity (95% CI)':>22s} {'specificity (95% CI)':>22s}")
+    for which, label in (("at_source_thresholds", "input model"), ("at_site_thresholds", "site-calibrated")):
+        for key, point in (("at_screening_threshold", "screening"), ("at_high_risk_threshold", "high risk")):
+            block = report[which][key]
+            sens, spec = block["sensitivity_95ci"], block["specificity_95ci"]
+            print(f"{label + ', ' + point:34s} {block['threshold']:9.4f} "
+                  f"{block['sensitivity']:8.3f} ({sens[0]:.3f}-{sens[1]:.3f}) {block['specificity']:8.3f} "
+                  f"({spec[0]:.3f}-{spec[1]:.3f})")
+    expected = report["expected_on_new_images"]
+    print("\nexpected on new images of the site (out-of-bag bootstrap, median and 95% interval): "
+          + "; ".join(f"{key} {value['median']:.3f} ({value['95ci'][0]:.3f}-{value['95ci'][1]:.3f})"
+                      for key, value in expected.items()))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        source = Path(args.model).expanduser()
+        if not source.is_dir():
+            raise SiteCalibrationError(f"--model {args.model} is not a model folder; calibration writes a copy of a "
+                                       "local folder (download a Hub model first).")
+        check_output_folder(source, Path(args.out_dir), args.overwrite)  # before minutes of scoring
+        scan = scan_site_folder(args.data_dir)
+        problem = shortfall(scan.counts["site"])
+        if problem:  # before loading the model: the input check can only lower these counts
+            raise SiteCalibrationError(problem)
+        model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
+        scores = score_site(model, scan.records, skipped=scan.skipped, batch_size=args.batch_size)
+        min_sensitivity = args.min_sensitivity or float(getattr(model.config, "min_sensitivity", None) or 0.95)
+        min_specificity = args.min_specificity or float(getattr(model.config, "min_specificity", None) or 0.95)
+        fit = fit_site(scores, min_sensitivity, min_specificity, fit_temperature=args.fit_temperature)
+        report = site_report(scores, fit, model, site_name=args.site_name)
+        print_report(report)
+        out_dir = write_site_model(source, args.out_dir, model, fit, report, overwrite=args.overwrite, name=args.name)
+    except (SiteCalibrationError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"\nwrote {out_dir}; run the app on it with MODEL_ID={out_dir} python app.py")
+    print(json.dumps({"screening_threshold": report["screening_threshold"],
+                      "high_risk_threshold": report["high_risk_threshold"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
