@@ -73,7 +73,7 @@ def test_dermoscopy_from_another_clinic_is_accepted(shipped):
 
 def test_colour_casts_and_compression_are_accepted(shipped, lesions):
     # Shifts of the robustness probe (evaluate_model.SHIFTS) that the check lets through (>= 96% of the test split each).
-    # A 2 px blur, 1/4 resolution and +-35% exposure are refused far more often: README.md says so.
+    # A 2 px blur, 1/4 resolution and +-35% exposure are refused far more often: docs/input_check.md says so.
     import evaluate_model
 
     names = ("warm colour cast", "cool colour cast", "JPEG quality 20", "zoom in (70% centre crop)")
