@@ -216,7 +216,7 @@ def test_one_upsert_adds_a_missing_section_where_asked_and_replaces_it_after(tmp
     assert card.count("## Input check") == 1 and "c1" not in card
     with pytest.raises(ValueError, match="no <!-- begin comparison -->"):
         upsert_card_section(path, "comparison", "x")  # no add_at: a missing section is not our card
-    with pytest.raises(ValueError, match="nor <!-- end nowhere -->"):
+    with pytest.raises(ValueError, match="nor a place for it: nowhere"):
         upsert_card_section(path, "other", "x", add_at="nowhere")
 
 
