@@ -401,7 +401,7 @@ def fit_bounds(train_features: np.ndarray, alpha: float) -> tuple[np.ndarray, np
         target = lower if side == "low" else upper
         target[index] = _order_statistic(train_features[:, index], alpha, side)
     colour_range = FEATURES.index("colour_range")
-    lower[colour_range] = np.fmin(lower[colour_range], GREY_CHROMA)
+    lower[colour_range] = np.minimum(lower[colour_range], GREY_CHROMA)  # NaN (too few pictures) stays no bound
     return lower, upper
 
 
