@@ -26,10 +26,23 @@ import json
 import sys
 from pathlib import Path
 
+from data_prep import scan_label_folder
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError, ScreeningModel
 from melanoma_screen.site_calibration import (MIN_BENIGN, MIN_MALIGNANT, SiteCalibrationError, check_output_folder,
-                                              fit_site, scan_site_folder, score_site, shortfall, site_report,
+                                              fit_site, score_site, shortfall, site_report,
                                               write_site_model)
+
+
+def scan_site_folder(folder, progress: bool = True):
+    """The folder's decodable images, through data_prep's scan; a bad layout is a SiteCalibrationError."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise SiteCalibrationError(f"{folder} is not a folder. Give a folder holding benign/ and malignant/ "
+                                   "sub-folders of diagnosed images.")
+    try:
+        return scan_label_folder(folder, split="site", progress=progress)
+    except ValueError as error:
+        raise SiteCalibrationError(f"{error} Put each diagnosed image in {folder}/benign/ or {folder}/malignant/.") from error
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,8 +7,8 @@
 The model is scored through melanoma_screen's ScreeningModel at 0.5 and at
 the two thresholds stored with it. By default it runs in exact fp32 mode,
 which gives `transformers.pipeline`'s numbers and so reproduces training's
-eval_results.json (the rerun is compared with it); --fast scores the int8
-ONNX Runtime path that the app and predict.py use.
+eval_results.json (the rerun is compared with it); --engine onnxruntime
+--precision int8 scores the path that the app and predict.py use.
 
 --robustness scores the same images again under shifts that another clinic's
 dermatoscope or a phone would cause (colour casts, exposure, blur, zoom,
@@ -22,10 +22,13 @@ whiter and yellower, and towards darker and pinker skin ("shortcut_probes").
 
     python evaluate_model.py --compare runs/a runs/b ... --card model/README.md
 
---compare evaluates nothing: it tabulates finished training runs, from each
-run's eval_results.json (and robustness.json, written by --robustness --out),
-with the recipe from the settings each one stored; runs trained before
-settings were stored show their recipe as unknown (—).
+--compare evaluates nothing: it tabulates finished training runs (run folders,
+or a folder of runs), from each run's eval_results.json (and robustness.json,
+written by --robustness --out; by_source.json, written by
+experiments/operating_points_by_source.py), with the recipe from the settings
+each one stored; runs trained before settings were stored show their recipe as
+unknown (—). It ranks the runs by the first external set's ROC AUC, and
+--out writes the rows and that ranking as JSON.
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ from tqdm import tqdm
 import data_prep
 from melanoma_screen import metrics
 from melanoma_screen.images import load_rgb_image
-from melanoma_screen.inference import FAST, ScreeningModel
+from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel
 from melanoma_screen.input_check import refusal_report
-from melanoma_screen.model_card import replace_section, update_card_section
+from melanoma_screen.model_card import upsert_card_section
 from melanoma_screen.results import load_eval_results
-from melanoma_screen.shortcuts import add_circular_vignette, fill_dark_border, has_dark_corners
+from melanoma_screen.field_of_view import add_circular_vignette, fill_dark_border, has_dark_corners
 from melanoma_screen.skin import PROBE_TARGETS, recolour_skin
 from melanoma_screen.transforms import AUGMENTATION_DEFAULTS, COLOR_CONSTANCY_NAMES
 
@@ -364,19 +367,6 @@ def shortcut_probes_markdown(report: dict) -> str:
             f"with `{report.get('command', 'evaluate_model.py --robustness')}`.")
 
 
-def write_card_section(card_path, name: str, markdown: str, heading: str, after: str = "robustness") -> None:
-    """Like update_card_section, but a card rendered before this section existed gets it after `after`'s."""
-    path = Path(card_path)
-    card = path.read_text(encoding="utf-8")
-    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
-    if begin not in card:
-        anchor = f"<!-- end {after} -->"
-        if anchor not in card:
-            raise ValueError(f"the model card has no {begin} ... {end} section")
-        card = card.replace(anchor, f"{anchor}\n\n{heading}\n\n{begin}\n{end}", 1)
-    path.write_text(replace_section(card, name, markdown), encoding="utf-8")
-
-
 UNKNOWN = "—"  # a setting the run did not store, unlike "–", a setting that was off or empty
 
 _RECIPE_COLUMNS = ("initialisation", "extra training data", "field of view", "colour constancy", "augmentation")
@@ -455,6 +445,30 @@ def describe_run(run_dir: Path) -> dict:
     return row
 
 
+def run_folders(paths) -> list[Path]:
+    """The training runs named: each path is a run folder, or a folder whose sub-folders are runs."""
+    runs = []
+    for path in map(Path, paths):
+        if (path / "eval_results.json").is_file():
+            runs.append(path)
+        elif path.is_dir():
+            runs += sorted(child for child in path.iterdir() if (child / "eval_results.json").is_file())
+    return runs
+
+
+def ranking_by_external_auc(runs: list[Path]) -> list[str]:
+    """Run names by the first external set's ROC AUC, best first: for choosing which runs to look at closely.
+
+    The external set is then no longer untouched, and reports say so.
+    """
+    aucs = {}
+    for run in runs:
+        external = next(iter(load_eval_results(run / "eval_results.json")["external"].values()), None)
+        if external is not None:
+            aucs[run.name] = external["at_0_5"]["roc_auc"]
+    return sorted(aucs, key=lambda name: -(aucs[name] or 0))
+
+
 def comparison_markdown(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(name for row in rows for name in row))
 
@@ -481,21 +495,40 @@ def main(argv=None) -> int:
     parser.add_argument("--robustness", action="store_true", help="Also score under acquisition shifts.")
     parser.add_argument("--shortcut-probes-only", action="store_true",
                         help="With --robustness: the shortcut probes without the acquisition shifts (a quick recipe comparison).")
-    parser.add_argument("--fast", action="store_true", help="Score the app's int8 ONNX Runtime path instead of exact fp32.")
+    parser.add_argument("--engine", choices=ENGINES, default="torch",
+                        help="What runs the model (default: torch, which gives transformers.pipeline's numbers; "
+                             f"the app uses {FAST['engine']}).")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help=f"fp32 (default) or int8 weights (the app uses {FAST['precision']}).")
+    parser.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the old spelling: refused below
     parser.add_argument("--without-color-constancy", action="store_true",
                         help="Skip the colour constancy the model was trained with, as a bare transformers pipeline does.")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", default=None, help="Write the report as JSON here.")
+    parser.add_argument("--out", default=None, help="Write the report (or the --compare table) as JSON here.")
     parser.add_argument("--card", default=None, help="Write the robustness (or --compare) table into this model card.")
-    parser.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="Tabulate finished training runs instead.")
+    parser.add_argument("--compare", nargs="+", metavar="RUN_DIR",
+                        help="Tabulate finished training runs instead: run folders, or folders of runs. With --out, "
+                             "the rows and the ranking by external ROC AUC as JSON.")
     args = parser.parse_args(argv)
+    if args.fast:
+        parser.error(f"--fast is now --engine {FAST['engine']} --precision {FAST['precision']} "
+                     "(the app's path, spelled as in predict.py and the benchmarks)")
 
     if args.compare:
-        table = comparison_markdown([describe_run(Path(run)) for run in args.compare])
+        runs = run_folders(args.compare)
+        if not runs:
+            parser.error("--compare: none of " + ", ".join(args.compare) + " is a training run (no eval_results.json)")
+        rows = [describe_run(run) for run in runs]
+        table = comparison_markdown(rows)
         print(table)
+        ranking = ranking_by_external_auc(runs)
+        if ranking:
+            print("ranking by external ROC AUC:", ", ".join(ranking))
+        if args.out:
+            Path(args.out).write_text(json.dumps({"rows": rows, "ranking": ranking}, indent=2) + "\n")
         if args.card:
             command = "python evaluate_model.py --compare " + " ".join(args.compare) + f" --card {args.card}"
-            update_card_section(args.card, "comparison", f"{table}\n\nWritten by `{command}`.")
+            upsert_card_section(args.card, "comparison", f"{table}\n\nWritten by `{command}`.")
         return 0
     if not args.data_dir:
         parser.error("--data-dir is required (unless --compare)")
@@ -520,7 +553,7 @@ def main(argv=None) -> int:
         parser.error(str(error))
     for skipped in scan.skipped:
         print(f"skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
-    model = ScreeningModel.load(args.model, **(FAST if args.fast else {}))
+    model = ScreeningModel.load(args.model, engine=args.engine, precision=args.precision)
     trained_with = model.color_constancy
     if args.without_color_constancy:
         model.color_constancy = "none"
@@ -533,8 +566,9 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
     if args.card:
-        update_card_section(args.card, "robustness", robustness_markdown(report))
-        write_card_section(args.card, "shortcut_probes", shortcut_probes_markdown(report), "### Shortcut probes")
+        upsert_card_section(args.card, "robustness", robustness_markdown(report))
+        upsert_card_section(args.card, "shortcut_probes", shortcut_probes_markdown(report), heading="### Shortcut probes",
+                            add_at="robustness")
     return 0
 
 

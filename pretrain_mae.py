@@ -14,6 +14,7 @@ processor, so `train_vit.py --init-from` loads it like any ViT checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments, ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTModel, set_seed
 
 import data_prep
-from data_prep import to_dataset
+from data_prep import SplitSettings, to_dataset
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.modeling import SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, last_checkpoint
 from melanoma_screen.transforms import DermoscopyAugmentation, augmentation_rng, build_image_processor
@@ -34,11 +35,6 @@ logger = logging.getLogger("pretrain_mae")
 @dataclass
 class PretrainArguments:
     output_dir: str = field(metadata={"help": "Checkpoints go to OUTPUT/checkpoints, the encoder to OUTPUT/encoder."})
-    data_dir: Optional[str] = field(default=None, metadata={"help": "Image folder; only its train/ split is read."})
-    extra_train_dir: Optional[list[str]] = field(default=None, metadata={"help": "More unlabelled training images: {benign,malignant}/* folders, audited with --data-dir (the flag can be repeated).", "action": "extend"})
-    dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hub dataset id (needs network); only its train split is read."})
-    audit_file: Optional[str] = field(default=None, metadata={"help": "Reuse a duplicate-audit report instead of auditing again; written there when missing."})
-    val_fraction: float = field(default=0.1, metadata={"help": "Left out as train_vit.py would, so its validation images stay unseen."})
     scratch_config: str = field(default="tiny", metadata={"help": "Encoder size.", "choices": list(SCRATCH_CONFIGS)})
     image_size: int = field(default=128)
     patch_size: int = field(default=16)
@@ -54,7 +50,6 @@ class PretrainArguments:
     warmup_ratio: float = field(default=0.05)
     max_train_minutes: float = field(default=0.0, metadata={"help": "Stop at the end of the first epoch past this many minutes (0 = no limit)."})
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps, so an interruption loses little."})
-    seed: int = field(default=42)
     num_workers: int = field(default=0)
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in OUTPUT/checkpoints."})
 
@@ -89,14 +84,14 @@ def export_encoder(mae: ViTMAEForPreTraining, args: PretrainArguments, target: P
 
 
 def main(argv=None):
-    (args,) = HfArgumentParser(PretrainArguments, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((SplitSettings, PretrainArguments), description=__doc__.split("\n\n")[0])
+    split, args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)
-    # The same split as train_vit.py with the same seed: even unlabelled, a
-    # test image's copy seen in pretraining would flatter the test report.
+    set_seed(split.seed)
+    # The same split flags as train_vit.py's, so its validation images stay unseen; copies of
+    # test images are always dropped: even unlabelled, one seen in pretraining would flatter the test report.
     try:
-        data = data_prep.training_data(data_dir=args.data_dir, dataset_name=args.dataset_name, extra_train_dirs=args.extra_train_dir,
-                                       audit_file=args.audit_file, drop_duplicates=True, val_fraction=args.val_fraction, seed=args.seed)
+        data = data_prep.training_data(dataclasses.replace(split, drop_duplicates=True))
     except (ValueError, data_prep.DataSourceError) as error:
         raise SystemExit(f"error: {error}") from error
     train_records = data["train"]
@@ -124,7 +119,7 @@ def main(argv=None):
         save_strategy="steps",
         save_steps=args.save_steps,
         save_total_limit=2,
-        seed=args.seed,
+        seed=split.seed,
         dataloader_num_workers=args.num_workers,
         remove_unused_columns=False,
         report_to="none",

@@ -34,8 +34,8 @@ from transformers import (
 )
 
 import data_prep
-from data_prep import to_dataset
-from data_prep.shortcuts import print_shortcut_audit, shortcut_audit, shortcut_markdown
+from data_prep import SplitSettings, to_dataset
+from data_prep.shortcut_audit import print_shortcut_audit, shortcut_audit, shortcut_markdown
 from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
@@ -57,26 +57,15 @@ REPO_ROOT = Path(__file__).resolve().parent
 
 
 @dataclass
-class DataArguments:
-    data_dir: Optional[str] = field(default=None, metadata={"help": "Image folder laid out as {train,test}/{benign,malignant}/*.jpg."})
-    extra_train_dir: Optional[list[str]] = field(
-        default=None,
-        metadata={"help": "More training data from other sources: {benign,malignant}/* folders, one or more (the flag "
-                          "can be repeated). Audited with --data-dir: copies of its test images are dropped, one copy of "
-                          "each training duplicate is kept.", "action": "extend"},
-    )
+class DataArguments(SplitSettings):
+    """The split (data_prep.SplitSettings, --seed included), the external sets and the augmentation."""
+
     external_dir: Optional[list[str]] = field(
         default=None,
         metadata={"help": "External validation sets ({benign,malignant}/* folders, one or more; the flag can be repeated), "
                           "scored at the end at 0.5 and both stored thresholds. Never trained on, nothing is fitted on them.",
                   "action": "extend"},
     )
-    dataset_name: Optional[str] = field(default=None, metadata={"help": "A Hugging Face Hub dataset id (needs network)."})
-    val_fraction: float = field(default=0.1, metadata={"help": "Share of train carved out, stratified, for validation."})
-    drop_duplicates: bool = field(default=False, metadata={"help": "Drop train images that copy test images or each other (the audit finds them)."})
-    audit_file: Optional[str] = field(default=None, metadata={"help": "Reuse a duplicate-audit report (`python -m data_prep audit`) instead of auditing again; written there when missing."})
-    balance: str = field(default="none", metadata={"help": "Class balancing for training.", "choices": ["none", "undersample", "class_weights"]})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (for quick runs)."})
     augment_brightness: float = field(default=AUGMENTATION_DEFAULTS["augment_brightness"], metadata={"help": "Random brightness factor range, 1 ± this."})
     augment_contrast: float = field(default=AUGMENTATION_DEFAULTS["augment_contrast"], metadata={"help": "Random contrast factor range, 1 ± this."})
     augment_saturation: float = field(default=AUGMENTATION_DEFAULTS["augment_saturation"], metadata={"help": "Random saturation factor range, 1 ± this."})
@@ -153,7 +142,6 @@ class TrainArguments:
     )
     min_sensitivity: float = field(default=0.95, metadata={"help": "Sensitivity the screening threshold must reach on validation."})
     min_specificity: float = field(default=0.95, metadata={"help": "Specificity the high-risk threshold must reach on validation."})
-    seed: int = field(default=42)
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in OUTPUT/checkpoints."})
     push_to_hub: bool = field(default=False)
@@ -172,14 +160,9 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- data
 
 
-def load_records(data_args: DataArguments, train_args: TrainArguments):
+def load_records(data_args: DataArguments):
     try:
-        data = data_prep.training_data(
-            data_dir=data_args.data_dir, dataset_name=data_args.dataset_name, extra_train_dirs=data_args.extra_train_dir,
-            external_dirs=data_args.external_dir, audit_file=data_args.audit_file, drop_duplicates=data_args.drop_duplicates,
-            val_fraction=data_args.val_fraction, seed=train_args.seed, balance_method=data_args.balance,
-            max_train_samples=data_args.max_train_samples,
-        )
+        data = data_prep.training_data(data_args, external_dirs=data_args.external_dir)
     except (ValueError, data_prep.DataSourceError) as error:
         raise SystemExit(f"error: {error}") from error
     for skipped in data["skipped"]:
@@ -366,7 +349,7 @@ def select_checkpoint_or_average(trainer, val_dataset, data, train_args, trainin
 # ----------------------------------------------------------------------------- train
 
 
-def build_trainer(model, image_processor, train_dataset, val_dataset, class_weights, train_args):
+def build_trainer(model, image_processor, train_dataset, val_dataset, class_weights, train_args, seed: int):
     """A Trainer that validates by ROC AUC each epoch (or every --eval-steps) and ends on the best checkpoint."""
     every = dict(eval_strategy="steps", eval_steps=train_args.eval_steps, save_strategy="steps", save_steps=train_args.eval_steps) \
         if train_args.eval_steps else dict(eval_strategy="epoch", save_strategy="epoch")
@@ -387,7 +370,7 @@ def build_trainer(model, image_processor, train_dataset, val_dataset, class_weig
         load_best_model_at_end=True,
         metric_for_best_model="roc_auc",
         greater_is_better=True,
-        seed=train_args.seed,
+        seed=seed,
         dataloader_num_workers=train_args.num_workers,
         remove_unused_columns=False,
         report_to="none",
@@ -485,7 +468,9 @@ def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transfor
         for name, records in data["external"].items()
     }
     report["sources"] = data["sources"]
-    report["settings"] = {"data": asdict(data_args), "model": asdict(model_args), "training": asdict(train_args)}
+    # The seed stays under "training", where every earlier eval_results.json has it (SplitSettings.from_stored reads both).
+    report["settings"] = {"data": {key: value for key, value in asdict(data_args).items() if key != "seed"},
+                          "model": asdict(model_args), "training": {**asdict(train_args), "seed": data_args.seed}}
     return report, test_scores
 
 
@@ -503,8 +488,8 @@ def save_outputs(output_dir: Path, trainer, image_processor, report, test_scores
         plots.save_reliability_diagram(test_labels, test_prob_uncalibrated, test_prob, output_dir / "reliability_diagram.png")
     write_model_card(output_dir, REPO_ROOT / "model_card.md", card_context)
     logger.info("saved model, eval_results.json, plots and model card to %s", output_dir)
-    from melanoma_screen.input_check import fit_after_training  # refuses what this model cannot judge (app, /predict)
-    fit_after_training(output_dir, trainer.model, image_processor, data["train"], data["validation"])
+    from fit_input_check import fit_after_training  # refuses what this model cannot judge (app, /predict)
+    fit_after_training(output_dir, data["train"], data["validation"])
     print_summary(report)
 
 
@@ -514,11 +499,11 @@ def save_outputs(output_dir: Path, trainer, image_processor, report, test_scores
 def main(argv=None):
     data_args, model_args, train_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(train_args.seed)
+    set_seed(data_args.seed)
     output_dir = Path(train_args.output_dir)
     command = "python " + " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
 
-    data = load_records(data_args, train_args)
+    data = load_records(data_args)
     if not data["train"] or not data["validation"]:
         raise SystemExit("Not enough valid training images to carve a validation split.")
     model, image_processor, base_model, init_description = build_model(model_args)
@@ -526,7 +511,7 @@ def main(argv=None):
     model.config.field_of_view_mask = model_args.field_of_view_mask
     skin_reference = None
     if model_args.color_constancy == "skin_reference":
-        skin_reference = skin_reference_colour(model_args, data["train"], image_processor, train_args.seed)
+        skin_reference = skin_reference_colour(model_args, data["train"], image_processor, data_args.seed)
         model.config.skin_reference_rgb = list(skin_reference)
         logger.info("skin reference colour (RGB): %s", skin_reference)
     if model_args.color_constancy != "none":
@@ -541,7 +526,8 @@ def main(argv=None):
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None
 
-    trainer = build_trainer(model, image_processor, train_dataset, val_dataset, data["class_weights"], train_args)
+    trainer = build_trainer(model, image_processor, train_dataset, val_dataset, data["class_weights"], train_args,
+                            data_args.seed)
     resume_from = last_checkpoint(trainer.args.output_dir) if train_args.resume else None
     if train_args.resume:
         logger.info("resuming from %s", resume_from or "scratch (no checkpoint found)")

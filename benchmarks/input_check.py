@@ -25,6 +25,7 @@ from common import DATASET, SHARED_DATA, list_images  # and the repository on sy
 from not_lesion_set import CATEGORIES, build_not_lesion_set
 
 from melanoma_screen import input_check  # noqa: E402
+from melanoma_screen.model_card import AT_END, upsert_card_section  # noqa: E402
 from melanoma_screen.inference import FAST, ScreeningModel, default_model_source  # noqa: E402
 
 DERM7PT = SHARED_DATA / "derm7pt"
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     source = args.model or default_model_source()
     model = ScreeningModel.load(source, **FAST)
     if model.input_check is None:
-        print(f"{source} has no {input_check.STATS_FILE}: run `python -m melanoma_screen.input_check fit --model {source}`.",
+        print(f"{source} has no {input_check.STATS_FILE}: run `python fit_input_check.py fit --model {source}`.",
               file=sys.stderr)
         return 2
     results = {"model": model.model_id, "model_version": model.version, "sets": {}}
@@ -122,7 +123,8 @@ def main(argv=None) -> int:
     if args.card:
         report_path = Path(source) / input_check.REPORT_FILE
         fit_report = json.loads(report_path.read_text())
-        input_check.write_card_section(Path(args.card), input_check.card_markdown(fit_report, results))
+        upsert_card_section(args.card, input_check.CARD_SECTION, input_check.card_markdown(fit_report, results),
+                            heading=input_check.CARD_HEADING, add_at=AT_END)
     model.close()
     return 0
 

@@ -26,10 +26,11 @@ import numpy as np
 
 from common import DATASET, REPO_ROOT  # noqa: F401  (puts the repository on sys.path)
 
+from calibrate_site import scan_site_folder  # noqa: E402
 from melanoma_screen import calibration  # noqa: E402
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel  # noqa: E402
 from melanoma_screen.site_calibration import (SiteCalibrationError, fit_site, operating_point_figures,  # noqa: E402
-                                              roc_auc_figure, scan_site_folder, score_site,
+                                              roc_auc_figure, score_site,
                                               expected_on_new_images)
 
 DERM7PT = DATASET.parent / "derm7pt"

@@ -17,6 +17,7 @@ from .audit import (DEFAULT_HASH_DISTANCE, DEFAULT_MIN_DETAIL_CORRELATION, audit
                     leaked_paths)
 from .folder import LABELS, ImageRecord, ScanReport, scan_image_folder
 from .hub import DataSourceError, load_hub_dataset
+from .settings import SplitSettings, add_split_arguments
 from .sources import load_source, scan_label_folder, source_counts, to_dataset, training_data
 from .split import balance, class_counts, duplicates_to_drop, group_ids, train_val_split
 
@@ -24,6 +25,6 @@ __all__ = [
     "LABELS", "ImageRecord", "ScanReport", "DataSourceError",
     "scan_image_folder", "load_hub_dataset", "load_source",
     "audit_duplicates", "leaked_paths", "DEFAULT_HASH_DISTANCE", "DEFAULT_MIN_DETAIL_CORRELATION",
-    "training_data", "scan_label_folder", "source_counts", "to_dataset",
+    "SplitSettings", "add_split_arguments", "training_data", "scan_label_folder", "source_counts", "to_dataset",
     "group_ids", "train_val_split", "balance", "class_counts", "duplicates_to_drop",
 ]

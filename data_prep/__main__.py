@@ -14,13 +14,23 @@ import json
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 from . import (DEFAULT_HASH_DISTANCE, DEFAULT_MIN_DETAIL_CORRELATION, LABELS, DataSourceError, audit_duplicates,
                class_counts, load_source, training_data)
-from .shortcuts import DEFAULT_WARN_AUC, print_shortcut_audit, shortcut_audit
+from .settings import SplitSettings, add_split_arguments
+from .shortcut_audit import DEFAULT_WARN_AUC, print_shortcut_audit, shortcut_audit
 
 MAX_SKIPPED_SHOWN = 20  # the JSON report has them all
+
+
+class MovedToAudit(argparse.Action):
+    """A tuning flag given to split, where it never had an effect: say where it belongs."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} belongs to `python -m data_prep audit --out AUDIT.json`; "
+                     "then pass that report to split with --audit-file AUDIT.json.")
 
 
 def print_scan(report) -> None:
@@ -75,7 +85,7 @@ def cmd_audit(report, args) -> None:
     write_json({"scan": report.to_dict(), **audit, "shortcuts": shortcuts}, args.out)
 
 
-def split_summary(data: dict, args) -> dict:
+def split_summary(data: dict, settings: SplitSettings) -> dict:
     """What training would get: counts per split, source and class, and what was left out and why."""
     return {
         "note": "For inspection only: train_vit.py and pretrain_mae.py do not read this file, they make the same "
@@ -87,24 +97,16 @@ def split_summary(data: dict, args) -> dict:
         "duplicate_audit": data["audit"]["summary"],
         "dropped": [{"path": path, "reason": data["drop_reasons"][path]} for path in data["dropped"]],
         "skipped": data["skipped"],
-        "settings": {"data_dir": args.data_dir, "dataset_name": args.dataset_name, "extra_train_dir": args.extra_train_dir,
-                     "val_fraction": args.val_fraction, "seed": args.seed, "balance": args.balance,
-                     "audit_file": args.audit, "drop_duplicates": args.drop_duplicates},
+        "settings": asdict(settings),
     }
 
 
 def cmd_split(args) -> None:
-    for flag, value in (("--hash-distance", args.hash_distance), ("--min-detail-correlation", args.min_detail_correlation)):
-        if value is not None:
-            # Training audits with the defaults or reads --audit-file; a split tuned otherwise would not be the one it uses.
-            print(f"note: {flag} is deprecated for split and ignored: give it to `python -m data_prep audit` "
-                  "and pass that report with --audit (train_vit.py's --audit-file).")
-    data = training_data(data_dir=args.data_dir, dataset_name=args.dataset_name, extra_train_dirs=args.extra_train_dir,
-                         audit_file=args.audit, drop_duplicates=args.drop_duplicates, val_fraction=args.val_fraction,
-                         seed=args.seed, balance_method=args.balance, progress=not args.no_progress)
+    settings = SplitSettings.from_namespace(args)
+    data = training_data(settings, progress=not args.no_progress)
     print_scan(data["scan"])
     print_audit(data["audit"])
-    summary = split_summary(data, args)
+    summary = split_summary(data, settings)
     print("Duplicate groups are kept on one side of the validation split.")
     reasons = Counter(item["reason"] for item in summary["dropped"])
     print(f"Dropped {len(summary['dropped'])} training image(s)"
@@ -158,19 +160,10 @@ def main(argv=None) -> None:
                     "dropped and why. Duplicate groups always stay on one side of the validation split. "
                     "Nothing reads the --out file: it is for inspection (training splits the folders itself).")
     split.add_argument("--out", help="also write the summary to this JSON file, for inspection only")
-    split.add_argument("--extra-train-dir", action="extend", nargs="+",
-                       help="more training folders ({benign,malignant}/*), as given to train_vit.py (repeatable)")
-    split.add_argument("--val-fraction", type=float, default=0.1, help="share of train used for validation")
-    split.add_argument("--seed", type=int, default=42, help="as train_vit.py's --seed (default %(default)s)")
-    split.add_argument("--audit", "--audit-file", dest="audit",
-                       help="audit JSON from `python -m data_prep audit` (train_vit.py's --audit-file); "
-                            "written there when missing, audited afresh when not given")
-    split.add_argument("--drop-duplicates", action="store_true",
-                       help="leave out training images that copy a test image, and repeats within train")
-    split.add_argument("--balance", choices=["none", "undersample", "class_weights"], default="none")
+    add_split_arguments(split, skip=("data_dir", "dataset_name"), aliases={"audit_file": ["--audit"]})
     for flag in ("--hash-distance", "--min-detail-correlation"):
-        split.add_argument(flag, help="deprecated and ignored by split (a note says so): give it to `audit`, "
-                                      "then pass that report with --audit")
+        # Training audits with the defaults or reads --audit-file: a split tuned otherwise would not be the one it uses.
+        split.add_argument(flag, action=MovedToAudit, help=argparse.SUPPRESS)
 
     args = parser.parse_args(argv)
     try:

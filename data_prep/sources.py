@@ -16,6 +16,7 @@ from pathlib import Path
 from .audit import audit_duplicates
 from .folder import LABELS, ScanReport, scan_image_folder
 from .hub import load_hub_dataset
+from .settings import SplitSettings
 from .split import balance, duplicates_to_drop, group_ids, train_val_split
 
 logger = logging.getLogger("data_prep")
@@ -60,15 +61,15 @@ def source_counts(**splits) -> dict:
     return counts
 
 
-def training_data(data_dir=None, dataset_name=None, extra_train_dirs=(), external_dirs=(), audit_file=None,
-                  drop_duplicates: bool = False, val_fraction: float = 0.1, seed: int = 42, balance_method: str = "none",
-                  max_train_samples: int | None = None, progress: bool = True) -> dict:
+def training_data(settings: SplitSettings, external_dirs=(), progress: bool = True) -> dict:
     """Records for training, validation, test and external evaluation, with what was dropped and why.
 
     The duplicate audit always runs over the main dataset and the extra folders
-    together (or is read from audit_file): even when nothing is dropped, it
-    keeps each group of copies on one side of the validation split.
+    together (or is read from settings.audit_file): even when nothing is dropped,
+    it keeps each group of copies on one side of the validation split.
     """
+    data_dir, dataset_name, audit_file = settings.data_dir, settings.dataset_name, settings.audit_file
+    extra_train_dirs, seed = settings.extra_train_dir or (), settings.seed
     scan = load_source(data_dir, dataset_name, progress=progress)
     main_source = Path(data_dir).name if data_dir else dataset_name
     for record in scan.records:
@@ -94,17 +95,17 @@ def training_data(data_dir=None, dataset_name=None, extra_train_dirs=(), externa
         audit = audit_duplicates(records, progress=progress)
         if audit_file:
             Path(audit_file).write_text(json.dumps(audit, indent=1))
-    drop_reasons = duplicates_to_drop(audit, drop_duplicates, extra_paths)
+    drop_reasons = duplicates_to_drop(audit, settings.drop_duplicates, extra_paths)
     dropped = set(drop_reasons)
 
     train_pool = [r for r in records if r.split == "train" and r.path not in dropped]
     test_records = [r for r in records if r.split == "test"]
     # Duplicates of one image must sit on one side of the validation split,
     # or validation turns into a memory test and thresholds come out too rosy.
-    train, validation = train_val_split(train_pool, val_fraction=val_fraction, seed=seed, groups=group_ids(train_pool, audit))
-    if max_train_samples:
-        train = random.Random(seed).sample(train, min(max_train_samples, len(train)))
-    train, class_weights, class_counts_used = balance(train, method=balance_method, seed=seed)
+    train, validation = train_val_split(train_pool, val_fraction=settings.val_fraction, seed=seed, groups=group_ids(train_pool, audit))
+    if settings.max_train_samples:
+        train = random.Random(seed).sample(train, min(settings.max_train_samples, len(train)))
+    train, class_weights, class_counts_used = balance(train, method=settings.balance, seed=seed)
     external = {Path(folder).name: scan_label_folder(folder, "external", progress=progress).records for folder in external_dirs or ()}
     return dict(
         scan=scan, skipped=skipped, audit=audit, dropped=sorted(dropped), drop_reasons=drop_reasons, extra_dropped=len(dropped & extra_paths),

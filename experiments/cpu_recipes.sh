@@ -2,7 +2,7 @@
 # The recipe comparison for the vignette-shortcut issue on a 2-core CPU, at one small
 # equal budget per recipe (EPOCHS full epochs of a from-scratch ViT-tiny at 128 px),
 # on the project's real folders. Each run is a plain train_vit.py command; the runs
-# go one after another, and whatever has finished is tabulated by summarize_runs.py.
+# go one after another, and whatever has finished is tabulated by compare_runs.sh (evaluate_model.py --compare).
 #
 #   bash experiments/cpu_recipes.sh                 # about 25 min per recipe here
 #   RECIPES="vig-isic-scale fov-isic-scale" bash experiments/cpu_recipes.sh
@@ -61,4 +61,4 @@ for name in $RECIPES; do
     echo "[$(date +%T)] end $name (exit $?)"
     rm -rf "$RUNS/$name/checkpoints"
 done
-python experiments/summarize_runs.py "$RUNS" --data-dir "$DATA" --out "$RUNS/summary.json" | tee "$RUNS/summary.txt"
+bash experiments/compare_runs.sh "$RUNS" "$DATA"

@@ -91,7 +91,7 @@ wait "${PIDS[@]}"
 kill "$WATCHDOG" 2>/dev/null
 echo "[$(elapsed)s] training done"
 
-python experiments/summarize_runs.py "$RUNS" --data-dir "$DATA" --out "$RUNS/summary.json" | tee "$RUNS/summary.txt"
+bash experiments/compare_runs.sh "$RUNS" "$DATA"
 tar czf "$OUT/results.tgz" --exclude=checkpoints --exclude=model.safetensors --exclude=encoder "$RUNS"
 # The two best by derm7pt ROC AUC come back whole; files over 16 MiB do not come back, so split them.
 for rank in 1 2; do

@@ -16,6 +16,7 @@ costs in specificity.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python experiments/x.py` puts experiments/ on the path
 
-from data_prep import scan_label_folder, training_data
+from data_prep import SplitSettings, scan_label_folder, training_data
 from melanoma_screen import calibration, metrics
 from melanoma_screen.inference import ScreeningModel
 from melanoma_screen.results import load_eval_results
@@ -46,11 +47,8 @@ def main(argv=None) -> int:
     settings = load_eval_results(Path(args.model) / "eval_results.json").get("settings")
     if not settings:
         parser.error(f"{args.model}/eval_results.json stores no data settings: the validation split cannot be rebuilt")
-    data_args, train_args = settings["data"], settings["training"]
-    data = training_data(data_dir=data_args["data_dir"], extra_train_dirs=data_args.get("extra_train_dir"),
-                         audit_file=args.audit_file or data_args.get("audit_file"), drop_duplicates=data_args["drop_duplicates"],
-                         val_fraction=data_args["val_fraction"], seed=train_args["seed"],
-                         balance_method=data_args["balance"], max_train_samples=data_args.get("max_train_samples"))
+    split = SplitSettings.from_stored(settings)
+    data = training_data(dataclasses.replace(split, audit_file=args.audit_file or split.audit_file))
     model = ScreeningModel.load(args.model)
     validation = data["validation"]
     labels = np.asarray([r.label for r in validation])

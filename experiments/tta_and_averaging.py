@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageClassification
 
-from data_prep import training_data
+from data_prep import SplitSettings, training_data
 from melanoma_screen import calibration, metrics
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.labels import malignant_index
@@ -72,8 +72,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     run = Path(args.run)
-    data = training_data(data_dir=args.data_dir, extra_train_dirs=args.extra_train_dir, external_dirs=args.external_dir,
-                         audit_file=args.audit_file, drop_duplicates=True, seed=args.seed)
+    data = training_data(SplitSettings.from_namespace(args, drop_duplicates=True), external_dirs=args.external_dir)
     sets = {"validation": data["validation"], "test": data["test"], **data["external"]}
     model = ScreeningModel.load(str(run))
     pixels = {name: pixel_batches(model, [r.path for r in records], args.batch_size, name) for name, records in sets.items()}

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from .inference import weights_version
-from .model_card import replace_section
+from .model_card import UNDER_TITLE, upsert_card_section
 
 REPO_README = Path(__file__).resolve().parents[1] / "README.md"
 CARD_SECTION = "identity"
@@ -61,11 +61,9 @@ def stamp(folder, name: str) -> dict:
             card = card.replace(f'model="{old}"', f'model="{name}"')
         line = (f"**Name:** `{name}` · **version:** `{version}` (first 12 hex digits of the sha256 of "
                 "model.safetensors; the app and `/predict` report both).")
-        if f"<!-- begin {CARD_SECTION} -->" not in card:
-            # Right under the title, where a reader looks for what this is.
-            card = re.sub(r"^(# .*\n)", rf"\1\n<!-- begin {CARD_SECTION} -->\n<!-- end {CARD_SECTION} -->\n",
-                          card, count=1, flags=re.MULTILINE)
-        card_path.write_text(replace_section(card, CARD_SECTION, line), encoding="utf-8")
+        card_path.write_text(card, encoding="utf-8")
+        # Right under the title, where a reader looks for what this is.
+        upsert_card_section(card_path, CARD_SECTION, line, add_at=UNDER_TITLE)
     return {"model_name": name, "model_version": version}
 
 

@@ -37,6 +37,16 @@ MIN_SIDE = 32
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
+# ITU-R BT.601 luma weights, the ones PIL's convert("L") uses.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def luminance(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Luma (BT.601) per pixel: of a PIL image as float32 0-255, or of an (..., 3) RGB array in its own scale."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return image @ LUMA_WEIGHTS
+
 
 class ImageLoadError(CodedError):
     """An input that cannot be used as a lesion image.

@@ -20,7 +20,6 @@ gets a Prediction with `input_check.reason` set, and no risk level in its JSON.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -43,6 +42,7 @@ from .calibration import risk_level, softmax_probs
 from .explain import attention_rollout, upsample_heatmap
 from .images import load_rgb_image
 from .input_check import STATS_FILE, InputCheck, Verdict, batch_features
+from .weights import ModelLoadError, weights_version  # noqa: F401  (re-exported: app.py, predict.py, calibrate_site.py)
 from .labels import malignant_index
 from .onnx_engine import logits_and_patch_tokens
 from .results import EvalResultsError, load_eval_results
@@ -105,10 +105,6 @@ class StageClock:
     def snapshot(self) -> dict:
         with self._lock:
             return {"images": self.images, "cpu_seconds": dict(self.seconds)}
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be loaded; the message is one sentence for people."""
 
 
 @dataclass
@@ -184,19 +180,6 @@ def quantize_encoder(model):
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         torch.ao.quantization.quantize_dynamic(model.vit, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     return model
-
-
-def weights_version(folder: Path) -> str:
-    """First 12 hex digits of the sha256 of model.safetensors: names the exact weights in reports."""
-    path = folder / "model.safetensors"
-    if not path.is_file():
-        # Also refuses pickled pytorch_model.bin folders, which could run code on load.
-        raise ModelLoadError(f"Could not load model from {folder}: it has no model.safetensors.")
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
 
 
 class ScreeningModel:
@@ -332,7 +315,7 @@ class ScreeningModel:
         input_check = InputCheck.load(folder, model_version=version)
         if input_check is None:
             logger.warning("Model '%s' has no %s: pictures are scored without the input check. Fit it with "
-                           "`python -m melanoma_screen.input_check fit --model FOLDER --data-dir DATA`.",
+                           "`python fit_input_check.py fit --model FOLDER --data-dir DATA`.",
                            source, STATS_FILE)
         return cls(model, image_processor, model_id, version, eval_results, engine=engine, precision=precision,
                    input_check=input_check, folder=folder)

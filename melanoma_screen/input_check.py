@@ -27,8 +27,8 @@ and spread thresholds are the ones that keep `target_acceptance` of the
 validation split when combined with them. They are stored in the model folder (input_check.safetensors, plus a
 readable input_check.json) by train_vit.py, or refitted for an existing folder:
 
-    python -m melanoma_screen.input_check fit --model model     # the split stored in model/eval_results.json
-    python -m melanoma_screen.input_check check --model model photo.jpg more/   # the verdict per picture
+    python fit_input_check.py fit --model model     # the split stored in model/eval_results.json
+    python fit_input_check.py check --model model photo.jpg more/   # the verdict per picture
 
 The distance part belongs to one set of weights: the file records the weights'
 hash, and after the model is replaced it is switched off (with a warning) until
@@ -37,7 +37,6 @@ hash, and after the model is replaced it is switched off (with a warning) until
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -47,6 +46,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .images import LUMA_WEIGHTS
+from .images import luminance as image_luminance
 from .messages import render
 
 logger = logging.getLogger(__name__)
@@ -108,9 +109,8 @@ REASONS = ("too_dark", "too_bright", "blurred", "no_lesion", "no_colour", "not_s
 # ---------------------------------------------------------------- statistics
 
 
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # Luminance, red-green, yellow-blue.
-OPPONENT = np.array([[0.299, 0.587, 0.114], [1.0, -1.0, 0.0], [0.5, 0.5, -1.0]], dtype=np.float32)
+OPPONENT = np.stack([LUMA_WEIGHTS, [1.0, -1.0, 0.0], [0.5, 0.5, -1.0]]).astype(np.float32)
 
 
 def _block_means(values: np.ndarray, blocks: int) -> np.ndarray:
@@ -134,7 +134,7 @@ def batch_features(pixels: np.ndarray) -> np.ndarray:
     rgb *= np.float32(1 / 255)
     count, height, width, _ = rgb.shape
     top, left = int(round(height * (1 - CENTRE) / 2)), int(round(width * (1 - CENTRE) / 2))
-    full = rgb @ LUMA
+    full = image_luminance(rgb)
     centre_luminance = full[:, top:height - top, left:width - left]
     # Quantiles over every other pixel: the same figures to a few thousandths, in a quarter of the time.
     sparse = rgb[:, top:height - top:2, left:width - left:2]
@@ -349,7 +349,7 @@ class InputCheck:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
         if json.loads(metadata.get("features", "[]")) != list(FEATURES) or metadata.get("format") != FORMAT_VERSION:
             logger.warning("%s was written by another version of the input check; it is not used. Refit it with "
-                           "`python -m melanoma_screen.input_check fit --model %s --data-dir DATA`.", path, folder)
+                           "`python fit_input_check.py fit --model %s --data-dir DATA`.", path, folder)
             return None
         fitted_for = metadata.get("model_version") or None
         check = cls(tensors["lower"], tensors["upper"], tensors.get("class_means"), tensors.get("precision"),
@@ -359,7 +359,7 @@ class InputCheck:
                     spread_threshold=float(tensors["spread_threshold"][0]) if "spread_threshold" in tensors else None)
         if model_version and fitted_for and fitted_for != model_version:
             logger.warning("%s was fitted for weights %s, not for these (%s): the feature-space check is off and "
-                           "only the image statistics are used until `python -m melanoma_screen.input_check fit "
+                           "only the image statistics are used until `python fit_input_check.py fit "
                            "--model %s --data-dir DATA` is run.", path, fitted_for, model_version, folder)
             check.class_means = check.precision = check.threshold = None
             check.spread_precision = check.spread_threshold = None
@@ -584,14 +584,18 @@ def fit_screening_model(screening_model, train_records, validation_records, outp
     if output_dir is not None:
         check.save(output_dir)
         (Path(output_dir) / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-        write_card_section(Path(output_dir) / "README.md", card_markdown(report))
+        card_path = Path(output_dir) / "README.md"
+        if card_path.is_file():
+            from .model_card import AT_END, upsert_card_section
+
+            upsert_card_section(card_path, CARD_SECTION, card_markdown(report), heading=CARD_HEADING, add_at=AT_END)
         logger.info("input check fitted on %d training and %d validation pictures: %.1f%% of validation accepted; "
                     "saved to %s", report["n_train"], report["n_validation"],
                     100 * (report["validation_acceptance"] or 0), Path(output_dir) / STATS_FILE)
     return report
 
 
-CARD_SECTION = "input_check"
+CARD_SECTION, CARD_HEADING = "input_check", "## Input check"
 MISSES = ("It misses colour photographs whose colours and texture resemble skin: in the generated set, every "
           "animal (fur: cats, cheetahs, a lion), a close-up of a face, a cup of coffee, a building, a stained tissue "
           "slide and a retina, plus a few over-exposed pale lesions and plain-skin frames; and anything that looks "
@@ -631,41 +635,6 @@ def card_markdown(report: dict, benchmark: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_card_section(card_path: Path, markdown: str) -> None:
-    """Into the card's input-check section, which is added at the end of a card that has none."""
-    from .model_card import replace_section
-
-    if not card_path.is_file():
-        return
-    card = card_path.read_text(encoding="utf-8")
-    if f"<!-- begin {CARD_SECTION} -->" not in card:
-        card = card.rstrip("\n") + f"\n\n## Input check\n\n<!-- begin {CARD_SECTION} -->\n<!-- end {CARD_SECTION} -->\n"
-    card_path.write_text(replace_section(card, CARD_SECTION, markdown), encoding="utf-8")
-
-
-def fit_after_training(output_dir, model, image_processor, train_records, validation_records, **options) -> dict | None:
-    """train_vit.py's last step: fit the check for the model just saved in output_dir.
-
-    The model is read back from output_dir (model and image_processor are
-    accepted for the caller's convenience, and may sit on a GPU): it is scored
-    through the same fast path as the app (ONNX Runtime, int8), so the distances
-    are fitted on what the app will compute. A failure here is logged with the
-    command that redoes it; it never costs the trained model.
-    """
-    from .inference import FAST, ScreeningModel
-
-    try:
-        screening_model = ScreeningModel.load(str(output_dir), **FAST)
-        try:
-            return fit_screening_model(screening_model, train_records, validation_records, output_dir, **options)
-        finally:
-            screening_model.close()
-    except Exception:
-        logger.exception("fitting the input check failed; the model is saved without it. Fit it later with "
-                         "`python -m melanoma_screen.input_check fit --model %s`.", output_dir)
-        return None
-
-
 def refusal_report(reasons, labels, probabilities, threshold: float) -> dict:
     """How many pictures were refused and why, and the model's figures on the accepted and the refused ones.
 
@@ -695,116 +664,6 @@ def refusal_report(reasons, labels, probabilities, threshold: float) -> dict:
     }
 
 
-# ---------------------------------------------------------------- command line
-
-
-def _training_split(folder: Path, args):
-    """The training and validation records as train_vit.py made them for this model.
-
-    Its settings come from the run's eval_results.json; --data-dir and the other
-    flags override them (the stored paths are relative to where training ran).
-    """
-    import data_prep
-
-    results_path = folder / "eval_results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    settings = results.get("settings", {})
-    data, training = dict(settings.get("data", {})), settings.get("training", {})
-    overrides = {"data_dir": args.data_dir, "extra_train_dir": args.extra_train_dir, "audit_file": args.audit_file,
-                 "val_fraction": args.val_fraction, "balance": args.balance}
-    data.update({key: value for key, value in overrides.items() if value is not None})
-    if args.drop_duplicates:
-        data["drop_duplicates"] = True
-    if not data.get("data_dir") and not data.get("dataset_name"):
-        raise SystemExit(f"{results_path} does not say what the model was trained on: pass --data-dir.")
-    if args.data_dir:
-        data["dataset_name"] = None
-    seed = args.seed if args.seed is not None else training.get("seed", 42)
-    split = data_prep.training_data(
-        data_dir=data.get("data_dir"), dataset_name=data.get("dataset_name"),
-        extra_train_dirs=data.get("extra_train_dir") or (), audit_file=data.get("audit_file"),
-        drop_duplicates=bool(data.get("drop_duplicates")), val_fraction=float(data.get("val_fraction", 0.1)),
-        seed=int(seed), balance_method=data.get("balance") or "none",
-        max_train_samples=data.get("max_train_samples"),
-    )
-    return split["train"], split["validation"]
-
-
-def _fit_command(args) -> int:
-    from .inference import FAST, ScreeningModel
-
-    folder = Path(args.model)
-    if not folder.is_dir():
-        print(f"{folder} is not a model folder.", file=sys.stderr)
-        return 2
-    train_records, validation_records = _training_split(folder, args)
-    model = ScreeningModel.load(str(folder), **FAST)
-    try:
-        report = fit_screening_model(model, train_records, validation_records, folder, alpha=args.alpha,
-                                     target_acceptance=args.target_acceptance)
-    finally:
-        model.close()
-    print(json.dumps({key: report[key] for key in ("n_train", "n_validation", "validation_acceptance",
-                                                   "validation_refusals", "distance_threshold", "spread_threshold")}, indent=2))
-    print(f"wrote {folder / STATS_FILE} and {folder / REPORT_FILE}")
-    return 0
-
-
-def _check_command(args) -> int:
-    from .images import ImageLoadError
-    from .inference import FAST, ScreeningModel
-
-    model = ScreeningModel.load(args.model, **FAST)
-    files = []
-    for name in args.images:
-        path = Path(name)
-        files += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for path in files:
-        try:
-            prediction = model.predict(path)
-        except ImageLoadError as error:
-            print(f"{path}\tunreadable\t{error}")
-            continue
-        verdict = prediction.input_check
-        print(f"{path}\t{verdict.reason or 'ok'}\t{json.dumps(verdict.details)}")
-    model.close()
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m melanoma_screen.input_check", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
-    commands = parser.add_subparsers(dest="command", required=True)
-    fit_parser = commands.add_parser("fit", help="fit the check for a model folder on its training data",
-                                     description="Measure the training and validation splits (split as train_vit.py "
-                                                 "does) with the model, fit the bounds and the distance threshold, "
-                                                 f"and write MODEL/{STATS_FILE} and MODEL/{REPORT_FILE}.")
-    fit_parser.add_argument("--model", default="model", help="model folder (default: model)")
-    fit_parser.add_argument("--data-dir", default=None,
-                            help="training data folder as given to train_vit.py (default: the one stored in "
-                                 "MODEL/eval_results.json)")
-    fit_parser.add_argument("--extra-train-dir", action="append", default=None,
-                            help="extra training folder as given to train_vit.py; repeat for several (default: stored)")
-    fit_parser.add_argument("--audit-file", default=None, help="the audit JSON given to train_vit.py (default: stored)")
-    fit_parser.add_argument("--drop-duplicates", action="store_true", help="as given to train_vit.py (default: stored)")
-    fit_parser.add_argument("--val-fraction", type=float, default=None, help="as given to train_vit.py (default: stored)")
-    fit_parser.add_argument("--balance", default=None, choices=["none", "undersample", "class_weights"],
-                            help="as given to train_vit.py (default: stored)")
-    fit_parser.add_argument("--seed", type=int, default=None, help="as given to train_vit.py (default: stored, else 42)")
-    fit_parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
-                            help=f"share of training pictures each statistic's bound may leave out (default: {DEFAULT_ALPHA})")
-    fit_parser.add_argument("--target-acceptance", type=float, default=0.99,
-                            help="share of validation pictures to accept, statistics and distance together "
-                                 "(default: 0.99)")
-    check_parser = commands.add_parser("check", help="print the verdict for pictures",
-                                       description="Print ok or the refusal reason, with what tripped, per picture.")
-    check_parser.add_argument("images", nargs="+", help="image files and/or folders")
-    check_parser.add_argument("--model", default="model", help="model folder or Hub id (default: model)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return _fit_command(args) if args.command == "fit" else _check_command(args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit("The input check's command line moved: python fit_input_check.py fit --model MODEL "
+             "(or check --model MODEL PICTURES).")

@@ -349,9 +349,41 @@ def replace_section(card: str, name: str, markdown: str) -> str:
     return f"{head}{begin}\n{markdown.strip()}\n{end}{tail}"
 
 
-def update_card_section(card_path, name: str, markdown: str) -> None:
+UNDER_TITLE, AT_END = "under the title", "at the end"
+
+
+def upsert_card_section(card_path, name: str, markdown: str, heading: str | None = None,
+                        add_at: str | tuple | None = None) -> None:
+    """Write markdown into the card's NAME section, adding the section when the card has none.
+
+    A card rendered before a section existed gets it added where `add_at` says:
+    UNDER_TITLE, AT_END, or after the end of the section of that name; a tuple
+    of these is tried in order. The `heading` line goes above the new section.
+    Without add_at, a missing section is an error (the template has it, so its
+    absence means this is not our card).
+    """
     path = Path(card_path)
-    path.write_text(replace_section(path.read_text(encoding="utf-8"), name, markdown), encoding="utf-8")
+    card = path.read_text(encoding="utf-8")
+    begin, end = _markers(name)
+    places = (add_at,) if isinstance(add_at, str) else tuple(add_at or ())
+    if begin not in card and places:
+        empty = (f"{heading}\n\n" if heading else "") + f"{begin}\n{end}"
+        for place in places:
+            if place == UNDER_TITLE and re.search(r"^# ", card, flags=re.MULTILINE):
+                card = re.sub(r"^(# .*\n)", lambda match: f"{match.group(1)}\n{empty}\n", card, count=1,
+                              flags=re.MULTILINE)
+                break
+            if place == AT_END:
+                card = card.rstrip("\n") + f"\n\n{empty}\n"
+                break
+            anchor = _markers(place)[1]
+            if place not in (UNDER_TITLE, AT_END) and anchor in card:
+                card = card.replace(anchor, f"{anchor}\n\n{empty}", 1)
+                break
+        else:
+            raise ValueError(f"the model card has no {begin} ... {end} section, nor a place for it: "
+                             + ", ".join(str(place) for place in places))
+    path.write_text(replace_section(card, name, markdown), encoding="utf-8")
 
 
 # ------------------------------------------------------------------ public

@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from transformers import ViTForImageClassification
 
-    from .inference import weights_version
+    from .weights import weights_version
 
     folder = Path(args.model)
     model = ViTForImageClassification.from_pretrained(folder, use_safetensors=True)

@@ -1,6 +1,6 @@
 """Refit a model's operating points on one site's own diagnosed images.
 
-    scan = scan_site_folder("clinic_images")                      # {benign,malignant}/*
+    scan = scan_site_folder("clinic_images")                      # calibrate_site.py: {benign,malignant}/*
     model = ScreeningModel.load("model", **FAST)                  # what the app runs
     scores = score_site(model, scan.records)                      # through the app's path, input check included
     fit = fit_site(scores, min_sensitivity=0.95, min_specificity=0.95)
@@ -44,7 +44,7 @@ from . import calibration, metrics
 from .images import ImageLoadError
 from .inference import weights_version
 from .labels import CLASS_NAMES
-from .model_card import replace_section
+from .model_card import AT_END, UNDER_TITLE, upsert_card_section
 
 MIN_MALIGNANT = 20
 MIN_BENIGN = 50
@@ -82,20 +82,6 @@ class SiteScores:
         """The accepted images selected by a boolean mask (a cross-validation half); refusal counts are not split."""
         mask = np.asarray(mask, dtype=bool)
         return SiteScores(self.labels[mask], self.log_probabilities[mask], self.malignant_index)
-
-
-def scan_site_folder(folder, progress: bool = True):
-    """The folder's decodable images, through data_prep's scan; a bad layout is a SiteCalibrationError."""
-    from data_prep import scan_label_folder
-
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise SiteCalibrationError(f"{folder} is not a folder. Give a folder holding benign/ and malignant/ "
-                                   "sub-folders of diagnosed images.")
-    try:
-        return scan_label_folder(folder, split="site", progress=progress)
-    except ValueError as error:
-        raise SiteCalibrationError(f"{error} Put each diagnosed image in {folder}/benign/ or {folder}/malignant/.") from error
 
 
 def shortfall(counts: dict, min_malignant: int = MIN_MALIGNANT, min_benign: int = MIN_BENIGN) -> str | None:
@@ -440,10 +426,9 @@ def write_site_model(source_dir, out_dir, model, fit: SiteFit, report: dict, ove
                 check_report["model_version"] = version
                 report_path.write_text(json.dumps(check_report, indent=2) + "\n", encoding="utf-8")
         if (staging / "README.md").is_file():
-            card = (staging / "README.md").read_text(encoding="utf-8")
-            if f"<!-- begin {CARD_SECTION} -->" not in card:
-                card = _with_empty_section(card)
-            (staging / "README.md").write_text(replace_section(card, CARD_SECTION, card_markdown(report)), encoding="utf-8")
+            # After the card's identity line (or its title), where a reader starts.
+            upsert_card_section(staging / "README.md", CARD_SECTION, card_markdown(report),
+                                add_at=("identity", UNDER_TITLE, AT_END))
         stamp(staging, name or out_dir.name)
 
         umask = os.umask(0)
@@ -456,16 +441,3 @@ def write_site_model(source_dir, out_dir, model, fit: SiteFit, report: dict, ove
         if staging.exists():
             shutil.rmtree(staging)
     return out_dir
-
-
-def _with_empty_section(card: str) -> str:
-    """The card with empty site-calibration markers after its identity line (or its title), where a reader starts."""
-    markers = f"\n<!-- begin {CARD_SECTION} -->\n<!-- end {CARD_SECTION} -->\n"
-    identity_end = "<!-- end identity -->"
-    if identity_end in card:
-        return card.replace(identity_end, identity_end + "\n" + markers, 1)
-    lines = card.split("\n")
-    for i, line in enumerate(lines):
-        if line.startswith("# "):
-            return "\n".join(lines[:i + 1] + [markers] + lines[i + 1:])
-    return card + markers

@@ -31,7 +31,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from .shortcuts import DARK_LUMINANCE, _luminance
+from .field_of_view import DARK_LUMINANCE
+from .images import luminance
 
 # The masks are computed on a copy at most this many pixels across: enough to
 # find a lesion, and the same work for a 300 px dataset image and a 4000 px photo.
@@ -119,7 +120,7 @@ def _working_copy(image: Image.Image) -> Image.Image:
 
 def _masks_at_working_size(small: Image.Image) -> tuple[np.ndarray, np.ndarray, str]:
     side = min(small.size)
-    in_view = _luminance(small) >= DARK_LUMINANCE
+    in_view = luminance(small) >= DARK_LUMINANCE
     if in_view.sum() < MIN_SKIN_FRACTION * in_view.size:
         return np.zeros_like(in_view), np.zeros_like(in_view), "none"
     blue = np.asarray(small.getchannel("B").filter(ImageFilter.GaussianBlur(max(1.0, BLUR_FRACTION * side))),

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageEnhance
 from transformers import ViTImageProcessorPil
 
-from .shortcuts import add_circular_vignette, mask_field_of_view
+from .field_of_view import add_circular_vignette, mask_field_of_view
 from .skin import normalise_skin_colour, random_skin_colour, recolour_skin
 
 # Mean/std of 0.5 is what google/vit-base-patch16-224-in21k uses, so a scratch

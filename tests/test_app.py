@@ -1,7 +1,7 @@
 """The Gradio app: the /predict HTTP API, bad inputs, feedback, texts and start-up without a model.
 
 The app runs in-process on a free port with the tiny session model and is called
-through gradio_client, exactly as the README's HTTP API snippet does.
+through gradio_client, exactly as the HTTP API snippet in docs/app.md does.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import data_prep.__main__ as cli
 from conftest import SHARED_DATASET
 from data_prep import (LABELS, DataSourceError, ImageRecord, audit_duplicates, balance, group_ids,
                        leaked_paths, load_hub_dataset, scan_image_folder, train_val_split, training_data)
+from data_prep.settings import SplitSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -334,23 +335,20 @@ def test_cli_split_is_training_data_and_keeps_duplicate_groups_together(tmp_path
 
     calls = []
 
-    def recording(**kwargs):
-        calls.append(kwargs)
-        calls.append(training_data(**kwargs))
+    def recording(settings, **kwargs):
+        calls.append(settings)
+        calls.append(training_data(settings, **kwargs))
         return calls[-1]
 
     monkeypatch.setattr(cli, "training_data", recording)
     out = tmp_path / "summary.json"
     cli.main(["split", "--data-dir", str(data), "--no-progress", "--seed", "3", "--val-fraction", "0.3",
-              "--hash-distance", "8", "--out", str(out)])
-    printed = capsys.readouterr().out
-    assert "note: --hash-distance is deprecated for split and ignored" in printed
+              "--out", str(out)])
 
-    kwargs, result = calls
-    assert kwargs["data_dir"] == str(data) and kwargs["seed"] == 3 and kwargs["val_fraction"] == 0.3
-    assert not kwargs["drop_duplicates"] and kwargs["audit_file"] is None
+    settings, result = calls
+    assert settings == SplitSettings(data_dir=str(data), seed=3, val_fraction=0.3)
     # What train_vit.py gets with the same settings, image for image.
-    again = training_data(data_dir=str(data), seed=3, val_fraction=0.3, progress=False)
+    again = training_data(SplitSettings(data_dir=str(data), seed=3, val_fraction=0.3), progress=False)
     for name in ("train", "validation", "test"):
         assert [r.path for r in result[name]] == [r.path for r in again[name]]
     side = {r.path: "train" for r in result["train"]} | {r.path: "validation" for r in result["validation"]}
@@ -370,9 +368,17 @@ def test_cli_split_help_says_the_output_is_for_inspection():
     assert result.returncode == 0
     text = " ".join(result.stdout.split())
     assert "for inspection only" in text and "data_prep.training_data" in text
-    for flag in ("--out", "--val-fraction", "--seed", "--audit", "--drop-duplicates", "--balance",
-                 "--hash-distance", "--min-detail-correlation", "--extra-train-dir"):
+    for flag in ("--out", "--val-fraction", "--seed", "--audit-file", "--drop-duplicates", "--balance",
+                 "--max-train-samples", "--extra-train-dir"):
         assert flag in text, flag
+
+
+@pytest.mark.parametrize("flag", ["--hash-distance", "--min-detail-correlation"])
+def test_cli_split_refuses_the_audit_tuning_flags_and_names_where_they_belong(flag, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["split", "--data-dir", "nowhere", flag, "8"])
+    assert exit_info.value.code == 2
+    assert "python -m data_prep audit" in capsys.readouterr().err
 
 
 def test_hub_dataset_offline_raises_clear_error():

@@ -103,3 +103,32 @@ def test_compare_tabulates_runs_from_their_stored_settings(tiny_model_dir, tmp_p
     old_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-run |"))
     assert "| tiny-run | — | — | — | — | — |" in old_row
     assert old_row.split("| — | — | — | — | — |")[1] == row.split("| random | – | – | – | default |")[1]
+
+
+def test_compare_reads_a_folder_of_runs_and_ranks_them_by_external_auc(tiny_model_dir, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for name, auc in (("weaker", 0.61), ("stronger", 0.83)):
+        run = runs / name
+        shutil.copytree(tiny_model_dir, run, ignore=shutil.ignore_patterns("checkpoints"))
+        report = json.loads((run / "eval_results.json").read_text())
+        external = json.loads(json.dumps(report["test"]))  # a stand-in external set with a chosen ROC AUC
+        external["at_0_5"]["roc_auc"] = auc
+        report["external"] = {"derm7pt": external}
+        (run / "eval_results.json").write_text(json.dumps(report))
+    (runs / "not-a-run").mkdir()
+    out = tmp_path / "summary.json"
+    assert evaluate_model.main(["--compare", str(runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| stronger |" in printed and "| weaker |" in printed and "not-a-run" not in printed.split("ranking")[0]
+    assert "ranking by external ROC AUC: stronger, weaker" in printed
+    summary = json.loads(out.read_text())
+    assert summary["ranking"] == ["stronger", "weaker"]
+    assert [row["run"] for row in summary["rows"]] == ["stronger", "weaker"]
+    assert summary["rows"][0]["derm7pt AUC"] == 0.83
+
+
+def test_the_old_fast_flag_fails_naming_engine_and_precision(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_model.main(["--model", "model", "--data-dir", "nowhere", "--fast"])
+    assert exit_info.value.code == 2
+    assert "--engine onnxruntime --precision int8" in capsys.readouterr().err

@@ -73,7 +73,7 @@ def test_dermoscopy_from_another_clinic_is_accepted(shipped):
 
 def test_colour_casts_and_compression_are_accepted(shipped, lesions):
     # Shifts of the robustness probe (evaluate_model.SHIFTS) that the check lets through (>= 96% of the test split each).
-    # A 2 px blur, 1/4 resolution and +-35% exposure are refused far more often: README.md says so.
+    # A 2 px blur, 1/4 resolution and +-35% exposure are refused far more often: docs/input_check.md says so.
     import evaluate_model
 
     names = ("warm colour cast", "cool colour cast", "JPEG quality 20", "zoom in (70% centre crop)")
@@ -250,21 +250,27 @@ def test_cli_fits_a_model_folder_from_its_stored_training_settings(tiny_model_di
     copy = tmp_path / "refit"
     shutil.copytree(tiny_model_dir, copy)
     (copy / input_check.STATS_FILE).unlink()
-    result = subprocess.run([sys.executable, "-m", "melanoma_screen.input_check", "fit", "--model", str(copy),
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "fit_input_check.py"), "fit", "--model", str(copy),
                              "--data-dir", str(tiny_image_folder)], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (copy / input_check.STATS_FILE).is_file() and "input check: training split" in result.stderr
-    check = subprocess.run([sys.executable, "-m", "melanoma_screen.input_check", "check", "--model", str(copy),
+    check = subprocess.run([sys.executable, str(REPO_ROOT / "fit_input_check.py"), "check", "--model", str(copy),
                             str(EXAMPLES / "benign_1.jpg")], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert check.returncode == 0 and "\tok\t" in check.stdout
 
 
 @pytest.mark.parametrize("command", [[], ["fit"], ["check"]])
 def test_help(command):
-    result = subprocess.run([sys.executable, "-m", "melanoma_screen.input_check", *command, "--help"], cwd=REPO_ROOT,
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "fit_input_check.py"), *command, "--help"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage" in result.stdout
+
+
+def test_the_old_module_command_line_names_the_new_one():
+    result = subprocess.run([sys.executable, "-m", "melanoma_screen.input_check", "fit", "--model", "model"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "python fit_input_check.py fit" in result.stderr
 
 
 # ---------------------------------------------------------------- where the check is used

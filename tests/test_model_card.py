@@ -9,6 +9,9 @@ from PIL import Image
 from melanoma_screen.calibration import choose_operating_points
 from melanoma_screen.metrics import at_operating_points, binary_metrics
 from melanoma_screen.model_card import (
+    AT_END,
+    UNDER_TITLE,
+    upsert_card_section,
     PLOT_FILES,
     MissingPlaceholderError,
     external_table,
@@ -197,6 +200,24 @@ def test_measured_sections_are_replaced_in_place():
     assert "Not written yet" in updated
     with pytest.raises(ValueError, match="no <!-- begin nonsense -->"):
         replace_section(card, "nonsense", "x")
+
+
+def test_one_upsert_adds_a_missing_section_where_asked_and_replaces_it_after(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("---\nlicense: mit\n---\n\n# tiny: a model\n\nbody\n\n<!-- begin robustness -->\nr\n<!-- end robustness -->\n\nlast\n")
+    upsert_card_section(path, "identity", "**Name:** tiny", add_at=UNDER_TITLE)
+    upsert_card_section(path, "probes", "p1", heading="### Probes", add_at="robustness")
+    upsert_card_section(path, "input_check", "c1", heading="## Input check", add_at=AT_END)
+    upsert_card_section(path, "input_check", "c2", heading="## Input check", add_at=AT_END)  # replaced, not added twice
+    card = path.read_text()
+    assert card.startswith("---\nlicense: mit\n---\n\n# tiny: a model\n\n<!-- begin identity -->\n**Name:** tiny\n")
+    assert "<!-- end robustness -->\n\n### Probes\n\n<!-- begin probes -->\np1\n<!-- end probes -->\n\nlast" in card
+    assert card.endswith("last\n\n## Input check\n\n<!-- begin input_check -->\nc2\n<!-- end input_check -->\n")
+    assert card.count("## Input check") == 1 and "c1" not in card
+    with pytest.raises(ValueError, match="no <!-- begin comparison -->"):
+        upsert_card_section(path, "comparison", "x")  # no add_at: a missing section is not our card
+    with pytest.raises(ValueError, match="nor a place for it: nowhere"):
+        upsert_card_section(path, "other", "x", add_at="nowhere")
 
 
 # ------------------------------------------------------------------ external validation and sources

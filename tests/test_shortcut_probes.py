@@ -11,7 +11,7 @@ from PIL import Image
 
 import evaluate_model
 from conftest import real_images
-from melanoma_screen.shortcuts import dark_corner_count, has_dark_corners
+from melanoma_screen.field_of_view import dark_corner_count, has_dark_corners
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from PIL import Image
 
 from conftest import REPO_ROOT, real_images
 from data_prep import ImageRecord
-from data_prep.shortcuts import estimate_jpeg_quality, shortcut_audit, shortcut_markdown
-from melanoma_screen.shortcuts import (add_circular_vignette, corner_luminances, dark_corner_count, fill_dark_border,
+from data_prep.shortcut_audit import estimate_jpeg_quality, shortcut_audit, shortcut_markdown
+from melanoma_screen.field_of_view import (add_circular_vignette, corner_luminances, dark_corner_count, fill_dark_border,
                                       has_dark_corners)
 
 
@@ -46,7 +46,7 @@ def centre(image: Image.Image, fraction: float = 0.4) -> np.ndarray:
     return array[top:height - top, left:width - left]
 
 
-# --- melanoma_screen.shortcuts -------------------------------------------------------------------
+# --- melanoma_screen.field_of_view ----------------------------------------------------------------
 
 def test_a_vignette_added_to_a_benign_image_is_detected_and_the_clean_image_is_not():
     for index, image in enumerate(clean_benign(5)):
@@ -96,7 +96,7 @@ def test_fill_dark_border_spares_a_dark_lesion_that_touches_the_lens_outline():
     assert np.array_equal(centre(filled, 0.3), centre(image, 0.3))
 
 
-# --- data_prep.shortcuts -------------------------------------------------------------------------
+# --- data_prep.shortcut_audit ----------------------------------------------------------------------
 
 def test_jpeg_quality_is_read_back_from_the_quantisation_table(tmp_path):
     image = clean_benign(1)[0]

@@ -20,6 +20,7 @@ from PIL import Image
 from conftest import REPO_ROOT, SHARED_DATA
 from data_prep import (ImageRecord, duplicates_to_drop, leaked_paths, scan_image_folder, scan_label_folder, source_counts,
                        train_val_split, training_data)
+from data_prep.settings import SplitSettings
 from data_prep.split import DROPPED_TRAIN_REPEAT
 
 
@@ -68,16 +69,16 @@ def folders(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def kept_duplicates(folders) -> dict:
-    return training_data(data_dir=folders["main"], extra_train_dirs=[folders["extra"]], external_dirs=[folders["external"]],
-                         progress=False)
+    return training_data(SplitSettings(data_dir=folders["main"], extra_train_dir=[folders["extra"]]),
+                         external_dirs=[folders["external"]], progress=False)
 
 
 @pytest.fixture(scope="module")
 def dropped_duplicates(folders, kept_duplicates, tmp_path_factory) -> dict:
     audit_file = tmp_path_factory.mktemp("audit") / "joint.json"
     audit_file.write_text(json.dumps(kept_duplicates["audit"]))  # the same audit, read back from a file
-    return training_data(data_dir=folders["main"], extra_train_dirs=[folders["extra"]], audit_file=audit_file,
-                         drop_duplicates=True, progress=False)
+    return training_data(SplitSettings(data_dir=folders["main"], extra_train_dir=[folders["extra"]], audit_file=audit_file,
+                         drop_duplicates=True), progress=False)
 
 
 def paths(records) -> set[str]:
@@ -153,31 +154,29 @@ def test_records_carry_their_source_and_every_source_is_counted(folders, kept_du
 
 
 def test_the_same_call_gives_the_same_split(folders, kept_duplicates):
-    again = training_data(data_dir=folders["main"], extra_train_dirs=[folders["extra"]], progress=False)
+    again = training_data(SplitSettings(data_dir=folders["main"], extra_train_dir=[folders["extra"]]), progress=False)
     assert paths(again["validation"]) == paths(kept_duplicates["validation"])
     assert paths(again["train"]) == paths(kept_duplicates["train"])
 
 
 def test_audit_file_is_written_then_reused_and_refused_for_other_data(folders, kept_duplicates, tmp_path):
     audit_file = tmp_path / "audit.json"
-    first = training_data(data_dir=folders["main"], extra_train_dirs=[folders["extra"]], audit_file=audit_file,
-                          progress=False)
+    first = training_data(SplitSettings(data_dir=folders["main"], extra_train_dir=[folders["extra"]], audit_file=audit_file), progress=False)
     assert json.loads(audit_file.read_text())["summary"] == first["audit"]["summary"] == kept_duplicates["audit"]["summary"]
-    reused = training_data(data_dir=folders["main"], extra_train_dirs=[folders["extra"]], audit_file=audit_file,
-                           progress=False)
+    reused = training_data(SplitSettings(data_dir=folders["main"], extra_train_dir=[folders["extra"]], audit_file=audit_file), progress=False)
     assert reused["dropped"] == first["dropped"] and paths(reused["validation"]) == paths(first["validation"])
 
     # An audit of the main dataset alone does not know the extra folder's copies of test images.
     main_only = tmp_path / "main_only.json"
-    training_data(data_dir=folders["main"], audit_file=main_only, progress=False)
+    training_data(SplitSettings(data_dir=folders["main"], audit_file=main_only), progress=False)
     with pytest.raises(ValueError, match="audited 18 images, but these folders hold 26"):
-        training_data(data_dir=folders["main"], extra_train_dirs=[folders["extra"]], audit_file=main_only, progress=False)
+        training_data(SplitSettings(data_dir=folders["main"], extra_train_dir=[folders["extra"]], audit_file=main_only), progress=False)
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**kept_duplicates["audit"], "exact_duplicate_groups": [
         {"paths": ["/elsewhere/a.jpg", "/elsewhere/b.jpg"], "splits": ["train", "train"], "cross_split": False}],
         "near_duplicate_groups": []}))
     with pytest.raises(ValueError, match="made for other data"):
-        training_data(data_dir=folders["main"], extra_train_dirs=[folders["extra"]], audit_file=other, progress=False)
+        training_data(SplitSettings(data_dir=folders["main"], extra_train_dir=[folders["extra"]], audit_file=other), progress=False)
 
 
 def test_scan_label_folder_reads_one_folder_as_one_split(folders, tmp_path):

@@ -24,7 +24,7 @@ from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import ModelLoadError, ScreeningModel
 from melanoma_screen.metrics import OPERATING_POINTS, binary_metrics
 from melanoma_screen.modeling import averaged_state_dict
-from melanoma_screen.shortcuts import dark_corner_count, has_dark_corners, mask_field_of_view
+from melanoma_screen.field_of_view import dark_corner_count, has_dark_corners, mask_field_of_view
 from melanoma_screen.transforms import build_image_processor
 
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import ViTConfig
 
 from conftest import real_images
-from melanoma_screen.shortcuts import dark_corner_count, has_dark_corners, mask_field_of_view
+from melanoma_screen.field_of_view import dark_corner_count, has_dark_corners, mask_field_of_view
 from melanoma_screen.transforms import (
     DermoscopyAugmentation, augmentation_rng, build_image_processor, field_of_view_mask_of,
     model_input, shades_of_gray,

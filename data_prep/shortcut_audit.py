@@ -6,7 +6,7 @@ malignant images have a dermoscope's black circular field of view and almost
 no benign ones do, so the vignette alone separates much of the data. This
 audit measures such features per image, then per class and per split:
 
-- dark corners: a circular field of view (melanoma_screen.shortcuts.has_dark_corners),
+- dark corners: a circular field of view (melanoma_screen.field_of_view.has_dark_corners),
   and the mean luminance of the four corners;
 - the skin around the lesion: mean luminance and R/G/B of the outer frame
   (10% of each side), leaving out the dark field-of-view pixels;
@@ -37,7 +37,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from melanoma_screen.shortcuts import DARK_LUMINANCE, corner_luminances, has_dark_corners
+from melanoma_screen.field_of_view import DARK_LUMINANCE, corner_luminances, has_dark_corners
+from melanoma_screen.images import luminance
 
 from .folder import LABELS, ImageRecord
 
@@ -49,7 +50,6 @@ BORDER_FRACTION = 0.10  # the outer frame: mostly skin around a centred lesion
 # set, 5 (0.2%) got another dark-corner flag than at full size.
 MIN_ANALYSIS_SIDE = 128
 CV_FOLDS = 5
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 # The IJG (libjpeg) luminance quantisation table at quality 50, from which
 # every libjpeg "quality" setting is scaled.
@@ -120,11 +120,11 @@ def _open(record: ImageRecord) -> tuple[Image.Image, tuple[int, int], float | No
     return image, size, quality
 
 
-def image_features(image: Image.Image, size: tuple[int, int] | None = None, jpeg_quality: float | None = None) -> dict:
+def acquisition_features(image: Image.Image, size: tuple[int, int] | None = None, jpeg_quality: float | None = None) -> dict:
     """The acquisition features of one decoded image (see FEATURES); border colours are NaN when the frame is all dark."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     height, width = rgb.shape[:2]
-    lum = rgb @ LUMA
+    lum = luminance(rgb)
     frame = np.ones((height, width), bool)
     margin_y, margin_x = max(1, int(round(height * BORDER_FRACTION))), max(1, int(round(width * BORDER_FRACTION)))
     frame[margin_y:height - margin_y, margin_x:width - margin_x] = False
@@ -135,7 +135,7 @@ def image_features(image: Image.Image, size: tuple[int, int] | None = None, jpeg
     return {
         "dark_corners": float(has_dark_corners(image)),
         "corner_luminance": float(corner_luminances(image).mean()),
-        "border_luminance": float(border @ LUMA),
+        "border_luminance": float(luminance(border)),
         "border_red": float(border[0]),
         "border_green": float(border[1]),
         "border_blue": float(border[2]),
@@ -214,7 +214,7 @@ def shortcut_audit(records: list[ImageRecord], warn_auc: float = DEFAULT_WARN_AU
             # The scan already decoded every file, so this is a file that changed since.
             unreadable.append({"path": record.path, "reason": str(error)})
             continue
-        rows.append(image_features(image, size, quality))
+        rows.append(acquisition_features(image, size, quality))
         labels.append(record.label)
         splits.append(record.split)
     labels = np.asarray(labels, dtype=int)

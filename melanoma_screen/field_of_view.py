@@ -16,6 +16,8 @@ import random
 import numpy as np
 from PIL import Image
 
+from .images import luminance
+
 # Luminance (0-255) under which a corner counts as outside the field of view.
 # Vignettes in ISIC images sit at 0-30; the darkest skin in the 10k set's
 # corners stays above 60, so 40 separates the two with room on both sides.
@@ -25,14 +27,9 @@ DARK_LUMINANCE = 40.0
 CORNER_FRACTION = 0.08
 
 
-def _luminance(image: Image.Image) -> np.ndarray:
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
 def corner_luminances(image: Image.Image) -> np.ndarray:
     """Median luminance (0-255) of the four corner patches: top-left, top-right, bottom-left, bottom-right."""
-    lum = _luminance(image)
+    lum = luminance(image)
     height, width = lum.shape
     side = max(1, int(round(min(height, width) * CORNER_FRACTION)))
     patches = (lum[:side, :side], lum[:side, -side:], lum[-side:, :side], lum[-side:, -side:])
@@ -201,7 +198,7 @@ def fill_dark_border(image: Image.Image, threshold: float = DARK_LUMINANCE) -> I
     lesion or shadow reaching the edge) is left as it is.
     """
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    lum = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    lum = luminance(rgb)
     height, width = lum.shape
     side = min(height, width)
     border = _edge_connected(lum < threshold)
