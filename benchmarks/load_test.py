@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 from pathlib import Path
@@ -213,12 +214,19 @@ def app_timings(url: str) -> dict | None:
 def first_answer_s(url: str, path: Path, started: float) -> float | None:
     """Seconds from the app's start to its first answered /api/screen request."""
     request = urllib.request.Request(f"{url}api/screen", data=path.read_bytes(), headers={"Content-Type": "image/jpeg"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            json.loads(response.read())
-        return time.perf_counter() - started
-    except (OSError, ValueError):
-        return None
+    # The lean route is added just after Gradio's server answers its page: until then it is a 404.
+    deadline = time.perf_counter() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                json.loads(response.read())
+            return time.perf_counter() - started
+        except urllib.error.HTTPError as error:
+            if error.code != 404 or time.perf_counter() > deadline:
+                return None
+            time.sleep(0.2)
+        except (OSError, ValueError):
+            return None
 
 
 def measure_route(url: str, process, paths, args, route: str) -> dict:
