@@ -4,9 +4,13 @@ Reads top to bottom: arguments -> data -> model -> Trainer -> calibration and
 operating points on validation -> final test report -> save -> model card ->
 optional Hub push.
 
-    python train_vit.py --data-dir ../shared/data/melanoma_cancer_dataset --output-dir runs/vit
-    python train_vit.py --data-dir DIR --scratch-config tiny --image-size 64 --max-steps 20 --output-dir /tmp/m
-    accelerate launch --cpu --num_processes 2 train_vit.py --data-dir DIR ...
+    python train_vit.py --data_dir ../shared/data/melanoma_cancer_dataset --output_dir runs/vit
+    python train_vit.py --data_dir DIR --scratch_config tiny --image_size 64 --max_steps 20 --output_dir /tmp/m
+    accelerate launch --cpu --num_processes 2 train_vit.py --data_dir DIR ...
+
+Training takes transformers.TrainingArguments as run_image_classification.py does
+(--num_train_epochs, --per_device_train_batch_size, --learning_rate, --seed,
+--push_to_hub, --hub_model_id, ...); every flag also has a dashed spelling.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from melanoma_screen.labels import malignant_index
 from melanoma_screen.model_card import write_model_card
 from melanoma_screen.skin import reference_skin_colour
 from melanoma_screen.modeling import (
-    ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, trainer_checkpoints, last_checkpoint,
+    ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, last_checkpoint,
+    mimetic_initialisation, trainer_checkpoints,
 )
 from melanoma_screen.transforms import (
     AUGMENTATION_DEFAULTS,
@@ -58,7 +63,10 @@ REPO_ROOT = Path(__file__).resolve().parent
 
 @dataclass
 class DataArguments(SplitSettings):
-    """The split (data_prep.SplitSettings, --seed included), the external sets and the augmentation."""
+    """The split (data_prep.SplitSettings), the external sets and the augmentation."""
+
+    # One --seed, TrainingArguments', seeds the split, the balancing and training alike.
+    seed: int = field(default=42, init=False)
 
     external_dir: Optional[list[str]] = field(
         default=None,
@@ -97,6 +105,11 @@ class ModelArguments:
     image_size: int = field(default=224, metadata={"help": "Input resolution for --scratch-config."})
     patch_size: int = field(default=16, metadata={"help": "Patch size for --scratch-config."})
     dropout: float = field(default=0.1, metadata={"help": "Hidden and attention dropout for --scratch-config."})
+    mimetic_init: bool = field(
+        default=False,
+        metadata={"help": "With --scratch-config: start each attention layer where a pretrained ViT's sits (W_q W_k^T near "
+                          "+I, W_v W_o near -I; Trockman & Kolter 2023) instead of at random."},
+    )
     field_of_view_mask: float = field(
         default=0.0,
         metadata={"help": "Black out everything outside one centred circle of this radius (share of the image side) in "
@@ -118,17 +131,11 @@ class ModelArguments:
 
 
 @dataclass
-class TrainArguments:
-    output_dir: str = field(metadata={"help": "Where the model, report, plots and card are written."})
-    epochs: float = field(default=10.0, metadata={"help": "Training epochs (ignored when --max-steps > 0)."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps."})
-    batch_size: int = field(default=32)
-    eval_batch_size: int = field(default=64)
-    learning_rate: float = field(default=1e-4)
-    weight_decay: float = field(default=0.05)
-    warmup_ratio: float = field(default=0.1)
-    label_smoothing: float = field(default=0.0)
-    eval_steps: Optional[int] = field(default=None, metadata={"help": "Validate every N steps (default: every epoch)."})
+class ScreeningArguments:
+    """What is ours on top of transformers.TrainingArguments: operating-point targets, time limit, averaging."""
+
+    min_sensitivity: float = field(default=0.95, metadata={"help": "Sensitivity the screening threshold must reach on validation."})
+    min_specificity: float = field(default=0.95, metadata={"help": "Specificity the high-risk threshold must reach on validation."})
     early_stopping_patience: int = field(default=3, metadata={"help": "Validations without ROC AUC gain before stopping."})
     max_train_minutes: float = field(
         default=0.0,
@@ -140,21 +147,68 @@ class TrainArguments:
         metadata={"help": "Also try the mean weights of the last N checkpoints; keep it if its validation ROC AUC "
                           "beats the best single checkpoint (0 = off)."},
     )
-    min_sensitivity: float = field(default=0.95, metadata={"help": "Sensitivity the screening threshold must reach on validation."})
-    min_specificity: float = field(default=0.95, metadata={"help": "Specificity the high-risk threshold must reach on validation."})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
-    resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in OUTPUT/checkpoints."})
-    push_to_hub: bool = field(default=False)
-    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Hub repo id, e.g. user/vit-melanoma."})
-    hub_private: bool = field(default=False)
+
+
+# Our defaults where TrainingArguments' suit a language model more than a small
+# image classifier; every one can still be set on the command line.
+TRAINING_DEFAULTS = dict(
+    num_train_epochs=10.0,
+    per_device_train_batch_size=32,
+    per_device_eval_batch_size=64,
+    learning_rate=1e-4,
+    weight_decay=0.05,
+    warmup_steps=0.1,
+    lr_scheduler_type="cosine",
+    logging_steps=10,
+    eval_strategy="epoch",
+    save_strategy="epoch",
+    load_best_model_at_end=True,
+    metric_for_best_model="roc_auc",
+    greater_is_better=True,
+    report_to="none",
+    dataloader_pin_memory=False,
+    # Without a GPU, several launched processes then form a gloo group
+    # (torchrun, or accelerate launch --multi_gpu) instead of each training alone.
+    use_cpu=not torch.cuda.is_available(),
+)
+
+# The flags of train_vit.py before it took TrainingArguments (and argparse's prefix
+# matching would take some of them for another flag): each now fails, naming its successor.
+RENAMED_FLAGS = {
+    "--epochs": "--num_train_epochs",
+    "--batch-size": "--per_device_train_batch_size",
+    "--eval-batch-size": "--per_device_eval_batch_size",
+    "--warmup-ratio": "--warmup_steps (a float below 1 is a share of the steps)",
+    "--label-smoothing": "--label_smoothing_factor",
+    "--num-workers": "--dataloader_num_workers",
+    "--resume": "--resume_from_checkpoint last",
+    "--hub-private": "--hub_private_repo",
+}
+
+
+def renamed_flag_errors(argv) -> list[str]:
+    used = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
+    used |= {flag.replace("_", "-") for flag in used}
+    return [f"{old} is now {new} (transformers.TrainingArguments)" for old, new in RENAMED_FLAGS.items() if old in used]
 
 
 def parse_args(argv=None):
-    parser = HfArgumentParser((DataArguments, ModelArguments, TrainArguments), description=__doc__.split("\n\n")[0])
-    data_args, model_args, train_args = parser.parse_args_into_dataclasses(args=argv)
-    if train_args.push_to_hub and not train_args.hub_model_id:
-        parser.error("--push-to-hub needs --hub-model-id")
-    return data_args, model_args, train_args
+    """(data, model, screening, training) arguments; TrainingArguments' --seed also seeds the split."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = HfArgumentParser((DataArguments, ModelArguments, ScreeningArguments, TrainingArguments),
+                              description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.set_defaults(**TRAINING_DEFAULTS)
+    errors = renamed_flag_errors(argv)
+    if errors:
+        # Without the usage: TrainingArguments' hundred flags would bury the one line that matters.
+        parser.exit(2, f"{parser.prog}: error: {'; '.join(errors)}\n")
+    data_args, model_args, screening_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if training_args.push_to_hub and not training_args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    if training_args.eval_steps and training_args.eval_strategy == "epoch":
+        parser.error("--eval_steps needs --eval_strategy steps --save_strategy steps --save_steps N (validation is per epoch by default)")
+    data_args.seed = training_args.seed
+    return data_args, model_args, screening_args, training_args
 
 
 # ----------------------------------------------------------------------------- data
@@ -247,7 +301,7 @@ def collate(examples):
 # ----------------------------------------------------------------------------- model
 
 
-def build_model(model_args: ModelArguments):
+def build_model(model_args: ModelArguments, seed: int):
     """Returns (model, image_processor, base_model id or None, a sentence on the initialisation)."""
     label_kwargs = dict(num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID)
     if model_args.scratch_config:
@@ -261,6 +315,9 @@ def build_model(model_args: ModelArguments):
         )
         model = ViTForImageClassification(config)
         processor = build_image_processor(model_args.image_size)
+        if model_args.mimetic_init:
+            mimetic_initialisation(model, seed)
+            return model, processor, None, f"ViT-{model_args.scratch_config} trained from mimetic initialisation (Trockman & Kolter 2023)"
         return model, processor, None, f"ViT-{model_args.scratch_config} trained from random initialisation"
     source = model_args.init_from or model_args.model_name_or_path
     if model_args.init_from and not Path(source).is_dir():
@@ -325,12 +382,12 @@ def validation_auc(trainer, val_dataset, val_labels) -> float:
     return metrics.binary_metrics(val_labels, malignant_probability(trainer.predict(val_dataset).predictions, trainer.model.config))["roc_auc"]
 
 
-def select_checkpoint_or_average(trainer, val_dataset, data, train_args, training_args) -> dict:
+def select_checkpoint_or_average(trainer, val_dataset, data, screening_args) -> dict:
     """Keep the best single checkpoint (already loaded) or the mean of the last N, by validation ROC AUC."""
     best = {"checkpoint": trainer.state.best_model_checkpoint, "validation_roc_auc": trainer.state.best_metric}
-    if train_args.average_last < 2:
+    if screening_args.average_last < 2:
         return {"chosen": "best checkpoint", "best_checkpoint": best}
-    checkpoints = trainer_checkpoints(training_args.output_dir)[-train_args.average_last:]
+    checkpoints = trainer_checkpoints(trainer.args.output_dir)[-screening_args.average_last:]
     if len(checkpoints) < 2:
         return {"chosen": "best checkpoint", "best_checkpoint": best, "average": "fewer than 2 checkpoints on disk"}
     val_labels = np.array([r.label for r in data["validation"]])
@@ -349,39 +406,11 @@ def select_checkpoint_or_average(trainer, val_dataset, data, train_args, trainin
 # ----------------------------------------------------------------------------- train
 
 
-def build_trainer(model, image_processor, train_dataset, val_dataset, class_weights, train_args, seed: int):
-    """A Trainer that validates by ROC AUC each epoch (or every --eval-steps) and ends on the best checkpoint."""
-    every = dict(eval_strategy="steps", eval_steps=train_args.eval_steps, save_strategy="steps", save_steps=train_args.eval_steps) \
-        if train_args.eval_steps else dict(eval_strategy="epoch", save_strategy="epoch")
-    training_args = TrainingArguments(
-        output_dir=str(Path(train_args.output_dir) / "checkpoints"),
-        num_train_epochs=train_args.epochs,
-        max_steps=train_args.max_steps,
-        per_device_train_batch_size=train_args.batch_size,
-        per_device_eval_batch_size=train_args.eval_batch_size,
-        learning_rate=train_args.learning_rate,
-        weight_decay=train_args.weight_decay,
-        warmup_steps=train_args.warmup_ratio,
-        lr_scheduler_type="cosine",
-        logging_steps=10,
-        **every,
+def build_trainer(model, image_processor, train_dataset, val_dataset, class_weights, screening_args, training_args):
+    """A Trainer that validates by ROC AUC each epoch (or as --eval_strategy says) and ends on the best checkpoint."""
+    if training_args.save_total_limit is None:
         # Trainer counts a kept older best checkpoint against the limit: +1 leaves the last N.
-        save_total_limit=max(2, train_args.average_last + 1),
-        load_best_model_at_end=True,
-        metric_for_best_model="roc_auc",
-        greater_is_better=True,
-        seed=seed,
-        dataloader_num_workers=train_args.num_workers,
-        remove_unused_columns=False,
-        report_to="none",
-        dataloader_pin_memory=False,
-        # Without a GPU, several launched processes then form a gloo group
-        # (torchrun, or accelerate launch --multi_gpu) instead of each training alone.
-        use_cpu=not torch.cuda.is_available(),
-        # The Hub push is ours, after the output is complete; Trainer's would
-        # try to create the repo at start-up and die offline before training.
-        push_to_hub=False,
-    )
+        training_args.save_total_limit = max(2, screening_args.average_last + 1)
     logger.info("process %d of %d (%s)", training_args.process_index, training_args.world_size, training_args.parallel_mode)
     return CheckpointSafeTrainer(
         model=model,
@@ -391,16 +420,16 @@ def build_trainer(model, image_processor, train_dataset, val_dataset, class_weig
         eval_dataset=val_dataset,
         processing_class=image_processor,
         compute_metrics=partial(compute_validation_metrics, config=model.config),
-        compute_loss_func=weighted_loss(class_weights, train_args.label_smoothing),
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=train_args.early_stopping_patience),
-                   *([TimeLimitCallback(train_args.max_train_minutes)] if train_args.max_train_minutes else [])],
+        compute_loss_func=weighted_loss(class_weights, training_args.label_smoothing_factor),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=screening_args.early_stopping_patience),
+                   *([TimeLimitCallback(screening_args.max_train_minutes)] if screening_args.max_train_minutes else [])],
     )
 
 
 # ----------------------------------------------------------------------------- calibrate and report
 
 
-def calibrate(trainer, val_dataset, val_records, train_args) -> dict:
+def calibrate(trainer, val_dataset, val_records, screening_args) -> dict:
     """Fit the temperature and both thresholds, fold them into the model and its config.
 
     Everything comes from validation only; the test split is touched once, in
@@ -411,7 +440,7 @@ def calibrate(trainer, val_dataset, val_records, train_args) -> dict:
     temperature = calibration.fit_temperature(val_logits, val_labels)
     val_prob = malignant_probability(val_logits, trainer.model.config, temperature)
     operating_points = calibration.choose_operating_points(
-        val_labels, val_prob, min_sensitivity=train_args.min_sensitivity, min_specificity=train_args.min_specificity
+        val_labels, val_prob, min_sensitivity=screening_args.min_sensitivity, min_specificity=screening_args.min_specificity
     )
     val_sources = [record.source for record in val_records]
     calibration.fold_temperature_into_classifier(trainer.model, temperature)
@@ -424,8 +453,8 @@ def calibrate(trainer, val_dataset, val_records, train_args) -> dict:
 
 def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transform, args, checkpoint_selection, command):
     """(eval_results.json's content, (test labels, calibrated and uncalibrated P(malignant)) or None for the plots)."""
-    data_args, model_args, train_args = args
-    calibrated = calibrate(trainer, val_dataset, data["validation"], train_args)
+    data_args, model_args, screening_args, training_args = args
+    calibrated = calibrate(trainer, val_dataset, data["validation"], screening_args)
     operating_points, temperature = calibrated["operating_points"], calibrated["temperature"]
     report = {
         "operating_points": operating_points,
@@ -468,9 +497,9 @@ def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transfor
         for name, records in data["external"].items()
     }
     report["sources"] = data["sources"]
-    # The seed stays under "training", where every earlier eval_results.json has it (SplitSettings.from_stored reads both).
-    report["settings"] = {"data": {key: value for key, value in asdict(data_args).items() if key != "seed"},
-                          "model": asdict(model_args), "training": {**asdict(train_args), "seed": data_args.seed}}
+    # The seed sits under "training" with TrainingArguments', where SplitSettings.from_stored reads it.
+    report["settings"] = {"data": data_args.stored(), "model": asdict(model_args), "screening": asdict(screening_args),
+                          "training": training_args.to_dict()}
     return report, test_scores
 
 
@@ -497,21 +526,28 @@ def save_outputs(output_dir: Path, trainer, image_processor, report, test_scores
 
 
 def main(argv=None):
-    data_args, model_args, train_args = parse_args(argv)
+    data_args, model_args, screening_args, training_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(data_args.seed)
-    output_dir = Path(train_args.output_dir)
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
     command = "python " + " ".join(shlex.quote(arg) for arg in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    # The model folder stays what a user downloads; Trainer's checkpoints go one level down.
+    training_args.output_dir = str(output_dir / "checkpoints")
+    # The Hub push is ours, after the output is complete; Trainer's would try to
+    # create the repo at start-up and die offline before training.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    # with_transform datasets hold only the raw 'image' column, which Trainer would drop.
+    training_args.remove_unused_columns = False
 
     data = load_records(data_args)
     if not data["train"] or not data["validation"]:
         raise SystemExit("Not enough valid training images to carve a validation split.")
-    model, image_processor, base_model, init_description = build_model(model_args)
+    model, image_processor, base_model, init_description = build_model(model_args, training_args.seed)
     model.config.color_constancy = model_args.color_constancy
     model.config.field_of_view_mask = model_args.field_of_view_mask
     skin_reference = None
     if model_args.color_constancy == "skin_reference":
-        skin_reference = skin_reference_colour(model_args, data["train"], image_processor, data_args.seed)
+        skin_reference = skin_reference_colour(model_args, data["train"], image_processor, training_args.seed)
         model.config.skin_reference_rgb = list(skin_reference)
         logger.info("skin reference colour (RGB): %s", skin_reference)
     if model_args.color_constancy != "none":
@@ -526,32 +562,36 @@ def main(argv=None):
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None
 
-    trainer = build_trainer(model, image_processor, train_dataset, val_dataset, data["class_weights"], train_args,
-                            data_args.seed)
-    resume_from = last_checkpoint(trainer.args.output_dir) if train_args.resume else None
-    if train_args.resume:
+    trainer = build_trainer(model, image_processor, train_dataset, val_dataset, data["class_weights"], screening_args,
+                            training_args)
+    resume_from = training_args.resume_from_checkpoint
+    if resume_from == "last":
+        resume_from = last_checkpoint(training_args.output_dir)
         logger.info("resuming from %s", resume_from or "scratch (no checkpoint found)")
     trainer.train(resume_from_checkpoint=resume_from)
-    checkpoint_selection = select_checkpoint_or_average(trainer, val_dataset, data, train_args, trainer.args)
+    checkpoint_selection = select_checkpoint_or_average(trainer, val_dataset, data, screening_args)
 
     report, test_scores = calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transform,
-                                               (data_args, model_args, train_args), checkpoint_selection, command)
+                                               (data_args, model_args, screening_args, training_args),
+                                               checkpoint_selection, command)
     if not trainer.is_world_process_zero():
         return
     save_outputs(output_dir, trainer, image_processor, report, test_scores,
-                 model_card_context(train_args, model_args, data_args, data, report, base_model, init_description, model, command),
+                 model_card_context(screening_args, training_args, model_args, data_args, data, report, base_model,
+                                    init_description, model, command, output_dir),
                  data)
 
-    if train_args.push_to_hub:
+    if push_to_hub:
         try:
-            url = push_folder_to_hub(output_dir, train_args.hub_model_id, private=train_args.hub_private)
+            url = push_folder_to_hub(output_dir, training_args.hub_model_id, private=bool(training_args.hub_private_repo))
             logger.info("pushed to %s", url)
         except HubPushError as error:
             print(error, file=sys.stderr)
             raise SystemExit(2)
 
 
-def model_card_context(train_args, model_args, data_args, data, report, base_model, init_description, model, command):
+def model_card_context(screening_args, training_args, model_args, data_args, data, report, base_model, init_description,
+                       model, command, output_dir):
     summary = data["audit"]["summary"]
     audit_summary = (
         f"{summary['exact_groups']} exact-duplicate groups ({summary['exact_cross_split']} across train/test) and "
@@ -560,7 +600,7 @@ def model_card_context(train_args, model_args, data_args, data, report, base_mod
         + ("were dropped (--drop-duplicates)." if data_args.drop_duplicates else "were dropped (run without --drop-duplicates).")
     )
     return dict(
-        model_id=train_args.hub_model_id or Path(train_args.output_dir).name,
+        model_id=training_args.hub_model_id or output_dir.name,
         base_model=base_model,
         init_description=init_description,
         dataset_id=data_args.dataset_name or Path(data_args.data_dir).name,
@@ -574,8 +614,8 @@ def model_card_context(train_args, model_args, data_args, data, report, base_mod
         temperature=report["calibration_temperature"],
         screening_threshold=report["operating_points"]["screening_threshold"],
         high_risk_threshold=report["operating_points"]["high_risk_threshold"],
-        min_sensitivity=train_args.min_sensitivity,
-        min_specificity=train_args.min_specificity,
+        min_sensitivity=screening_args.min_sensitivity,
+        min_specificity=screening_args.min_specificity,
         test=report["test"],
         validation_metrics=report["validation_at_screening_threshold"],
         audit_summary=audit_summary,

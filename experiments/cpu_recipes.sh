@@ -17,6 +17,9 @@
 #   skinref              skin-referenced colour gain (melanoma_screen.skin) in training and inference
 #   skinaug              the skin around the lesion recoloured at random in training (p = 0.5)
 #   skinref-skinaug      both
+# and the architecture lever, against skinref and vig-isic-scale:
+#   skinref-mimetic      skinref with mimetic initialisation of the attention (Trockman & Kolter 2023)
+#   mimetic              vig-isic-scale with mimetic initialisation
 # derm7pt is scored after training to compare recipes, never to fit anything; choosing a
 # recipe on it makes its figures slightly optimistic, and the README says so.
 set -uo pipefail
@@ -31,9 +34,9 @@ mkdir -p "$RUNS"
 
 COMMON=(--data-dir "$DATA/melanoma_cancer_dataset" --external-dir "$DATA/derm7pt" --drop-duplicates
         --balance class_weights --scratch-config tiny --image-size 128
-        --epochs "$EPOCHS" --batch-size 64 --learning-rate 5e-4 --early-stopping-patience 4
+        --num_train_epochs "$EPOCHS" --per_device_train_batch_size 64 --learning-rate 5e-4 --early-stopping-patience 4
         --augment-brightness 0.3 --augment-contrast 0.2 --augment-saturation 0.2 --augment-white-balance 0.12
-        --num-workers 1 --max-train-minutes "$MINUTES")
+        --dataloader_num_workers 1 --max-train-minutes "$MINUTES")
 JOINT=(--extra-train-dir "$DATA/isic2017" --audit-file "$RUNS/audit_joint.json")
 MAIN=(--audit-file "$RUNS/audit_main.json")
 
@@ -48,6 +51,8 @@ recipe_args() {
         skinref)              echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --color-constancy skin_reference" ;;
         skinaug)              echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --augment-skin-recolour 0.5" ;;
         skinref-skinaug)      echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --color-constancy skin_reference --augment-skin-recolour 0.5" ;;
+        skinref-mimetic)      echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --color-constancy skin_reference --mimetic_init" ;;
+        mimetic)              echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --mimetic_init" ;;
         *) echo "unknown recipe $1" >&2; return 1 ;;
     esac
 }

@@ -30,10 +30,10 @@ DEADLINE_S=${DEADLINE_S:-400}
 WORKERS=${WORKERS:-3}
 EXTRA=()
 if [[ -n "${SMOKE:-}" ]]; then
-    EXTRA=(--max-steps 2 --batch-size 8 --eval-batch-size 8)
+    EXTRA=(--max_steps 2 --per_device_train_batch_size 8 --per_device_eval_batch_size 8)
     MAE_EXTRA=(--max-steps 2 --batch-size 8)
 else
-    EXTRA=(--epochs "$EPOCHS" --batch-size 128 --learning-rate 1e-3 --eval-batch-size 256)
+    EXTRA=(--num_train_epochs "$EPOCHS" --per_device_train_batch_size 128 --learning_rate 1e-3 --per_device_eval_batch_size 256)
     MAE_EXTRA=(--epochs "$MAE_EPOCHS" --batch-size 256)
 fi
 mkdir -p "$OUT" "$RUNS"
@@ -49,7 +49,7 @@ done
 COMMON=(--data-dir "$DATA/melanoma_cancer_dataset" --external-dir "$DATA/derm7pt" --drop-duplicates
         --balance class_weights --early-stopping-patience 6
         --augment-brightness 0.3 --augment-contrast 0.2 --augment-saturation 0.2 --augment-white-balance 0.12
-        --num-workers "$WORKERS" "${EXTRA[@]}")
+        --dataloader_num_workers "$WORKERS" "${EXTRA[@]}")
 SCRATCH=(--scratch-config tiny --image-size 128)
 JOINT=(--extra-train-dir "$DATA/isic2017" --audit-file "$RUNS/audit_joint.json")
 MAIN=(--audit-file "$RUNS/audit_main.json")

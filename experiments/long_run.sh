@@ -13,8 +13,8 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$(dirname "$OUT")"
 python train_vit.py --output-dir "$OUT" --data-dir "$DATA/melanoma_cancer_dataset" --external-dir "$DATA/derm7pt" \
     --extra-train-dir "$DATA/isic2017" --audit-file "${AUDIT:-runs/cpu/audit_joint.json}" --drop-duplicates \
-    --balance class_weights --scratch-config tiny --image-size 128 --epochs "$EPOCHS" --batch-size 64 \
+    --balance class_weights --scratch-config tiny --image-size 128 --num_train_epochs "$EPOCHS" --per_device_train_batch_size 64 \
     --learning-rate 5e-4 --early-stopping-patience 4 --augment-brightness 0.3 --augment-contrast 0.2 \
     --augment-saturation 0.2 --augment-white-balance 0.12 --augment-vignette 0.5 --crop-scale-min 0.25 \
-    --color-constancy skin_reference --num-workers 1 --max-train-minutes "$MINUTES" \
-    --hub-model-id open-melanoma/vit-melanoma-screening ${RESUME:+--resume}
+    --color-constancy skin_reference --dataloader_num_workers 1 --max-train-minutes "$MINUTES" \
+    --hub-model-id open-melanoma/vit-melanoma-screening ${RESUME:+--resume_from_checkpoint last}

@@ -1,4 +1,4 @@
-"""Model sizes, labels and checkpoint bookkeeping shared by the training scripts."""
+"""Model sizes, initialisation, labels and checkpoint bookkeeping shared by the training scripts."""
 
 from __future__ import annotations
 
@@ -19,6 +19,44 @@ SCRATCH_CONFIGS = {
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
+
+
+# Trockman & Kolter, "Mimetic Initialization of Self-Attention Layers" (ICML 2023): the
+# (alpha, beta) pairs they use for ViT-Tiny, for W_q W_k^T and for W_v W_o.
+MIMETIC_QUERY_KEY = (0.7, 0.7)
+MIMETIC_VALUE_OUTPUT = (0.4, 0.4)
+
+
+def _factor_pair(dim: int, alpha: float, beta: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R) with L @ R = alpha * Z + beta * I, Z ~ N(0, 1/dim), split evenly by the SVD."""
+    target = alpha * torch.randn(dim, dim, generator=generator) / dim ** 0.5 + beta * torch.eye(dim)
+    u, s, vh = torch.linalg.svd(target)
+    root = torch.diag(s.sqrt())
+    return u @ root, root @ vh
+
+
+@torch.no_grad()
+def mimetic_initialisation(model, seed: int = 0) -> None:
+    """Give a from-scratch ViT's attention the structure a pretrained ViT's has.
+
+    Pretrained ViTs' W_q W_k^T is close to a positive multiple of the identity
+    (tokens attend to similar tokens, which with position embeddings means to
+    nearby patches) and W_v W_o close to a negative one. Starting there costs
+    nothing and helps a ViT trained from scratch on small data, which lacks the
+    locality a convolution has built in. nn.Linear computes x W^T, hence the
+    transposes.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for layer in model.vit.layers:
+        attention = layer.attention
+        dim = attention.q_proj.weight.shape[1]
+        left, right = _factor_pair(dim, *MIMETIC_QUERY_KEY, generator)
+        attention.q_proj.weight.copy_(left.T)
+        attention.k_proj.weight.copy_(right)
+        alpha, beta = MIMETIC_VALUE_OUTPUT
+        left, right = _factor_pair(dim, alpha, -beta, generator)
+        attention.v_proj.weight.copy_(left.T)
+        attention.o_proj.weight.copy_(right.T)
 
 
 def last_checkpoint(checkpoint_dir) -> str | None:

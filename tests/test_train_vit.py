@@ -90,9 +90,11 @@ def test_pipeline_scores_a_dermoscopic_image_with_calibrated_probabilities(tiny_
 def test_help_lists_every_knob():
     result = subprocess.run([sys.executable, "train_vit.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0
-    for flag in ("--data-dir", "--dataset-name", "--model-name-or-path", "--scratch-config", "--image-size", "--init-from",
-                 "--output-dir", "--epochs", "--max-steps", "--batch-size", "--learning-rate", "--seed",
-                 "--push-to-hub", "--hub-model-id", "--drop-duplicates", "--balance"):
+    # TrainingArguments' own names, as run_image_classification.py takes them, beside ours.
+    for flag in ("--data_dir", "--dataset_name", "--model_name_or_path", "--scratch_config", "--image_size", "--init_from",
+                 "--output_dir", "--num_train_epochs", "--max_steps", "--per_device_train_batch_size", "--learning_rate",
+                 "--seed", "--push_to_hub", "--hub_model_id", "--drop_duplicates", "--balance", "--min_sensitivity",
+                 "--max_train_minutes", "--mimetic_init", "--resume_from_checkpoint"):
         assert flag in result.stdout, flag
 
 
@@ -124,7 +126,8 @@ def test_two_process_gloo_training_completes(tiny_image_folder, tmp_path):
 def test_color_constancy_and_checkpoint_averaging(tiny_image_folder, tmp_path):
     output_dir = tmp_path / "sog"
     command = [sys.executable, "train_vit.py", "--data-dir", str(tiny_image_folder), "--scratch-config", "tiny",
-               "--image-size", "32", "--max-steps", "6", "--eval-steps", "2", "--color-constancy", "shades_of_gray",
+               "--image-size", "32", "--max_steps", "6", "--eval_strategy", "steps", "--eval_steps", "2",
+               "--save_strategy", "steps", "--save_steps", "2", "--color-constancy", "shades_of_gray",
                "--average-last", "3", "--output-dir", str(output_dir)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -207,7 +210,7 @@ def multi_source_run(tiny_image_folder, tmp_path_factory):
     output_dir = root / "model"
     train_vit.main([
         "--data-dir", str(tiny_image_folder), "--extra-train-dir", str(extra), "--external-dir", str(external),
-        "--scratch-config", "tiny", "--image-size", "64", "--epochs", "3", "--batch-size", "32",
+        "--scratch-config", "tiny", "--image-size", "64", "--num_train_epochs", "3", "--per_device_train_batch_size", "32",
         "--max-train-minutes", "0.00001", "--augment-vignette", "1.0", "--crop-scale-min", "0.3",
         "--field-of-view-mask", str(FIELD_OF_VIEW), "--output-dir", str(output_dir),
     ])
@@ -235,7 +238,8 @@ def test_settings_config_and_time_limit_are_recorded(multi_source_run):
     assert settings["data"]["external_dir"] == [str(multi_source_run["external"])]
     assert settings["data"]["augment_vignette"] == 1.0 and settings["data"]["crop_scale_min"] == 0.3
     assert settings["model"]["field_of_view_mask"] == FIELD_OF_VIEW and settings["model"]["image_size"] == 64
-    assert settings["training"]["max_train_minutes"] == 0.00001 and settings["training"]["epochs"] == 3
+    assert settings["screening"]["max_train_minutes"] == 0.00001 and settings["training"]["num_train_epochs"] == 3
+    assert settings["training"]["per_device_train_batch_size"] == 32 and settings["training"]["seed"] == 42
     assert json.loads((output_dir / "config.json").read_text())["field_of_view_mask"] == FIELD_OF_VIEW
     # 22 training images at batch 32 are one step an epoch: the time limit stops the run after the first.
     assert report["epochs_trained"] == 1.0
@@ -330,11 +334,46 @@ def test_a_bad_field_of_view_mask_is_a_load_error(multi_source_run, tmp_path, va
 
 
 def test_external_and_extra_dirs_can_be_repeated():
-    data_args, _, _ = train_vit.parse_args(["--data-dir", "d", "--output-dir", "o", "--external-dir", "a",
-                                            "--external-dir", "b", "c", "--extra-train-dir", "e"])
+    data_args, *_ = train_vit.parse_args(["--data-dir", "d", "--output-dir", "o", "--external-dir", "a",
+                                          "--external-dir", "b", "c", "--extra-train-dir", "e"])
     assert data_args.external_dir == ["a", "b", "c"] and data_args.extra_train_dir == ["e"]
-    data_args, _, _ = train_vit.parse_args(["--data-dir", "d", "--output-dir", "o"])
+    data_args, *_ = train_vit.parse_args(["--data-dir", "d", "--output-dir", "o"])
     assert data_args.external_dir is None and data_args.extra_train_dir is None
+
+
+def test_one_seed_drives_the_split_and_training():
+    data_args, _, _, training_args = train_vit.parse_args(["--data_dir", "d", "--output_dir", "o", "--seed", "7"])
+    assert data_args.seed == training_args.seed == 7
+    # Our defaults, not TrainingArguments' (3 epochs, batch 8, no validation).
+    assert training_args.num_train_epochs == 10 and training_args.per_device_train_batch_size == 32
+    assert training_args.eval_strategy == "epoch" and training_args.metric_for_best_model == "roc_auc"
+
+
+@pytest.mark.parametrize("old, new", [(["--epochs", "3"], "--num_train_epochs"), (["--batch-size=8"], "--per_device_train_batch_size"),
+                                      (["--resume"], "--resume_from_checkpoint last"), (["--num_workers", "2"], "--dataloader_num_workers"),
+                                      (["--label-smoothing", "0.1"], "--label_smoothing_factor")])
+def test_old_flag_spellings_fail_naming_the_new_one(old, new):
+    result = subprocess.run([sys.executable, "train_vit.py", "--data_dir", "d", "--output_dir", "o", *old], cwd=REPO_ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and new in result.stderr and "Traceback" not in result.stderr
+
+
+def test_mimetic_initialisation_gives_attention_a_pretrained_like_structure():
+    config = ViTConfig(**modeling.SCRATCH_CONFIGS["tiny"], image_size=32, patch_size=16, num_labels=2)
+    model = ViTForImageClassification(config)
+    modeling.mimetic_initialisation(model, seed=0)
+    for layer in model.vit.layers:
+        attention = layer.attention
+        query_key = (attention.q_proj.weight.T @ attention.k_proj.weight).detach()
+        value_output = (attention.v_proj.weight.T @ attention.o_proj.weight.T).detach()
+        # alpha * Z + beta * I with Z ~ N(0, 1/d): the diagonal near beta, the rest small.
+        assert torch.diagonal(query_key).mean() == pytest.approx(modeling.MIMETIC_QUERY_KEY[1], abs=0.05)
+        assert torch.diagonal(value_output).mean() == pytest.approx(-modeling.MIMETIC_VALUE_OUTPUT[1], abs=0.05)
+        off_diagonal = query_key - torch.diag(torch.diagonal(query_key))
+        assert off_diagonal.abs().mean() < 0.1
+    random_model = ViTForImageClassification(config)
+    random_attention = random_model.vit.layers[0].attention
+    assert torch.diagonal(random_attention.q_proj.weight.T @ random_attention.k_proj.weight).mean().abs() < 0.05
 
 
 def _to_images(pixel_values) -> list:
