@@ -381,7 +381,7 @@ def recipe(settings: dict | None) -> dict:
                if data_args.get(name, default) != default}
     color_constancy = model_args.get("color_constancy", "none")
     return dict(zip(_RECIPE_COLUMNS, (
-        "random" if model_args.get("scratch_config") else
+        ("mimetic" if model_args.get("mimetic_init") else "random") if model_args.get("scratch_config") else
         ("MAE encoder" if model_args.get("init_from") else model_args.get("model_name_or_path")),
         ", ".join(Path(folder).name for folder in data_args.get("extra_train_dir") or []) or "–",
         f"mask r={model_args['field_of_view_mask']:g}" if model_args.get("field_of_view_mask") else "–",
@@ -400,7 +400,9 @@ def describe_run(run_dir: Path) -> dict:
     report = load_eval_results(run_dir / "eval_results.json")
     settings = report.get("settings")
     row = {"run": run_dir.name, **recipe(settings)}
-    epochs = report.get("epochs_trained") or (settings["training"]["epochs"] if settings else None)
+    # Runs before train_vit.py took TrainingArguments stored "epochs"; later ones "num_train_epochs".
+    training = (settings or {}).get("training", {})
+    epochs = report.get("epochs_trained") or training.get("num_train_epochs", training.get("epochs"))
     selection = report.get("checkpoint_selection", {"chosen": "best checkpoint"})
     row.update({
         "epochs": UNKNOWN if epochs is None else f"{epochs:.3g}",
