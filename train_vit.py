@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -42,6 +43,7 @@ from data_prep import SplitSettings, to_dataset
 from data_prep.shortcut_audit import print_shortcut_audit, shortcut_audit, shortcut_markdown
 from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
+from melanoma_screen.field_of_view import has_dark_corners
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.labels import malignant_index
 from melanoma_screen.model_card import write_model_card
@@ -53,7 +55,7 @@ from melanoma_screen.modeling import (
 from melanoma_screen.transforms import (
     AUGMENTATION_DEFAULTS,
     COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, apply_color_constancy, apply_field_of_view_mask,
-    augmentation_rng, build_image_processor, model_input, processor_image_size,
+    augmentation_rng, balanced_vignette_probabilities, build_image_processor, model_input, processor_image_size,
 )
 
 logger = logging.getLogger("train_vit")
@@ -83,6 +85,11 @@ class DataArguments(SplitSettings):
         default=AUGMENTATION_DEFAULTS["augment_vignette"],
         metadata={"help": "Probability of drawing a random black circular field of view on a training image of either "
                           "class, so a dermoscope's vignette carries no class information."},
+    )
+    augment_vignette_balanced: bool = field(
+        default=False,
+        metadata={"help": "Draw the --augment-vignette vignette more often on the class with fewer natural ones, so that "
+                          "after augmentation both classes show a field of view equally often."},
     )
     augment_skin_recolour: float = field(
         default=AUGMENTATION_DEFAULTS["augment_skin_recolour"],
@@ -239,12 +246,23 @@ def load_records(data_args: DataArguments):
     return data
 
 
+def natural_vignette_rates(train_records, sample: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Per label, the share of (a seeded sample of) training images that already show a dermatoscope's field of view."""
+    rates = []
+    for label in (0, 1):
+        paths = [record.path for record in train_records if record.label == label and not record.path.startswith("hub://")]
+        paths = random.Random(seed).sample(paths, min(sample, len(paths)))
+        rates.append(float(np.mean([has_dark_corners(load_rgb_image(path)) for path in paths])) if paths else 0.0)
+    return tuple(rates)
+
+
 def make_transforms(image_processor, data_args: DataArguments, color_constancy: str = "none", field_of_view_mask: float = 0.0,
-                    skin_reference=None):
+                    skin_reference=None, vignette_by_label=None):
     augment = DermoscopyAugmentation(
         image_size=processor_image_size(image_processor),
         crop_scale=(data_args.crop_scale_min, 1.0),
         vignette=data_args.augment_vignette,
+        vignette_by_label=vignette_by_label,
         skin_recolour=data_args.augment_skin_recolour,
         brightness=data_args.augment_brightness,
         contrast=data_args.augment_contrast,
@@ -256,9 +274,9 @@ def make_transforms(image_processor, data_args: DataArguments, color_constancy: 
     # Colour constancy comes after the augmentation, as it would after a real
     # device's colour shift: the jitter teaches what it cannot undo.
     def train_transform(batch):
-        images = [apply_field_of_view_mask(apply_color_constancy(augment(load_rgb_image(image, min_side=1), augmentation_rng()),
+        images = [apply_field_of_view_mask(apply_color_constancy(augment(load_rgb_image(image, min_side=1), augmentation_rng(), label),
                                                                  color_constancy, skin_reference), field_of_view_mask)
-                  for image in batch["image"]]
+                  for image, label in zip(batch["image"], batch["label"])]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
 
     def eval_transform(batch):
@@ -470,6 +488,7 @@ def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transfor
         "shortcut_audit": data["shortcut_audit"],
         "dropped_duplicates": len(data["dropped"]),
         "color_constancy": model_args.color_constancy,
+        "vignette_balance": data.get("vignette_balance"),
         "checkpoint_selection": checkpoint_selection,
         "epochs_trained": trainer.state.epoch,
         "train_minutes": next((entry["train_runtime"] / 60 for entry in reversed(trainer.state.log_history)
@@ -556,8 +575,15 @@ def main(argv=None):
             init_description += " (skin around the lesion brought to RGB " + ", ".join(f"{c:g}" for c in skin_reference) + ")"
     if model_args.field_of_view_mask:
         init_description += f", every image masked to a centred circle of radius {model_args.field_of_view_mask:g} of its side"
+    vignette_by_label = None
+    if data_args.augment_vignette_balanced and data_args.augment_vignette > 0:
+        natural = natural_vignette_rates(data["train"], seed=training_args.seed)
+        vignette_by_label = balanced_vignette_probabilities(natural, data_args.augment_vignette)
+        data["vignette_balance"] = {"natural_rates": dict(zip(ID2LABEL.values(), natural)),
+                                    "vignette_probabilities": dict(zip(ID2LABEL.values(), vignette_by_label))}
+        logger.info("vignette augmentation per label: %s", data["vignette_balance"])
     train_transform, eval_transform = make_transforms(image_processor, data_args, model_args.color_constancy,
-                                                      model_args.field_of_view_mask, skin_reference)
+                                                      model_args.field_of_view_mask, skin_reference, vignette_by_label)
     train_dataset = to_dataset(data["train"]).with_transform(train_transform)
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None

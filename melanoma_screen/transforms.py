@@ -131,6 +131,21 @@ def processor_image_size(image_processor) -> int:
     return int(size["height"] if "height" in size else size["shortest_edge"])
 
 
+def balanced_vignette_probabilities(natural_rates, probability: float) -> tuple[float, ...]:
+    """Per class, how often to draw a vignette so that every class ends up with one equally often.
+
+    natural_rates: the share of each class's training images that already show a
+    dermatoscope's field of view. Drawn at one rate on every class, the vignette
+    still follows the class with more natural ones (in the 10k set, most are
+    malignant), and a model without the skin-colour cue leans on it. Here the
+    class with the most natural vignettes gets `probability`, and each other
+    class as much as brings it to the same total share.
+    """
+    most = max(natural_rates)
+    target = most + (1.0 - most) * probability
+    return tuple(float(min(1.0, max(0.0, (target - rate) / (1.0 - rate)))) if rate < 1.0 else 0.0 for rate in natural_rates)
+
+
 @dataclass
 class DermoscopyAugmentation:
     """Augmentations that keep a dermoscopic image plausible.
@@ -158,14 +173,17 @@ class DermoscopyAugmentation:
     white_balance: float = 0.0
     vignette: float = 0.0
     skin_recolour: float = 0.0
+    # Per label, in place of `vignette` (balanced_vignette_probabilities).
+    vignette_by_label: tuple[float, ...] | None = None
 
-    def __call__(self, image: Image.Image, rng: random.Random) -> Image.Image:
+    def __call__(self, image: Image.Image, rng: random.Random, label: int | None = None) -> Image.Image:
         image = self.random_resized_crop(image, rng)
         # Before the vignette, so the skin is measured and moved inside the picture's own field of view.
         if self.skin_recolour > 0 and rng.random() < self.skin_recolour:
             image = recolour_skin(image, random_skin_colour(rng))
         # After the crop, so the circle sits in the frame the model sees, as a lens's would.
-        if self.vignette > 0 and rng.random() < self.vignette:
+        vignette = self.vignette if self.vignette_by_label is None or label is None else self.vignette_by_label[label]
+        if vignette > 0 and rng.random() < vignette:
             image = add_circular_vignette(image, rng)
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -14,6 +14,7 @@ from transformers import ViTConfig
 from conftest import real_images
 from melanoma_screen.field_of_view import dark_corner_count, has_dark_corners, mask_field_of_view
 from melanoma_screen.transforms import (
+    balanced_vignette_probabilities,
     DermoscopyAugmentation, augmentation_rng, build_image_processor, field_of_view_mask_of,
     model_input, shades_of_gray,
 )
@@ -175,3 +176,20 @@ def test_field_of_view_mask_of_refuses_bad_values(value):
 
 def test_field_of_view_mask_of_a_config_without_one_is_off():
     assert field_of_view_mask_of(ViTConfig()) == 0.0
+
+
+def test_balanced_vignette_probabilities_equalise_the_classes():
+    natural = (0.02, 0.44)
+    probabilities = balanced_vignette_probabilities(natural, 0.5)
+    totals = [rate + (1 - rate) * p for rate, p in zip(natural, probabilities)]
+    assert probabilities[1] == pytest.approx(0.5) and totals[0] == pytest.approx(totals[1])
+    assert balanced_vignette_probabilities((0.1, 0.1), 0.3) == pytest.approx((0.3, 0.3))
+
+
+def test_vignette_is_drawn_at_the_rate_of_the_image_label():
+    image = Image.new("RGB", (64, 64), (200, 150, 140))
+    augment = DermoscopyAugmentation(image_size=64, crop_scale=(1.0, 1.0), brightness=0, contrast=0, saturation=0, hue=0,
+                                     vignette=0.5, vignette_by_label=(1.0, 0.0))
+    rng = random.Random(0)
+    with_label = [has_dark_corners(augment(image, rng, label)) for label in (0, 1) for _ in range(20)]
+    assert all(with_label[:20]) and not any(with_label[20:])
