@@ -386,7 +386,8 @@ def recipe(settings: dict | None) -> dict:
         ", ".join(Path(folder).name for folder in data_args.get("extra_train_dir") or []) or "–",
         f"mask r={model_args['field_of_view_mask']:g}" if model_args.get("field_of_view_mask") else "–",
         "–" if color_constancy == "none" else COLOR_CONSTANCY_NAMES[color_constancy],
-        ", ".join(f"{k} {v:g}" for k, v in changed.items()) or "default",
+        ", ".join(f"{k} {v:g}" + (" per class" if k == "vignette" and data_args.get("augment_vignette_balanced") else "")
+                  for k, v in changed.items()) or "default",
     )))
 
 
