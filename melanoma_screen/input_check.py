@@ -4,7 +4,7 @@ A classifier trained on dermoscopy answers every picture, and a "low" on a photo
 with no lesion in it is false reassurance. Two kinds of evidence decide:
 
 * image statistics, computed on the picture as the model is given it:
-  exposure (the median, and the share of clipped pixels), sharpness, how much structure there is, and its colours. They catch
+  exposure, sharpness, how much structure there is, and its colours. They catch
   far too dark or bright pictures, heavy blur, empty frames and plain skin,
   pictures without colour (a lesion saved in grayscale: its own reason, since
   the model judges colour), and pictures whose colours no dermoscopic image has
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 STATS_FILE = "input_check.safetensors"
 REPORT_FILE = "input_check.json"
-FORMAT_VERSION = "3"
+FORMAT_VERSION = "2"
 
 # The statistics are computed on the picture exactly as the model is given it
 # (resized to its input, after any colour step of its preprocessing), a whole
@@ -65,8 +65,6 @@ CENTRE = 0.7
 # Structure is measured on a coarse grid: a lesion is a large blob that survives
 # it, while skin texture, pores and sensor noise average away.
 COARSE_SIDE = 16
-# A channel at or above this level is clipped: the sensor saturated there (254 of 255, for JPEG's rounding).
-CLIPPED_LEVEL = np.float32(254 / 255)
 
 FEATURES = (
     "brightness",        # median luminance of the centre
@@ -76,7 +74,6 @@ FEATURES = (
     "structure",         # luminance and colour range on the coarse grid: an empty frame when low
     "colourfulness",     # median chroma: grey pages, scans, screenshots and black-and-white photos when low
     "colour_range",      # 99th percentile of chroma: no pixel has any colour (a grayscale picture) when low
-    "clipped",           # share of pixels with a channel at full scale: over-exposed, the lesion's colours burnt out, when high
 )
 
 # (reason, feature, side), in the order they are tried: the first that trips
@@ -92,7 +89,6 @@ FEATURES = (
 RULES = (
     ("too_dark", "highlights", "low"),
     ("too_bright", "brightness", "high"),
-    ("too_bright", "clipped", "high"),
     ("no_lesion", "structure", "low"),
     ("blurred", "edge_peak", "low"),
     ("not_skin", "edge_mean", "high"),
@@ -157,10 +153,6 @@ def batch_features(pixels: np.ndarray) -> np.ndarray:
     low, high = np.percentile(coarse.reshape(count, -1, 3), [5, 95], axis=1)
     structure = np.linalg.norm(high - low, axis=-1)
 
-    # A median can stay below the brightness bound while most of the lesion is burnt out to
-    # white: the share of clipped pixels says so directly (two over-exposed lesions passed before).
-    clipped = (sparse.max(axis=-1) >= CLIPPED_LEVEL).reshape(count, -1).mean(axis=1)
-
     luminance_median, luminance_high = np.percentile(luminance, [50, 90], axis=1)
     chroma_median, chroma_high = np.percentile(chroma, [50, 99], axis=1)
     return np.stack([
@@ -171,7 +163,6 @@ def batch_features(pixels: np.ndarray) -> np.ndarray:
         structure,
         chroma_median,
         chroma_high,
-        clipped,
     ], axis=1).astype(np.float64)
 
 
@@ -605,16 +596,14 @@ def fit_screening_model(screening_model, train_records, validation_records, outp
 
 
 CARD_SECTION, CARD_HEADING = "input_check", "## Input check"
-MISSES = ("It misses colour photographs whose colours and texture resemble skin: in the generated set, animals "
-          "(fur: cats, a cheetah), a close-up of a face, a cup of coffee, a stained tissue slide and a retina, plus a "
-          "few plain-skin frames; their statistics, their mean patch token and its spread all lie inside what the "
-          "training images span, and neither a nearest-neighbour distance nor a per-patch distance in the model's "
-          "feature space separated them either. It also misses anything that looks like dermoscopy without being a "
-          "melanocytic lesion (other skin conditions, scars, tattoos): it judges whether a picture is like the "
-          "training images, not what it shows. Photographs of whole people and rooms are refused by the spread of "
-          "their patch tokens, black-and-white pictures as having no colour, lesions burnt out to white by their "
-          "share of clipped pixels. It also refuses some pictures the model still handles: heavy blur or a quarter "
-          "of the resolution, and large exposure changes.")
+MISSES = ("It misses colour photographs whose colours and texture resemble skin: in the generated set, every "
+          "animal (fur: cats, cheetahs, a lion), a close-up of a face, a cup of coffee, a building, a stained tissue "
+          "slide and a retina, plus a few over-exposed pale lesions and plain-skin frames; and anything that looks "
+          "like dermoscopy without being a melanocytic lesion (other skin conditions, scars, tattoos): it judges "
+          "whether a picture is like the training images, not what it shows. Photographs of whole people and rooms "
+          "are refused by the spread of their patch tokens, black-and-white pictures as having no colour. It also "
+          "refuses some pictures the model still handles: heavy blur or a quarter of the resolution, and large "
+          "exposure changes.")
 
 
 def _rounded(value):
