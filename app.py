@@ -1,19 +1,21 @@
 """Gradio app (and Hugging Face Space) of the melanoma screening aid.
 
-    python app.py                         # http://127.0.0.1:7860, model from ./model
-    python app.py --model runs/vit-tiny   # a local folder or a Hub model id
-    MODEL_ID=owner/name python app.py     # same, through the environment (Spaces)
+    python app.py                                    # http://127.0.0.1:7860, model from ./model
+    MODEL_ID=runs/vit-tiny python app.py             # a local folder or a Hub model id
+    GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=7861 python app.py
 
-The model is loaded once, when this module is imported; `demo` is the module-level
-Blocks that Spaces (and `gradio app.py`) serve. When no model can be loaded the app
-still starts and every request answers with one sentence on how to train one.
+Environment variables choose everything, as on Spaces: Gradio's own GRADIO_SERVER_NAME,
+GRADIO_SERVER_PORT and GRADIO_SHARE where it listens, MODEL_ID the model (`python app.py
+--help` lists them all). The model is loaded once, when this module is imported; `demo` is
+the module-level Blocks that Spaces (and `gradio app.py`) serve. When no model can be loaded
+the app still starts and every request answers with one sentence on how to train one.
 
 HTTP API: one public endpoint, `/predict`, takes an image file and returns JSON
 (`{label, probabilities, risk_level, screening_threshold, high_risk_threshold,
 model_id, model_version}`), or `{"error": "<message>", "reason": "<code>"}` for an
 input it cannot use or that the input check refuses (melanoma_screen.input_check).
 The page's own events are private, so the API page lists only `/predict`.
-`python app.py` also serves GET /healthz: 200 once the model is loaded, else 503.
+GET /healthz answers 200 once the model is loaded, else 503.
 
 The same JSON comes from a lean route on the same server, for programs that
 need no Gradio client: `POST /api/screen` with the image as the body (or as a
@@ -37,7 +39,7 @@ import html
 import logging
 import os
 import re
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -152,9 +154,10 @@ def image_source(payload):
 class Screener:
     """The functions behind the page and the API, bound to one (possibly missing) model."""
 
-    def __init__(self, model: ScreeningModel | None, load_error: str | None = None,
+    def __init__(self, model: ScreeningModel | None, load_error: str | None = None, *, model_source: str | None = None,
                  feedback_dir: str | os.PathLike | None = None, feedback_dataset: str | None = None):
         self.model = model
+        self.model_source = model_source  # what MODEL_ID named; /healthz reports it
         self.load_error = load_error if model is None else None
         if model is None and not self.load_error:
             self.load_error = "no model was given"
@@ -255,6 +258,13 @@ class Screener:
         if self.model is None:
             return {"images": 0, "cpu_seconds": {}}
         return self.model.clock.snapshot()
+
+    def health(self) -> tuple[dict, int]:
+        """GET /healthz, for a container's HEALTHCHECK: (JSON, 200) once the model is loaded, else 503."""
+        if self.model is None:
+            return {"status": "no_model", "reason": self.load_error}, 503
+        return {"status": "ok", "model_id": self.model_source or self.model.model_id,
+                "model_version": self.model.version}, 200
 
     def about(self, lang) -> str:
         return about_markdown(self.model, _lang(lang))
@@ -410,51 +420,35 @@ def read_examples(folder: Path = EXAMPLES_DIR) -> list[list[str]]:
 
 # ---------------------------------------------------------------------------- page
 
-# The page's static texts as gr.I18n translations, so a browser set to French gets
-# them in French from the first paint. gr.I18n follows the browser's locale only and
-# Python cannot change it, so the explicit EN/FR switch (build_demo) re-renders these
-# texts too, besides the panels built on the server (result, disclaimer, about).
-# The upload Image is left out: Gradio 6.31 shows its gr.I18n label as "[object Object]".
-# Dataset headers are plain strings in Gradio, which gr.I18n does not reach.
-I18N_KEYS = ("heading", "analyse", "examples", "probabilities", "heatmap", "how_to_read", "feedback_title",
-             "feedback_intro", "truth_label", "truth_choices", "comment", "comment_placeholder", "send", "about_title")
+# One language mechanism, the EN/FR switch answered on the server, because it reaches
+# every text on the page: the static ones and those the server writes after an event
+# (the result, a refusal's reason from melanoma_screen.messages, the model's figures).
+# gr.I18n reaches only static properties, follows nothing but the browser's locale, and
+# Python cannot change it. The switch starts at the browser's language (demo.load), so
+# a French browser still gets French, a moment after the first paint.
 
 
-def i18n_translations() -> dict[str, dict[str, str]]:
-    """{lang: {key: text}} for gr.I18n; a dict of choices becomes one key per choice ("truth_choices.benign")."""
-    def flat(key, value):
-        return {f"{key}.{choice}": text for choice, text in value.items()} if isinstance(value, dict) else {key: value}
-    return {lang: {k: v for key in I18N_KEYS for k, v in flat(key, text[key]).items()} for lang, text in TEXT.items()}
-
-
-I18N = gr.I18n(**i18n_translations())
-
-
-def static_text(key, lang: str | None = None):
-    """A component property's value for text `key` in `lang`; lang None: the first render, through gr.I18n
-    where I18N_KEYS allows, else in English.
+def static_text(key, lang: str = "en"):
+    """A component property's value for text `key` in `lang`.
 
     A dict of texts gives radio choices in TRUE_LABELS order, a tuple of keys a list of texts.
     """
     if isinstance(key, tuple):
         return [static_text(k, lang) for k in key]
-    value = TEXT[lang or "en"][key]
-    i18n = lang is None and key in I18N_KEYS
-    if isinstance(value, dict):
-        return [(I18N(f"{key}.{code}") if i18n else value[code], code) for code in TRUE_LABELS]
-    return I18N(key) if i18n else value
+    value = TEXT[lang][key]
+    return [(value[code], code) for code in TRUE_LABELS] if isinstance(value, dict) else value
 
 
-# The lean route: an image in the request body, /predict's JSON back (see the module's docstring).
+# The plain routes beside Gradio's (see the module's docstring).
 SCREEN_ROUTE = "/api/screen"
 TIMINGS_ROUTE = "/api/timings"
-MAX_UPLOAD_BYTES = 30 * 1024 * 1024  # launch()'s max_file_size for the page's uploads
+HEALTH_ROUTE = "/healthz"
+MAX_UPLOAD_BYTES = 30 * 1024 * 1024  # also launch()'s max_file_size for the page's uploads
 
 
-def add_lean_routes(app, screener: "Screener") -> None:
-    """SCREEN_ROUTE and TIMINGS_ROUTE on the server's FastAPI app."""
+def server_routes(screener: "Screener") -> list[Route]:
+    """SCREEN_ROUTE, TIMINGS_ROUTE and HEALTH_ROUTE, answered by `screener`."""
     import anyio
-    from fastapi.responses import JSONResponse
 
     # As many analyses at once as the Gradio queue runs; the others wait for a slot.
     limiter = anyio.CapacityLimiter(MODEL_CONCURRENCY)
@@ -478,131 +472,172 @@ def add_lean_routes(app, screener: "Screener") -> None:
     async def timings(request):
         return JSONResponse(screener.timings())
 
-    app.add_route(SCREEN_ROUTE, screen, methods=["POST"], include_in_schema=False)
-    app.add_route(TIMINGS_ROUTE, timings, methods=["GET"], include_in_schema=False)
+    # Outside Gradio's queue: a container's health check costs no analysis slot.
+    async def health(request):
+        payload, status = screener.health()
+        return JSONResponse(payload, status_code=status)
+
+    return [Route(SCREEN_ROUTE, screen, methods=["POST"], include_in_schema=False),
+            Route(TIMINGS_ROUTE, timings, methods=["GET"], include_in_schema=False),
+            Route(HEALTH_ROUTE, health, methods=["GET"], include_in_schema=False)]
 
 
 class Page(gr.Blocks):
-    """Blocks whose launch() brings the page's gr.I18n translations and the lean routes, however it is launched."""
+    """Blocks whose server carries server_routes and the upload limit, however it is launched."""
 
-    def launch(self, *args, i18n: gr.I18n | None = None, prevent_thread_lock: bool = False, **kwargs):
-        # The server's FastAPI app exists once launch() has built it: started without
-        # blocking, given the routes, then blocked on as launch() itself would.
-        result = super().launch(*args, i18n=i18n or I18N, prevent_thread_lock=True, **kwargs)
-        add_lean_routes(self.app, self.screener)
-        if not prevent_thread_lock:
-            self.block_thread()
-        return result
+    screener: "Screener"
+
+    def launch(self, *args, app_kwargs: dict | None = None, **kwargs):
+        # Handed to the server's app as launch() builds it, before it listens: the routes
+        # answer from the first request, with no moment when the page is up and they 404.
+        app_kwargs = dict(app_kwargs or {})
+        app_kwargs["routes"] = [*server_routes(self.screener), *app_kwargs.get("routes", [])]
+        kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
+        return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
 
 
-def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
-               feedback_dir: str | os.PathLike | None = None, feedback_dataset: str | None = None) -> gr.Blocks:
-    """The Blocks app around `model` (None: the page explains how to train one).
+@dataclass
+class Layout:
+    """The page's components that events read or write, and the texts the language switch re-renders."""
 
-    The Screener holding the event functions is `demo.screener`.
-    """
-    screener = Screener(model, load_error, feedback_dir=feedback_dir, feedback_dataset=feedback_dataset)
-    initial = {"kind": "no_model", "reason": screener.load_error} if model is None else None
-    localised = []  # (component, {property: text key}): what the language switch re-renders
+    language: gr.Radio
+    disclaimer: gr.HTML
+    image: gr.Image
+    analyse: gr.Button
+    risk: gr.HTML
+    probabilities: gr.Label
+    heatmap: gr.Image
+    examples: gr.Examples
+    truth: gr.Radio
+    comment: gr.Textbox
+    send: gr.Button
+    feedback_status: gr.Markdown
+    about: gr.Markdown
+    result: gr.State
+    api_image: gr.Image
+    api_result: gr.JSON
+    api_trigger: gr.Button
+    localised: list = field(default_factory=list)  # (component, {property: text key})
+
+
+def lay_out(screener: "Screener", initial: dict | None) -> Layout:
+    """The page's components, in English, inside the Blocks being built."""
+    localised = []
 
     def static(component_class, texts: dict, **kwargs):
         component = component_class(**kwargs, **{prop: static_text(key) for prop, key in texts.items()})
         localised.append((component, texts))
         return component
 
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=240):
+            static(gr.Markdown, {"value": "heading"}, elem_id="title")
+        with gr.Column(scale=1, min_width=180):
+            language = gr.Radio(LANGUAGES, value="en", label="Language / Langue", elem_id="language")
+    disclaimer = gr.HTML(disclaimer_html("en"), elem_id="disclaimer")
+
+    # On a phone the two columns stack: image, button, then the result right below,
+    # before the examples.
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=280):
+            image = static(
+                gr.Image, {"label": "image"}, sources=["upload", "webcam", "clipboard"], type="filepath",
+                image_mode=None, elem_id="lesion-image",
+                # On phones, use the back camera and do not mirror the picture.
+                webcam_options=gr.WebcamOptions(mirror=False, constraints={"video": {"facingMode": "environment"}}),
+            )
+            analyse = static(gr.Button, {"value": "analyse"}, variant="primary", elem_id="analyse")
+        with gr.Column(scale=1, min_width=280):
+            risk = gr.HTML(render_result(initial, "en")["risk"], elem_id="risk")
+            probabilities = static(gr.Label, {"label": "probabilities"}, num_top_classes=2, show_heading=False,
+                                   elem_id="probabilities")
+            heatmap = static(gr.Image, {"label": "heatmap"}, interactive=False, format="png", elem_id="heatmap",
+                             buttons=["download", "fullscreen"])
+            static(gr.Markdown, {"value": "how_to_read"}, elem_id="how-to-read")
+
+    # The second input only carries each example's true diagnosis into the table.
+    true_diagnosis = gr.Textbox(label=TEXT["en"]["true_diagnosis"], visible=False)
+    examples = gr.Examples(read_examples(), inputs=[image, true_diagnosis], label=static_text("examples"),
+                           cache_examples=False, examples_per_page=8, elem_id="examples")
+    headers = ("example", "true_diagnosis")  # short: fits a phone's width
+    examples.dataset.headers = static_text(headers)
+    localised.append((examples.dataset, {"label": "examples", "headers": headers}))
+
+    with static(gr.Accordion, {"label": "feedback_title"}, open=False, elem_id="feedback"):
+        static(gr.Markdown, {"value": "feedback_intro"})
+        truth = static(gr.Radio, {"label": "truth_label", "choices": "truth_choices"}, elem_id="truth")
+        comment = static(gr.Textbox, {"label": "comment", "placeholder": "comment_placeholder"}, lines=2,
+                         max_length=MAX_COMMENT_CHARS, elem_id="comment")
+        send = static(gr.Button, {"value": "send"}, elem_id="send-report")
+        feedback_status = gr.Markdown("", elem_id="feedback-status")
+
+    with static(gr.Accordion, {"label": "about_title"}, open=False, elem_id="about"):
+        about = gr.Markdown(screener.about("en"), elem_id="about-model")
+
+    # The public HTTP API's input and output, and its trigger: a hidden button the page
+    # never clicks, so the page's own (private) events carry the heat map and texts.
+    api_image = gr.Image(type="filepath", image_mode=None, visible=False, label="image")
+    api_result = gr.JSON(visible=False, label="prediction")
+    api_trigger = gr.Button(visible=False)
+    return Layout(language=language, disclaimer=disclaimer, image=image, analyse=analyse, risk=risk,
+                  probabilities=probabilities, heatmap=heatmap, examples=examples, truth=truth, comment=comment,
+                  send=send, feedback_status=feedback_status, about=about, result=gr.State(initial),
+                  api_image=api_image, api_result=api_result, api_trigger=api_trigger, localised=localised)
+
+
+def wire(page: Layout, screener: "Screener", demo: gr.Blocks) -> None:
+    """The events: the API, the analysis, the report and the language switch."""
+    page.api_trigger.click(
+        screener.predict, inputs=page.api_image, outputs=page.api_result, api_name="predict",
+        api_description=("Screen one dermoscopic image. Returns {label, probabilities: {benign, malignant}, "
+                         "risk_level: low|moderate|high, screening_threshold, high_risk_threshold, model_id, "
+                         "model_version}, or {error: message, reason: code} when the image cannot be used or "
+                         f"the input check refuses it ({', '.join(REFUSALS)})."),
+        preprocess=False, concurrency_id="model",
+    )
+
+    analysis = dict(fn=screener.analyse, inputs=[page.image, page.language],
+                    outputs=[page.probabilities, page.risk, page.heatmap, page.result, page.feedback_status],
+                    preprocess=False, api_visibility="private", concurrency_id="model")
+    page.analyse.click(**analysis)
+    page.examples.load_input_event.then(**analysis)
+
+    page.send.click(screener.report, inputs=[page.result, page.truth, page.comment, page.language],
+                    outputs=[page.feedback_status, page.result], api_visibility="private", concurrency_limit=1)
+
+    def switch_language(lang, state):
+        lang = _lang(lang)
+        view = render_result(state, lang)
+        updates = {component: {prop: static_text(key, lang) for prop, key in texts.items()}
+                   for component, texts in page.localised}
+        # The panels the server renders: the result as it stands, the disclaimer, the model's figures.
+        updates[page.probabilities]["value"] = view["probabilities"]
+        updates |= {page.risk: {"value": view["risk"]}, page.disclaimer: {"value": disclaimer_html(lang)},
+                    page.feedback_status: {"value": ""}, page.about: {"value": screener.about(lang)}}
+        return {component: gr.update(**properties) for component, properties in updates.items()}
+
+    page.language.change(
+        switch_language, inputs=[page.language, page.result],
+        outputs=[component for component, _ in page.localised] + [page.risk, page.disclaimer, page.feedback_status,
+                                                                   page.about],
+        api_visibility="private", queue=False,
+    )
+    # The switch starts at the browser's language.
+    demo.load(None, None, page.language, api_visibility="private", queue=False,
+              js="() => (navigator.language || '').toLowerCase().startsWith('fr') ? 'fr' : 'en'")
+
+
+def build_demo(model: ScreeningModel | None, load_error: str | None = None, *, model_source: str | None = None,
+               feedback_dir: str | os.PathLike | None = None, feedback_dataset: str | None = None) -> Page:
+    """The Blocks app around `model` (None: the page explains how to train one).
+
+    The Screener holding the event functions is `demo.screener`.
+    """
+    screener = Screener(model, load_error, model_source=model_source, feedback_dir=feedback_dir,
+                        feedback_dataset=feedback_dataset)
+    initial = {"kind": "no_model", "reason": screener.load_error} if model is None else None
     with Page(title="Melanoma screening aid", analytics_enabled=False) as demo:
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=4, min_width=240):
-                static(gr.Markdown, {"value": "heading"}, elem_id="title")
-            with gr.Column(scale=1, min_width=180):
-                language = gr.Radio(LANGUAGES, value="en", label="Language / Langue", elem_id="language")
-        disclaimer = gr.HTML(disclaimer_html("en"), elem_id="disclaimer")
-
-        # On a phone the two columns stack: image, button, then the result right below,
-        # before the examples.
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=280):
-                image = static(
-                    gr.Image, {"label": "image"}, sources=["upload", "webcam", "clipboard"], type="filepath",
-                    image_mode=None, elem_id="lesion-image",
-                    # On phones, use the back camera and do not mirror the picture.
-                    webcam_options=gr.WebcamOptions(mirror=False, constraints={"video": {"facingMode": "environment"}}),
-                )
-                analyse_button = static(gr.Button, {"value": "analyse"}, variant="primary", elem_id="analyse")
-            with gr.Column(scale=1, min_width=280):
-                first = render_result(initial, "en")
-                risk = gr.HTML(first["risk"], elem_id="risk")
-                probabilities = static(gr.Label, {"label": "probabilities"}, num_top_classes=2, show_heading=False,
-                                       elem_id="probabilities")
-                heatmap = static(gr.Image, {"label": "heatmap"}, interactive=False, format="png", elem_id="heatmap",
-                                 buttons=["download", "fullscreen"])
-                static(gr.Markdown, {"value": "how_to_read"}, elem_id="how-to-read")
-
-        # The second input only carries each example's true diagnosis into the table.
-        true_diagnosis = gr.Textbox(label=TEXT["en"]["true_diagnosis"], visible=False)
-        examples = gr.Examples(read_examples(), inputs=[image, true_diagnosis], label=static_text("examples"),
-                               cache_examples=False, examples_per_page=8, elem_id="examples")
-        headers = ("example", "true_diagnosis")  # short: fits a phone's width
-        examples.dataset.headers = static_text(headers)
-        localised.append((examples.dataset, {"label": "examples", "headers": headers}))
-
-        with static(gr.Accordion, {"label": "feedback_title"}, open=False, elem_id="feedback"):
-            static(gr.Markdown, {"value": "feedback_intro"})
-            truth = static(gr.Radio, {"label": "truth_label", "choices": "truth_choices"}, elem_id="truth")
-            comment = static(gr.Textbox, {"label": "comment", "placeholder": "comment_placeholder"}, lines=2,
-                             max_length=MAX_COMMENT_CHARS, elem_id="comment")
-            send = static(gr.Button, {"value": "send"}, elem_id="send-report")
-            feedback_status = gr.Markdown("", elem_id="feedback-status")
-
-        with static(gr.Accordion, {"label": "about_title"}, open=False, elem_id="about"):
-            about = gr.Markdown(screener.about("en"), elem_id="about-model")
-
-        result_state = gr.State(initial)
-
-        # The public HTTP API: file in, JSON out. Its trigger is a hidden button the page
-        # never clicks, so the page's own (private) events carry the heat map and texts.
-        api_image = gr.Image(type="filepath", image_mode=None, visible=False, label="image")
-        api_result = gr.JSON(visible=False, label="prediction")
-        api_trigger = gr.Button(visible=False)
-        api_trigger.click(
-            screener.predict, inputs=api_image, outputs=api_result, api_name="predict",
-            api_description=("Screen one dermoscopic image. Returns {label, probabilities: {benign, malignant}, "
-                             "risk_level: low|moderate|high, screening_threshold, high_risk_threshold, model_id, "
-                             "model_version}, or {error: message, reason: code} when the image cannot be used or "
-                             f"the input check refuses it ({', '.join(REFUSALS)})."),
-            preprocess=False, concurrency_id="model",
-        )
-
-        analysis = dict(fn=screener.analyse, inputs=[image, language],
-                        outputs=[probabilities, risk, heatmap, result_state, feedback_status],
-                        preprocess=False, api_visibility="private", concurrency_id="model")
-        analyse_button.click(**analysis)
-        examples.load_input_event.then(**analysis)
-
-        send.click(screener.report, inputs=[result_state, truth, comment, language],
-                   outputs=[feedback_status, result_state],
-                   api_visibility="private", concurrency_limit=1)
-
-        def switch_language(lang, state):
-            lang = _lang(lang)
-            view = render_result(state, lang)
-            updates = {component: {prop: static_text(key, lang) for prop, key in texts.items()}
-                       for component, texts in localised}
-            # The panels the server renders: the result as it stands, the disclaimer, the model's figures.
-            updates[probabilities]["value"] = view["probabilities"]
-            updates |= {risk: {"value": view["risk"]}, disclaimer: {"value": disclaimer_html(lang)},
-                        feedback_status: {"value": ""}, about: {"value": screener.about(lang)}}
-            return {component: gr.update(**properties) for component, properties in updates.items()}
-
-        language.change(
-            switch_language, inputs=[language, result_state],
-            outputs=[component for component, _ in localised] + [risk, disclaimer, feedback_status, about],
-            api_visibility="private", queue=False,
-        )
-        # The page opens in the browser's language, the one gr.I18n showed the static texts in.
-        demo.load(None, None, language, js="() => (navigator.language || '').toLowerCase().startsWith('fr') ? 'fr' : 'en'",
-                  api_visibility="private", queue=False)
-
+        wire(lay_out(screener, initial), screener, demo)
     # At most MODEL_CONCURRENCY images in the model at once, a bounded waiting line.
     demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=32)
     demo.screener = screener
@@ -611,40 +646,52 @@ def build_demo(model: ScreeningModel | None, load_error: str | None = None, *,
 
 # ---------------------------------------------------------------------------- entry point
 
+# Gradio's own settings choose where the server listens, as on Spaces; ours, the model.
+SETTINGS = {
+    "MODEL_ID": "local model folder or Hugging Face Hub model id (default: ./model)",
+    "GRADIO_SERVER_NAME": "address to listen on (default: 127.0.0.1; 0.0.0.0: every interface)",
+    "GRADIO_SERVER_PORT": "port (default: 7860, or the next free one above it)",
+    "GRADIO_SHARE": "True: also a public gradio.live link (default: off)",
+    "FEEDBACK_DIR": "folder for reports of wrong predictions (default: ./feedback)",
+    "FEEDBACK_DATASET": "Hub dataset the reports are also uploaded to (needs HF_TOKEN)",
+}
+# The command-line flags these settings replaced, refused with the setting to use.
+MOVED_FLAGS = {"--model": "MODEL_ID", "--host": "GRADIO_SERVER_NAME", "--port": "GRADIO_SERVER_PORT",
+               "--share": "GRADIO_SHARE"}
+
+
+class MovedToEnvironment(argparse.Action):
+    """An old flag: say which environment variable took its place, instead of ignoring it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        name = MOVED_FLAGS[option_string]
+        value = "True" if option_string == "--share" else (values or "...")
+        parser.error(f"{option_string} is gone: set the environment variable {name} instead, "
+                     f"e.g. {name}={value} python app.py")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Serve the melanoma screening aid.")
-    parser.add_argument("--model", default=None,
-                        help="local model folder or Hub id (default: $MODEL_ID, else ./model)")
-    # Spaces sets GRADIO_SERVER_NAME/PORT; keep them as the defaults so the Space runs unchanged.
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
+    """Only --help: the app is configured by environment variables (SETTINGS)."""
+    parser = argparse.ArgumentParser(
+        description="Serve the melanoma screening aid (a Gradio app) on http://127.0.0.1:7860.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="settings (environment variables):\n" + "".join(
+            f"  {name:<20} {meaning}\n" for name, meaning in SETTINGS.items())
+        + "\nexample: MODEL_ID=runs/vit-tiny GRADIO_SERVER_PORT=7861 python app.py")
+    for flag in MOVED_FLAGS:
+        parser.add_argument(flag, nargs=0 if flag == "--share" else "?", action=MovedToEnvironment,
+                            help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-# Only `python app.py` reads the command line; `import app` (tests, `gradio app.py`) uses the environment.
-ARGS = parse_args(sys.argv[1:] if __name__ == "__main__" else [])
 if __name__ == "__main__":
+    parse_args()  # before the model loads: --help and a refused flag answer at once
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-MODEL_SOURCE = ARGS.model or default_model_source()
+MODEL_SOURCE = default_model_source()
 MODEL, MODEL_ERROR = load_model(MODEL_SOURCE)
-demo = build_demo(MODEL, MODEL_ERROR)
+demo = build_demo(MODEL, MODEL_ERROR, model_source=MODEL_SOURCE)
 predict = demo.screener.predict
 
-
-def health(request) -> JSONResponse:
-    """GET /healthz, for a container's HEALTHCHECK: 200 once the model is loaded, 503 without one."""
-    model = demo.screener.model
-    if model is None:
-        return JSONResponse({"status": "no_model", "reason": demo.screener.load_error}, status_code=503)
-    return JSONResponse({"status": "ok", "model_id": MODEL_SOURCE, "model_version": model.version})
-
-
-# A plain route, outside Gradio's queue: the check costs no analysis slot.
-HEALTH_ROUTES = [Route("/healthz", health, methods=["GET"])]
-
 if __name__ == "__main__":
-    demo.launch(server_name=ARGS.host, server_port=ARGS.port, share=ARGS.share, max_file_size="30mb",
-                app_kwargs={"routes": HEALTH_ROUTES})
+    demo.launch()

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 import data_prep
 from melanoma_screen import metrics
-from melanoma_screen.images import load_rgb_image
+from melanoma_screen.images import decode_batches, load_rgb_image
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel
 from melanoma_screen.input_check import refusal_report
 from melanoma_screen.model_card import upsert_card_section
@@ -119,24 +119,24 @@ SHIFTS = {
 def score(model: ScreeningModel, paths, shift=None, batch_size: int = 32, desc: str = "scoring",
           refusals: list | None = None) -> np.ndarray:
     """P(malignant) of every image, refused or not; `refusals` collects each one's input-check reason (None: ok)."""
+    return score_each(model, paths, None if shift is None else (lambda index, image: shift(image)), batch_size, desc,
+                      refusals)
+
+
+def score_each(model: ScreeningModel, paths, change=None, batch_size: int = 32, desc: str = "scoring",
+               refusals: list | None = None) -> np.ndarray:
+    """Like score, with change(index, image) applied: each image can get its own seeded random shift."""
     probabilities = []
-    for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False):
-        images = [load_rgb_image(path) for path in paths[start:start + batch_size]]
-        if shift is not None:
-            images = [shift(image) for image in images]
+    batches = tqdm(decode_batches(paths, batch_size, skip=()), total=-(-len(paths) // batch_size), desc=desc,
+                   unit="batch", leave=False)
+    # Decoded at full size (no JPEG draft), as the metrics in eval_results.json always were;
+    # a file that cannot be read stops the evaluation, since its metrics would leave it out.
+    for batch in batches:
+        images = batch.images if change is None else [change(i, image) for i, image in zip(batch.positions, batch.images)]
         predictions = model.predict_batch(images, batch_size=batch_size)
         probabilities += [p.malignant_probability for p in predictions]
         if refusals is not None:
             refusals += [p.input_check.reason for p in predictions]
-    return np.asarray(probabilities)
-
-
-def score_each(model: ScreeningModel, paths, change, batch_size: int = 32, desc: str = "scoring") -> np.ndarray:
-    """Like score, with change(index, image) applied: each image can get its own seeded random shift."""
-    probabilities = []
-    for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False):
-        images = [change(start + offset, load_rgb_image(path)) for offset, path in enumerate(paths[start:start + batch_size])]
-        probabilities += [p.malignant_probability for p in model.predict_batch(images, batch_size=batch_size)]
     return np.asarray(probabilities)
 
 

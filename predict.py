@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 from transformers.utils import logging as transformers_logging
 
-from melanoma_screen.images import ImageLoadError
+from melanoma_screen.images import ImageLoadError, decode_batches
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError, ScreeningModel, default_model_source
 
 COLUMNS = ["file", "label", "prob_benign", "prob_malignant", "risk_level", "error", "reason"]
@@ -81,23 +81,18 @@ def prediction_row(path: Path, prediction) -> dict:
 def predict_files(model: ScreeningModel, files: list[Path], batch_size: int = 32, progress: bool = True):
     """Yields one CSV row per file, in order; bad files become error rows."""
     with tqdm(total=len(files), unit="img", disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(files), batch_size):
-            chunk = files[start:start + batch_size]
-            rows, decoded, positions = [None] * len(chunk), [], []
-            # Decoded over the model's batch threads, one file per core.
-            for i, (path, image) in enumerate(zip(chunk, model.decode_each(chunk))):
-                if isinstance(image, ImageLoadError):
-                    rows[i] = error_row(path, str(image), image.reason)
-                elif isinstance(image, Exception):  # e.g. a file we may not read: report it, keep going
-                    rows[i] = error_row(path, f"{type(image).__name__}: {image}")
-                else:
-                    decoded.append(image)
-                    positions.append(i)
-            # The good images of the chunk go through the model together.
-            for i, prediction in zip(positions, model.predict_decoded(decoded)):
-                rows[i] = prediction_row(chunk[i], prediction)
-            yield from rows
-            bar.update(len(chunk))
+        # Decoded over the model's batch threads, one file per core; a file we may not
+        # read at all is reported like a bad image, and the run goes on.
+        for batch in decode_batches(files, batch_size, model.decode_each, skip=Exception):
+            rows = {}
+            for i, error in batch.failures:
+                rows[i] = (error_row(files[i], str(error), error.reason) if isinstance(error, ImageLoadError)
+                           else error_row(files[i], f"{type(error).__name__}: {error}"))
+            # The good images of the batch go through the model together.
+            for i, prediction in zip(batch.positions, model.predict_decoded(batch.images)):
+                rows[i] = prediction_row(files[i], prediction)
+            yield from (rows[i] for i in sorted(rows))
+            bar.update(len(batch.sources))
 
 
 def main(argv=None) -> int:

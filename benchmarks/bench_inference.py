@@ -23,7 +23,6 @@ The last line is `speedup_vs_pipeline=X.XX`: pipeline's p50 over ours.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -31,7 +30,8 @@ import torch
 from transformers import pipeline
 from transformers.utils import logging as transformers_logging
 
-from common import competing_cpu_job, conditions, default_images_dir, list_images, summary_ms, take  # noqa: E501  and the repository on sys.path
+from common import (competing_cpu_job, conditions, default_images_dir, list_images, summary_ms, take,  # and the
+                    write_json)  # repository on sys.path
 
 from melanoma_screen.calibration import risk_level  # noqa: E402
 from melanoma_screen.explain import overlay_heatmap  # noqa: E402
@@ -166,9 +166,7 @@ def measure(args) -> int:
     print(f"max |P(malignant) ours - pipeline| = {result['max_abs_probability_difference']:.4f}")
     print("our batched CPU time by stage: " + ", ".join(
         f"{name} {100 * row['share']:.0f}% ({row['ms_per_image']:.2f} ms/img)" for name, row in stages.items()))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    write_json(args.json, result)
     print(f"speedup_vs_pipeline={result['speedup_vs_pipeline']:.2f}")
     return 0
 

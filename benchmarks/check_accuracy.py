@@ -11,14 +11,13 @@ levels changed, and exits with status 1 when the AUCs differ by more than
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import REPO_ROOT, DATASET  # noqa: F401  (puts the repository on sys.path)
+from common import REPO_ROOT, DATASET, write_json  # noqa: F401  (puts the repository on sys.path)
 
 from melanoma_screen.calibration import risk_level  # noqa: E402
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel, default_model_source  # noqa: E402
@@ -98,9 +97,7 @@ def main(argv=None) -> int:
           f"mean {report['mean_abs_probability_difference']:.4f}; risk level changed for "
           f"{report['risk_level_changes']} of {len(paths)} images")
     print("PASS" if report["passed"] else "FAIL: the fast path's ROC AUC is off by more than the tolerance")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
+    write_json(args.json, report)
     return 0 if report["passed"] else 1
 
 

@@ -18,7 +18,6 @@ is faster). --importtime also prints predict.py's slowest imports (python -X imp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO_ROOT, competing_cpu_job, conditions, default_images_dir, list_images, take
+from common import REPO_ROOT, competing_cpu_job, conditions, default_images_dir, list_images, take, write_json
 
 from melanoma_screen.inference import default_model_source  # noqa: E402
 
@@ -113,9 +112,7 @@ def main(argv=None) -> int:
               f"{row['ratio']:6.2f}x")
     for seconds, name in imports or ():
         print(f"  import {name}: {seconds:.2f} s")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    write_json(args.json, result)
     print(f"cold_start_ratio={single['ratio']:.2f} batch_ratio={many['ratio']:.2f}")
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -48,6 +49,12 @@ def summary_ms(seconds: list[float]) -> dict:
     values = np.asarray(seconds) * 1000
     return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95)),
             "mean_ms": float(values.mean()), "n": int(values.size)}
+
+
+def write_json(path: str | os.PathLike | None, result: dict) -> None:
+    """The results as indented JSON at `path` (a benchmark's --json); nothing when path is None."""
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
 
 
 def conditions() -> dict:

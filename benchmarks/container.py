@@ -40,7 +40,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import REPO_ROOT, conditions, default_images_dir, list_images, take  # and the repository on sys.path
+from common import REPO_ROOT, conditions, default_images_dir, list_images, take, write_json  # and the repository on sys.path
 from load_test import HOST, free_port, run_clients, start_app, stop
 
 IMAGE = "localhost/melanoma-screen:test"
@@ -395,8 +395,7 @@ def main(argv=None) -> int:
         ratio = f"{b / a:.2f}" if a and b else "?"
         print(f"{name:34}{a:>10.{digits}f}{b:>11.{digits}f}{ratio:>8}")
     print(f"load-test errors: outside {outside['load_errors']}, container {inside['load_errors']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return 1 if outside["load_errors"] or inside["load_errors"] else 0
 
 

@@ -21,7 +21,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from common import DATASET, SHARED_DATA, list_images  # and the repository on sys.path
+from common import DATASET, SHARED_DATA, list_images, write_json  # and the repository on sys.path
 from not_lesion_set import CATEGORIES, build_not_lesion_set
 
 from melanoma_screen import input_check  # noqa: E402
@@ -118,8 +118,7 @@ def main(argv=None) -> int:
         if part:
             print(f"ROC AUC on {name}: accepted {auc(part['accepted_pictures'])}, refused {auc(part['refused_pictures'])} "
                   f"({part['refused']} refused)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     if args.card:
         report_path = Path(source) / input_check.REPORT_FILE
         fit_report = json.loads(report_path.read_text())

@@ -3,8 +3,8 @@
     python benchmarks/load_test.py --model model --clients 20 --requests 10
     python benchmarks/load_test.py --model model --competing-job     # beside another CPU-bound job
 
-Starts `python app.py --model DIR --host 127.0.0.1 --port FREE_PORT` as a child
-process and waits until it answers (the app's time to its first answered
+Starts `MODEL_ID=DIR GRADIO_SERVER_NAME=127.0.0.1 GRADIO_SERVER_PORT=FREE_PORT python app.py`
+as a child process and waits until it answers (the app's time to its first answered
 request is reported too). Then, for each route (--route, default both),
 --clients asynchronous users, all in one event loop (httpx), each send
 --requests calls with real images. The "gradio" route is /predict through
@@ -36,13 +36,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 
 from pathlib import Path
 
 from common import (REPO_ROOT, competing_cpu_job, conditions, default_images_dir, list_images, summary_ms,  # noqa: F401
-                    take)  # and the repository on sys.path
+                    take, write_json)  # and the repository on sys.path
 
 from melanoma_screen.inference import default_model_source  # noqa: E402
 
@@ -76,9 +75,10 @@ def free_port() -> int:
 
 
 def start_app(model: str, port: int, log) -> subprocess.Popen:
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    command = [sys.executable, str(REPO_ROOT / "app.py"), "--model", model, "--host", HOST, "--port", str(port)]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+           "MODEL_ID": model, "GRADIO_SERVER_NAME": HOST, "GRADIO_SERVER_PORT": str(port)}
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "app.py")], cwd=REPO_ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
 
 
 def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> None:
@@ -214,19 +214,12 @@ def app_timings(url: str) -> dict | None:
 def first_answer_s(url: str, path: Path, started: float) -> float | None:
     """Seconds from the app's start to its first answered /api/screen request."""
     request = urllib.request.Request(f"{url}api/screen", data=path.read_bytes(), headers={"Content-Type": "image/jpeg"})
-    # The lean route is added just after Gradio's server answers its page: until then it is a 404.
-    deadline = time.perf_counter() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                json.loads(response.read())
-            return time.perf_counter() - started
-        except urllib.error.HTTPError as error:
-            if error.code != 404 or time.perf_counter() > deadline:
-                return None
-            time.sleep(0.2)
-        except (OSError, ValueError):
-            return None
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            json.loads(response.read())
+        return time.perf_counter() - started
+    except (OSError, ValueError):
+        return None
 
 
 def measure_route(url: str, process, paths, args, route: str) -> dict:
@@ -304,9 +297,7 @@ def main(argv=None) -> int:
             print("        app CPU by stage (ms/request): " + ", ".join(
                 f"{name} {value:.1f}" for name, value in row["server_cpu_ms_per_request_by_stage"].items()))
     print(f"errors={result['errors']}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    write_json(args.json, result)
     return 1 if result["errors"] or not result["ok"] else 0
 
 

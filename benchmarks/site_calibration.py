@@ -18,13 +18,12 @@ the shipped model's thresholds are never fitted on derm7pt.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from common import DATASET, REPO_ROOT  # noqa: F401  (puts the repository on sys.path)
+from common import DATASET, REPO_ROOT, write_json  # noqa: F401  (puts the repository on sys.path)
 
 from calibrate_site import scan_site_folder  # noqa: E402
 from melanoma_screen import calibration  # noqa: E402
@@ -185,8 +184,7 @@ def main(argv=None) -> int:
     results["target_met"] = met
     print(f"\ntarget on each held-out half of the site (sensitivity >= {TARGET_SENSITIVITY} with specificity >= "
           f"{TARGET_SPECIFICITY} at the screening threshold): {', '.join('met' if ok else 'missed' for ok in met)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.json, results)
     return 0
 
 

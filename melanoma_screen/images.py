@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
@@ -159,3 +161,48 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = image.convert("RGB")
     return image
 
+
+
+def try_load_rgb_image(source: ImageSource):
+    """load_rgb_image's image, or the exception it raised."""
+    try:
+        return load_rgb_image(source)
+    except Exception as error:  # handed back: decode_batches' caller decides what a bad file means
+        return error
+
+
+@dataclass
+class DecodedBatch:
+    """One batch of decode_batches: the pictures that decoded, and the sources that did not, with why."""
+
+    start: int  # index of the batch's first source among all the sources
+    sources: list
+    images: list[Image.Image] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # index among all the sources of each image
+    failures: list[tuple[int, Exception]] = field(default_factory=list)  # (index among all the sources, error)
+
+
+def decode_batches(sources: Iterable, batch_size: int, decode_each: Callable[[list], list] | None = None,
+                   skip: type[Exception] | tuple[type[Exception], ...] = ImageLoadError) -> Iterator[DecodedBatch]:
+    """The sources batch_size at a time, decoded: the one loop of every batch scorer over files that may be bad.
+
+    decode_each(list of sources) gives a decoded image or the exception it raised per
+    source (default: try_load_rgb_image on each; ScreeningModel.decode_each decodes as
+    the model does, over its threads). A failure of a type in `skip` lands in the
+    batch's `failures`; any other is raised, the first of the batch in order (skip=()
+    raises every bad file). Batch by batch, so a long list never holds every
+    full-size photo at once.
+    """
+    sources = list(sources)
+    for start in range(0, len(sources), batch_size):
+        batch = DecodedBatch(start, sources[start:start + batch_size])
+        decoded = (decode_each or (lambda chunk: [try_load_rgb_image(source) for source in chunk]))(batch.sources)
+        for position, image in enumerate(decoded, start):
+            if not isinstance(image, Exception):
+                batch.images.append(image)
+                batch.positions.append(position)
+            elif isinstance(image, skip):
+                batch.failures.append((position, image))
+            else:
+                raise image
+        yield batch

@@ -40,7 +40,7 @@ from transformers import AutoImageProcessor, ViTForImageClassification
 from . import hub
 from .calibration import risk_level, softmax_probs
 from .explain import attention_rollout, upsample_heatmap
-from .images import load_rgb_image
+from .images import decode_batches, load_rgb_image
 from .input_check import STATS_FILE, InputCheck, Verdict, batch_features
 from .weights import ModelLoadError, weights_version  # noqa: F401  (re-exported: app.py, predict.py, calibrate_site.py)
 from .labels import malignant_index
@@ -387,9 +387,6 @@ class ScreeningModel:
             batch += self._add[None]
         return torch.from_numpy(batch), pictures
 
-    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.logits_and_patch_tokens(pixel_values)[0]
-
     def _torch_forward(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         logits, tokens = logits_and_patch_tokens(self.model, pixel_values)
         return logits.float().numpy(), tokens.float().numpy()
@@ -470,15 +467,9 @@ class ScreeningModel:
 
     def predict_batch(self, images, batch_size: int = 32) -> list[Prediction]:
         """Like predict for each image, batch_size at a time; the first bad image raises."""
-        images = list(images)
         predictions = []
-        for start in range(0, len(images), batch_size):
-            # Decode chunk by chunk so a large batch never holds every full-size photo at once.
-            decoded = self.decode_each(images[start:start + batch_size])
-            for image in decoded:
-                if isinstance(image, Exception):
-                    raise image
-            predictions += self.predict_decoded(decoded)
+        for batch in decode_batches(images, batch_size, self.decode_each, skip=()):
+            predictions += self.predict_decoded(batch.images)
         return predictions
 
     def explain(self, image) -> np.ndarray:

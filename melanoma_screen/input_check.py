@@ -44,9 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .images import LUMA_WEIGHTS
+from .images import LUMA_WEIGHTS, decode_batches
 from .images import luminance as image_luminance
 from .messages import render
 
@@ -164,14 +163,6 @@ def batch_features(pixels: np.ndarray) -> np.ndarray:
         chroma_median,
         chroma_high,
     ], axis=1).astype(np.float64)
-
-
-def image_features(image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
-    """batch_features of one picture, resized (bilinear) to size=(width, height) first when given."""
-    rgb_image = image if image.mode == "RGB" else image.convert("RGB")
-    if size is not None and rgb_image.size != tuple(size):
-        rgb_image = rgb_image.resize(tuple(size), Image.Resampling.BILINEAR)
-    return batch_features(np.asarray(rgb_image)[None])[0]
 
 
 # ---------------------------------------------------------------- verdicts
@@ -533,30 +524,17 @@ def measure(model, sources, batch_size: int = 64, desc: str = "measuring", progr
     """
     from tqdm import tqdm
 
-    from .images import ImageLoadError
-
     features, embeddings, probabilities, kept = [], [], [], []
     sources = list(sources)
     with tqdm(total=len(sources), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
-        for start in range(0, len(sources), batch_size):
-            images, positions = [], []
-            chunk = sources[start:start + batch_size]
-            decoded = model.decode_each(chunk) if hasattr(model, "decode_each") else [
-                source if isinstance(source, Image.Image) else model.decode(source) for source in chunk]
-            for position, image in enumerate(decoded, start):
-                if isinstance(image, ImageLoadError):
-                    continue
-                if isinstance(image, Exception):
-                    raise image
-                images.append(image)
-                positions.append(position)
-            if images:
-                batch = model.measure_decoded(images)
-                features.append(batch["features"])
-                embeddings.append(batch["embeddings"])
-                probabilities.append(batch["probabilities"])
-                kept += positions
-            bar.update(min(batch_size, len(sources) - start))
+        for batch in decode_batches(sources, batch_size, model.decode_each):
+            if batch.images:
+                measured = model.measure_decoded(batch.images)
+                features.append(measured["features"])
+                embeddings.append(measured["embeddings"])
+                probabilities.append(measured["probabilities"])
+                kept += batch.positions
+            bar.update(len(batch.sources))
     width = len(FEATURES)
     return {
         "features": np.concatenate(features) if features else np.empty((0, width)),

@@ -2,8 +2,7 @@
 
 Error sentences (a picture that cannot be read or is refused) are not here but in
 melanoma_screen.messages, rendered from their code. Strings with {fields} are
-filled in by app.py; the rest are static and also reach the page as gr.I18n
-translations (app.i18n_translations).
+filled in by app.py; the page's language switch re-renders them all.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ TEXT = {
         "bad_image": "This image could not be analysed: {reason}",
         "internal": "Something went wrong while analysing this image. Please try another image.",
         "no_model": ("No model is loaded, so the app cannot analyse images ({reason}). Train one with "
-                     "<code>{command}</code> and restart the app, or set MODEL_ID (or --model) to a trained "
+                     "<code>{command}</code> and restart the app, or set MODEL_ID to a trained "
                      "model folder or Hugging Face Hub id."),
         "feedback_title": "Report a wrong prediction",
         "feedback_intro": ("Know the true diagnosis of the lesion you analysed? Tell us. Only when you press "
@@ -142,7 +141,7 @@ TEXT = {
         "internal": "Un problème est survenu pendant l'analyse de cette image. Essayez une autre image.",
         "no_model": ("Aucun modèle n'est chargé : l'application ne peut pas analyser d'images ({reason}). "
                      "Entraînez-en un avec <code>{command}</code> puis relancez l'application, ou indiquez "
-                     "dans MODEL_ID (ou --model) un dossier de modèle entraîné ou un identifiant du Hugging "
+                     "dans MODEL_ID un dossier de modèle entraîné ou un identifiant du Hugging "
                      "Face Hub."),
         "feedback_title": "Signaler une prédiction erronée",
         "feedback_intro": ("Vous connaissez le diagnostic réel de la lésion analysée ? Dites-le-nous. C'est "

@@ -16,6 +16,7 @@ import os
 import struct
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
@@ -353,13 +354,30 @@ def test_examples_are_real_test_images_with_true_labels():
             assert digest == hashlib.sha256(original.read_bytes()).hexdigest(), row
 
 
-def test_command_line_defaults(app, monkeypatch):
-    for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
-        monkeypatch.delenv(name, raising=False)
-    args = app.parse_args([])
-    assert (args.model, args.host, args.port, args.share) == (None, "127.0.0.1", 7860, False)
-    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # what Spaces sets
-    assert app.parse_args([]).host == "0.0.0.0"
+def test_help_names_the_settings_and_old_flags_name_their_environment_variable():
+    # A subprocess each: `python app.py` reads its command line before it loads any model.
+    shown = subprocess.run([sys.executable, "app.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    for name in ("MODEL_ID", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "GRADIO_SHARE", "FEEDBACK_DIR"):
+        assert name in shown.stdout
+    for argv, setting in ((["--port", "7861"], "GRADIO_SERVER_PORT=7861"), (["--model", "runs/x"], "MODEL_ID=runs/x"),
+                          (["--host=0.0.0.0"], "GRADIO_SERVER_NAME=0.0.0.0"), (["--share"], "GRADIO_SHARE=True")):
+        refused = subprocess.run([sys.executable, "app.py", *argv], cwd=REPO_ROOT, capture_output=True, text=True,
+                                 timeout=120)
+        assert refused.returncode == 2 and f"{argv[0].split('=')[0]} is gone" in refused.stderr, refused.stderr
+        assert setting in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_health_and_lean_routes_are_on_any_launch(server, app):
+    import httpx
+
+    health = httpx.get(server[1] + "healthz", timeout=60)
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "model_id": app.MODEL.model_id, "model_version": app.MODEL.version}
+    # Registered as the server's app is built, before it listens: ahead of Gradio's own routes.
+    paths = [getattr(route, "path", None) for route in server[0].app.routes]
+    assert paths[:3] == [app.SCREEN_ROUTE, app.TIMINGS_ROUTE, app.HEALTH_ROUTE]
 
 
 # ---------------------------------------------------------------------------- no model
@@ -377,14 +395,21 @@ def test_app_starts_without_a_model(tmp_path, good_image):
     port = free_port()
     log = tmp_path / "app.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "FEEDBACK_DIR": str(tmp_path / "feedback")}
-    env.pop("MODEL_ID", None)
+           "FEEDBACK_DIR": str(tmp_path / "feedback"), "MODEL_ID": str(tmp_path / "missing"),
+           "GRADIO_SERVER_PORT": str(port)}
     with log.open("w") as output:
-        process = subprocess.Popen([sys.executable, "app.py", "--model", str(tmp_path / "missing"), "--port", str(port)],
-                                   cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/"
         wait_for_app(url, process, log)
+        # The plain routes answer as soon as the page does (no 404 while they would be added).
+        lean = urllib.request.Request(url + "api/screen", data=Path(good_image).read_bytes())
+        with urllib.request.urlopen(lean, timeout=30) as response:
+            assert json.loads(response.read())["reason"] == "no_model"
+        with pytest.raises(urllib.error.HTTPError) as unhealthy:
+            urllib.request.urlopen(url + "healthz", timeout=30)
+        assert unhealthy.value.code == 503 and json.loads(unhealthy.value.read())["status"] == "no_model"
         with urllib.request.urlopen(url + "config", timeout=10) as response:
             assert "No model is loaded" in response.read().decode()  # shown on the page
         result = Client(url, verbose=False).predict(handle_file(good_image), api_name="/predict")

@@ -51,11 +51,12 @@ def checked_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
 def app_url(checked_model_dir, feedback_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("browser_app") / "app.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "FEEDBACK_DIR": str(feedback_dir)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "FEEDBACK_DIR": str(feedback_dir),
+           "MODEL_ID": str(checked_model_dir), "GRADIO_SERVER_PORT": str(port)}
     env.pop("FEEDBACK_DATASET", None)
     with log.open("w") as output:
-        process = subprocess.Popen([sys.executable, "app.py", "--model", str(checked_model_dir), "--port", str(port)],
-                                   cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=output,
+                                   stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_for_app(url, process, log)
@@ -141,6 +142,25 @@ def test_example_result_french_and_report(browser, app_url, feedback_dir):
     page.locator("#send-report").click()  # a second click stores nothing more
     expect(page.locator("#feedback-status")).to_contain_text("déjà été signalé")
     assert len(list(feedback_dir.glob("*/report.json"))) == 1
+    page.context.close()
+
+
+def test_a_french_browser_gets_every_text_in_french(browser, app_url):
+    page = open_page(browser, app_url, viewport={"width": 1280, "height": 900}, locale="fr-FR")
+    # The switch follows the browser's language, and with it the static texts and the server's panels.
+    expect(page.get_by_label("Français")).to_be_checked()
+    expect(page.locator("#analyse")).to_have_text("Analyser")
+    expect(page.locator("#disclaimer")).to_contain_text("pas un diagnostic")
+    expect(page.locator("#lesion-image")).to_contain_text("Image de la lésion")
+    page.locator("#analyse").click()  # empty submit: a sentence written by the server after the event
+    expect(page.locator("#risk")).to_contain_text("Aucune image fournie")
+    page.locator('#examples [data-testid="dataset-cell-4-0"]').click()
+    wait_for_result(page)
+    expect(page.locator("#risk")).to_contain_text("Niveau de risque")
+    expect(page.locator("#probabilities")).to_contain_text("malin (mélanome)")
+    page.get_by_label("English").check()  # and the person can still choose
+    expect(page.locator("#risk")).to_contain_text("Risk level")
+    expect(page.locator("#analyse")).to_have_text("Analyse")
     page.context.close()
 
 

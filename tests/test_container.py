@@ -153,6 +153,5 @@ def test_predictions_store_nothing_and_the_image_holds_only_the_app(container_to
 def test_health_endpoint_outside_answers_503_without_a_model(app_outside, monkeypatch):
     monkeypatch.setattr(app_outside.demo.screener, "model", None)
     monkeypatch.setattr(app_outside.demo.screener, "load_error", "no model was given")
-    response = app_outside.health(None)
-    assert response.status_code == 503
-    assert json.loads(response.body)["status"] == "no_model"
+    payload, status = app_outside.demo.screener.health()
+    assert status == 503 and payload["status"] == "no_model"
