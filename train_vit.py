@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -43,7 +42,6 @@ from data_prep import SplitSettings, to_dataset
 from data_prep.shortcut_audit import print_shortcut_audit, shortcut_audit, shortcut_markdown
 from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
-from melanoma_screen.field_of_view import has_dark_corners
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.labels import malignant_index
 from melanoma_screen.model_card import write_model_card
@@ -246,14 +244,14 @@ def load_records(data_args: DataArguments):
     return data
 
 
-def natural_vignette_rates(train_records, sample: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Per label, the share of (a seeded sample of) training images that already show a dermatoscope's field of view."""
-    rates = []
-    for label in (0, 1):
-        paths = [record.path for record in train_records if record.label == label and not record.path.startswith("hub://")]
-        paths = random.Random(seed).sample(paths, min(sample, len(paths)))
-        rates.append(float(np.mean([has_dark_corners(load_rgb_image(path)) for path in paths])) if paths else 0.0)
-    return tuple(rates)
+def natural_vignette_rates(shortcut_audit_report) -> tuple[float, float]:
+    """Per label, the share of training images that already show a dermatoscope's field of view.
+
+    Read from the shortcut audit, which measured dark corners on every training
+    (and validation) image already.
+    """
+    train = shortcut_audit_report["features"]["dark_corners"]["per_split"]["train"]
+    return tuple(float(train[ID2LABEL[label]]["mean"] or 0.0) for label in (0, 1))
 
 
 def make_transforms(image_processor, data_args: DataArguments, color_constancy: str = "none", field_of_view_mask: float = 0.0,
@@ -577,7 +575,7 @@ def main(argv=None):
         init_description += f", every image masked to a centred circle of radius {model_args.field_of_view_mask:g} of its side"
     vignette_by_label = None
     if data_args.augment_vignette_balanced and data_args.augment_vignette > 0:
-        natural = natural_vignette_rates(data["train"], seed=training_args.seed)
+        natural = natural_vignette_rates(data["shortcut_audit"])
         vignette_by_label = balanced_vignette_probabilities(natural, data_args.augment_vignette)
         data["vignette_balance"] = {"natural_rates": dict(zip(ID2LABEL.values(), natural)),
                                     "vignette_probabilities": dict(zip(ID2LABEL.values(), vignette_by_label))}

@@ -211,7 +211,7 @@ def multi_source_run(tiny_image_folder, tmp_path_factory):
     train_vit.main([
         "--data-dir", str(tiny_image_folder), "--extra-train-dir", str(extra), "--external-dir", str(external),
         "--scratch-config", "tiny", "--image-size", "64", "--num_train_epochs", "3", "--per_device_train_batch_size", "32",
-        "--max-train-minutes", "0.00001", "--augment-vignette", "1.0", "--crop-scale-min", "0.3",
+        "--max-train-minutes", "0.00001", "--augment-vignette", "1.0", "--augment-vignette-balanced", "--crop-scale-min", "0.3",
         "--field-of-view-mask", str(FIELD_OF_VIEW), "--output-dir", str(output_dir),
     ])
     return {"dir": output_dir, "main": tiny_image_folder, "extra": extra, "external": external, "copies": copies,
@@ -238,6 +238,10 @@ def test_settings_config_and_time_limit_are_recorded(multi_source_run):
     assert settings["data"]["external_dir"] == [str(multi_source_run["external"])]
     assert settings["data"]["augment_vignette"] == 1.0 and settings["data"]["crop_scale_min"] == 0.3
     assert settings["model"]["field_of_view_mask"] == FIELD_OF_VIEW and settings["model"]["image_size"] == 64
+    # The per-class vignette reads the audit's natural rates; at probability 1 every image of either class gets one.
+    dark_corners = report["shortcut_audit"]["features"]["dark_corners"]["per_split"]["train"]
+    assert report["vignette_balance"]["natural_rates"] == {label: dark_corners[label]["mean"] for label in ("benign", "malignant")}
+    assert report["vignette_balance"]["vignette_probabilities"] == {"benign": 1.0, "malignant": 1.0}
     assert settings["screening"]["max_train_minutes"] == 0.00001 and settings["training"]["num_train_epochs"] == 3
     assert settings["training"]["per_device_train_batch_size"] == 32 and settings["training"]["seed"] == 42
     assert json.loads((output_dir / "config.json").read_text())["field_of_view_mask"] == FIELD_OF_VIEW
