@@ -64,7 +64,8 @@ def main(argv=None) -> int:
             external_labels, scores(model, scan.records), [Path(folder).name] * len(scan.records), screening, high_risk)[Path(folder).name]
 
     # The rule that holds the sensitivity target on every validation source with melanomas.
-    target = train_args["min_sensitivity"]
+    # train_vit keeps the targets under "screening" since it took TrainingArguments, under "training" before.
+    target = (settings.get("screening") or settings["training"])["min_sensitivity"]
     per_source = {source: calibration.screening_threshold(labels[np.asarray(sources) == source],
                                                           probs[np.asarray(sources) == source], target)
                   for source, row in report["validation"].items() if row["n_malignant"]}
