@@ -22,6 +22,7 @@
 #   mimetic              vig-isic-scale with mimetic initialisation
 # and, once skinaug had removed the skin cue and the model leant on the vignette instead:
 #   skinaug-vigbal       skinaug with the vignette drawn per class so both classes show one equally often
+#   skinaug1-vigbal      skinaug-vigbal with the skin of every image recoloured (p = 1), so no image keeps its own skin
 # derm7pt is scored after training to compare recipes, never to fit anything; choosing a
 # recipe on it makes its figures slightly optimistic, and the README says so.
 set -uo pipefail
@@ -55,6 +56,7 @@ recipe_args() {
         skinref-skinaug)      echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --color-constancy skin_reference --augment-skin-recolour 0.5" ;;
         skinref-mimetic)      echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --color-constancy skin_reference --mimetic_init" ;;
         skinaug-vigbal)       echo "${JOINT[*]} --augment-vignette 0.5 --augment-vignette-balanced --crop-scale-min 0.25 --augment-skin-recolour 0.5" ;;
+        skinaug1-vigbal)      echo "${JOINT[*]} --augment-vignette 0.5 --augment-vignette-balanced --crop-scale-min 0.25 --augment-skin-recolour 1.0" ;;
         mimetic)              echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --mimetic_init" ;;
         *) echo "unknown recipe $1" >&2; return 1 ;;
     esac
