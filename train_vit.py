@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import (
     AutoImageProcessor,
     EarlyStoppingCallback,
@@ -45,7 +47,7 @@ from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.labels import malignant_index
 from melanoma_screen.model_card import write_model_card
-from melanoma_screen.skin import reference_skin_colour
+from melanoma_screen.skin import lesion_extent, reference_skin_colour
 from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, last_checkpoint,
     mimetic_initialisation, trainer_checkpoints,
@@ -53,7 +55,8 @@ from melanoma_screen.modeling import (
 from melanoma_screen.transforms import (
     AUGMENTATION_DEFAULTS,
     COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, apply_color_constancy, apply_field_of_view_mask,
-    augmentation_rng, balanced_vignette_probabilities, build_image_processor, model_input, processor_image_size,
+    augmentation_rng, balanced_vignette_probabilities, build_image_processor, cropped_lesion_shares, model_input,
+    processor_image_size,
 )
 
 logger = logging.getLogger("train_vit")
@@ -88,6 +91,13 @@ class DataArguments(SplitSettings):
         default=False,
         metadata={"help": "Draw the --augment-vignette vignette more often on the class with fewer natural ones, so that "
                           "after augmentation both classes show a field of view equally often."},
+    )
+    augment_lesion_size_balanced: bool = field(
+        default=False,
+        metadata={"help": "Zoom in on the lesion of the classes whose lesions fill less of the frame (benign, in the "
+                          "10k set) so that their lesions' share of the frame follows the class with the largest ones "
+                          "after its ordinary crop: the lesion's size in the frame, which follows the dermatoscope's "
+                          "magnification, then carries no class information."},
     )
     augment_skin_recolour: float = field(
         default=AUGMENTATION_DEFAULTS["augment_skin_recolour"],
@@ -254,13 +264,45 @@ def natural_vignette_rates(shortcut_audit_report) -> tuple[float, float]:
     return tuple(float(train[ID2LABEL[label]]["mean"] or 0.0) for label in (0, 1))
 
 
+LESION_SIZE_SAMPLE = 1000  # images per class measured for --augment-lesion-size-balanced
+
+
+def lesion_size_balance(train_records, crop_scale: tuple[float, float], seed: int) -> dict:
+    """Per label, the lesion shares to zoom towards (None: the ordinary crop), and what they were measured on.
+
+    The label whose lesions fill most of the frame (median share, on a seeded
+    sample of its training images) keeps the ordinary crop; every other label
+    is zoomed towards that label's shares after its ordinary crop.
+    """
+    rng = random.Random(seed)
+    shares = {}
+    for label in sorted(ID2LABEL):
+        paths = [record.path for record in train_records if record.label == label and not record.path.startswith("hub://")]
+        sample = rng.sample(paths, min(LESION_SIZE_SAMPLE, len(paths)))
+        extents = [lesion_extent(load_rgb_image(path)) for path in tqdm(sample, desc=f"lesion size ({ID2LABEL[label]})",
+                                                                        unit="img", leave=False)]
+        shares[label] = [extent.share for extent in extents if extent is not None]
+    if not all(shares.values()):
+        raise SystemExit("--augment-lesion-size-balanced: no lesion was found in one class's training images")
+    largest = max(shares, key=lambda label: float(np.median(shares[label])))
+    targets = cropped_lesion_shares(shares[largest], crop_scale, rng)
+    return {
+        "by_label": tuple(None if label == largest else targets for label in sorted(ID2LABEL)),
+        "report": {"median_lesion_share": {ID2LABEL[label]: float(np.median(values)) for label, values in shares.items()},
+                   "images_measured": {ID2LABEL[label]: len(values) for label, values in shares.items()},
+                   "zoomed_towards": ID2LABEL[largest],
+                   "target_share_deciles": [round(value, 4) for value in targets[::10]]},
+    }
+
+
 def make_transforms(image_processor, data_args: DataArguments, color_constancy: str = "none", field_of_view_mask: float = 0.0,
-                    skin_reference=None, vignette_by_label=None):
+                    skin_reference=None, vignette_by_label=None, lesion_share_by_label=None):
     augment = DermoscopyAugmentation(
         image_size=processor_image_size(image_processor),
         crop_scale=(data_args.crop_scale_min, 1.0),
         vignette=data_args.augment_vignette,
         vignette_by_label=vignette_by_label,
+        lesion_share_by_label=lesion_share_by_label,
         skin_recolour=data_args.augment_skin_recolour,
         brightness=data_args.augment_brightness,
         contrast=data_args.augment_contrast,
@@ -487,6 +529,7 @@ def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transfor
         "dropped_duplicates": len(data["dropped"]),
         "color_constancy": model_args.color_constancy,
         "vignette_balance": data.get("vignette_balance"),
+        "lesion_size_balance": data.get("lesion_size_balance"),
         "checkpoint_selection": checkpoint_selection,
         "epochs_trained": trainer.state.epoch,
         "train_minutes": next((entry["train_runtime"] / 60 for entry in reversed(trainer.state.log_history)
@@ -580,8 +623,14 @@ def main(argv=None):
         data["vignette_balance"] = {"natural_rates": dict(zip(ID2LABEL.values(), natural)),
                                     "vignette_probabilities": dict(zip(ID2LABEL.values(), vignette_by_label))}
         logger.info("vignette augmentation per label: %s", data["vignette_balance"])
+    lesion_share_by_label = None
+    if data_args.augment_lesion_size_balanced:
+        balance = lesion_size_balance(data["train"], (data_args.crop_scale_min, 1.0), training_args.seed)
+        lesion_share_by_label, data["lesion_size_balance"] = balance["by_label"], balance["report"]
+        logger.info("lesion-size balanced crop: %s", data["lesion_size_balance"])
     train_transform, eval_transform = make_transforms(image_processor, data_args, model_args.color_constancy,
-                                                      model_args.field_of_view_mask, skin_reference, vignette_by_label)
+                                                      model_args.field_of_view_mask, skin_reference, vignette_by_label,
+                                                      lesion_share_by_label)
     train_dataset = to_dataset(data["train"]).with_transform(train_transform)
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None

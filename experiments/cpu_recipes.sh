@@ -23,6 +23,8 @@
 # and, once skinaug had removed the skin cue and the model leant on the vignette instead:
 #   skinaug-vigbal       skinaug with the vignette drawn per class so both classes show one equally often
 #   skinaug1-vigbal      skinaug-vigbal with the skin of every image recoloured (p = 1), so no image keeps its own skin
+#   skinaug1-vigbal-sizebal  skinaug1-vigbal with benign images zoomed in on the lesion so that its share of the
+#                        frame follows the melanomas' (--augment-lesion-size-balanced)
 # derm7pt is scored after training to compare recipes, never to fit anything; choosing a
 # recipe on it makes its figures slightly optimistic, and the README says so.
 set -uo pipefail
@@ -57,6 +59,7 @@ recipe_args() {
         skinref-mimetic)      echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --color-constancy skin_reference --mimetic_init" ;;
         skinaug-vigbal)       echo "${JOINT[*]} --augment-vignette 0.5 --augment-vignette-balanced --crop-scale-min 0.25 --augment-skin-recolour 0.5" ;;
         skinaug1-vigbal)      echo "${JOINT[*]} --augment-vignette 0.5 --augment-vignette-balanced --crop-scale-min 0.25 --augment-skin-recolour 1.0" ;;
+        skinaug1-vigbal-sizebal) echo "${JOINT[*]} --augment-vignette 0.5 --augment-vignette-balanced --crop-scale-min 0.25 --augment-skin-recolour 1.0 --augment-lesion-size-balanced" ;;
         mimetic)              echo "${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --mimetic_init" ;;
         *) echo "unknown recipe $1" >&2; return 1 ;;
     esac

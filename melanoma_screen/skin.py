@@ -240,3 +240,61 @@ def reference_skin_colour(images, limit: int = 2000, seed: int = 0) -> tuple[flo
         raise ValueError("no image had skin around its lesion to measure a reference colour on")
     median = np.median(np.stack(colours), axis=0)
     return tuple(round(float(value), 1) for value in median)
+
+
+@dataclass
+class LesionExtent:
+    share: float                          # the lesion's share of the whole frame
+    box: tuple[int, int, int, int]        # its bounding box (left, top, right, bottom) at the image's size
+
+
+def lesion_extent(image: Image.Image) -> LesionExtent | None:
+    """How much of the frame the lesion fills, and where; None when no darker lesion stands out.
+
+    In the 10k set a melanoma fills a median 28% of the frame and a benign
+    lesion 6% (the skin-colour issue's audit), and derm7pt's benign lesions 34%:
+    the lesion's size in the frame, which depends on the dermatoscope's
+    magnification as much as on the lesion, separates the 10k classes with ROC
+    AUC 0.80. The size-balanced crop (transforms.DermoscopyAugmentation) and
+    the lesion-size probe use this measure.
+    """
+    small = _working_copy(image)
+    lesion, _, method = _masks_at_working_size(small)
+    if method in ("none", "no lesion found"):
+        return None
+    rows, cols = np.flatnonzero(lesion.any(axis=1)), np.flatnonzero(lesion.any(axis=0))
+    scale_x, scale_y = image.width / small.width, image.height / small.height
+    box = (int(cols[0] * scale_x), int(rows[0] * scale_y),
+           int(np.ceil((cols[-1] + 1) * scale_x)), int(np.ceil((rows[-1] + 1) * scale_y)))
+    return LesionExtent(share=float(lesion.mean()), box=box)
+
+
+def crop_around_lesion(image: Image.Image, area_fraction: float, aspect: float = 1.0,
+                       rng: random.Random | None = None, extent: LesionExtent | None = None):
+    """A crop box of area_fraction of the image, placed over the lesion.
+
+    The box keeps as much of the lesion's bounding box as fits: anywhere that
+    holds all of it (at random with rng, else centred on it), else centred on
+    it. Without a lesion, the box is centred in the frame.
+    """
+    width, height = image.size
+    crop_w = max(1, min(width, int(round(np.sqrt(area_fraction * aspect) * width))))
+    crop_h = max(1, min(height, int(round(np.sqrt(area_fraction / aspect) * height))))
+    extent = extent if extent is not None else lesion_extent(image)
+    left, top, right, bottom = extent.box if extent is not None else (0, 0, width, height)
+
+    def place(low, high, crop, side):
+        # The range of starts whose crop covers [low, high), within the frame.
+        start_min, start_max = max(0, high - crop), min(low, side - crop)
+        if start_min > start_max:  # the lesion is wider than the crop: centre on it
+            return int(min(max((low + high - crop) / 2, 0), side - crop))
+        return rng.randint(start_min, start_max) if rng is not None else (start_min + start_max) // 2
+
+    x0, y0 = place(left, right, crop_w, width), place(top, bottom, crop_h, height)
+    return (x0, y0, x0 + crop_w, y0 + crop_h)
+
+
+def magnify_lesion(image: Image.Image, factor: float) -> Image.Image:
+    """The lesion shown `factor` times larger across, in a picture of the same size: the lesion-size probe."""
+    box = crop_around_lesion(image, 1.0 / factor ** 2)
+    return image.resize(image.size, Image.Resampling.BILINEAR, box=box)

@@ -18,7 +18,7 @@ from PIL import Image, ImageEnhance
 from transformers import ViTImageProcessorPil
 
 from .field_of_view import add_circular_vignette, mask_field_of_view
-from .skin import normalise_skin_colour, random_skin_colour, recolour_skin
+from .skin import crop_around_lesion, lesion_extent, normalise_skin_colour, random_skin_colour, recolour_skin
 
 # Mean/std of 0.5 is what google/vit-base-patch16-224-in21k uses, so a scratch
 # model and a fine-tuned one see inputs on the same scale.
@@ -146,6 +146,21 @@ def balanced_vignette_probabilities(natural_rates, probability: float) -> tuple[
     return tuple(float(min(1.0, max(0.0, (target - rate) / (1.0 - rate)))) if rate < 1.0 else 0.0 for rate in natural_rates)
 
 
+LESION_SHARE_QUANTILES = 101
+
+
+def cropped_lesion_shares(shares, crop_scale: tuple[float, float], rng: random.Random) -> tuple[float, ...]:
+    """The lesion shares of the frame after the ordinary random crop, as quantiles.
+
+    A crop of area fraction a that keeps the lesion raises its share s to s / a;
+    drawn once per share, with a uniform in crop_scale as random_resized_crop
+    draws it. These are what the size-balanced crop zooms the other classes towards.
+    """
+    after = np.minimum(1.0, np.asarray(shares, dtype=np.float64) /
+                       np.asarray([rng.uniform(*crop_scale) for _ in shares], dtype=np.float64))
+    return tuple(float(q) for q in np.quantile(after, np.linspace(0.0, 1.0, LESION_SHARE_QUANTILES)))
+
+
 @dataclass
 class DermoscopyAugmentation:
     """Augmentations that keep a dermoscopic image plausible.
@@ -175,9 +190,17 @@ class DermoscopyAugmentation:
     skin_recolour: float = 0.0
     # Per label, in place of `vignette` (balanced_vignette_probabilities).
     vignette_by_label: tuple[float, ...] | None = None
+    # Per label, the lesion shares of the frame (quantiles, cropped_lesion_shares) to zoom
+    # that label's images towards, or None for the ordinary random crop.
+    lesion_share_by_label: tuple[tuple[float, ...] | None, ...] | None = None
+    # The size-balanced crop may keep down to this share of the image (a 300 px image's 95 px,
+    # upsampled by a third at 128 px): held at crop_scale's floor (0.25), a small benign lesion
+    # cannot be zoomed far enough to look like a melanoma's size (tests/test_transforms.py).
+    lesion_zoom_min_area: float = 0.1
 
     def __call__(self, image: Image.Image, rng: random.Random, label: int | None = None) -> Image.Image:
-        image = self.random_resized_crop(image, rng)
+        targets = None if self.lesion_share_by_label is None or label is None else self.lesion_share_by_label[label]
+        image = self.size_balanced_crop(image, rng, targets) if targets else self.random_resized_crop(image, rng)
         # Before the vignette, so the skin is measured and moved inside the picture's own field of view.
         if self.skin_recolour > 0 and rng.random() < self.skin_recolour:
             image = recolour_skin(image, random_skin_colour(rng))
@@ -211,6 +234,23 @@ class DermoscopyAugmentation:
         else:
             side = min(width, height)
             box = ((width - side) // 2, (height - side) // 2, (width + side) // 2, (height + side) // 2)
+        return image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, box=box)
+
+    def size_balanced_crop(self, image: Image.Image, rng: random.Random, target_shares) -> Image.Image:
+        """A crop over the lesion that makes it fill a share of the frame drawn from target_shares.
+
+        So that how much of the frame a lesion fills, which follows the
+        dermatoscope's magnification and, in the 10k set, the class, stops being
+        evidence. The crop keeps at least lesion_zoom_min_area of the image; a lesion already at or above its drawn share gets
+        the ordinary crop.
+        """
+        extent = lesion_extent(image)
+        target = target_shares[rng.randrange(len(target_shares))]
+        if extent is None or extent.share <= 0 or target <= extent.share:
+            return self.random_resized_crop(image, rng)
+        area_fraction = min(1.0, max(self.lesion_zoom_min_area, extent.share / target))
+        aspect = math.exp(rng.uniform(math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])))
+        box = crop_around_lesion(image, area_fraction, aspect, rng, extent)
         return image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR, box=box)
 
     def colour_jitter(self, image: Image.Image, rng: random.Random) -> Image.Image:
