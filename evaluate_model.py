@@ -53,7 +53,7 @@ from melanoma_screen.input_check import refusal_report
 from melanoma_screen.model_card import upsert_card_section
 from melanoma_screen.results import load_eval_results
 from melanoma_screen.field_of_view import add_circular_vignette, fill_dark_border, has_dark_corners
-from melanoma_screen.skin import PROBE_TARGETS, recolour_skin
+from melanoma_screen.skin import PROBE_TARGETS, magnify_lesion, recolour_skin
 from melanoma_screen.transforms import AUGMENTATION_DEFAULTS, COLOR_CONSTANCY_NAMES
 
 
@@ -140,6 +140,9 @@ def score_each(model: ScreeningModel, paths, change=None, batch_size: int = 32, 
     return np.asarray(probabilities)
 
 
+# The lesion-size probe shows each lesion this many times larger across (2.25 times the area):
+# about the step from the 10k benign median share of the frame to derm7pt's benign lesions.
+LESION_MAGNIFICATION = 1.5
 VIGNETTE_SEED = 20240901  # each benign image i gets the vignette drawn by random.Random(VIGNETTE_SEED + i)
 
 
@@ -207,6 +210,11 @@ def shortcut_probes(model: ScreeningModel, paths, labels: np.ndarray, clean: np.
             **{name: _before_after(clean[labels == label], recoloured[labels == label], threshold)
                for name, label in (("benign", 0), ("malignant", 1))},
         }
+    magnified = score_each(model, paths, lambda index, image: magnify_lesion(image, LESION_MAGNIFICATION),
+                           batch_size=batch_size, desc="lesion-size probe")
+    lesion_size = {"magnification": LESION_MAGNIFICATION,
+                   **{name: _before_after(clean[labels == label], magnified[labels == label], threshold)
+                      for name, label in (("benign", 0), ("malignant", 1))}}
     return {
         "screening_threshold": threshold,
         "vignette": {**_before_after(clean[benign], vignetted, threshold),
@@ -218,6 +226,8 @@ def shortcut_probes(model: ScreeningModel, paths, labels: np.ndarray, clean: np.
                           "n_still_dark_after_fill": int(sum(still_dark))},
         # The skin around the lesion (melanoma_screen.skin) moved to another colour, the lesion left as it is.
         "skin_colour": skin_colour,
+        # The same picture cropped around the lesion (skin.magnify_lesion): another dermatoscope's magnification.
+        "lesion_size": lesion_size,
         "by_dark_corners": {"with": _subgroup(labels[dark], clean[dark], threshold),
                             "without": _subgroup(labels[~dark], clean[~dark], threshold)},
     }
@@ -324,6 +334,14 @@ def print_shortcut_probes(probes: dict) -> None:
                 print(f"{label:44s} {row['n']:5d} {row['mean_p_malignant_before']:14.3f} {row['mean_p_malignant_after']:6.3f} "
                       f"{row['mean_p_malignant_change']:+7.3f} {row['flagged_before']:15.1%} {row['flagged_after']:6.1%} "
                       f"{row['flagged_change_points']:+7.1f}p")
+    lesion_size = probes.get("lesion_size") or {}
+    for name in ("benign", "malignant"):
+        row = lesion_size.get(name) or {}
+        if row.get("n"):
+            label = f"lesion {lesion_size['magnification']:g}x larger, {name}"
+            print(f"{label:44s} {row['n']:5d} {row['mean_p_malignant_before']:14.3f} {row['mean_p_malignant_after']:6.3f} "
+                  f"{row['mean_p_malignant_change']:+7.3f} {row['flagged_before']:15.1%} {row['flagged_after']:6.1%} "
+                  f"{row['flagged_change_points']:+7.1f}p")
     print(f"\n{'subgroup':22s} {'n':>5s} {'malig':>6s} {'benign':>7s} {'sens@scr':>9s} {'spec@scr':>9s} {'AUC':>6s}")
     for key in ("with", "without"):
         row = probes["by_dark_corners"][key]
@@ -354,6 +372,14 @@ def shortcut_probes_markdown(report: dict) -> str:
                              f"| {row['n']} | {row['mean_p_malignant_before']:.3f} → {row['mean_p_malignant_after']:.3f} "
                              f"({row['mean_p_malignant_change']:+.3f}) | {row['flagged_before']:.1%} → {row['flagged_after']:.1%} "
                              f"({row['flagged_change_points']:+.1f} points) |")
+    lesion_size = probes.get("lesion_size") or {}
+    for name in ("benign", "malignant"):
+        row = lesion_size.get(name) or {}
+        if row.get("n"):
+            lines.append(f"| lesion shown {lesion_size['magnification']:g}× larger (cropped around it), {name} images "
+                         f"| {row['n']} | {row['mean_p_malignant_before']:.3f} → {row['mean_p_malignant_after']:.3f} "
+                         f"({row['mean_p_malignant_change']:+.3f}) | {row['flagged_before']:.1%} → {row['flagged_after']:.1%} "
+                         f"({row['flagged_change_points']:+.1f} points) |")
     lines += ["", "| subgroup | images | malignant / benign | sensitivity @ screening | specificity @ screening | ROC AUC |",
               "|---|---|---|---|---|---|"]
     for key in ("with", "without"):
@@ -362,8 +388,8 @@ def shortcut_probes_markdown(report: dict) -> str:
                      f"| {_rate(row.get('sensitivity_at_screening'))} | {_rate(row.get('specificity_at_screening'))} "
                      f"| {_rate(row.get('roc_auc'))} |")
     return ("\n".join(lines) + f"\n\nA model that reads the lesion, not the dermatoscope's field of view or the skin's "
-            f"colour, barely moves in any probe. The skin probe moves only the skin outside the lesion mask "
-            f"(`melanoma_screen.skin`). Screening threshold {probes['screening_threshold']:.3f}; vignettes seeded per image; measured "
+            f"colour or how much of the frame it fills, barely moves in any probe. The skin probe moves only the skin "
+            f"outside the lesion mask (`melanoma_screen.skin`); the lesion-size probe crops around that mask. Screening threshold {probes['screening_threshold']:.3f}; vignettes seeded per image; measured "
             f"with `{report.get('command', 'evaluate_model.py --robustness')}`.")
 
 
@@ -387,7 +413,8 @@ def recipe(settings: dict | None) -> dict:
         f"mask r={model_args['field_of_view_mask']:g}" if model_args.get("field_of_view_mask") else "–",
         "–" if color_constancy == "none" else COLOR_CONSTANCY_NAMES[color_constancy],
         ", ".join(f"{k} {v:g}" + (" per class" if k == "vignette" and data_args.get("augment_vignette_balanced") else "")
-                  for k, v in changed.items()) or "default",
+                  for k, v in changed.items())
+        + (", lesion size balanced per class" if data_args.get("augment_lesion_size_balanced") else "") or "default",
     )))
 
 
@@ -445,6 +472,10 @@ def describe_run(run_dir: Path) -> dict:
             if probe["benign"].get("n"):
                 row[f"skin probe {SKIN_PROBE_NAMES[direction]}: benign P(mal) / flagged change"] = (
                     probe["benign"]["mean_p_malignant_change"], probe["benign"]["flagged_change_points"] / 100)
+        lesion_size = ((robustness.get("shortcut_probes") or {}).get("lesion_size") or {}).get("benign") or {}
+        if lesion_size.get("n"):
+            row["lesion-size probe (1.5x larger): benign P(mal) / flagged change"] = (
+                lesion_size["mean_p_malignant_change"], lesion_size["flagged_change_points"] / 100)
     return row
 
 

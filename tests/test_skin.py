@@ -163,3 +163,51 @@ def test_skin_colour_probe_in_both_directions(tiny_model_dir):
                           for path, label in zip(paths, labels) if label == (name == "malignant")]
             after = np.mean([p.malignant_probability for p in model.predict_batch(recoloured)])
             assert row["mean_p_malignant_after"] == pytest.approx(after, abs=1e-6)
+
+
+def test_lesion_extent_boxes_the_lesion_mask_at_the_image_size(lesions):
+    for image in lesions:
+        extent = skin.lesion_extent(image)
+        masks = skin.lesion_and_skin_masks(image)
+        assert extent.share == pytest.approx(masks.lesion.mean(), abs=0.01)
+        rows, cols = np.flatnonzero(masks.lesion.any(axis=1)), np.flatnonzero(masks.lesion.any(axis=0))
+        left, top, right, bottom = extent.box
+        assert abs(left - cols[0]) <= 3 and abs(top - rows[0]) <= 3
+        assert abs(right - cols[-1] - 1) <= 3 and abs(bottom - rows[-1] - 1) <= 3
+    assert skin.lesion_extent(Image.new("RGB", (80, 80), (210, 170, 160))) is None  # nothing darker stands out
+    assert skin.lesion_extent(Image.new("RGB", (80, 80), (0, 0, 0))) is None        # nothing but a black field
+
+
+def test_a_crop_around_the_lesion_keeps_all_of_it_when_it_fits(lesions):
+    image = lesions[0]
+    extent = skin.lesion_extent(image)
+    left, top, right, bottom = extent.box
+    rng = random.Random(3)
+    for _ in range(20):
+        x0, y0, x1, y1 = skin.crop_around_lesion(image, 0.5, 1.0, rng, extent)
+        assert 0 <= x0 and 0 <= y0 and x1 <= image.width and y1 <= image.height
+        assert (x1 - x0) * (y1 - y0) == pytest.approx(0.5 * image.width * image.height, rel=0.02)
+        assert x0 <= left and y0 <= top and x1 >= right and y1 >= bottom
+
+
+def test_magnifying_the_lesion_makes_it_fill_more_of_the_frame(lesions):
+    for image in lesions[:4]:
+        before = skin.lesion_extent(image).share
+        magnified = skin.magnify_lesion(image, 1.5)
+        assert magnified.size == image.size
+        assert skin.lesion_extent(magnified).share > 1.5 * before
+
+
+def test_lesion_size_probe_scores_each_class_with_its_lesion_magnified(tiny_model_dir):
+    model = ScreeningModel.load(str(tiny_model_dir))
+    paths = real_images("test", "benign", 2) + real_images("test", "malignant", 2)
+    labels = np.asarray([0, 0, 1, 1])
+    clean = evaluate_model.score(model, paths)
+    probe = evaluate_model.shortcut_probes(model, paths, labels, clean)["lesion_size"]
+    assert probe["magnification"] == evaluate_model.LESION_MAGNIFICATION
+    for name, label in (("benign", 0), ("malignant", 1)):
+        magnified = [skin.magnify_lesion(load_rgb_image(path), evaluate_model.LESION_MAGNIFICATION)
+                     for path, y in zip(paths, labels) if y == label]
+        after = np.mean([p.malignant_probability for p in model.predict_batch(magnified)])
+        assert probe[name]["n"] == 2
+        assert probe[name]["mean_p_malignant_after"] == pytest.approx(after, abs=1e-6)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import ViTConfig
 
 from conftest import real_images
+from melanoma_screen.images import load_rgb_image
 from melanoma_screen.field_of_view import dark_corner_count, has_dark_corners, mask_field_of_view
 from melanoma_screen.transforms import (
     balanced_vignette_probabilities,
@@ -193,3 +194,31 @@ def test_vignette_is_drawn_at_the_rate_of_the_image_label():
     rng = random.Random(0)
     with_label = [has_dark_corners(augment(image, rng, label)) for label in (0, 1) for _ in range(20)]
     assert all(with_label[:20]) and not any(with_label[20:])
+
+
+def test_the_size_balanced_crop_makes_benign_lesions_fill_the_frame_like_melanomas():
+    """On real images: after the ordinary crop a melanoma fills more of the frame than a benign lesion; the
+    size-balanced crop brings the benign lesions' share up to theirs, so size stops separating the classes."""
+    from melanoma_screen.skin import lesion_extent
+    from melanoma_screen.transforms import cropped_lesion_shares
+
+    benign = [load_rgb_image(path) for path in real_images("test", "benign", 4)]
+    malignant = [load_rgb_image(path) for path in real_images("test", "malignant", 4)]
+    rng = random.Random(0)
+    targets = cropped_lesion_shares([lesion_extent(image).share for image in malignant], (0.25, 1.0), rng)
+    assert len(targets) == 101 and list(targets) == sorted(targets)
+    augment = DermoscopyAugmentation(image_size=128, crop_scale=(0.25, 1.0), lesion_share_by_label=(targets, None))
+
+    def median_share(images, crop):
+        shares = [getattr(lesion_extent(crop(image)), "share", 0.0) for image in images for _ in range(8)]
+        return float(np.median(shares))
+
+    ordinary_benign = median_share(benign, lambda image: augment.random_resized_crop(image, rng))
+    ordinary_malignant = median_share(malignant, lambda image: augment.random_resized_crop(image, rng))
+    balanced_benign = median_share(benign, lambda image: augment.size_balanced_crop(image, rng, targets))
+    assert ordinary_benign < ordinary_malignant
+    assert balanced_benign > ordinary_benign
+    assert abs(balanced_benign - ordinary_malignant) < ordinary_malignant - ordinary_benign
+    # The label picks the crop: a malignant image (None) gets the ordinary one.
+    out = augment(benign[0], random.Random(1), 1)
+    assert out.size == (128, 128)
