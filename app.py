@@ -110,11 +110,13 @@ def no_model_reason(source: str, error: Exception) -> str:
 def load_model(source: str) -> tuple[ScreeningModel | None, str | None]:
     """(model, None), or (None, a one-line reason) when the model cannot be loaded."""
     try:
-        return ScreeningModel.load(source, num_threads=ANALYSIS_THREADS, **FAST), None
+        model = ScreeningModel.load(source, num_threads=ANALYSIS_THREADS, **FAST)
     except Exception as error:  # missing folder, offline Hub id, broken files: the app still starts
         reason = no_model_reason(source, error)
         logger.warning("No model loaded (%s). Train one with: %s", reason, TRAIN_COMMAND)
         return None, reason
+    model.warm_up()  # the heat-map's PyTorch model, while the first pictures are scored without it
+    return model, None
 
 
 def no_model_message(reason: str | None, lang: str = "en", markup: bool = True) -> str:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
-from transformers.utils import logging as transformers_logging
 
 from melanoma_screen.images import ImageLoadError, decode_batches
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError, ScreeningModel, default_model_source
@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         print("No files found in " + ", ".join(args.inputs) + ".", file=sys.stderr)
         return 2
     source = args.model or default_model_source()
-    transformers_logging.disable_progress_bar()  # one progress bar on screen: ours
+    # One progress bar on screen, ours: also when transformers is loaded (not on the fast path with a stored graph).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         model = ScreeningModel.load(source, num_threads=args.threads, engine=args.engine, precision=args.precision)
     except ModelLoadError as error:

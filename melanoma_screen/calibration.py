@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 RISK_LEVELS = ("low", "moderate", "high")
 
@@ -26,7 +25,7 @@ MAX_TEMPERATURE = 20.0
 
 
 def _logits_array(logits) -> np.ndarray:
-    if isinstance(logits, torch.Tensor):
+    if hasattr(logits, "detach"):  # a torch tensor; torch itself is imported only where it is needed
         logits = logits.detach().cpu().numpy()
     array = np.asarray(logits, dtype=np.float64)
     if array.ndim != 2 or array.shape[1] < 2:
@@ -52,6 +51,8 @@ def fit_temperature(logits, labels, max_iter: int = 200) -> float:
     sharpens; argmax, and so accuracy and ROC AUC, do not change.
     Returns a float clipped to [0.05, 20].
     """
+    import torch
+
     z = torch.as_tensor(_logits_array(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels).astype(np.int64).ravel())
     if z.shape[0] == 0:
@@ -203,6 +204,8 @@ def fold_temperature_into_classifier(model, temperature: float) -> None:
     """
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive finite number, got {temperature}.")
+    import torch
+
     classifier = model.classifier
     if not isinstance(classifier, torch.nn.Linear):
         raise TypeError(f"model.classifier must be a torch.nn.Linear, got {type(classifier).__name__}.")

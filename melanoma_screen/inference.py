@@ -12,6 +12,10 @@ The app and predict.py load the fast CPU path instead, FAST = ONNX Runtime with
 int8 encoder weights: 2.5x faster for one image on one core, scores within a
 few thousandths of pipeline's, the same test ROC AUC (benchmarks/README.md has
 the measurements).
+With FAST and a stored ONNX graph that holds the folder's weights, loading and
+scoring import neither PyTorch nor transformers (several seconds of a cold
+start): config.json and preprocessor_config.json are read as JSON, and the
+PyTorch model, which the heat-map needs, is loaded on first use.
 Every image goes through `load_rgb_image`, so a bad upload fails with a
 message for people. Every decoded picture then goes through the model folder's
 input check (melanoma_screen.input_check): a picture the model cannot judge
@@ -31,20 +35,18 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import huggingface_hub
-import numpy as np
-import torch
-from PIL import Image
-from transformers import AutoImageProcessor, ViTForImageClassification
+import json
+import sys
+from types import SimpleNamespace
 
-from . import hub
+import numpy as np
+from PIL import Image
+
 from .calibration import risk_level, softmax_probs
-from .explain import attention_rollout, upsample_heatmap
 from .images import decode_batches, load_rgb_image
 from .input_check import STATS_FILE, InputCheck, Verdict, batch_features
 from .weights import ModelLoadError, weights_version  # noqa: F401  (re-exported: app.py, predict.py, calibrate_site.py)
 from .labels import malignant_index
-from .onnx_engine import logits_and_patch_tokens
 from .results import EvalResultsError, load_eval_results
 from .transforms import (apply_color_constancy, apply_field_of_view_mask, color_constancy_of, field_of_view_mask_of,
                          model_input, skin_reference_of)
@@ -142,6 +144,10 @@ def default_model_source() -> str:
 
 
 def _hub_failure_reason(error: Exception) -> str:
+    import huggingface_hub
+
+    from . import hub
+
     if hub.hub_offline():
         return "offline"
     if isinstance(error, huggingface_hub.errors.RepositoryNotFoundError):
@@ -160,6 +166,10 @@ def _download(source: str) -> Path:
 
     if not _HUB_ID.match(source):
         raise ModelLoadError(f"Could not load model '{source}': there is no such folder.")
+    import huggingface_hub
+
+    from . import hub
+
     try:
         # local_files_only: offline, a model already in the cache still loads.
         folder = huggingface_hub.snapshot_download(
@@ -176,22 +186,83 @@ def quantize_encoder(model):
     The linear layers hold nearly all of a ViT's arithmetic. The classifier stays
     float: it is tiny, and it carries the folded calibration temperature.
     """
+    import torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         torch.ao.quantization.quantize_dynamic(model.vit, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     return model
 
 
+# What the fast path reads from preprocessor_config.json itself; a file that leaves any of
+# them to transformers' defaults, or names another processor, is loaded by transformers.
+_PROCESSOR_FIELDS = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+                     "image_std")
+_VIT_PROCESSORS = ("ViTImageProcessor", "ViTImageProcessorFast", "ViTImageProcessorPil")
+
+
+def read_model_json(folder: Path):
+    """config.json and preprocessor_config.json as plain objects, when transformers is not needed to read them.
+
+    None when the model is not a ViT classifier with an explicit ViT image
+    processor (then transformers loads both, as pipeline would).
+    """
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        processor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # transformers reports what is wrong with the file
+    if not (isinstance(config, dict) and isinstance(processor, dict) and config.get("model_type") == "vit"
+            and processor.get("image_processor_type") in _VIT_PROCESSORS
+            and all(name in processor for name in _PROCESSOR_FIELDS) and isinstance(config.get("id2label"), dict)):
+        return None
+    try:
+        config["id2label"] = {int(index): name for index, name in config["id2label"].items()}
+    except (TypeError, ValueError):
+        return None
+    return SimpleNamespace(**config), SimpleNamespace(**processor)
+
+
+def _default_threads() -> int:
+    """PyTorch's own default when it is loaded already, else the cores this process may use."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _import_torch():
+    import torch
+
+    return torch
+
+
 class ScreeningModel:
     def __init__(self, model, image_processor, model_id: str, version: str, eval_results: dict | None = None,
                  engine: str = "torch", precision: str = "fp32", input_check: InputCheck | None = None,
-                 folder=None):
+                 folder=None, config=None, onnx=None, num_threads: int | None = None):
+        """model and image_processor: the transformers objects, or zero-argument callables that load them
+        (then config, read from config.json, and onnx, a stored OnnxClassifier, are given)."""
         if engine not in ENGINES or precision not in PRECISIONS:
             raise ValueError(f"engine must be one of {ENGINES} and precision one of {PRECISIONS}, "
                              f"got {engine!r} and {precision!r}.")
-        self.model = model.eval()
-        self.config = model.config
-        self.image_processor = image_processor
+        self._loaders = {}
+        self._lock = threading.Lock()
+        self._model = self._image_processor = None
+        if callable(model) and not hasattr(model, "config"):
+            self._loaders["model"] = model
+        else:
+            self._model = model.eval()
+        if isinstance(image_processor, SimpleNamespace) or (callable(image_processor) and not hasattr(image_processor, "size")):
+            self._loaders["image_processor"] = image_processor if callable(image_processor) else None
+            self._processor_settings = image_processor if isinstance(image_processor, SimpleNamespace) else None
+        else:
+            self._image_processor = self._processor_settings = image_processor
+        if self._processor_settings is None:
+            self._processor_settings = self.image_processor
+        self.config = config if config is not None else self.model.config
         self.model_id = model_id
         self.version = version
         self.eval_results = eval_results
@@ -231,6 +302,7 @@ class ScreeningModel:
         except ValueError as error:
             raise ModelLoadError(f"Could not load model '{model_id}': {error}.") from error
 
+        image_processor = self._processor_settings
         size = image_processor.size
         # The fast path covers what train_vit.py saves: a fixed height x width resize, no crop.
         self._fast = bool(image_processor.do_resize and size.get("height") and size.get("width")
@@ -245,17 +317,55 @@ class ScreeningModel:
             # Shaped (3, 1, 1) to broadcast over channel-first pixels.
             self._multiply = np.broadcast_to(scale / std, (3,)).astype(np.float32).reshape(3, 1, 1)
             self._add = np.broadcast_to(-mean / std, (3,)).astype(np.float32).reshape(3, 1, 1)
+            self._resample = Image.Resampling(int(image_processor.resample))
         side = DRAFT_MARGIN * max(self._resize_to) if self._fast else None
         self._draft_size = (side, side) if side else None
-        self._start_engine(engine, precision)
+        self._num_threads = num_threads
+        self._start_engine(engine, precision, onnx)
 
-    def _start_engine(self, engine: str, precision: str) -> None:
-        self._onnx = self._pool = None
-        if engine == "onnxruntime":
+    @property
+    def model(self):
+        """The PyTorch ViTForImageClassification (loaded on first use when the ONNX graph was stored)."""
+        return self._model if self._model is not None else self._load("model")
+
+    @property
+    def image_processor(self):
+        """The transformers image processor (loaded on first use when preprocessor_config.json was read as JSON)."""
+        return self._image_processor if self._image_processor is not None else self._load("image_processor")
+
+    def _load(self, name: str):
+        with self._lock:  # one load, however many threads ask at once
+            if getattr(self, f"_{name}") is None:
+                loader = self._loaders.get(name)
+                if loader is not None:
+                    loaded = loader()
+                else:
+                    from transformers import AutoImageProcessor
+
+                    loaded = AutoImageProcessor.from_pretrained(self.folder)
+                setattr(self, f"_{name}", loaded.eval() if name == "model" else loaded)
+            return getattr(self, f"_{name}")
+
+    def warm_up(self) -> threading.Thread:
+        """Loads the PyTorch model the heat-map needs in a background thread, so the first heat-map does not wait."""
+        def load():
+            try:
+                self.model
+            except Exception as error:  # reported again, as a sentence, when a heat-map asks for it
+                logger.warning("the heat-map's PyTorch model could not be loaded: %s", error)
+
+        thread = threading.Thread(target=load, name="load-pytorch-model", daemon=True)
+        thread.start()
+        return thread
+
+    def _start_engine(self, engine: str, precision: str, onnx=None) -> None:
+        self._onnx, self._pool = onnx, None
+        if engine == "onnxruntime" and onnx is None:
             try:
                 from .onnx_engine import OnnxClassifier
 
-                self._onnx = OnnxClassifier(self.model, precision, folder=self.folder, weights_version=self.version)
+                self._onnx = OnnxClassifier(lambda: self.model, precision, folder=self.folder,
+                                            weights_version=self.version)
             except Exception as error:  # no onnxruntime, or an exporter that changed: slower, still right
                 logger.warning("ONNX Runtime unavailable (%s: %s); predicting with PyTorch.", type(error).__name__, error)
                 engine = "torch"
@@ -263,7 +373,7 @@ class ScreeningModel:
             quantize_encoder(self.model)
         # With ONNX Runtime the PyTorch model stays float: the heat-maps come from it.
         self.engine, self.precision = engine, precision
-        self._workers = torch.get_num_threads() if self._onnx is not None else 1
+        self._workers = (self._num_threads or _default_threads()) if self._onnx is not None else 1
         if self._workers > 1:
             # ONNX Runtime runs each image on one core (a second core does not make one image
             # of this small model faster); a batch is spread over the cores instead.
@@ -283,8 +393,6 @@ class ScreeningModel:
         if engine not in ENGINES or precision not in PRECISIONS:
             raise ValueError(f"engine must be one of {ENGINES} and precision one of {PRECISIONS}, "
                              f"got {engine!r} and {precision!r}.")
-        if num_threads:
-            torch.set_num_threads(num_threads)
         source = str(source)
         local = Path(source).expanduser()
         folder = local if local.is_dir() else _download(source)
@@ -293,21 +401,53 @@ class ScreeningModel:
             if not (folder / name).is_file():
                 raise ModelLoadError(f"Could not load model '{source}': {name} is missing.")
         version = weights_version(folder)
-        try:
-            # safetensors only: no pickle is ever unpickled, no remote code runs.
-            model = ViTForImageClassification.from_pretrained(folder, use_safetensors=True)
-            image_processor = AutoImageProcessor.from_pretrained(folder)
-        except Exception as error:
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise ModelLoadError(f"Could not load model '{source}' ({type(error).__name__}: {detail}).") from error
+
+        def load_model():
+            torch = _import_torch()
+            if num_threads:
+                torch.set_num_threads(num_threads)
+            try:
+                from transformers import ViTForImageClassification
+                from transformers.utils import logging as transformers_logging
+
+                if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
+                    transformers_logging.disable_progress_bar()
+                # safetensors only: no pickle is ever unpickled, no remote code runs.
+                return ViTForImageClassification.from_pretrained(folder, use_safetensors=True)
+            except Exception as error:
+                detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise ModelLoadError(f"Could not load model '{source}' ({type(error).__name__}: {detail}).") from error
+
+        # FAST with a graph stored for exactly these weights: no PyTorch, no transformers until a heat-map.
+        light = read_model_json(folder) if engine == "onnxruntime" else None
+        onnx = None
+        if light is not None:
+            try:
+                from .onnx_engine import OnnxClassifier
+
+                onnx = OnnxClassifier.stored(folder, version, precision)
+            except ImportError:
+                onnx = None
+        if onnx is not None:
+            model, (config, image_processor) = load_model, light
+        else:
+            model = load_model()
+            config = model.config
+            try:
+                from transformers import AutoImageProcessor
+
+                image_processor = AutoImageProcessor.from_pretrained(folder)
+            except Exception as error:
+                detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise ModelLoadError(f"Could not load model '{source}' ({type(error).__name__}: {detail}).") from error
         eval_path = folder / "eval_results.json"
         try:
             eval_results = load_eval_results(eval_path) if eval_path.is_file() else None
         except EvalResultsError as error:
             raise ModelLoadError(f"Could not load model '{source}': {error}") from error
         # The name it is published under, when the folder was stamped with one (melanoma_screen.identity).
-        model_id = getattr(model.config, "model_name", None) or model_id
-        stamped = getattr(model.config, "model_version", None)
+        model_id = getattr(config, "model_name", None) or model_id
+        stamped = getattr(config, "model_version", None)
         if stamped and stamped != version:
             logger.warning("config.json of %s names weights %s, but model.safetensors is %s; the weights' hash is "
                            "reported. Stamp it again: python -m melanoma_screen.identity --model %s",
@@ -318,7 +458,7 @@ class ScreeningModel:
                            "`python fit_input_check.py fit --model FOLDER --data-dir DATA`.",
                            source, STATS_FILE)
         return cls(model, image_processor, model_id, version, eval_results, engine=engine, precision=precision,
-                   input_check=input_check, folder=folder)
+                   input_check=input_check, folder=folder, config=config, onnx=onnx, num_threads=num_threads)
 
     def close(self) -> None:
         """Stops the batch threads; the model cannot score afterwards."""
@@ -358,16 +498,16 @@ class ScreeningModel:
         return model_input(load_rgb_image(source), self.image_processor, self.color_constancy, self.field_of_view_mask,
                            self.skin_reference)
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """(N, 3, H, W) float32, equal to image_processor(images)["pixel_values"] after the model's colour constancy."""
-        return self._model_inputs(images)[0]
+    def preprocess(self, images: list[Image.Image]):
+        """(N, 3, H, W) float32 torch tensor, equal to image_processor(images)["pixel_values"] after the model's colour constancy."""
+        return _import_torch().from_numpy(self._model_inputs(images)[0])
 
-    def _model_inputs(self, images: list[Image.Image]) -> tuple[torch.Tensor, np.ndarray]:
+    def _model_inputs(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """The pixel values, and the (N, H, W, 3) uint8 pictures they were made from: what the input check measures."""
         if not self._fast:
             images = [model_input(image, self.image_processor, self.color_constancy, self.field_of_view_mask,
                                   self.skin_reference) for image in images]
-            pixel_values = self.image_processor(images, return_tensors="pt")["pixel_values"]
+            pixel_values = self.image_processor(images, return_tensors="np")["pixel_values"].astype(np.float32)
             size = (int(pixel_values.shape[3]), int(pixel_values.shape[2]))
             pictures = np.stack([np.asarray((image if image.mode == "RGB" else image.convert("RGB")).resize(
                 size, Image.Resampling.BILINEAR)) for image in images])
@@ -377,7 +517,7 @@ class ScreeningModel:
         with self.clock.stage("resize"):
             for i, image in enumerate(images):
                 rgb = image if image.mode == "RGB" else image.convert("RGB")
-                resized = apply_field_of_view_mask(apply_color_constancy(rgb.resize(self._resize_to, self.image_processor.resample),
+                resized = apply_field_of_view_mask(apply_color_constancy(rgb.resize(self._resize_to, self._resample),
                                                                          self.color_constancy, self.skin_reference),
                                                    self.field_of_view_mask)
                 pictures[i] = np.asarray(resized)
@@ -385,13 +525,17 @@ class ScreeningModel:
             # one pass, no intermediate float image, no torch permute copy.
             batch = np.multiply(pictures.transpose(0, 3, 1, 2), self._multiply[None], dtype=np.float32)
             batch += self._add[None]
-        return torch.from_numpy(batch), pictures
+        return batch, pictures
 
-    def _torch_forward(self, pixel_values: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        logits, tokens = logits_and_patch_tokens(self.model, pixel_values)
+    def _torch_forward(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from .onnx_engine import logits_and_patch_tokens
+
+        torch = _import_torch()
+        with torch.inference_mode():
+            logits, tokens = logits_and_patch_tokens(self.model, torch.from_numpy(np.ascontiguousarray(pixel_values)))
         return logits.float().numpy(), tokens.float().numpy()
 
-    def logits_and_patch_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    def logits_and_patch_tokens(self, pixel_values) -> tuple[np.ndarray, np.ndarray]:
         """(N, 2) logits and the (N, P, D) patch tokens the input check measures, from one forward pass."""
         run = self._onnx.with_patch_tokens if self._onnx is not None else self._torch_forward
 
@@ -399,7 +543,7 @@ class ScreeningModel:
             with self.clock.stage("model"):
                 return run(part)
 
-        pixels = pixel_values.numpy() if self._onnx is not None else pixel_values
+        pixels = pixel_values.numpy() if hasattr(pixel_values, "numpy") else np.asarray(pixel_values, dtype=np.float32)
         if self.precision == "int8":
             # Dynamic quantisation picks one activation scale per input tensor: one image
             # at a time, a score never depends on the other images in its batch.
@@ -407,13 +551,12 @@ class ScreeningModel:
         else:
             parts = [part for part in np.array_split(np.arange(len(pixels)), self._workers) if len(part)]
             parts = [pixels[part[0]:part[-1] + 1] for part in parts]
-        with torch.inference_mode():
-            if self._pool is not None and len(parts) > 1:
-                outputs = list(self._pool.map(forward, parts))
-            else:
-                outputs = [forward(part) for part in parts]
-        logits = np.concatenate([logits for logits, _ in outputs])
-        return torch.from_numpy(logits), np.concatenate([tokens for _, tokens in outputs])
+        if self._pool is not None and len(parts) > 1:
+            outputs = list(self._pool.map(forward, parts))
+        else:
+            outputs = [forward(part) for part in parts]
+        return (np.concatenate([logits for logits, _ in outputs]),
+                np.concatenate([tokens for _, tokens in outputs]))
 
     def measure_decoded(self, images: list[Image.Image]) -> dict:
         """What the input check looks at, with P(malignant): {"features", "embeddings", "probabilities"} arrays.
@@ -425,13 +568,13 @@ class ScreeningModel:
         return {
             "features": batch_features(pictures),
             "embeddings": tokens.astype(np.float16),
-            "probabilities": softmax_probs(logits.float(), self.temperature)[:, self.malignant_index],
+            "probabilities": softmax_probs(logits, self.temperature)[:, self.malignant_index],
         }
 
     def _predictions(self, images: list[Image.Image]) -> list[Prediction]:
         pixel_values, pictures = self._model_inputs(images)
         logits, tokens = self.logits_and_patch_tokens(pixel_values)
-        probs = softmax_probs(logits.float(), self.temperature)
+        probs = softmax_probs(logits, self.temperature)
         self.clock.count(len(images))
         if self.input_check is not None:
             with self.clock.stage("statistics"):
@@ -475,5 +618,7 @@ class ScreeningModel:
     def explain(self, image) -> np.ndarray:
         """Attention-rollout heat-map, (H, W) float32 in [0, 1] at the decoded image's size."""
         decoded = load_rgb_image(image)
+        from .explain import attention_rollout, upsample_heatmap
+
         grid = attention_rollout(self.model, self.preprocess([decoded]))
         return upsample_heatmap(grid, (decoded.height, decoded.width))

@@ -183,17 +183,26 @@ class Verdict:
         return None if self.ok else render(self.reason, lang=lang)
 
 
+_BLAS_LIMITED = False
+
+
 def _matmul(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """left @ right through PyTorch, on the threads the caller gave it (one per analysis in the app).
+    """left @ right on the calling thread alone (one per analysis in the app).
 
     numpy's BLAS starts its own thread per core for each product: beside the app's
     concurrent analyses, or another job, they wait on each other (the same trap as
     PyTorch's threads in benchmarks/README.md), and the batch's spread cost more
-    than its forward pass.
+    than its forward pass. So the first product limits BLAS to one thread for the
+    process (threadpoolctl), which is what the callers of the check want anyway;
+    PyTorch did this before, at the price of importing it (seconds of every cold start).
     """
-    import torch
+    global _BLAS_LIMITED
+    if not _BLAS_LIMITED:
+        from threadpoolctl import threadpool_limits
 
-    return (torch.from_numpy(np.ascontiguousarray(left)) @ torch.from_numpy(np.ascontiguousarray(right))).numpy()
+        threadpool_limits(limits=1, user_api="blas")
+        _BLAS_LIMITED = True
+    return np.ascontiguousarray(left) @ np.ascontiguousarray(right)
 
 
 def _whitening(check, name: str) -> np.ndarray:

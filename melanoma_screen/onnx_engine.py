@@ -146,6 +146,34 @@ def _matches(session, weights_version: str, precision: str) -> bool:
             and stamp.get("graph_format") == GRAPH_FORMAT)
 
 
+def _options():
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    # One thread: run() works on the calling thread. A second thread does not make
+    # one image of this small model faster (benchmarks/README.md); the callers use
+    # the cores by running several images at once (ScreeningModel's pool, the
+    # app's concurrent requests). run() is thread-safe.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return options
+
+
+def _find_stored(candidates, weights_version: str, precision: str, options):
+    """(session, path) of the first stored graph that holds these weights, else None."""
+    for path in candidates:
+        if path.is_file():
+            try:
+                session = _session(str(path), options)
+            except Exception as error:  # a truncated or foreign file: rebuilt by the caller
+                logger.warning("%s cannot be read (%s); rebuilding it.", path, error)
+                continue
+            if _matches(session, weights_version, precision):
+                return session, path
+            logger.info("%s was built for other weights or by another version; rebuilding it.", path)
+    return None
+
+
 class OnnxClassifier:
     """Callable like the PyTorch model's forward: (N, 3, H, W) float32 tensor -> (N, 2) logits.
 
@@ -154,30 +182,19 @@ class OnnxClassifier:
     folder and weights_version: where a stored graph is looked for, and the weights it must hold.
     """
 
-    def __init__(self, model, precision: str = "fp32", folder=None, weights_version: str | None = None):
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        # One thread: run() works on the calling thread. A second thread does not make
-        # one image of this small model faster (benchmarks/README.md); the callers use
-        # the cores by running several images at once (ScreeningModel's pool, the
-        # app's concurrent requests). run() is thread-safe.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
+    def __init__(self, model, precision: str = "fp32", folder=None, weights_version: str | None = None,
+                 _stored=None):
         self.precision = precision
         self.session = self.source = None
+        if _stored is not None:
+            self.session, self.source = _stored
+            return
+        options = _options()
         candidates = graph_paths(folder, weights_version, precision) if folder is not None and weights_version else []
-        for path in candidates:
-            if path.is_file():
-                try:
-                    session = _session(str(path), options)
-                except Exception as error:  # a truncated or foreign file: rebuilt below
-                    logger.warning("%s cannot be read (%s); rebuilding it.", path, error)
-                    continue
-                if _matches(session, weights_version, precision):
-                    self.session, self.source = session, path
-                    return
-                logger.info("%s was built for other weights or by another version; rebuilding it.", path)
+        stored = _find_stored(candidates, weights_version, precision, options)
+        if stored is not None:
+            self.session, self.source = stored
+            return
         graph = build_graph(model() if callable(model) and not hasattr(model, "config") else model, precision,
                             weights_version or "")
         self.session = _session(graph, options)
@@ -191,6 +208,12 @@ class OnnxClassifier:
                 break
             except OSError:
                 continue
+
+    @classmethod
+    def stored(cls, folder, weights_version: str, precision: str) -> "OnnxClassifier | None":
+        """The classifier from a graph stored for exactly these weights, or None: no PyTorch needed."""
+        found = _find_stored(graph_paths(folder, weights_version, precision), weights_version, precision, _options())
+        return None if found is None else cls(None, precision, _stored=found)
 
     def __call__(self, pixel_values):
         return self.with_patch_tokens(pixel_values)[0]

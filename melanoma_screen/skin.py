@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFilter
-from scipy import ndimage
 
 from .field_of_view import DARK_LUMINANCE
 from .images import luminance
@@ -119,6 +118,8 @@ def _working_copy(image: Image.Image) -> Image.Image:
 
 
 def _masks_at_working_size(small: Image.Image) -> tuple[np.ndarray, np.ndarray, str]:
+    from scipy import ndimage  # here: scoring a model without skin colour constancy never needs scipy
+
     side = min(small.size)
     in_view = luminance(small) >= DARK_LUMINANCE
     if in_view.sum() < MIN_SKIN_FRACTION * in_view.size:

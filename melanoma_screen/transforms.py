@@ -13,9 +13,7 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageEnhance
-from transformers import ViTImageProcessorPil
 
 from .field_of_view import add_circular_vignette, mask_field_of_view
 from .skin import crop_around_lesion, lesion_extent, normalise_skin_colour, random_skin_colour, recolour_skin
@@ -26,7 +24,10 @@ DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
 
 
-def build_image_processor(image_size: int, image_mean=DEFAULT_MEAN, image_std=DEFAULT_STD) -> ViTImageProcessorPil:
+def build_image_processor(image_size: int, image_mean=DEFAULT_MEAN, image_std=DEFAULT_STD):
+    """A ViTImageProcessorPil (transformers is imported here: inference's fast path does without it)."""
+    from transformers import ViTImageProcessorPil
+
     return ViTImageProcessorPil(
         do_resize=True,
         size={"height": image_size, "width": image_size},
@@ -299,6 +300,8 @@ def augmentation_rng() -> random.Random:
     the same crops and flips. torch gives each worker a fresh seed per epoch
     (and the main process the one from set_seed), so key the generator on it.
     """
+    import torch
+
     seed = torch.initial_seed()
     if seed not in _rng_cache:
         _rng_cache.clear()

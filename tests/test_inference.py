@@ -1,4 +1,6 @@
 import io
+import os
+import subprocess
 import json
 import math
 import shutil
@@ -11,12 +13,13 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
+from melanoma_screen import inference
 from melanoma_screen.calibration import softmax_probs
 from melanoma_screen.images import ImageLoadError, load_rgb_image
 from melanoma_screen.inference import FAST, ModelLoadError, Prediction, ScreeningModel
 from melanoma_screen.transforms import shades_of_gray
 
-from conftest import real_images
+from conftest import REPO_ROOT, real_images
 
 
 @pytest.fixture(scope="module")
@@ -387,3 +390,41 @@ def test_unknown_color_constancy_is_a_clear_load_error(tiny_model_dir, tmp_path)
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="color_constancy"):
         ScreeningModel.load(str(copy))
+
+
+def test_the_fast_path_with_a_stored_graph_imports_neither_torch_nor_transformers(tiny_model_dir, tmp_path, images):
+    """A cold start of predict.py pays for PyTorch and transformers only when it needs them (a heat-map, a rebuild)."""
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    reference = ScreeningModel.load(str(folder), **FAST)  # builds and stores model.int8.onnx
+    expected = [p.malignant_probability for p in reference.predict_batch(images[:3])]
+    script = (
+        "import json, sys\n"
+        "from melanoma_screen.inference import FAST, ScreeningModel\n"
+        f"model = ScreeningModel.load({str(folder)!r}, **FAST)\n"
+        f"scores = [p.malignant_probability for p in model.predict_batch({[str(i) for i in images[:3]]!r})]\n"
+        "loaded = [name for name in ('torch', 'transformers', 'sklearn') if name in sys.modules]\n"
+        "model.explain(" + repr(str(images[0])) + ")\n"
+        "print(json.dumps({'scores': scores, 'loaded': loaded, 'after_heatmap': 'torch' in sys.modules}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == []
+    assert report["after_heatmap"]  # the heat-map loaded the PyTorch model on demand
+    assert report["scores"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_processor_config_left_to_transformers_defaults_is_read_by_transformers(tiny_model_dir, tmp_path, images):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder)
+    ScreeningModel.load(str(folder), **FAST)
+    processor = json.loads((folder / "preprocessor_config.json").read_text())
+    assert inference.read_model_json(folder) is not None
+    del processor["image_mean"], processor["image_std"]  # ViT's defaults are 0.5, as ours
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    assert inference.read_model_json(folder) is None
+    model = ScreeningModel.load(str(folder), **FAST)
+    assert model._image_processor is not None  # loaded eagerly, by transformers
+    assert model.predict(images[0]).label in ("benign", "malignant")
