@@ -212,7 +212,7 @@ def multi_source_run(tiny_image_folder, tmp_path_factory):
         "--data-dir", str(tiny_image_folder), "--extra-train-dir", str(extra), "--external-dir", str(external),
         "--scratch-config", "tiny", "--image-size", "64", "--num_train_epochs", "3", "--per_device_train_batch_size", "32",
         "--max-train-minutes", "0.00001", "--augment-vignette", "1.0", "--augment-vignette-balanced", "--crop-scale-min", "0.3",
-        "--field-of-view-mask", str(FIELD_OF_VIEW), "--output-dir", str(output_dir),
+        "--augment-lesion-size-balanced", "--field-of-view-mask", str(FIELD_OF_VIEW), "--output-dir", str(output_dir),
     ])
     return {"dir": output_dir, "main": tiny_image_folder, "extra": extra, "external": external, "copies": copies,
             "report": json.loads((output_dir / "eval_results.json").read_text())}
@@ -242,6 +242,13 @@ def test_settings_config_and_time_limit_are_recorded(multi_source_run):
     dark_corners = report["shortcut_audit"]["features"]["dark_corners"]["per_split"]["train"]
     assert report["vignette_balance"]["natural_rates"] == {label: dark_corners[label]["mean"] for label in ("benign", "malignant")}
     assert report["vignette_balance"]["vignette_probabilities"] == {"benign": 1.0, "malignant": 1.0}
+    # The size-balanced crop measured both classes' lesions and zooms the other class towards the larger one's.
+    balance = report["lesion_size_balance"]
+    assert settings["data"]["augment_lesion_size_balanced"] is True
+    assert set(balance["median_lesion_share"]) == {"benign", "malignant"} and all(balance["images_measured"].values())
+    larger = max(balance["median_lesion_share"], key=balance["median_lesion_share"].get)
+    assert balance["zoomed_towards"] == larger
+    assert len(balance["target_share_deciles"]) == 11 and balance["target_share_deciles"] == sorted(balance["target_share_deciles"])
     assert settings["screening"]["max_train_minutes"] == 0.00001 and settings["training"]["num_train_epochs"] == 3
     assert settings["training"]["per_device_train_batch_size"] == 32 and settings["training"]["seed"] == 42
     assert json.loads((output_dir / "config.json").read_text())["field_of_view_mask"] == FIELD_OF_VIEW
