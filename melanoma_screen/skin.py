@@ -252,11 +252,11 @@ class LesionExtent:
 def lesion_extent(image: Image.Image) -> LesionExtent | None:
     """How much of the frame the lesion fills, and where; None when no darker lesion stands out.
 
-    In the 10k set a melanoma fills a median 28% of the frame and a benign
-    lesion 6% (the skin-colour issue's audit), and derm7pt's benign lesions 34%:
-    the lesion's size in the frame, which depends on the dermatoscope's
-    magnification as much as on the lesion, separates the 10k classes with ROC
-    AUC 0.80. The size-balanced crop (transforms.DermoscopyAugmentation) and
+    In the 10k training split a melanoma fills a median 26% of the frame and a
+    benign lesion 6%, and derm7pt's benign lesions 34% (`python
+    experiments/lesion_size.py`): the lesion's size in the frame, which depends
+    on the dermatoscope's magnification as much as on the lesion, separates the
+    10k classes with ROC AUC 0.80 (derm7pt's: 0.68). The size-balanced crop (transforms.DermoscopyAugmentation) and
     the lesion-size probe use this measure.
     """
     small = _working_copy(image)
