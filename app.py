@@ -265,8 +265,10 @@ class Screener:
         """GET /healthz, for a container's HEALTHCHECK: (JSON, 200) once the model is loaded, else 503."""
         if self.model is None:
             return {"status": "no_model", "reason": self.load_error}, 503
+        # heatmap_ready: the PyTorch model behind the heat-map has been loaded (ScreeningModel.warm_up);
+        # until then pictures are scored and a heat-map request waits for it.
         return {"status": "ok", "model_id": self.model_source or self.model.model_id,
-                "model_version": self.model.version}, 200
+                "model_version": self.model.version, "heatmap_ready": self.model.heatmap_ready}, 200
 
     def about(self, lang) -> str:
         return about_markdown(self.model, _lang(lang))

@@ -222,6 +222,25 @@ def first_answer_s(url: str, path: Path, started: float) -> float | None:
         return None
 
 
+def heatmap_ready_s(url: str, started: float, timeout: float = 180.0) -> float | None:
+    """Seconds from the app's start until /healthz says the heat-map's PyTorch model is loaded.
+
+    The app scores pictures before that (ScreeningModel.warm_up loads it in the
+    background); the load is measured after it, so that the figures are the
+    steady state and not the warm-up's CPU.
+    """
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}healthz", timeout=10) as response:
+                if json.loads(response.read()).get("heatmap_ready", True):
+                    return time.perf_counter() - started
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    return None
+
+
 def measure_route(url: str, process, paths, args, route: str) -> dict:
     before_timings, server_cpu, clients_cpu = app_timings(url), cpu_seconds(process.pid), own_cpu_seconds()
     outcome = run_clients(url, paths, args.clients, args.requests, args.deadline, route)
@@ -261,6 +280,7 @@ def main(argv=None) -> int:
             wait_until_up(url, process, args.startup_timeout)
             startup_s = time.perf_counter() - started
             first_s = first_answer_s(url, Path(paths[0]), started)
+            heatmap_s = heatmap_ready_s(url, started)
             measured = [measure_route(url, process, paths, args, route) for route in routes]
         except RuntimeError as error:
             log.seek(0)
@@ -273,11 +293,13 @@ def main(argv=None) -> int:
         "model": str(model), "clients": args.clients, "requests_per_client": args.requests,
         "requests": sum(row["requests"] for row in measured), "ok": sum(row["ok"] for row in measured),
         "errors": sum(row["errors"] for row in measured), "app_startup_s": startup_s,
-        "app_first_answer_s": first_s, "competing_job": args.competing_job, "conditions": conditions(),
+        "app_first_answer_s": first_s, "app_heatmap_ready_s": heatmap_s, "competing_job": args.competing_job, "conditions": conditions(),
         "routes": {row["route"]: row for row in measured},
     }
     first = "?" if first_s is None else f"{first_s:.1f}"
-    print(f"app on {url} (model {model}) up in {startup_s:.1f} s, first request answered {first} s after start; "
+    heatmap = "?" if heatmap_s is None else f"{heatmap_s:.1f}"
+    print(f"app on {url} (model {model}) up in {startup_s:.1f} s, first request answered {first} s after start, "
+          f"heat-map model ready after {heatmap} s (the load starts then); "
           f"{args.clients} clients x {args.requests} requests per route with images from {images_dir}"
           f"{', beside a competing CPU job' if args.competing_job else ''}; load average at start "
           f"{result['conditions']['load_average_1min_at_start']}")

@@ -346,6 +346,11 @@ class ScreeningModel:
                 setattr(self, f"_{name}", loaded.eval() if name == "model" else loaded)
             return getattr(self, f"_{name}")
 
+    @property
+    def heatmap_ready(self) -> bool:
+        """Whether the PyTorch model the heat-map needs is loaded (a heat-map now would not wait for it)."""
+        return self._model is not None
+
     def warm_up(self) -> threading.Thread:
         """Loads the PyTorch model the heat-map needs in a background thread, so the first heat-map does not wait."""
         def load():

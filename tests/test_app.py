@@ -374,7 +374,13 @@ def test_health_and_lean_routes_are_on_any_launch(server, app):
 
     health = httpx.get(server[1] + "healthz", timeout=60)
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "model_id": app.MODEL.model_id, "model_version": app.MODEL.version}
+    body = health.json()
+    assert {key: body[key] for key in ("status", "model_id", "model_version")} == {
+        "status": "ok", "model_id": app.MODEL.model_id, "model_version": app.MODEL.version}
+    # The app loads the heat-map's PyTorch model in the background and says when it has.
+    app.MODEL.warm_up().join(timeout=120)
+    assert app.MODEL.heatmap_ready
+    assert httpx.get(server[1] + "healthz", timeout=60).json()["heatmap_ready"] is True
     # Registered as the server's app is built, before it listens: ahead of Gradio's own routes.
     paths = [getattr(route, "path", None) for route in server[0].app.routes]
     assert paths[:3] == [app.SCREEN_ROUTE, app.TIMINGS_ROUTE, app.HEALTH_ROUTE]
