@@ -408,7 +408,10 @@ def recipe(settings: dict | None) -> dict:
     color_constancy = model_args.get("color_constancy", "none")
     return dict(zip(_RECIPE_COLUMNS, (
         ("mimetic" if model_args.get("mimetic_init") else "random") if model_args.get("scratch_config") else
-        ("MAE encoder" if model_args.get("init_from") else model_args.get("model_name_or_path")),
+        ("MAE encoder" if model_args.get("init_from") else
+         # A local folder, such as the shipped model/, by its name: its absolute path says where it was, not what.
+         f"fine-tuned from {Path(model_args['model_name_or_path']).name}/"
+         if Path(str(model_args.get("model_name_or_path"))).is_absolute() else model_args.get("model_name_or_path")),
         ", ".join(Path(folder).name for folder in data_args.get("extra_train_dir") or []) or "–",
         f"mask r={model_args['field_of_view_mask']:g}" if model_args.get("field_of_view_mask") else "–",
         "–" if color_constancy == "none" else COLOR_CONSTANCY_NAMES[color_constancy],
