@@ -10,10 +10,14 @@ tests that need more than examples/ holds, or another dataset, are skipped.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -97,11 +101,27 @@ def tiny_model_dir(tiny_image_folder, tmp_path_factory) -> Path:
 
 
 def wait_for_app(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    """Block until the app subprocess answers at `url`; fail with its log if it dies or hangs."""
+    """Block until the app subprocess answers at `url` and has its heat-map model; fail with its log if it dies or hangs.
+
+    The app scores pictures as soon as it is up and loads the heat-map's PyTorch model in the background
+    (/healthz says heatmap_ready): a browser test's first result, heat-map included, must not race that load.
+    """
     try:
         wait_until_up(url, process, timeout)
     except RuntimeError as error:
         pytest.fail(f"the app did not start: {error}\n{log.read_text()}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}healthz", timeout=10) as response:
+                if json.loads(response.read()).get("heatmap_ready", True):
+                    return
+        except urllib.error.HTTPError:
+            return  # 503: no model, so no heat-map to wait for
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the app's heat-map model was not loaded within {timeout:.0f} s\n{log.read_text()}")
 
 
 def pytest_configure(config):
