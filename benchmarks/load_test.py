@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 from pathlib import Path
@@ -223,11 +224,12 @@ def first_answer_s(url: str, path: Path, started: float) -> float | None:
 
 
 def heatmap_ready_s(url: str, started: float, timeout: float = 180.0) -> float | None:
-    """Seconds from the app's start until /healthz says the heat-map's PyTorch model is loaded.
+    """Seconds from the app's start until /healthz says the heat-map's PyTorch model is loaded; None on timeout.
 
     The app scores pictures before that (ScreeningModel.warm_up loads it in the
     background); the load is measured after it, so that the figures are the
-    steady state and not the warm-up's CPU.
+    steady state and not the warm-up's CPU. An app without a model (503) has no
+    heat-map to wait for.
     """
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
@@ -235,6 +237,8 @@ def heatmap_ready_s(url: str, started: float, timeout: float = 180.0) -> float |
             with urllib.request.urlopen(f"{url}healthz", timeout=10) as response:
                 if json.loads(response.read()).get("heatmap_ready", True):
                     return time.perf_counter() - started
+        except urllib.error.HTTPError:
+            return time.perf_counter() - started
         except (OSError, ValueError):
             pass
         time.sleep(0.2)

@@ -223,6 +223,12 @@ def read_model_json(folder: Path):
     return SimpleNamespace(**config), SimpleNamespace(**processor)
 
 
+def _load_error(source: str, error: Exception) -> ModelLoadError:
+    """What transformers raised while reading a model folder, as one sentence for people."""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return ModelLoadError(f"Could not load model '{source}' ({type(error).__name__}: {detail}).")
+
+
 def _default_threads() -> int:
     """PyTorch's own default when it is loaded already, else the cores this process may use."""
     if "torch" in sys.modules:
@@ -243,25 +249,18 @@ class ScreeningModel:
     def __init__(self, model, image_processor, model_id: str, version: str, eval_results: dict | None = None,
                  engine: str = "torch", precision: str = "fp32", input_check: InputCheck | None = None,
                  folder=None, config=None, onnx=None, num_threads: int | None = None):
-        """model and image_processor: the transformers objects, or zero-argument callables that load them
-        (then config, read from config.json, and onnx, a stored OnnxClassifier, are given)."""
+        """model: the transformers model, or a zero-argument callable that loads it; image_processor: the
+        transformers processor, or its settings read from preprocessor_config.json (read_model_json). With the
+        callable, config (read from config.json) and onnx (a stored OnnxClassifier) are given."""
         if engine not in ENGINES or precision not in PRECISIONS:
             raise ValueError(f"engine must be one of {ENGINES} and precision one of {PRECISIONS}, "
                              f"got {engine!r} and {precision!r}.")
-        self._loaders = {}
         self._lock = threading.Lock()
-        self._model = self._image_processor = None
-        if callable(model) and not hasattr(model, "config"):
-            self._loaders["model"] = model
-        else:
-            self._model = model.eval()
-        if isinstance(image_processor, SimpleNamespace) or (callable(image_processor) and not hasattr(image_processor, "size")):
-            self._loaders["image_processor"] = image_processor if callable(image_processor) else None
-            self._processor_settings = image_processor if isinstance(image_processor, SimpleNamespace) else None
-        else:
-            self._image_processor = self._processor_settings = image_processor
-        if self._processor_settings is None:
-            self._processor_settings = self.image_processor
+        self._load_model = model if callable(model) and not hasattr(model, "config") else None
+        self._model = None if self._load_model is not None else model.eval()
+        # The processor's settings are all the fast path reads; the transformers processor itself is loaded on demand.
+        self._processor_settings = image_processor
+        self._image_processor = None if isinstance(image_processor, SimpleNamespace) else image_processor
         self.config = config if config is not None else self.model.config
         self.model_id = model_id
         self.version = version
@@ -336,14 +335,13 @@ class ScreeningModel:
     def _load(self, name: str):
         with self._lock:  # one load, however many threads ask at once
             if getattr(self, f"_{name}") is None:
-                loader = self._loaders.get(name)
-                if loader is not None:
-                    loaded = loader()
+                if name == "model":
+                    loaded = self._load_model().eval()
                 else:
                     from transformers import AutoImageProcessor
 
                     loaded = AutoImageProcessor.from_pretrained(self.folder)
-                setattr(self, f"_{name}", loaded.eval() if name == "model" else loaded)
+                setattr(self, f"_{name}", loaded)
             return getattr(self, f"_{name}")
 
     @property
@@ -420,8 +418,7 @@ class ScreeningModel:
                 # safetensors only: no pickle is ever unpickled, no remote code runs.
                 return ViTForImageClassification.from_pretrained(folder, use_safetensors=True)
             except Exception as error:
-                detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                raise ModelLoadError(f"Could not load model '{source}' ({type(error).__name__}: {detail}).") from error
+                raise _load_error(source, error) from error
 
         # FAST with a graph stored for exactly these weights: no PyTorch, no transformers until a heat-map.
         light = read_model_json(folder) if engine == "onnxruntime" else None
@@ -443,8 +440,7 @@ class ScreeningModel:
 
                 image_processor = AutoImageProcessor.from_pretrained(folder)
             except Exception as error:
-                detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                raise ModelLoadError(f"Could not load model '{source}' ({type(error).__name__}: {detail}).") from error
+                raise _load_error(source, error) from error
         eval_path = folder / "eval_results.json"
         try:
             eval_results = load_eval_results(eval_path) if eval_path.is_file() else None

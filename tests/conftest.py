@@ -10,14 +10,11 @@ tests that need more than examples/ holds, or another dataset, are skipped.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The load test starts the app on a free port and waits for it exactly as the app tests do.
 sys.path.append(str(REPO_ROOT / "benchmarks"))
-from load_test import free_port, wait_until_up  # noqa: E402
+from load_test import free_port, heatmap_ready_s, wait_until_up  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("MELANOMA_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
 SHARED_DATASET = SHARED_DATA / "melanoma_cancer_dataset"
@@ -110,18 +107,8 @@ def wait_for_app(url: str, process: subprocess.Popen, log: Path, timeout: float 
         wait_until_up(url, process, timeout)
     except RuntimeError as error:
         pytest.fail(f"the app did not start: {error}\n{log.read_text()}")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}healthz", timeout=10) as response:
-                if json.loads(response.read()).get("heatmap_ready", True):
-                    return
-        except urllib.error.HTTPError:
-            return  # 503: no model, so no heat-map to wait for
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the app's heat-map model was not loaded within {timeout:.0f} s\n{log.read_text()}")
+    if heatmap_ready_s(url, time.perf_counter(), timeout) is None:
+        pytest.fail(f"the app's heat-map model was not loaded within {timeout:.0f} s\n{log.read_text()}")
 
 
 def pytest_configure(config):
