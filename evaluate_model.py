@@ -313,35 +313,37 @@ def _rate(value) -> str:
 SKIN_PROBE_NAMES = {"whiter_yellower": "whiter and yellower", "darker_pinker": "darker and pinker"}
 
 
+def _probe_rows(probes: dict, markdown: bool):
+    """(label, before/after row, shown even when empty) of each probe, in the order both tables list them."""
+    for key, text, sentence in (("vignette", "vignette added to benign images",
+                                 "black circular vignette added to benign images"),
+                                ("field_of_view", "dark border painted out, malignant images",
+                                 "dark field-of-view border painted out of malignant images")):
+        yield (sentence if markdown else text), probes[key], True
+    for direction, probe in (probes.get("skin_colour") or {}).items():
+        target = ", ".join(f"{value:g}" for value in probe["target_rgb"])
+        for name in ("benign", "malignant"):
+            yield (f"skin around the lesion recoloured {SKIN_PROBE_NAMES[direction]} (RGB {target}), {name} images"
+                   if markdown else f"skin {SKIN_PROBE_NAMES[direction]}, {name}"), probe[name], False
+    lesion_size = probes.get("lesion_size") or {}
+    for name in ("benign", "malignant"):
+        if name in lesion_size:
+            magnification = lesion_size["magnification"]
+            yield (f"lesion shown {magnification:g}× larger (cropped around it), {name} images" if markdown
+                   else f"lesion {magnification:g}x larger, {name}"), lesion_size[name], False
+
+
 def print_shortcut_probes(probes: dict) -> None:
     print(f"\nshortcut probes at the screening threshold ({probes['screening_threshold']:.3f})")
     print(f"{'probe':44s} {'n':>5s} {'mean P before':>14s} {'after':>6s} {'change':>7s} "
           f"{'flagged before':>15s} {'after':>6s} {'change':>8s}")
-    for key, name in (("vignette", "vignette added to benign images"),
-                      ("field_of_view", "dark border painted out, malignant images")):
-        row = probes[key]
-        if not row["n"]:
-            print(f"{name:44s} {0:5d}")
-            continue
-        print(f"{name:44s} {row['n']:5d} {row['mean_p_malignant_before']:14.3f} {row['mean_p_malignant_after']:6.3f} "
-              f"{row['mean_p_malignant_change']:+7.3f} {row['flagged_before']:15.1%} {row['flagged_after']:6.1%} "
-              f"{row['flagged_change_points']:+7.1f}p")
-    for direction, probe in (probes.get("skin_colour") or {}).items():
-        for name in ("benign", "malignant"):
-            row = probe[name]
-            if row["n"]:
-                label = f"skin {SKIN_PROBE_NAMES[direction]}, {name}"
-                print(f"{label:44s} {row['n']:5d} {row['mean_p_malignant_before']:14.3f} {row['mean_p_malignant_after']:6.3f} "
-                      f"{row['mean_p_malignant_change']:+7.3f} {row['flagged_before']:15.1%} {row['flagged_after']:6.1%} "
-                      f"{row['flagged_change_points']:+7.1f}p")
-    lesion_size = probes.get("lesion_size") or {}
-    for name in ("benign", "malignant"):
-        row = lesion_size.get(name) or {}
+    for label, row, shown_empty in _probe_rows(probes, markdown=False):
         if row.get("n"):
-            label = f"lesion {lesion_size['magnification']:g}x larger, {name}"
             print(f"{label:44s} {row['n']:5d} {row['mean_p_malignant_before']:14.3f} {row['mean_p_malignant_after']:6.3f} "
                   f"{row['mean_p_malignant_change']:+7.3f} {row['flagged_before']:15.1%} {row['flagged_after']:6.1%} "
                   f"{row['flagged_change_points']:+7.1f}p")
+        elif shown_empty:
+            print(f"{label:44s} {0:5d}")
     print(f"\n{'subgroup':22s} {'n':>5s} {'malig':>6s} {'benign':>7s} {'sens@scr':>9s} {'spec@scr':>9s} {'AUC':>6s}")
     for key in ("with", "without"):
         row = probes["by_dark_corners"][key]
@@ -354,32 +356,13 @@ def shortcut_probes_markdown(report: dict) -> str:
     probes = report["shortcut_probes"]
     lines = ["| probe | images | mean P(malignant) before → after | flagged at screening before → after |",
              "|---|---|---|---|"]
-    for key, name in (("vignette", "black circular vignette added to benign images"),
-                      ("field_of_view", "dark field-of-view border painted out of malignant images")):
-        row = probes[key]
-        if row["n"]:
-            lines.append(f"| {name} | {row['n']} | {row['mean_p_malignant_before']:.3f} → {row['mean_p_malignant_after']:.3f} "
-                         f"({row['mean_p_malignant_change']:+.3f}) | {row['flagged_before']:.1%} → {row['flagged_after']:.1%} "
-                         f"({row['flagged_change_points']:+.1f} points) |")
-        else:
-            lines.append(f"| {name} | 0 | – | – |")
-    for direction, probe in (probes.get("skin_colour") or {}).items():
-        target = ", ".join(f"{value:g}" for value in probe["target_rgb"])
-        for name in ("benign", "malignant"):
-            row = probe[name]
-            if row["n"]:
-                lines.append(f"| skin around the lesion recoloured {SKIN_PROBE_NAMES[direction]} (RGB {target}), {name} images "
-                             f"| {row['n']} | {row['mean_p_malignant_before']:.3f} → {row['mean_p_malignant_after']:.3f} "
-                             f"({row['mean_p_malignant_change']:+.3f}) | {row['flagged_before']:.1%} → {row['flagged_after']:.1%} "
-                             f"({row['flagged_change_points']:+.1f} points) |")
-    lesion_size = probes.get("lesion_size") or {}
-    for name in ("benign", "malignant"):
-        row = lesion_size.get(name) or {}
+    for label, row, shown_empty in _probe_rows(probes, markdown=True):
         if row.get("n"):
-            lines.append(f"| lesion shown {lesion_size['magnification']:g}× larger (cropped around it), {name} images "
-                         f"| {row['n']} | {row['mean_p_malignant_before']:.3f} → {row['mean_p_malignant_after']:.3f} "
+            lines.append(f"| {label} | {row['n']} | {row['mean_p_malignant_before']:.3f} → {row['mean_p_malignant_after']:.3f} "
                          f"({row['mean_p_malignant_change']:+.3f}) | {row['flagged_before']:.1%} → {row['flagged_after']:.1%} "
                          f"({row['flagged_change_points']:+.1f} points) |")
+        elif shown_empty:
+            lines.append(f"| {label} | 0 | – | – |")
     lines += ["", "| subgroup | images | malignant / benign | sensitivity @ screening | specificity @ screening | ROC AUC |",
               "|---|---|---|---|---|---|"]
     for key in ("with", "without"):
