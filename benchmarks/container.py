@@ -31,6 +31,7 @@ import http.server
 import json
 import os
 import shlex
+import shutil
 import socketserver
 import subprocess
 import sys
@@ -116,11 +117,65 @@ def serve_folder(folder: Path):
             server.shutdown()
 
 
+# A build whose requirements changed writes the environment's layer (~2 GB) three times at
+# its peak: the container's file system, the layer blob in the build's temporary folder
+# and the stored layer.
+BUILD_FREE_BYTES = 8 * 1024**3
+
+
+def store_root() -> Path:
+    """The folder holding podman's layers: the --root in PODMAN, else podman's default."""
+    if "--root" in PODMAN:
+        return Path(PODMAN[PODMAN.index("--root") + 1])
+    return Path("/var/lib/containers/storage")
+
+
+def build_scratch_parent() -> Path:
+    """Where builds keep their temporary layer blobs: beside the store rather than /var/tmp,
+    so that a build killed midway (a timeout, a cancelled CI job) leaves them where the next
+    build finds and removes them."""
+    return store_root().parent / "build-tmp"
+
+
+def remove_stale_build_scratch(older_than_s: float = 2 * 3600) -> None:
+    """Folders of builds that ended without cleaning up. A live build is younger than its
+    one-hour timeout, so builds running side by side never lose each other's files."""
+    parent = build_scratch_parent()
+    if not parent.is_dir():
+        return
+    for folder in parent.iterdir():
+        if time.time() - folder.stat().st_mtime > older_than_s:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def prune_unused_layers() -> None:
+    """Remove the images no tag needs any more: each build with changed sources or
+    requirements leaves the previous image's layers behind (about 2 GB a time), which
+    filled the CI machine's disk over a day of builds. The tagged images and the layer
+    cache under them stay."""
+    podman("image", "prune", "--force", check=False, timeout=1800)
+
+
+def check_free_space(needed: int = BUILD_FREE_BYTES) -> None:
+    for folder in (store_root(), build_scratch_parent()):
+        probe = next((parent for parent in (folder, *folder.parents) if parent.exists()), Path("/"))
+        free = shutil.disk_usage(probe).free
+        if free < needed:
+            raise ContainerError(
+                f"only {free / 1024**3:.1f} GB free under {probe}, and building the image needs about "
+                f"{needed / 1024**3:.0f} GB there. Unused layers were pruned already; free space, "
+                f"or point PODMAN's --root at a larger disk.")
+
+
 def build_image(tag: str = IMAGE, base: str | None = None, log_path: Path | None = None) -> float:
     """Build the repository's Dockerfile on the local base with the local wheels; returns the seconds it took."""
     base = base or ensure_base()
     wheels = wheelhouse()
-    with serve_folder(wheels) as url:
+    remove_stale_build_scratch()
+    prune_unused_layers()
+    check_free_space()
+    build_scratch_parent().mkdir(parents=True, exist_ok=True)
+    with serve_folder(wheels) as url, tempfile.TemporaryDirectory(dir=build_scratch_parent()) as scratch:
         # chroot isolation: RUN steps work without the namespaces this sandbox lacks, and
         # share the host's network, so 127.0.0.1 reaches the wheel server. Docker format keeps HEALTHCHECK.
         command = [*PODMAN, "build", "--isolation", "chroot", "--format", "docker", "--tag", tag,
@@ -129,8 +184,9 @@ def build_image(tag: str = IMAGE, base: str | None = None, log_path: Path | None
         started = time.perf_counter()
         with open(log_path or os.devnull, "w") as log:
             result = subprocess.run(command, stdout=log if log_path else subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, timeout=3600)
+                                    text=True, timeout=3600, env={**os.environ, "TMPDIR": scratch})
         seconds = time.perf_counter() - started
+    prune_unused_layers()  # the previous image's layers, or this failed build's partial ones
     if result.returncode != 0:
         output = Path(log_path).read_text() if log_path else result.stdout
         raise ContainerError(f"podman build failed ({result.returncode}):\n{output[-6000:]}")
