@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -155,3 +156,25 @@ def test_health_endpoint_outside_answers_503_without_a_model(app_outside, monkey
     monkeypatch.setattr(app_outside.demo.screener, "load_error", "no model was given")
     payload, status = app_outside.demo.screener.health()
     assert status == 503 and payload["status"] == "no_model"
+
+
+def test_build_housekeeping_removes_stale_scratch_and_refuses_a_full_disk(tmp_path, monkeypatch):
+    """Without podman: what the build does so that a day of CI builds cannot fill the disk."""
+    import container
+
+    monkeypatch.setattr(container, "PODMAN", ["podman", "--root", str(tmp_path / "store" / "containers")])
+    scratch = container.build_scratch_parent()
+    assert scratch == tmp_path / "store" / "build-tmp"
+    stale, live = scratch / "tmp-killed-build", scratch / "tmp-running-build"
+    for folder in (stale, live):
+        folder.mkdir(parents=True)
+        (folder / "layer.blob").write_bytes(b"x" * 1024)
+    three_hours_ago = time.time() - 3 * 3600
+    os.utime(stale, (three_hours_ago, three_hours_ago))
+    container.remove_stale_build_scratch()
+    assert not stale.exists() and (live / "layer.blob").is_file()
+
+    free = shutil.disk_usage(tmp_path).free
+    container.check_free_space(needed=1)
+    with pytest.raises(container.ContainerError, match=r"GB free under .*needs about"):
+        container.check_free_space(needed=free * 10)
