@@ -382,6 +382,11 @@ def build_model(model_args: ModelArguments, seed: int):
         raise SystemExit(f"--init-from {source} is not a folder with ViT encoder weights.")
     try:
         model = ViTForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True, **label_kwargs)
+        # A fine-tuned model is not the one it started from: without this its config.json would
+        # claim the base folder's published name and weights version (melanoma_screen.identity).
+        for inherited in ("model_name", "model_version"):
+            if hasattr(model.config, inherited):
+                delattr(model.config, inherited)
         try:
             processor = AutoImageProcessor.from_pretrained(source)
         except OSError:

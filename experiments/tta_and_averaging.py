@@ -1,4 +1,4 @@
-"""Do test-time flips or checkpoint averaging move the external result? Inference-only levers, tried on one trained run.
+"""Do test-time flips, checkpoint averaging or weight interpolation move the external result? Inference-only levers, tried on one trained run.
 
     python experiments/tta_and_averaging.py runs/vit-tiny-vig-isic-scale \
         --data-dir ../shared/data/melanoma_cancer_dataset --extra-train-dir ../shared/data/isic2017 \
@@ -6,7 +6,11 @@
 
 Variants: the run's model as saved; the mean P(malignant) over the horizontal
 flip, or over all four flips; the weights averaged over the run's saved
-checkpoints (with and without the four flips). Each variant gets its own
+checkpoints (with and without the four flips); with --interpolate-with BASE,
+the weights alpha * run + (1 - alpha) * BASE for each --alphas (WiSE-FT,
+Wortsman et al., CVPR 2022: a fine-tuned model interpolated with the model it
+was fine-tuned from often keeps the in-distribution ranking of one and the
+robustness of the other). Each variant gets its own
 screening and high-risk thresholds fitted on the run's validation split (the
 split training made, rebuilt by data_prep.training_data with the same seed and
 audit), and is then scored on the 10k test split and the external set at those
@@ -17,7 +21,9 @@ figures slightly optimistic.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +65,23 @@ def averaged_network(checkpoints: list[Path]):
     return networks[0].eval()
 
 
+def interpolated_network(run_network, base_folder: Path, alpha: float):
+    base = AutoModelForImageClassification.from_pretrained(str(base_folder)).eval()
+    if base.config.to_diff_dict().get("hidden_size") != run_network.config.to_diff_dict().get("hidden_size"):
+        raise SystemExit(f"{base_folder} is not the run's architecture; weights cannot be interpolated")
+    run_state, base_state = run_network.state_dict(), base.state_dict()
+    base.load_state_dict({key: alpha * run_state[key].float() + (1 - alpha) * base_state[key].float() for key in run_state})
+    base.config = copy.deepcopy(run_network.config)
+    return base
+
+
+def save_variant(network, run: Path, folder: Path, points: dict) -> None:
+    """A model folder of the variant (its thresholds from validation), for evaluate_model.py's probes."""
+    network.config.update(calibration.operating_point_config(points))
+    network.save_pretrained(str(folder))
+    shutil.copy(run / "preprocessor_config.json", folder)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="train_vit.py output folder, with its checkpoints/ kept")
@@ -68,6 +91,9 @@ def main(argv=None) -> None:
     parser.add_argument("--external-dir", action="append", default=[])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--interpolate-with", help="a model folder of the same architecture (the one the run was fine-tuned from)")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="the run's weight in each interpolation")
+    parser.add_argument("--save-variants", help="save each interpolated model here, one folder per alpha")
     parser.add_argument("--out", help="write the table as JSON here")
     args = parser.parse_args(argv)
 
@@ -83,11 +109,17 @@ def main(argv=None) -> None:
     networks = {"saved model": saved}
     if len(checkpoints) > 1:
         networks[f"mean of {len(checkpoints)} checkpoints"] = averaged_network(checkpoints)
+    interpolated = {}
+    if args.interpolate_with:
+        for alpha in args.alphas:
+            name = f"{alpha:g} run + {1 - alpha:g} base"
+            networks[name] = interpolated[name] = interpolated_network(saved, Path(args.interpolate_with), alpha)
+            interpolated[name].alpha = alpha
 
     rows = []
     for network_name, network in networks.items():
         for flip_name, flips in FLIPS.items():
-            if network is not saved and flip_name == "hflip":
+            if network is not saved and flip_name == "hflip" or network_name in interpolated and flip_name != "none":
                 continue
             probs = {name: p_malignant(network, batches, flips) for name, batches in pixels.items()}
             points = calibration.choose_operating_points(labels["validation"], probs["validation"])
@@ -101,6 +133,8 @@ def main(argv=None) -> None:
                              "spec_scr": result["at_screening_threshold"]["specificity"]}
             rows.append(row)
             print(json.dumps(row))
+            if network_name in interpolated and args.save_variants:
+                save_variant(network, run, Path(args.save_variants) / f"alpha-{network.alpha:g}", points)
 
     external = [name for name in sets if name not in ("validation", "test")]
     header = f"{'weights':<24} {'flips':<8} {'val AUC':>7} {'test AUC':>8} {'sens/spec@scr':>13}" + "".join(

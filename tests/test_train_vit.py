@@ -432,3 +432,40 @@ def test_time_limit_callback_stops_at_the_first_epoch_end_past_the_limit(monkeyp
     clock[0] += 2
     callback.on_epoch_end(None, state, control)
     assert control.should_training_stop
+
+
+def test_fine_tuning_does_not_inherit_the_base_models_name_and_version(tiny_model_dir, tmp_path):
+    from melanoma_screen import identity
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    stamped = identity.stamp(base, "open-melanoma/some-base")
+    assert json.loads((base / "config.json").read_text())["model_version"] == stamped["model_version"]
+    model, _, _, description = train_vit.build_model(train_vit.ModelArguments(model_name_or_path=str(base)), seed=0)
+    assert "fine-tuned from" in description
+    saved = tmp_path / "fine-tuned"
+    model.save_pretrained(saved)
+    config = json.loads((saved / "config.json").read_text())
+    assert "model_version" not in config and "model_name" not in config
+    assert config["id2label"] == {"0": "benign", "1": "malignant"}
+
+
+def test_weight_interpolation_experiment_mixes_the_two_models(tiny_model_dir, tmp_path):
+    """experiments/tta_and_averaging.py --interpolate-with: alpha * run + (1 - alpha) * base, per tensor."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tta_and_averaging", REPO_ROOT / "experiments" / "tta_and_averaging.py")
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    base = ViTForImageClassification.from_pretrained(str(tiny_model_dir)).eval()
+    run = ViTForImageClassification.from_pretrained(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        for parameter in run.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    run.config.screening_threshold = 0.123
+    base_state = {key: value.clone() for key, value in base.state_dict().items()}
+    for alpha in (0.0, 0.25, 1.0):
+        mixed = experiment.interpolated_network(run, tiny_model_dir, alpha).state_dict()
+        for key, value in run.state_dict().items():
+            torch.testing.assert_close(mixed[key], alpha * value + (1 - alpha) * base_state[key])
+    assert experiment.interpolated_network(run, tiny_model_dir, 0.5).config.screening_threshold == 0.123
