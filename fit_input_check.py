@@ -38,6 +38,12 @@ def fit_after_training(output_dir, train_records, validation_records, **options)
     Runtime, int8), so the distances are fitted on what the app will compute. A failure here is logged with the
     command that redoes it; it never costs the trained model.
     """
+    config = json.loads((Path(output_dir) / "config.json").read_text())
+    if config.get("model_type") != "vit":
+        logger.warning("no input check for a %s model: it measures a ViT's patch tokens, and so do the heat-map and "
+                       "the ONNX fast path. The folder serves for comparing recipes, not for the app.",
+                       config.get("model_type"))
+        return None
     try:
         screening_model = ScreeningModel.load(str(output_dir), **FAST)
         try:

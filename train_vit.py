@@ -49,7 +49,7 @@ from melanoma_screen.labels import malignant_index
 from melanoma_screen.model_card import write_model_card
 from melanoma_screen.skin import lesion_extent, reference_skin_colour
 from melanoma_screen.modeling import (
-    ID2LABEL, LABEL2ID, SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, last_checkpoint,
+    ID2LABEL, LABEL2ID, OTHER_ARCHITECTURES, SCRATCH_CONFIGS, build_other_architecture, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, last_checkpoint,
     mimetic_initialisation, trainer_checkpoints,
 )
 from melanoma_screen.transforms import (
@@ -115,7 +115,11 @@ class DataArguments(SplitSettings):
 @dataclass
 class ModelArguments:
     model_name_or_path: str = field(default="google/vit-base-patch16-224-in21k", metadata={"help": "Pretrained ViT on the Hub or a local folder."})
-    scratch_config: Optional[str] = field(default=None, metadata={"help": "Build a ViT from its config instead (offline).", "choices": list(SCRATCH_CONFIGS)})
+    scratch_config: Optional[str] = field(
+        default=None,
+        metadata={"help": "Build a ViT (tiny, small, base) from its config instead (offline); levit and mobilevitv2 build those "
+                          "architectures, for comparing recipes only (no heat-map, fast path or input check).",
+                  "choices": list(SCRATCH_CONFIGS) + list(OTHER_ARCHITECTURES)})
     init_from: Optional[str] = field(default=None, metadata={"help": "Local folder with ViT encoder weights we produced (e.g. MAE pretraining)."})
     image_size: int = field(default=224, metadata={"help": "Input resolution for --scratch-config."})
     patch_size: int = field(default=16, metadata={"help": "Patch size for --scratch-config."})
@@ -362,6 +366,13 @@ def collate(examples):
 def build_model(model_args: ModelArguments, seed: int):
     """Returns (model, image_processor, base_model id or None, a sentence on the initialisation)."""
     label_kwargs = dict(num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID)
+    if model_args.scratch_config in OTHER_ARCHITECTURES:
+        if model_args.mimetic_init:
+            raise SystemExit("--mimetic-init is defined for ViT attention layers; it does not apply to "
+                             f"--scratch-config {model_args.scratch_config}.")
+        model = build_other_architecture(model_args.scratch_config, model_args.image_size, **label_kwargs)
+        return (model, build_image_processor(model_args.image_size), None,
+                f"{type(model).__name__} ({model_args.scratch_config}) trained from random initialisation")
     if model_args.scratch_config:
         config = ViTConfig(
             **SCRATCH_CONFIGS[model_args.scratch_config],

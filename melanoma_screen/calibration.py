@@ -207,6 +207,8 @@ def fold_temperature_into_classifier(model, temperature: float) -> None:
     import torch
 
     classifier = model.classifier
+    # LeViT's head is a batch norm then a linear layer: only the linear layer is scaled.
+    classifier = getattr(classifier, "linear", classifier)
     if not isinstance(classifier, torch.nn.Linear):
         raise TypeError(f"model.classifier must be a torch.nn.Linear, got {type(classifier).__name__}.")
     with torch.no_grad():

@@ -410,13 +410,15 @@ class ScreeningModel:
             if num_threads:
                 torch.set_num_threads(num_threads)
             try:
-                from transformers import ViTForImageClassification
+                from transformers import AutoModelForImageClassification
                 from transformers.utils import logging as transformers_logging
 
                 if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
                     transformers_logging.disable_progress_bar()
-                # safetensors only: no pickle is ever unpickled, no remote code runs.
-                return ViTForImageClassification.from_pretrained(folder, use_safetensors=True)
+                # safetensors only: no pickle is ever unpickled, no remote code runs. A ViT folder
+                # gives ViTForImageClassification; the Auto class also reads the experiments' other
+                # architectures (modeling.OTHER_ARCHITECTURES) for scoring.
+                return AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
             except Exception as error:
                 raise _load_error(source, error) from error
 

@@ -20,6 +20,31 @@ SCRATCH_CONFIGS = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
 
+# Vision transformers with convolutional stems, said to train better from scratch on little
+# data; both load through AutoModelForImageClassification and pipeline() without remote code.
+# Sized to stay under the 25 MB the app's folder allows: LeViT-128S with one block fewer in its
+# last stage (6.1 M parameters, 24.5 MB), MobileViTV2 at width 0.5 (1.1 M, 4.5 MB).
+# Experiments only: the heat-map, the ONNX fast path and the input check read a ViT's patch
+# tokens, so a model folder of these has none of them (train_vit.py says so).
+OTHER_ARCHITECTURES = {
+    "levit": ("LevitConfig", "LevitForImageClassification",
+              dict(hidden_sizes=[128, 256, 384], num_attention_heads=[4, 6, 8], depths=[2, 3, 3], key_dim=[16, 16, 16])),
+    "mobilevitv2": ("MobileViTV2Config", "MobileViTV2ForImageClassification", dict(width_multiplier=0.5)),
+}
+
+
+def build_other_architecture(name: str, image_size: int, **label_kwargs):
+    import transformers
+
+    config_class, model_class, settings = OTHER_ARCHITECTURES[name]
+    config = getattr(transformers, config_class)(image_size=image_size, **settings, **label_kwargs)
+    return getattr(transformers, model_class)(config)
+
+
+def is_vit(model_or_config) -> bool:
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", None) == "vit"
+
 
 # Trockman & Kolter, "Mimetic Initialization of Self-Attention Layers" (ICML 2023): the
 # (alpha, beta) pairs they use for ViT-Tiny, for W_q W_k^T and for W_v W_o.
