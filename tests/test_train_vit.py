@@ -469,3 +469,38 @@ def test_weight_interpolation_experiment_mixes_the_two_models(tiny_model_dir, tm
         for key, value in run.state_dict().items():
             torch.testing.assert_close(mixed[key], alpha * value + (1 - alpha) * base_state[key])
     assert experiment.interpolated_network(run, tiny_model_dir, 0.5).config.screening_threshold == 0.123
+
+
+@pytest.mark.parametrize("architecture", ["levit", "mobilevitv2"])
+def test_other_architectures_train_score_and_fold_their_temperature(architecture, tmp_path):
+    """--scratch-config levit|mobilevitv2: within the app's 25 MB, calibrated like a ViT, scored by ScreeningModel and pipeline alike."""
+    from fit_input_check import fit_after_training
+    from melanoma_screen import calibration
+
+    model, processor, base, description = train_vit.build_model(
+        train_vit.ModelArguments(scratch_config=architecture, image_size=64), seed=0)
+    assert base is None and "random initialisation" in description
+    assert sum(p.numel() for p in model.parameters()) * 4 <= 25 * 1024**2
+    model.eval()
+    pixels = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        before = model(pixel_values=pixels).logits
+        calibration.fold_temperature_into_classifier(model, 2.0)
+        after = model(pixel_values=pixels).logits
+    torch.testing.assert_close(after, before / 2.0, rtol=1e-4, atol=1e-5)
+
+    folder = tmp_path / architecture
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    assert fit_after_training(folder, [], []) is None  # the input check reads ViT patch tokens: not fitted
+    lesion = real_images("test", "malignant", 1)[0]
+    screening = ScreeningModel.load(str(folder))
+    ours = screening.predict(str(lesion))
+    theirs = {row["label"]: row["score"] for row in pipeline("image-classification", model=str(folder))(str(lesion))}
+    for label, probability in theirs.items():
+        assert abs(ours.probabilities[label] - probability) < 1e-4, (label, ours.probabilities, theirs)
+
+
+def test_mimetic_initialisation_is_refused_for_other_architectures():
+    with pytest.raises(SystemExit, match="ViT attention"):
+        train_vit.build_model(train_vit.ModelArguments(scratch_config="levit", image_size=64, mimetic_init=True), seed=0)
