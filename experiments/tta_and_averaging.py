@@ -113,8 +113,8 @@ def main(argv=None) -> None:
     if args.interpolate_with:
         for alpha in args.alphas:
             name = f"{alpha:g} run + {1 - alpha:g} base"
-            networks[name] = interpolated[name] = interpolated_network(saved, Path(args.interpolate_with), alpha)
-            interpolated[name].alpha = alpha
+            networks[name] = interpolated_network(saved, Path(args.interpolate_with), alpha)
+            interpolated[name] = alpha
 
     rows = []
     for network_name, network in networks.items():
@@ -134,7 +134,7 @@ def main(argv=None) -> None:
             rows.append(row)
             print(json.dumps(row))
             if network_name in interpolated and args.save_variants:
-                save_variant(network, run, Path(args.save_variants) / f"alpha-{network.alpha:g}", points)
+                save_variant(network, run, Path(args.save_variants) / f"alpha-{interpolated[network_name]:g}", points)
 
     external = [name for name in sets if name not in ("validation", "test")]
     header = f"{'weights':<24} {'flips':<8} {'val AUC':>7} {'test AUC':>8} {'sens/spec@scr':>13}" + "".join(

@@ -41,11 +41,6 @@ def build_other_architecture(name: str, image_size: int, **label_kwargs):
     return getattr(transformers, model_class)(config)
 
 
-def is_vit(model_or_config) -> bool:
-    config = getattr(model_or_config, "config", model_or_config)
-    return getattr(config, "model_type", None) == "vit"
-
-
 # Trockman & Kolter, "Mimetic Initialization of Self-Attention Layers" (ICML 2023): the
 # (alpha, beta) pairs they use for ViT-Tiny, for W_q W_k^T and for W_v W_o.
 MIMETIC_QUERY_KEY = (0.7, 0.7)
