@@ -33,6 +33,7 @@
 #   ft-skinaug1-vigbal   skinaug1-vigbal (every skin recoloured), fine-tuned from FT_FROM
 #   ft-skinaug1-vigbal-sizebal  the same, with lesion sizes balanced between the classes
 #   levit, mobilevitv2   vig-isic-scale (the shipped recipe) on those architectures (modeling.OTHER_ARCHITECTURES)
+#   levit-seed7          levit with another seed: does LeViT's lead over ViT-tiny outlast the seed?
 # derm7pt is scored after training to compare recipes, never to fit anything; choosing a
 # recipe on it makes its figures slightly optimistic, and the README says so.
 set -uo pipefail
@@ -77,6 +78,7 @@ recipe_args() {
         ft-skinaug1-vigbal-sizebal) echo "$FINE_TUNE ${JOINT[*]} --augment-vignette 0.5 --augment-vignette-balanced --crop-scale-min 0.25 --augment-skin-recolour 1.0 --augment-lesion-size-balanced" ;;
         mimetic)              echo "$SCRATCH ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --mimetic_init" ;;
         levit)                echo "--scratch-config levit --image-size 128 ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25" ;;
+        levit-seed7)          echo "--scratch-config levit --image-size 128 ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --seed 7" ;;
         mobilevitv2)          echo "--scratch-config mobilevitv2 --image-size 128 ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25" ;;
         *) echo "unknown recipe $1" >&2; return 1 ;;
     esac
