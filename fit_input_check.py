@@ -24,6 +24,7 @@ from data_prep.settings import SplitSettings, add_split_arguments
 from melanoma_screen.images import ImageLoadError
 from melanoma_screen.inference import FAST, ScreeningModel
 from melanoma_screen.input_check import DEFAULT_ALPHA, REPORT_FILE, STATS_FILE, fit_screening_model
+from melanoma_screen.onnx_engine import servable
 
 logger = logging.getLogger("fit_input_check")
 
@@ -39,10 +40,10 @@ def fit_after_training(output_dir, train_records, validation_records, **options)
     command that redoes it; it never costs the trained model.
     """
     config = json.loads((Path(output_dir) / "config.json").read_text())
-    if config.get("model_type") != "vit":
-        logger.warning("no input check for a %s model: it measures a ViT's patch tokens, and so do the heat-map and "
-                       "the ONNX fast path. The folder serves for comparing recipes, not for the app.",
-                       config.get("model_type"))
+    if not servable(config.get("model_type")):
+        logger.warning("no input check for a %s model: it measures the feature tokens of a ViT or LeViT, and so do "
+                       "the heat-map and the ONNX fast path. The folder serves for comparing recipes, not for the "
+                       "app.", config.get("model_type"))
         return None
     try:
         screening_model = ScreeningModel.load(str(output_dir), **FAST)

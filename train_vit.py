@@ -46,7 +46,7 @@ from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.labels import malignant_index
-from melanoma_screen.model_card import write_model_card
+from melanoma_screen.model_card import ARCHITECTURE_NAMES, write_model_card
 from melanoma_screen.skin import lesion_extent, reference_skin_colour
 from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, OTHER_ARCHITECTURES, SCRATCH_CONFIGS, build_other_architecture, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, last_checkpoint,
@@ -117,8 +117,9 @@ class ModelArguments:
     model_name_or_path: str = field(default="google/vit-base-patch16-224-in21k", metadata={"help": "Pretrained ViT on the Hub or a local folder."})
     scratch_config: Optional[str] = field(
         default=None,
-        metadata={"help": "Build a ViT (tiny, small, base) from its config instead (offline); levit and mobilevitv2 build those "
-                          "architectures, for comparing recipes only (no heat-map, fast path or input check).",
+        metadata={"help": "Build a ViT (tiny, small, base) from its config instead (offline); levit builds a LeViT-128S the app serves "
+                          "as it does a ViT; mobilevitv2 a MobileViTV2, for comparing recipes only (no heat-map, fast "
+                          "path or input check).",
                   "choices": list(SCRATCH_CONFIGS) + list(OTHER_ARCHITECTURES)})
     init_from: Optional[str] = field(default=None, metadata={"help": "Local folder with ViT encoder weights we produced (e.g. MAE pretraining)."})
     image_size: int = field(default=224, metadata={"help": "Input resolution for --scratch-config."})
@@ -692,6 +693,7 @@ def model_card_context(screening_args, training_args, model_args, data_args, dat
         model_id=training_args.hub_model_id or output_dir.name,
         base_model=base_model,
         init_description=init_description,
+        architecture=ARCHITECTURE_NAMES.get(model.config.model_type, model.config.model_type),
         dataset_id=data_args.dataset_name or Path(data_args.data_dir).name,
         dataset_description="Melanoma Skin Cancer Dataset of 10000 Images (Kaggle, M. H. Javid), derived from the ISIC archive"
         + "".join(f"; extra training images from `{Path(folder).name}`" for folder in data_args.extra_train_dir or []),

@@ -1,12 +1,19 @@
-"""Where the model looked: attention-rollout heat-maps and their overlay on the photo.
+"""Where the model looked: heat-maps over the patch grid, and their overlay on the photo.
 
-Attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in
+`heatmap_grid` picks the method the model's architecture allows. For a ViT, attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in
 Transformers") follows how much of the class token's final representation
 flows from each image patch: per layer, average the heads, add the identity
 for the residual connection, renormalise the rows, and multiply the layers
 together. The class token's row, over the patch tokens, is the map.
 
-It shows where the model looked, not why it decided, and it is not a
+LeViT subsamples its tokens with attention between stages, so no rollout
+runs from its pooled output back to the patches. Its map is the token
+attribution (gradient times activation, Simonyan et al. 2014 and Shrikumar et
+al. 2017, at the token level): at the last tokens on the full patch grid, the
+size of each token's first-order share of the malignant log-odds, that is, how
+much the score would move if that token were removed.
+
+Either map shows where the model looked, not why it decided, and it is not a
 segmentation of the lesion; HOW_TO_READ says so to the people who see it.
 """
 
@@ -20,11 +27,11 @@ from PIL import Image
 
 HOW_TO_READ = {
     "en": (
-        "Warmer colours mark the regions the model's attention relied on most for this image. "
+        "Warmer colours mark the regions the model relied on most for this image. "
         "It shows where the model looked, not why it decided, and it is not an outline of the lesion."
     ),
     "fr": (
-        "Les couleurs chaudes indiquent les zones sur lesquelles l'attention du modèle s'est le plus appuyée pour cette image. "
+        "Les couleurs chaudes indiquent les zones sur lesquelles le modèle s'est le plus appuyé pour cette image. "
         "Elles montrent où le modèle a regardé, pas pourquoi il a décidé, et ne délimitent pas la lésion."
     ),
 }
@@ -37,7 +44,7 @@ _ATTENTION_LOCK = threading.Lock()
 
 
 def patch_grid(config) -> tuple[int, int]:
-    """(rows, columns) of patch tokens for a ViT config."""
+    """(rows, columns) of patch tokens for a ViT config, or of LeViT's full-resolution tokens."""
     def pair(value):
         return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
@@ -107,6 +114,45 @@ def rollout(attentions, grid_shape: tuple[int, int], discard_ratio: float = 0.0,
 def attention_rollout(model, pixel_values: torch.Tensor, discard_ratio: float = 0.0, head_fusion: str = "mean") -> np.ndarray:
     """(grid_h, grid_w) map in [0, 1] of how much each patch fed the class token, for one image."""
     return rollout(vit_attentions(model, pixel_values), patch_grid(model.config), discard_ratio, head_fusion)
+
+
+def token_attribution(model, pixel_values: torch.Tensor) -> np.ndarray:
+    """(rows, columns) map in [0, 1]: |gradient x activation| of the malignant log-odds per full-resolution token.
+
+    For one image of a LeViT (onnx_engine.levit_full_resolution_tokens). Only the
+    tokens get a gradient, so nothing accumulates in the shared model's weights and
+    predictions on other threads are not disturbed.
+    """
+    from .labels import malignant_index
+    from .onnx_engine import levit_full_resolution_tokens, levit_logits_from_tokens
+
+    if pixel_values.shape[0] != 1:
+        raise ValueError(f"explain one image at a time, got a batch of {pixel_values.shape[0]}.")
+    malignant = malignant_index(model.config)
+    with torch.enable_grad():
+        with torch.no_grad():
+            tokens = levit_full_resolution_tokens(model, pixel_values)
+        tokens = tokens.detach().requires_grad_(True)
+        logits = levit_logits_from_tokens(model, tokens)[0]
+        # Log-odds of malignant against the other class: the quantity the risk level thresholds.
+        log_odds = logits[malignant] - torch.logsumexp(torch.cat([logits[:malignant], logits[malignant + 1:]]), 0)
+        (gradient,) = torch.autograd.grad(log_odds, tokens)
+    share = (gradient * tokens).sum(dim=-1)[0].abs().detach().float().numpy()
+    rows, columns = patch_grid(model.config)
+    if share.size != rows * columns:
+        raise ValueError(f"{share.size} tokens do not make a {rows}x{columns} patch grid.")
+    grid = share.reshape(rows, columns)
+    peak = grid.max()
+    return (grid / peak if peak > 0 else grid).astype(np.float32)
+
+
+def heatmap_grid(model, pixel_values: torch.Tensor) -> np.ndarray:
+    """The patch-grid map for one image: attention rollout for a ViT, token attribution for a LeViT."""
+    if hasattr(model, "vit"):
+        return attention_rollout(model, pixel_values)
+    if hasattr(model, "levit"):
+        return token_attribution(model, pixel_values)
+    raise ValueError(f"no heat-map for a {model.config.model_type} model: only ViT and LeViT folders have one.")
 
 
 def upsample_heatmap(grid, size: tuple[int, int]) -> np.ndarray:

@@ -47,6 +47,7 @@ from .images import decode_batches, load_rgb_image
 from .input_check import STATS_FILE, InputCheck, Verdict, batch_features
 from .weights import ModelLoadError, weights_version  # noqa: F401  (re-exported: app.py, predict.py, calibrate_site.py)
 from .labels import malignant_index
+from .onnx_engine import SERVABLE_MODEL_TYPES
 from .results import EvalResultsError, load_eval_results
 from .transforms import (apply_color_constancy, apply_field_of_view_mask, color_constancy_of, field_of_view_mask_of,
                          model_input, skin_reference_of)
@@ -183,14 +184,15 @@ def _download(source: str) -> Path:
 def quantize_encoder(model):
     """int8 weights for the encoder's nn.Linear layers, activations quantised on the fly.
 
-    The linear layers hold nearly all of a ViT's arithmetic. The classifier stays
+    The linear layers hold nearly all of a ViT's (and LeViT's) arithmetic. The classifier stays
     float: it is tiny, and it carries the folded calibration temperature.
     """
     import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
-        torch.ao.quantization.quantize_dynamic(model.vit, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        # base_model is the encoder (model.vit, model.levit), without the classifier.
+        torch.ao.quantization.quantize_dynamic(model.base_model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     return model
 
 
@@ -204,15 +206,15 @@ _VIT_PROCESSORS = ("ViTImageProcessor", "ViTImageProcessorFast", "ViTImageProces
 def read_model_json(folder: Path):
     """config.json and preprocessor_config.json as plain objects, when transformers is not needed to read them.
 
-    None when the model is not a ViT classifier with an explicit ViT image
-    processor (then transformers loads both, as pipeline would).
+    None when the model is not a classifier the app serves (onnx_engine.SERVABLE_MODEL_TYPES) with an explicit
+    ViT image processor (then transformers loads both, as pipeline would).
     """
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         processor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # transformers reports what is wrong with the file
-    if not (isinstance(config, dict) and isinstance(processor, dict) and config.get("model_type") == "vit"
+    if not (isinstance(config, dict) and isinstance(processor, dict) and config.get("model_type") in SERVABLE_MODEL_TYPES
             and processor.get("image_processor_type") in _VIT_PROCESSORS
             and all(name in processor for name in _PROCESSOR_FIELDS) and isinstance(config.get("id2label"), dict)):
         return None
@@ -324,7 +326,7 @@ class ScreeningModel:
 
     @property
     def model(self):
-        """The PyTorch ViTForImageClassification (loaded on first use when the ONNX graph was stored)."""
+        """The PyTorch model, ViT or LeViT (loaded on first use when the ONNX graph was stored)."""
         return self._model if self._model is not None else self._load("model")
 
     @property
@@ -619,9 +621,9 @@ class ScreeningModel:
         return predictions
 
     def explain(self, image) -> np.ndarray:
-        """Attention-rollout heat-map, (H, W) float32 in [0, 1] at the decoded image's size."""
+        """Heat-map (explain.heatmap_grid), (H, W) float32 in [0, 1] at the decoded image's size."""
         decoded = load_rgb_image(image)
-        from .explain import attention_rollout, upsample_heatmap
+        from .explain import heatmap_grid, upsample_heatmap
 
-        grid = attention_rollout(self.model, self.preprocess([decoded]))
+        grid = heatmap_grid(self.model, self.preprocess([decoded]))
         return upsample_heatmap(grid, (decoded.height, decoded.width))

@@ -12,6 +12,7 @@ Context keys (all required unless marked):
     test (metrics.at_operating_points' block, as in eval_results.json; None without a test split),
     validation_metrics (from metrics.binary_metrics), audit_summary (str),
     license (optional, default cc-by-nc-4.0), date (optional, default today),
+    architecture (optional, default ARCHITECTURE_NAMES["vit"]),
     color_constancy and field_of_view_mask (optional, the preprocessing pipeline users must add),
     external (optional, {name: at_operating_points block}) and sources (optional), for the
     external-validation and per-source tables,
@@ -35,6 +36,12 @@ PLOT_FILES = {"roc_curve": "roc_curve.png", "confusion_matrix": "confusion_matri
 DEFAULT_LICENSE = "cc-by-nc-4.0"  # ISIC images are mostly CC-BY-NC
 DEFAULT_DATASET_NAME = "Melanoma Skin Cancer Dataset of 10000 Images"
 NOT_EVALUATED = "Not evaluated: this run had no test split."
+# What the card's first sentence calls the model, by config.model_type.
+ARCHITECTURE_NAMES = {
+    "vit": "Vision Transformer (ViT)",
+    "levit": "LeViT (a vision transformer with a convolutional stem, Graham et al. 2021)",
+    "mobilevitv2": "MobileViTV2 (a convolutional network with transformer blocks, Mehta & Rastegari 2022)",
+}
 DEFAULT_TAGS = ["vision", "image-classification", "vit", "medical-imaging", "dermatology",
                 "dermoscopy", "melanoma", "skin-lesion"]
 
@@ -235,6 +242,7 @@ def _with_defaults(context: dict) -> dict:
     context = dict(context)
     context.setdefault("license", DEFAULT_LICENSE)
     context.setdefault("date", datetime.date.today().isoformat())
+    context.setdefault("architecture", ARCHITECTURE_NAMES["vit"])
     return context
 
 

@@ -24,8 +24,9 @@ SCRATCH_CONFIGS = {
 # data; both load through AutoModelForImageClassification and pipeline() without remote code.
 # Sized to stay under the 25 MB the app's folder allows: LeViT-128S with one block fewer in its
 # last stage (6.1 M parameters, 24.5 MB), MobileViTV2 at width 0.5 (1.1 M, 4.5 MB).
-# Experiments only: the heat-map, the ONNX fast path and the input check read a ViT's patch
-# tokens, so a model folder of these has none of them (train_vit.py says so).
+# The heat-map, the ONNX fast path and the input check read LeViT's full-resolution tokens
+# (onnx_engine.logits_and_patch_tokens), so the app serves a LeViT folder as it does a ViT one;
+# MobileViTV2 has none of them and is for comparing recipes only (train_vit.py says so).
 OTHER_ARCHITECTURES = {
     "levit": ("LevitConfig", "LevitForImageClassification",
               dict(hidden_sizes=[128, 256, 384], num_attention_heads=[4, 6, 8], depths=[2, 3, 3], key_dim=[16, 16, 16])),

@@ -40,14 +40,58 @@ GRAPH_FORMAT = "logits+patch_tokens/1"
 logger = logging.getLogger(__name__)
 
 
+# The architectures whose folders the app serves: the ONNX graph, the input check and the
+# heat-map read their feature tokens (feature_tokens_and_logits). Others score through
+# pipeline() and ScreeningModel's PyTorch path only (train_vit.py says so).
+SERVABLE_MODEL_TYPES = ("vit", "levit")
+
+
+def servable(model_type) -> bool:
+    return model_type in SERVABLE_MODEL_TYPES
+
+
 def embedding_layer(config) -> int:
     return max(1, config.num_hidden_layers // 2)
 
 
-def logits_and_patch_tokens(model, pixel_values):
-    """ViTForImageClassification's logits, and the patch tokens after the middle encoder layer.
+def levit_full_resolution_tokens(model, pixel_values):
+    """LeViT's tokens at the end of its first stage, the last ones on the full patch grid: (N, P, D).
 
-    The input check measures their mean, and how far they spread around it,
+    Written out layer by layer, as LevitModel runs them, so that the tokens come
+    from the same pass as the logits without a forward hook, which a second thread's
+    pass would fire too.
+    """
+    from transformers.models.levit.modeling_levit import LevitAttentionSubsample
+
+    hidden = model.levit.patch_embeddings(pixel_values)
+    for layer in model.levit.encoder.stages[0].layers:
+        if isinstance(layer, LevitAttentionSubsample):
+            break
+        hidden = layer(hidden)
+    return hidden
+
+
+def levit_logits_from_tokens(model, tokens):
+    """The rest of LeViT's forward pass, from levit_full_resolution_tokens to the logits."""
+    from transformers.models.levit.modeling_levit import LevitAttentionSubsample
+
+    stages = model.levit.encoder.stages
+    first = list(stages[0].layers)
+    hidden = tokens
+    start = next(i for i, layer in enumerate(first) if isinstance(layer, LevitAttentionSubsample))
+    for layer in first[start:]:
+        hidden = layer(hidden)
+    for stage in stages[1:]:
+        hidden = stage(hidden)
+    # LevitForImageClassification: global average pooling, then the classifier.
+    return model.classifier(hidden.mean(dim=1))
+
+
+def logits_and_patch_tokens(model, pixel_values):
+    """The classifier's logits, and the feature tokens the input check measures and the heat-map explains.
+
+    ViT: the patch tokens after the middle encoder layer. The input check
+    measures their mean, and how far they spread around it,
     there rather than on the CLS token the classifier reads: trained to separate benign from malignant, the last CLS
     token maps much of what it has never seen onto one of the two classes,
     while the middle layer still describes texture and colour. With the model
@@ -55,13 +99,22 @@ def logits_and_patch_tokens(model, pixel_values):
     acceptance (99%), the check accepted 98.4% of the test split and 99.6% of
     derm7pt with this layer, against 97.7% and 97.9% with the CLS token, and
     refused 95.1% of the generated non-lesions against 93.8%.
+
+    LeViT: for the same reason, the tokens at the end of its first stage, after two
+    attention and two MLP blocks and before the first subsampling: the last tokens
+    on the full 16-pixel patch grid, as ViT's are.
+
+    Other architectures (modeling.OTHER_ARCHITECTURES): the logits and no tokens, (N, 0, 1).
     """
-    if not hasattr(model, "vit"):  # another architecture (train_vit.py OTHER_ARCHITECTURES): no tokens to measure
-        logits = model(pixel_values=pixel_values).logits
-        return logits, logits.new_zeros((logits.shape[0], 0, 1))
-    outputs = model.vit(pixel_values=pixel_values, output_hidden_states=True)
-    logits = model.classifier(outputs.last_hidden_state[:, 0, :])
-    return logits, outputs.hidden_states[embedding_layer(model.config)][:, 1:, :]
+    if hasattr(model, "vit"):
+        outputs = model.vit(pixel_values=pixel_values, output_hidden_states=True)
+        logits = model.classifier(outputs.last_hidden_state[:, 0, :])
+        return logits, outputs.hidden_states[embedding_layer(model.config)][:, 1:, :]
+    if hasattr(model, "levit"):
+        tokens = levit_full_resolution_tokens(model, pixel_values)
+        return levit_logits_from_tokens(model, tokens), tokens
+    logits = model(pixel_values=pixel_values).logits
+    return logits, logits.new_zeros((logits.shape[0], 0, 1))
 
 
 def export_onnx(model) -> bytes:
@@ -77,7 +130,8 @@ def export_onnx(model) -> bytes:
             return logits_and_patch_tokens(self.model, pixel_values)
 
     model = copy.deepcopy(model).eval()
-    model.set_attn_implementation("eager")  # plain MatMul/Softmax ops that every runtime has
+    if hasattr(model, "vit"):
+        model.set_attn_implementation("eager")  # plain MatMul/Softmax ops that every runtime has
     size = model.config.image_size
     dummy = torch.zeros(1, model.config.num_channels, size, size)
     buffer = io.BytesIO()
@@ -235,12 +289,12 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="model", help="model folder (default: model)")
     parser.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="default: int8, the app's")
     args = parser.parse_args(argv)
-    from transformers import ViTForImageClassification
+    from transformers import AutoModelForImageClassification
 
     from .weights import weights_version
 
     folder = Path(args.model)
-    model = ViTForImageClassification.from_pretrained(folder, use_safetensors=True)
+    model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
     graph = build_graph(model, args.precision, weights_version(folder))
     target = folder / f"model.{args.precision}.onnx"
     target.write_bytes(graph)

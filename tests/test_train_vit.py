@@ -492,7 +492,8 @@ def test_other_architectures_train_score_and_fold_their_temperature(architecture
     folder = tmp_path / architecture
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    assert fit_after_training(folder, [], []) is None  # the input check reads ViT patch tokens: not fitted
+    if architecture == "mobilevitv2":
+        assert fit_after_training(folder, [], []) is None  # no feature tokens the check reads: not fitted
     lesion = real_images("test", "malignant", 1)[0]
     screening = ScreeningModel.load(str(folder))
     ours = screening.predict(str(lesion))

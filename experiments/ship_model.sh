@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Make a training run the app's model: copy it into model/ and redo, on the copy, every
+# step that model/ carries beyond what train_vit.py wrote. Each step is the command the
+# card quotes, so its figures can be rerun one by one.
+#
+#   bash experiments/ship_model.sh runs/cpu-arch16/levit
+#
+# The folder it replaces is kept in runs/compare/shipped-<its version> (the comparison
+# table in the new card reads it). Needs the shared data in $DATA (default ../shared/data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:?usage: bash experiments/ship_model.sh RUN_FOLDER}
+DATA=${DATA:-../shared/data}
+NAME=${NAME:-open-melanoma/vit-melanoma-screening}
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+old_version=$(python -c "from melanoma_screen.weights import weights_version; print(weights_version('model'))")
+previous=runs/compare/shipped-$old_version
+if [[ ! -d $previous ]]; then mkdir -p runs/compare && cp -r model "$previous"; fi
+echo "[$(date +%T)] model/ ($old_version) kept in $previous; copying $RUN"
+rm -rf model
+mkdir model
+# The run's own files, not its checkpoints, logs or cached graphs (rebuilt below for its weights).
+for file in "$RUN"/*; do
+    case $(basename "$file") in
+        checkpoints|*.log|probes.log|*.onnx|by_source.json) ;;
+        *) cp "$file" model/ ;;
+    esac
+done
+
+# Cards written before the template named the architecture call every model a ViT.
+python - <<'PY'
+import json
+from pathlib import Path
+from melanoma_screen.model_card import ARCHITECTURE_NAMES
+card, model_type = Path("model/README.md"), json.loads(Path("model/config.json").read_text())["model_type"]
+card.write_text(card.read_text().replace("A Vision Transformer (ViT) image classifier",
+                                         f"A {ARCHITECTURE_NAMES.get(model_type, model_type)} image classifier"))
+PY
+
+step() { echo "[$(date +%T)] $*"; "$@"; }
+step python -m melanoma_screen.identity --model model --name "$NAME"
+step python -m melanoma_screen.onnx_engine --model model --precision int8
+step python fit_input_check.py fit --model model --data-dir "$DATA/melanoma_cancer_dataset"
+step python benchmarks/input_check.py --model model --card model/README.md --json model/input_check_benchmark.json
+step python evaluate_model.py --model model --data-dir "$DATA/melanoma_cancer_dataset" --split test --robustness \
+    --out model/robustness.json --card model/README.md
+step python evaluate_model.py --compare "$previous" model --card model/README.md
+step python experiments/operating_points_by_source.py model --external-dir "$DATA/derm7pt"
+step python benchmarks/check_accuracy.py
+echo "[$(date +%T)] model/ is now $(python -c "from melanoma_screen.weights import weights_version; print(weights_version('model'))")"
