@@ -378,6 +378,9 @@ def shortcut_probes_markdown(report: dict) -> str:
 
 UNKNOWN = "—"  # a setting the run did not store, unlike "–", a setting that was off or empty
 
+# --scratch-config's names, as the comparison's initialisation column writes them.
+ARCHITECTURE_LABELS = {"tiny": "ViT-tiny", "small": "ViT-small", "base": "ViT-base", "levit": "LeViT-128S",
+                       "mobilevitv2": "MobileViTV2-0.5"}
 _RECIPE_COLUMNS = ("initialisation", "extra training data", "field of view", "colour constancy", "augmentation")
 
 
@@ -390,7 +393,8 @@ def recipe(settings: dict | None) -> dict:
                if data_args.get(name, default) != default}
     color_constancy = model_args.get("color_constancy", "none")
     return dict(zip(_RECIPE_COLUMNS, (
-        ("mimetic" if model_args.get("mimetic_init") else "random") if model_args.get("scratch_config") else
+        ("mimetic" if model_args.get("mimetic_init") else "random") + f", {ARCHITECTURE_LABELS.get(model_args['scratch_config'], model_args['scratch_config'])}"
+        if model_args.get("scratch_config") else
         ("MAE encoder" if model_args.get("init_from") else
          # A local folder, such as the shipped model/, by its name: its absolute path says where it was, not what.
          f"fine-tuned from {Path(model_args['model_name_or_path']).name}/"

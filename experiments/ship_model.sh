@@ -14,7 +14,7 @@ DATA=${DATA:-../shared/data}
 NAME=${NAME:-open-melanoma/vit-melanoma-screening}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
-old_version=$(python -c "from melanoma_screen.weights import weights_version; print(weights_version('model'))")
+old_version=$(python -c "from melanoma_screen.weights import weights_version; from pathlib import Path; print(weights_version(Path('model')))")
 previous=runs/compare/shipped-$old_version
 if [[ ! -d $previous ]]; then mkdir -p runs/compare && cp -r model "$previous"; fi
 echo "[$(date +%T)] model/ ($old_version) kept in $previous; copying $RUN"
@@ -48,4 +48,4 @@ step python evaluate_model.py --model model --data-dir "$DATA/melanoma_cancer_da
 step python evaluate_model.py --compare "$previous" model --card model/README.md
 step python experiments/operating_points_by_source.py model --external-dir "$DATA/derm7pt"
 step python benchmarks/check_accuracy.py
-echo "[$(date +%T)] model/ is now $(python -c "from melanoma_screen.weights import weights_version; print(weights_version('model'))")"
+echo "[$(date +%T)] model/ is now $(python -c "from melanoma_screen.weights import weights_version; from pathlib import Path; print(weights_version(Path('model')))")"

@@ -38,7 +38,7 @@ TEXT = {
         "probability_line_one_threshold": ("Probability of melanoma: {p}. The risk is high from {h} (threshold "
                                            "chosen on validation data; this model has no moderate band)."),
         "waiting": "The result appears here after you press <strong>Analyse</strong>.",
-        "heatmap": "Where the model looked (attention rollout)",
+        "heatmap": "Where the model looked",
         "how_to_read": HOW_TO_READ.get("en", ""),
         "no_image": "No image was given. Upload a photo of the lesion, take one, or pick an example.",
         "bad_image": "This image could not be analysed: {reason}",
@@ -134,7 +134,7 @@ TEXT = {
                                            "(seuil choisi sur les données de validation ; ce modèle n'a pas de "
                                            "zone de risque modéré)."),
         "waiting": "Le résultat s'affiche ici après un appui sur <strong>Analyser</strong>.",
-        "heatmap": "Où le modèle a regardé (attention rollout)",
+        "heatmap": "Où le modèle a regardé",
         "how_to_read": HOW_TO_READ.get("fr", HOW_TO_READ.get("en", "")),
         "no_image": "Aucune image fournie. Importez une photo de la lésion, prenez-en une ou choisissez un exemple.",
         "bad_image": "Cette image n'a pas pu être analysée : {reason}",

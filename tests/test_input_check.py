@@ -90,8 +90,9 @@ def test_far_too_dark_is_refused_as_too_dark(shipped, lesions):
 
 def test_far_too_bright_is_refused_as_too_bright(shipped, lesions):
     verdicts = reasons(shipped, [ImageEnhance.Brightness(image).enhance(2.5) for image in lesions])
-    # A pale lesion can keep a median under the bound: the benchmark counts 18 of 20 refused.
-    assert verdicts.count("too_bright") >= 6 and set(verdicts) <= {"too_bright", None}, verdicts
+    # A pale lesion can keep a median under the bound: the benchmark counts 18 of 20 refused as too bright,
+    # and the feature space may still find a washed-out lesion unfamiliar.
+    assert verdicts.count("too_bright") >= 6 and set(verdicts) <= {"too_bright", "unfamiliar", None}, verdicts
 
 
 def test_heavy_blur_is_refused_as_blurred(shipped, lesions):
