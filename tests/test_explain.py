@@ -12,7 +12,7 @@ from melanoma_screen.inference import ScreeningModel
 from melanoma_screen.modeling import ID2LABEL, LABEL2ID
 from melanoma_screen.transforms import build_image_processor
 
-from conftest import real_images
+from conftest import REPO_ROOT, real_images
 
 
 # ------------------------------------------------------------------ rollout math on hand-made attentions
@@ -233,3 +233,53 @@ def test_concurrent_explanations_all_succeed(tiny):
     for heat in results:
         np.testing.assert_allclose(heat, expected, atol=1e-5)
     assert tiny.config._attn_implementation == "sdpa"
+
+
+# ------------------------------------------------------------------ the shipped model
+
+
+def test_the_shipped_models_heatmap_falls_on_the_lesion_more_than_on_the_skin():
+    """Per unit of area, the heat-map is warmer on the lesion (skin.lesion_and_skin_masks) than elsewhere,
+    and its hottest point lies on the lesion in most pictures (experiments/heatmap_on_lesion.py measures more)."""
+    from melanoma_screen.skin import lesion_and_skin_masks
+
+    shipped = ScreeningModel.load(str(REPO_ROOT / "model"))
+    concentrations, hottest_on_lesion, threads = [], [], []
+    for path in real_images("test", "benign", 6) + real_images("test", "malignant", 6):
+        image = load_rgb_image(path)
+        masks = lesion_and_skin_masks(image)
+        if masks.method != "outside lesion":
+            continue
+        heat = shipped.explain(image)
+        concentrations.append(heat[masks.lesion].sum() / heat.sum() / masks.lesion.mean())
+        hottest_on_lesion.append(bool(masks.lesion[np.unravel_index(int(heat.argmax()), heat.shape)]))
+    shipped.close()
+    assert len(concentrations) >= 8
+    assert np.mean(concentrations) > 1.3, concentrations
+    assert np.mean(hottest_on_lesion) >= 0.5, hottest_on_lesion
+
+
+def test_concurrent_heatmaps_and_scores_of_the_shipped_model_stay_exact():
+    """Token attribution takes gradients of the shared model: concurrent heat-maps and scores stay exact."""
+    shipped = ScreeningModel.load(str(REPO_ROOT / "model"))
+    photo = load_rgb_image(real_images("test", "malignant", 1)[0])
+    expected_heat, expected_score = shipped.explain(photo), shipped.predict(photo).malignant_probability
+    heats, scores, errors = [], [], []
+
+    def work(i):
+        try:
+            heats.append(shipped.explain(photo)) if i % 2 else scores.append(shipped.predict(photo).malignant_probability)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    shipped.close()
+    assert not errors and len(heats) == 3 and len(scores) == 3
+    for heat in heats:
+        np.testing.assert_allclose(heat, expected_heat, atol=1e-5)
+    assert scores == [expected_score] * 3
+    assert all(parameter.grad is None for parameter in shipped.model.parameters())
