@@ -8,7 +8,9 @@ on the blurred blue channel). It reports the heat's share on the lesion, the
 lesion's share of the frame, their ratio (1: the heat is spread as if blind to the
 lesion; above 1: concentrated on it), the heat's share on the skin around it, and
 how often the hottest point lies on the lesion. Images where no lesion is found are
-left out and counted. The issue on the skin-colour shortcut found the ViT's map
+left out and counted. --vit-attribution maps a ViT folder with the LeViT's method
+instead (gradient x activation at the middle encoder layer's patch tokens, the
+ones its input check reads), to tell the model from the method. The issue on the skin-colour shortcut found the ViT's map
 warmest on the skin at the frame's edge for a derm7pt nevus.
 """
 
@@ -30,7 +32,25 @@ from melanoma_screen.skin import lesion_and_skin_masks  # noqa: E402
 SETS = {"10k test": "melanoma_cancer_dataset/test", "derm7pt": "derm7pt"}
 
 
-def measure(model: ScreeningModel, paths) -> dict:
+def vit_token_attribution(model: ScreeningModel, image) -> np.ndarray:
+    """explain.token_attribution's map for a ViT: at the patch tokens after its middle encoder layer."""
+    import torch
+
+    from melanoma_screen.explain import patch_grid, upsample_heatmap
+    from melanoma_screen.onnx_engine import embedding_layer
+
+    network = model.model
+    with torch.enable_grad():
+        outputs = network(pixel_values=model.preprocess([image]), output_hidden_states=True)
+        tokens = outputs.hidden_states[embedding_layer(network.config)]
+        logits = outputs.logits[0]
+        malignant = model.malignant_index
+        (gradient,) = torch.autograd.grad(logits[malignant] - logits[1 - malignant], tokens)
+    share = (gradient * tokens)[0, 1:].sum(dim=-1).abs().detach().numpy().reshape(patch_grid(network.config))
+    return upsample_heatmap(share, (image.height, image.width))
+
+
+def measure(model: ScreeningModel, paths, vit_attribution: bool = False) -> dict:
     rows, skipped = [], 0
     for path in tqdm(paths, desc=model.model_id, leave=False):
         image = load_rgb_image(str(path))
@@ -38,7 +58,7 @@ def measure(model: ScreeningModel, paths) -> dict:
         if masks.method != "outside lesion":
             skipped += 1
             continue
-        heat = model.explain(image)
+        heat = vit_token_attribution(model, image) if vit_attribution else model.explain(image)
         total = float(heat.sum())
         if total <= 0:
             skipped += 1
@@ -64,6 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="../shared/data", help="folder holding the sets (default: ../shared/data)")
     parser.add_argument("--n", type=int, default=100, help="images per class and set, the first in name order")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--vit-attribution", action="store_true",
+                        help="map ViT folders by token attribution instead of attention rollout")
     args = parser.parse_args(argv)
 
     results = {}
@@ -71,12 +93,14 @@ def main(argv=None) -> int:
           f"{'concentration':>14} {'heat on skin':>13} {'hottest on lesion':>18}")
     for folder in args.models:
         model = ScreeningModel.load(folder)
+        vit_attribution = args.vit_attribution and model.config.model_type == "vit"
         for set_name, subfolder in SETS.items():
             for label in ("benign", "malignant"):
                 paths = sorted((Path(args.data) / subfolder / label).glob("*.jpg"))[: args.n]
-                row = measure(model, paths)
-                results[f"{folder} | {set_name} | {label}"] = row
-                print(f"{Path(folder).name[:28]:<28} {set_name + ' / ' + label:<20} {row['n']:>4} "
+                row = measure(model, paths, vit_attribution)
+                name = Path(folder).name + (" (attribution)" if vit_attribution else "")
+                results[f"{name} | {set_name} | {label}"] = row
+                print(f"{name[:28]:<28} {set_name + ' / ' + label:<20} {row['n']:>4} "
                       f"{row['heat_on_lesion']:>15.3f} {row['lesion_area']:>12.3f} {row['concentration']:>14.2f} "
                       f"{row['heat_on_skin']:>13.3f} {row['hottest_on_lesion']:>18.2f}")
         model.close()
