@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 # The architectures whose folders the app serves: the ONNX graph, the input check and the
-# heat-map read their feature tokens (feature_tokens_and_logits). Others score through
+# heat-map read their feature tokens (logits_and_patch_tokens). Others score through
 # pipeline() and ScreeningModel's PyTorch path only (train_vit.py says so).
 SERVABLE_MODEL_TYPES = ("vit", "levit")
 
