@@ -13,6 +13,10 @@ RUN=${1:?usage: bash experiments/ship_model.sh RUN_FOLDER}
 DATA=${DATA:-../shared/data}
 NAME=${NAME:-open-melanoma/vit-melanoma-screening}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [[ ! -f $RUN/model.safetensors || ! -f $RUN/eval_results.json ]]; then
+    echo "$RUN is not a finished training run (no model.safetensors or eval_results.json); model/ is unchanged" >&2
+    exit 2
+fi
 
 old_version=$(python -c "from melanoma_screen.weights import weights_version; from pathlib import Path; print(weights_version(Path('model')))")
 previous=runs/compare/shipped-$old_version
@@ -27,6 +31,7 @@ for file in "$RUN"/*; do
         *) cp "$file" model/ ;;
     esac
 done
+chmod 644 model/*  # Trainer writes some files private; a model folder is for everyone to read
 
 # Cards written before the template named the architecture call every model a ViT.
 python - <<'PY'
