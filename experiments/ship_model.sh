@@ -8,6 +8,7 @@
 # The folder it replaces is kept in runs/compare/shipped-<its version> (the comparison
 # table in the new card reads it). Needs the shared data in $DATA (default ../shared/data).
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0; fi
 cd "$(dirname "$0")/.."
 RUN=${1:?usage: bash experiments/ship_model.sh RUN_FOLDER}
 DATA=${DATA:-../shared/data}
