@@ -36,7 +36,7 @@ def vit_token_attribution(model: ScreeningModel, image) -> np.ndarray:
     """explain.token_attribution's map for a ViT: at the patch tokens after its middle encoder layer."""
     import torch
 
-    from melanoma_screen.explain import patch_grid, upsample_heatmap
+    from melanoma_screen.explain import attribution_grid, patch_grid, upsample_heatmap
     from melanoma_screen.onnx_engine import embedding_layer
 
     network = model.model
@@ -46,8 +46,8 @@ def vit_token_attribution(model: ScreeningModel, image) -> np.ndarray:
         logits = outputs.logits[0]
         malignant = model.malignant_index
         (gradient,) = torch.autograd.grad(logits[malignant] - logits[1 - malignant], tokens)
-    share = (gradient * tokens)[0, 1:].sum(dim=-1).abs().detach().numpy().reshape(patch_grid(network.config))
-    return upsample_heatmap(share, (image.height, image.width))
+    grid = attribution_grid(tokens[:, 1:], gradient[:, 1:], patch_grid(network.config))  # the CLS token is no patch
+    return upsample_heatmap(grid, (image.height, image.width))
 
 
 def measure(model: ScreeningModel, paths, vit_attribution: bool = False) -> dict:

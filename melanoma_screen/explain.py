@@ -137,8 +137,13 @@ def token_attribution(model, pixel_values: torch.Tensor) -> np.ndarray:
         # Log-odds of malignant against the other class: the quantity the risk level thresholds.
         log_odds = logits[malignant] - torch.logsumexp(torch.cat([logits[:malignant], logits[malignant + 1:]]), 0)
         (gradient,) = torch.autograd.grad(log_odds, tokens)
+    return attribution_grid(tokens, gradient, patch_grid(model.config))
+
+
+def attribution_grid(tokens: torch.Tensor, gradient: torch.Tensor, grid_shape: tuple[int, int]) -> np.ndarray:
+    """|gradient x activation| summed over channels, per token of one image (1, P, D), as a grid scaled to peak 1."""
     share = (gradient * tokens).sum(dim=-1)[0].abs().detach().float().numpy()
-    rows, columns = patch_grid(model.config)
+    rows, columns = grid_shape
     if share.size != rows * columns:
         raise ValueError(f"{share.size} tokens do not make a {rows}x{columns} patch grid.")
     grid = share.reshape(rows, columns)

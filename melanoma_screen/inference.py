@@ -47,7 +47,7 @@ from .images import decode_batches, load_rgb_image
 from .input_check import STATS_FILE, InputCheck, Verdict, batch_features
 from .weights import ModelLoadError, weights_version  # noqa: F401  (re-exported: app.py, predict.py, calibrate_site.py)
 from .labels import malignant_index
-from .onnx_engine import SERVABLE_MODEL_TYPES
+from .onnx_engine import servable
 from .results import EvalResultsError, load_eval_results
 from .transforms import (apply_color_constancy, apply_field_of_view_mask, color_constancy_of, field_of_view_mask_of,
                          model_input, skin_reference_of)
@@ -206,7 +206,7 @@ _VIT_PROCESSORS = ("ViTImageProcessor", "ViTImageProcessorFast", "ViTImageProces
 def read_model_json(folder: Path):
     """config.json and preprocessor_config.json as plain objects, when transformers is not needed to read them.
 
-    None when the model is not a classifier the app serves (onnx_engine.SERVABLE_MODEL_TYPES) with an explicit
+    None when the model is not a classifier the app serves (onnx_engine.servable) with an explicit
     ViT image processor (then transformers loads both, as pipeline would).
     """
     try:
@@ -214,7 +214,7 @@ def read_model_json(folder: Path):
         processor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None  # transformers reports what is wrong with the file
-    if not (isinstance(config, dict) and isinstance(processor, dict) and config.get("model_type") in SERVABLE_MODEL_TYPES
+    if not (isinstance(config, dict) and isinstance(processor, dict) and servable(config.get("model_type"))
             and processor.get("image_processor_type") in _VIT_PROCESSORS
             and all(name in processor for name in _PROCESSOR_FIELDS) and isinstance(config.get("id2label"), dict)):
         return None

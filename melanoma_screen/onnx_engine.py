@@ -54,6 +54,14 @@ def embedding_layer(config) -> int:
     return max(1, config.num_hidden_layers // 2)
 
 
+def _levit_first_stage_split(model) -> int:
+    """Index of the first subsampling layer in LeViT's first stage: where the full patch grid ends."""
+    from transformers.models.levit.modeling_levit import LevitAttentionSubsample
+
+    layers = model.levit.encoder.stages[0].layers
+    return next(i for i, layer in enumerate(layers) if isinstance(layer, LevitAttentionSubsample))
+
+
 def levit_full_resolution_tokens(model, pixel_values):
     """LeViT's tokens at the end of its first stage, the last ones on the full patch grid: (N, P, D).
 
@@ -61,25 +69,17 @@ def levit_full_resolution_tokens(model, pixel_values):
     from the same pass as the logits without a forward hook, which a second thread's
     pass would fire too.
     """
-    from transformers.models.levit.modeling_levit import LevitAttentionSubsample
-
     hidden = model.levit.patch_embeddings(pixel_values)
-    for layer in model.levit.encoder.stages[0].layers:
-        if isinstance(layer, LevitAttentionSubsample):
-            break
+    for layer in model.levit.encoder.stages[0].layers[:_levit_first_stage_split(model)]:
         hidden = layer(hidden)
     return hidden
 
 
 def levit_logits_from_tokens(model, tokens):
     """The rest of LeViT's forward pass, from levit_full_resolution_tokens to the logits."""
-    from transformers.models.levit.modeling_levit import LevitAttentionSubsample
-
     stages = model.levit.encoder.stages
-    first = list(stages[0].layers)
     hidden = tokens
-    start = next(i for i, layer in enumerate(first) if isinstance(layer, LevitAttentionSubsample))
-    for layer in first[start:]:
+    for layer in stages[0].layers[_levit_first_stage_split(model):]:
         hidden = layer(hidden)
     for stage in stages[1:]:
         hidden = stage(hidden)
