@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import (
     AutoImageProcessor,
+    AutoModelForImageClassification,
     EarlyStoppingCallback,
     HfArgumentParser,
     TrainingArguments,
@@ -45,12 +46,12 @@ from data_prep.shortcut_audit import print_shortcut_audit, shortcut_audit, short
 from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
-from melanoma_screen.labels import malignant_index
+from melanoma_screen.labels import benign_diagnosis_group, malignant_index
 from melanoma_screen.model_card import ARCHITECTURE_NAMES, write_model_card
 from melanoma_screen.skin import lesion_extent, reference_skin_colour
 from melanoma_screen.modeling import (
-    ID2LABEL, LABEL2ID, OTHER_ARCHITECTURES, SCRATCH_CONFIGS, build_other_architecture, CheckpointSafeTrainer, TimeLimitCallback, averaged_state_dict, last_checkpoint,
-    mimetic_initialisation, trainer_checkpoints,
+    ID2LABEL, LABEL2ID, OTHER_ARCHITECTURES, SCRATCH_CONFIGS, build_other_architecture, CheckpointSafeTrainer, TimeLimitCallback, add_diagnosis_outputs,
+    averaged_state_dict, last_checkpoint, mimetic_initialisation, strip_diagnosis_outputs, trainer_checkpoints,
 )
 from melanoma_screen.transforms import (
     AUGMENTATION_DEFAULTS,
@@ -103,6 +104,12 @@ class DataArguments(SplitSettings):
         default=AUGMENTATION_DEFAULTS["augment_skin_recolour"],
         metadata={"help": "Probability of moving the skin around the lesion, and only the skin, to a random skin tone "
                           "under a random light, so the skin's colour carries no class information."},
+    )
+    augment_acquisition: float = field(
+        default=AUGMENTATION_DEFAULTS["augment_acquisition"],
+        metadata={"help": "Probability of passing a training image through another camera's chain (random down- and "
+                          "up-scaling, blur or sharpening, JPEG quality 30-95), so that image size and compression, "
+                          "which differ by source, carry no class information."},
     )
     crop_scale_min: float = field(
         default=AUGMENTATION_DEFAULTS["crop_scale_min"],
@@ -161,6 +168,19 @@ class ScreeningArguments:
         default=0.0,
         metadata={"help": "Stop training after this many minutes, at the next validation, and finish as usual (0 = no limit): "
                           "for a rented machine lent by the minute. The epochs reached are in eval_results.json."},
+    )
+    diagnosis_head_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of an auxiliary loss over the diagnosis (labels.csv's dx: nv, bkl, df, vasc, mel) for "
+                          "the training images that have one, from extra outputs of the classifier that are removed "
+                          "before saving: the published model keeps its two labels (0 = off)."},
+    )
+    select_on: str = field(
+        default="pooled",
+        metadata={"help": "Validation figure that picks the checkpoint (and stops early): pooled ROC AUC, or the mean or "
+                          "the worst of the per-source ROC AUCs over sources with at least 10 images of each class in "
+                          "validation. Pooled AUC also rewards telling sources apart where their class balances differ.",
+                  "choices": ["pooled", "mean_source", "worst_source"]},
     )
     average_last: int = field(
         default=0,
@@ -314,6 +334,7 @@ def make_transforms(image_processor, data_args: DataArguments, color_constancy: 
         saturation=data_args.augment_saturation,
         hue=data_args.augment_hue,
         white_balance=data_args.augment_white_balance,
+        acquisition=data_args.augment_acquisition,
     )
 
     # Colour constancy comes after the augmentation, as it would after a real
@@ -322,7 +343,10 @@ def make_transforms(image_processor, data_args: DataArguments, color_constancy: 
         images = [apply_field_of_view_mask(apply_color_constancy(augment(load_rgb_image(image, min_side=1), augmentation_rng(), label),
                                                                  color_constancy, skin_reference), field_of_view_mask)
                   for image, label in zip(batch["image"], batch["label"])]
-        return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
+        labels = batch["label"]
+        if "sample_weight" in batch:  # packed for screening_loss: (label, diagnosis id or -1, weight)
+            labels = [[label, dx, weight] for label, dx, weight in zip(labels, batch["dx_id"], batch["sample_weight"])]
+        return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": labels}
 
     def eval_transform(batch):
         images = [model_input(load_rgb_image(image, min_side=1), image_processor, color_constancy, field_of_view_mask,
@@ -393,7 +417,8 @@ def build_model(model_args: ModelArguments, seed: int):
     if model_args.init_from and not Path(source).is_dir():
         raise SystemExit(f"--init-from {source} is not a folder with ViT encoder weights.")
     try:
-        model = ViTForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True, **label_kwargs)
+        # Through the Auto class, so a LeViT folder (the shipped model/) fine-tunes like a ViT one.
+        model = AutoModelForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True, **label_kwargs)
         # A fine-tuned model is not the one it started from: without this its config.json would
         # claim the base folder's published name and weights version (melanoma_screen.identity).
         for inherited in ("model_name", "model_version"):
@@ -402,14 +427,15 @@ def build_model(model_args: ModelArguments, seed: int):
         try:
             processor = AutoImageProcessor.from_pretrained(source)
         except OSError:
-            processor = build_image_processor(model.config.image_size)
+            processor = build_image_processor(int(model.config.image_size))
     except OSError as error:
         raise SystemExit(
             f"Could not load '{source}' ({error.__class__.__name__}). Offline, pass a local folder, "
             "--init-from DIR, or --scratch-config tiny|small|base."
         ) from error
     how = "initialised from our self-supervised encoder" if model_args.init_from else "fine-tuned from"
-    return model, processor, (None if Path(source).is_dir() else source), f"ViT {how} {source}"
+    name = ARCHITECTURE_NAMES.get(model.config.model_type, model.config.model_type)
+    return model, processor, (None if Path(source).is_dir() else source), f"{name} {how} {source}"
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -419,26 +445,56 @@ def malignant_probability(logits, config, temperature: float = 1.0) -> np.ndarra
     return calibration.softmax_probs(np.asarray(logits), temperature)[:, malignant_index(config)]
 
 
-def compute_validation_metrics(eval_prediction, config):
-    logits, labels = eval_prediction.predictions, eval_prediction.label_ids
-    report = metrics.binary_metrics(labels, malignant_probability(logits, config))
+SELECTION_METRICS = {"pooled": "roc_auc", "mean_source": "mean_source_auc", "worst_source": "worst_source_auc"}
+MIN_SOURCE_IMAGES_PER_CLASS = 10  # below this a source's validation AUC is noise, and left out of the selection
+
+
+def validation_figures(labels, prob, sources) -> dict:
+    """Pooled ROC AUC and the mean and worst of the per-source ones (sources with both classes in validation)."""
+    report = metrics.binary_metrics(labels, prob)
+    per_source = metrics.auc_per_source(labels, prob, sources, MIN_SOURCE_IMAGES_PER_CLASS)
     auc = report["roc_auc"]
     return {
         "roc_auc": float("nan") if auc is None else auc,
+        "mean_source_auc": float(np.mean(list(per_source.values()))) if per_source else float("nan"),
+        "worst_source_auc": min(per_source.values()) if per_source else float("nan"),
         "accuracy": report["accuracy"],
         "sensitivity": report["sensitivity"],
         "specificity": report["specificity"],
     }
 
 
-def weighted_loss(class_weights, label_smoothing):
-    weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+def compute_validation_metrics(eval_prediction, sources):
+    # The first two outputs: during training the classifier may carry diagnosis outputs after them.
+    logits, labels = np.asarray(eval_prediction.predictions)[:, : len(ID2LABEL)], eval_prediction.label_ids
+    return validation_figures(labels, calibration.softmax_probs(logits)[:, LABEL2ID["malignant"]], sources)
+
+
+def screening_loss(class_weights, label_smoothing, diagnosis_weight: float = 0.0):
+    """Cross-entropy on benign/malignant, weighted per class or per image, plus the diagnosis loss if asked.
+
+    Training batches may carry labels packed as (label, diagnosis id or -1,
+    image weight) rows (make_transforms); validation's are plain labels.
+    """
+    class_weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
 
     def compute_loss(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]
-        return torch.nn.functional.cross_entropy(
-            logits, labels, weight=None if weight is None else weight.to(logits.device), label_smoothing=label_smoothing
-        )
+        screening_logits = logits[:, : len(ID2LABEL)]
+        if labels.dim() == 1:
+            return torch.nn.functional.cross_entropy(
+                screening_logits, labels,
+                weight=None if class_weight is None else class_weight.to(logits.device), label_smoothing=label_smoothing)
+        label, diagnosis, weight = labels[:, 0].long(), labels[:, 1].long(), labels[:, 2].float()
+        if class_weight is not None:
+            weight = weight * class_weight.to(logits.device)[label]
+        per_image = torch.nn.functional.cross_entropy(screening_logits, label, reduction="none", label_smoothing=label_smoothing)
+        loss = (weight * per_image).sum() / weight.sum()
+        known = diagnosis >= 0
+        if diagnosis_weight and known.any() and logits.shape[1] > len(ID2LABEL):
+            per_dx = torch.nn.functional.cross_entropy(logits[known, len(ID2LABEL):], diagnosis[known], reduction="none")
+            loss = loss + diagnosis_weight * (weight[known] * per_dx).sum() / weight[known].sum()
+        return loss
 
     return compute_loss
 
@@ -450,26 +506,33 @@ def score_external(trainer, dataset, records, operating_points) -> dict:
     report = metrics.at_operating_points(labels, prob, screening, high_risk)
     # Where the score shift shows: the benign lesions' mean score, and what 90% sensitivity would cost there.
     report["by_source"] = metrics.by_source(labels, prob, ["all"] * len(labels), screening, high_risk)["all"]
+    # Melanoma against each group of benign look-alikes, where the set names diagnoses (derm7pt's labels.csv).
+    report["auc_by_benign_group"] = metrics.auc_against_benign_groups(
+        labels, prob, [benign_diagnosis_group(record.dx) for record in records])
     return report
 
 
-def validation_auc(trainer, val_dataset, val_labels) -> float:
-    return metrics.binary_metrics(val_labels, malignant_probability(trainer.predict(val_dataset).predictions, trainer.model.config))["roc_auc"]
+def selection_score(trainer, val_dataset, val_records, select_on: str) -> float:
+    """The --select-on validation figure of the model as it stands."""
+    logits = np.asarray(trainer.predict(val_dataset).predictions)[:, : len(ID2LABEL)]
+    figures = validation_figures([r.label for r in val_records], calibration.softmax_probs(logits)[:, LABEL2ID["malignant"]],
+                                 [r.source for r in val_records])
+    return figures[SELECTION_METRICS[select_on]]
 
 
 def select_checkpoint_or_average(trainer, val_dataset, data, screening_args) -> dict:
-    """Keep the best single checkpoint (already loaded) or the mean of the last N, by validation ROC AUC."""
-    best = {"checkpoint": trainer.state.best_model_checkpoint, "validation_roc_auc": trainer.state.best_metric}
+    """Keep the best single checkpoint (already loaded) or the mean of the last N, by the --select-on validation figure."""
+    best = {"checkpoint": trainer.state.best_model_checkpoint, "validation_roc_auc": trainer.state.best_metric,
+            "metric": SELECTION_METRICS[screening_args.select_on]}
     if screening_args.average_last < 2:
         return {"chosen": "best checkpoint", "best_checkpoint": best}
     checkpoints = trainer_checkpoints(trainer.args.output_dir)[-screening_args.average_last:]
     if len(checkpoints) < 2:
         return {"chosen": "best checkpoint", "best_checkpoint": best, "average": "fewer than 2 checkpoints on disk"}
-    val_labels = np.array([r.label for r in data["validation"]])
     best_state = {name: tensor.detach().clone() for name, tensor in trainer.model.state_dict().items()}
     trainer.model.load_state_dict(averaged_state_dict(type(trainer.model), checkpoints))
     averaged = {"checkpoints": [Path(path).name for path in checkpoints],
-                "validation_roc_auc": validation_auc(trainer, val_dataset, val_labels)}
+                "validation_roc_auc": selection_score(trainer, val_dataset, data["validation"], screening_args.select_on)}
     logger.info("validation ROC AUC: best checkpoint %.4f, mean of last %d checkpoints %.4f",
                 best["validation_roc_auc"], len(checkpoints), averaged["validation_roc_auc"])
     if averaged["validation_roc_auc"] > best["validation_roc_auc"]:
@@ -481,7 +544,7 @@ def select_checkpoint_or_average(trainer, val_dataset, data, screening_args) -> 
 # ----------------------------------------------------------------------------- train
 
 
-def build_trainer(model, image_processor, train_dataset, val_dataset, class_weights, screening_args, training_args):
+def build_trainer(model, image_processor, train_dataset, val_dataset, val_records, class_weights, screening_args, training_args):
     """A Trainer that validates by ROC AUC each epoch (or as --eval_strategy says) and ends on the best checkpoint."""
     if training_args.save_total_limit is None:
         # Trainer counts a kept older best checkpoint against the limit: +1 leaves the last N.
@@ -494,8 +557,9 @@ def build_trainer(model, image_processor, train_dataset, val_dataset, class_weig
         train_dataset=train_dataset,
         eval_dataset=val_dataset,
         processing_class=image_processor,
-        compute_metrics=partial(compute_validation_metrics, config=model.config),
-        compute_loss_func=weighted_loss(class_weights, training_args.label_smoothing_factor),
+        compute_metrics=partial(compute_validation_metrics, sources=[record.source for record in val_records]),
+        compute_loss_func=screening_loss(class_weights, training_args.label_smoothing_factor,
+                                         screening_args.diagnosis_head_weight),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=screening_args.early_stopping_patience),
                    *([TimeLimitCallback(screening_args.max_train_minutes)] if screening_args.max_train_minutes else [])],
     )
@@ -523,7 +587,8 @@ def calibrate(trainer, val_dataset, val_records, screening_args) -> dict:
     return {"temperature": temperature, "operating_points": operating_points,
             "validation": metrics.binary_metrics(val_labels, val_prob, threshold=operating_points["screening_threshold"]),
             "validation_by_source": metrics.by_source(val_labels, val_prob, val_sources, operating_points["screening_threshold"],
-                                                      operating_points["high_risk_threshold"])}
+                                                      operating_points["high_risk_threshold"]),
+            "validation_auc_by_source": metrics.auc_per_source(val_labels, val_prob, val_sources, MIN_SOURCE_IMAGES_PER_CLASS)}
 
 
 def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transform, args, checkpoint_selection, command):
@@ -537,6 +602,9 @@ def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transfor
         "validation_at_screening_threshold": calibrated["validation"],
         # The thresholds are chosen on the pooled validation set; here is what they give on each of its sources.
         "validation_by_source": calibrated["validation_by_source"],
+        "validation_auc_by_source": calibrated["validation_auc_by_source"],
+        "sample_weights_by_group": data.get("weight_summary"),
+        "diagnoses": data.get("diagnoses"),
         "class_counts_used": data["class_counts"],
         "class_weights": data["class_weights"],
         "split_sizes": {"train": len(data["train"]), "validation": len(data["validation"]), "test": len(data["test"])},
@@ -615,6 +683,8 @@ def main(argv=None):
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
     # with_transform datasets hold only the raw 'image' column, which Trainer would drop.
     training_args.remove_unused_columns = False
+    if screening_args.select_on != "pooled":
+        training_args.metric_for_best_model = SELECTION_METRICS[screening_args.select_on]
 
     data = load_records(data_args)
     if not data["train"] or not data["validation"]:
@@ -648,18 +718,29 @@ def main(argv=None):
     train_transform, eval_transform = make_transforms(image_processor, data_args, model_args.color_constancy,
                                                       model_args.field_of_view_mask, skin_reference, vignette_by_label,
                                                       lesion_share_by_label)
-    train_dataset = to_dataset(data["train"]).with_transform(train_transform)
+    diagnoses = sorted({record.dx for record in data["train"] if record.dx}) if screening_args.diagnosis_head_weight else []
+    if diagnoses:
+        add_diagnosis_outputs(model, diagnoses)
+        logger.info("auxiliary diagnosis outputs (weight %g): %s", screening_args.diagnosis_head_weight, diagnoses)
+    packed = {}
+    if data["sample_weights"] or diagnoses:
+        packed = {"sample_weight": data["sample_weights"] or [1.0] * len(data["train"]),
+                  "dx_id": [diagnoses.index(record.dx) if record.dx in diagnoses else -1 for record in data["train"]]}
+    train_dataset = to_dataset(data["train"], **packed).with_transform(train_transform)
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None
 
-    trainer = build_trainer(model, image_processor, train_dataset, val_dataset, data["class_weights"], screening_args,
-                            training_args)
+    trainer = build_trainer(model, image_processor, train_dataset, val_dataset, data["validation"], data["class_weights"],
+                            screening_args, training_args)
     resume_from = training_args.resume_from_checkpoint
     if resume_from == "last":
         resume_from = last_checkpoint(training_args.output_dir)
         logger.info("resuming from %s", resume_from or "scratch (no checkpoint found)")
     trainer.train(resume_from_checkpoint=resume_from)
     checkpoint_selection = select_checkpoint_or_average(trainer, val_dataset, data, screening_args)
+    strip_diagnosis_outputs(trainer.model)
+    # Its per-source figures are validation's; the test and external predictions compute their own.
+    trainer.compute_metrics = None
 
     report, test_scores = calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transform,
                                                (data_args, model_args, screening_args, training_args),

@@ -30,6 +30,9 @@ class ImageRecord:
     split: str  # the split the image came from ("train" or "test"), not the train/validation split we make
     image: Any = None  # decoded PIL image for hub datasets, which have no file to re-read; None for files
     source: str = ""  # which dataset the image came from, when several are combined for training
+    # The diagnosis (HAM10000's dx names: nv, bkl, df, vasc, mel, or derm7pt's own), where a labels.csv
+    # gives one; "" where only the folder's benign/malignant is known (the 10k set).
+    dx: str = ""
 
     @property
     def label_name(self) -> str:

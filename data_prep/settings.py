@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
-BALANCE_METHODS = ("none", "undersample", "class_weights")
+BALANCE_METHODS = ("none", "undersample", "class_weights", "source_class")
 
 
 @dataclass
@@ -39,7 +39,21 @@ class SplitSettings:
         default=None,
         metadata={"help": "Reuse a duplicate-audit report (`python -m data_prep audit`) instead of auditing again; "
                           "written there when missing."})
-    balance: str = field(default="none", metadata={"help": "Class balancing for training.", "choices": list(BALANCE_METHODS)})
+    balance: str = field(
+        default="none",
+        metadata={"help": "Class balancing for training. source_class: a weight per image so that inside every source "
+                          "(an acquisition, where labels.csv names one) both classes weigh the same and each source keeps "
+                          "its share, so no source's class balance can be learnt; then the classes are balanced overall.",
+                  "choices": list(BALANCE_METHODS)})
+    balance_diagnoses: bool = field(
+        default=False,
+        metadata={"help": "Weight the benign images whose diagnosis is known (labels.csv's dx) by sqrt(benign images "
+                          "with a known diagnosis / images of that diagnosis), so keratoses, dermatofibromas and vascular "
+                          "lesions are not drowned by nevi; the benign class keeps its total weight."})
+    max_sample_weight: float = field(
+        default=10.0,
+        metadata={"help": "Cap on one image's weight relative to the mean (a source with 17 melanomas in 3,157 images "
+                          "would otherwise weigh each of them ~90 times)."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (for quick runs)."})
 
     @classmethod

@@ -8,6 +8,7 @@ with copies of test images dropped, and validation carved from every source.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import random
@@ -17,7 +18,7 @@ from .audit import audit_duplicates
 from .folder import LABELS, ScanReport, scan_image_folder
 from .hub import load_hub_dataset
 from .settings import SplitSettings
-from .split import balance, duplicates_to_drop, group_ids, train_val_split
+from .split import balance, duplicates_to_drop, group_ids, sample_weights, train_val_split, weight_summary
 
 logger = logging.getLogger("data_prep")
 
@@ -42,13 +43,46 @@ def scan_label_folder(folder, split: str, progress: bool = True) -> ScanReport:
         # A wrong folder (its parent, or one without class folders) would otherwise add nothing to
         # training, or be scored as an empty external set at the very end of a long run.
         raise ValueError(f"{folder} holds no readable images in benign/ or malignant/ folders.")
+    described = read_labels_csv(path)
     for record in scan.records:
         record.split, record.source = split, path.name
+        row = described.get(Path(record.path).relative_to(path).as_posix())
+        if row:
+            record.dx = row.get("dx") or row.get("diagnosis") or ""
+            # An acquisition inside the folder (HAM10000's vidir_molemax, vidir_modern, vienna_dias)
+            # has a class balance of its own, so it is a source of its own for balancing and selection.
+            if row.get("source"):
+                record.source = f"{path.name}/{row['source']}"
     for item in scan.skipped:
         item["split"] = split
     # Keyed by the split it is read as, like every other ScanReport, not by the folder's name.
     scan.counts = {split: next(iter(scan.counts.values()))}
     return scan
+
+
+LABELS_CSV = "labels.csv"
+
+
+def read_labels_csv(folder: Path) -> dict[str, dict]:
+    """{file path relative to folder: its row} from folder/labels.csv (a `file` column), or {} without one.
+
+    isic2017's and ham10000's labels.csv give each file's diagnosis as `dx`, derm7pt's as
+    `diagnosis`; ham10000's also its acquisition (`source`), age, sex and body site.
+    """
+    table = folder / LABELS_CSV
+    if not table.is_file():
+        return {}
+    with table.open(newline="") as handle:
+        return {row["file"]: row for row in csv.DictReader(handle) if row.get("file")}
+
+
+def diagnosis_counts(records) -> dict:
+    """{source: {label: {dx: n}}}, with "unknown" where no diagnosis is given."""
+    counts: dict = {}
+    for record in records:
+        by_dx = counts.setdefault(record.source, {}).setdefault(record.label_name, {})
+        by_dx[record.dx or "unknown"] = by_dx.get(record.dx or "unknown", 0) + 1
+    return counts
 
 
 def source_counts(**splits) -> dict:
@@ -106,20 +140,24 @@ def training_data(settings: SplitSettings, external_dirs=(), progress: bool = Tr
     if settings.max_train_samples:
         train = random.Random(seed).sample(train, min(settings.max_train_samples, len(train)))
     train, class_weights, class_counts_used = balance(train, method=settings.balance, seed=seed)
+    weights = sample_weights(train, source_class=settings.balance == "source_class", diagnoses=settings.balance_diagnoses,
+                             max_weight=settings.max_sample_weight)
     external = {Path(folder).name: scan_label_folder(folder, "external", progress=progress).records for folder in external_dirs or ()}
     return dict(
         scan=scan, skipped=skipped, audit=audit, dropped=sorted(dropped), drop_reasons=drop_reasons, extra_dropped=len(dropped & extra_paths),
         extra_counts={Path(folder).name: extra.counts for folder, extra in zip(extra_train_dirs or (), extra_scans)},
         train=train, validation=validation, test=test_records, external=external,
         class_weights=class_weights, class_counts=class_counts_used,
+        sample_weights=weights, weight_summary=weight_summary(train, weights) if weights else None,
+        diagnoses=diagnosis_counts(train + validation),
         sources=source_counts(train=train, validation=validation, test=test_records),
     )
 
 
-def to_dataset(records):
-    """A datasets.Dataset of (image, label) that decodes each image when read, for Trainer."""
+def to_dataset(records, **columns):
+    """A datasets.Dataset of (image, label, *columns) that decodes each image when read, for Trainer."""
     from datasets import Dataset, Image  # imported here: slow to import, and only training needs it
 
     images = [r.image if r.image is not None else r.path for r in records]
-    dataset = Dataset.from_dict({"image": images, "label": [r.label for r in records]})
+    dataset = Dataset.from_dict({"image": images, "label": [r.label for r in records], **columns})
     return dataset.cast_column("image", Image())

@@ -102,10 +102,10 @@ def balance(records: list[ImageRecord], method: str = "none",
     so the weights average 1 (the loss keeps its usual magnitude); "none" changes nothing.
     """
     counts = class_counts(records)
-    if method == "none":
+    if method in ("none", "source_class"):  # source_class weighs each image instead: sample_weights
         return list(records), None, counts
     if method not in ("undersample", "class_weights"):
-        raise ValueError(f"balance method must be none, undersample or class_weights, not {method!r}.")
+        raise ValueError(f"balance method must be none, undersample, class_weights or source_class, not {method!r}.")
     missing = [name for name, n in counts.items() if n == 0]
     if missing:
         raise ValueError(f"Cannot balance classes: there are no {' or '.join(missing)} training images.")
@@ -152,3 +152,77 @@ def duplicates_to_drop(audit_report: dict, drop_duplicates: bool, extra_paths=fr
         dropped.update((path, DROPPED_TRAIN_REPEAT) for path in (train_paths if drop_duplicates else extras)
                        if path != kept)
     return dropped
+
+
+def sample_weights(records: list[ImageRecord], source_class: bool = False, diagnoses: bool = False,
+                   max_weight: float = 10.0) -> list[float] | None:
+    """A loss weight per training image (mean 1), or None when neither balance is asked for.
+
+    source_class: inside each source both classes carry the same total weight,
+    so P(label | source) is 1/2 everywhere and a source's acquisition cues stop
+    predicting the label. A source that brings one class only (isic2017 once
+    its melanomas are dropped as copies of the 10k set's) is balanced together
+    with the largest source that has both, or it would teach "this camera,
+    benign". Where the minority class would weigh more than max_weight per
+    image (17 melanomas among 3,157 MoleMax images), it is capped there and the
+    majority class shrinks to match: that source then weighs less, but stays
+    balanced.
+
+    diagnoses: inside each source's benign images with a known diagnosis, each
+    diagnosis is weighted by sqrt(known benign / its count), the square root
+    because a 49-image class repeated 100 times is memorised, not learnt; the
+    source's benign total is kept, so the class balance holds.
+    """
+    if not (source_class or diagnoses) or not records:
+        return None
+    groups = [record.source for record in records]
+    if source_class:
+        labels_of: dict[str, set] = {}
+        for record in records:
+            labels_of.setdefault(record.source, set()).add(record.label)
+        sizes = Counter(groups)
+        both = [source for source, labels in labels_of.items() if len(labels) > 1]
+        if both:
+            host = max(both, key=lambda source: sizes[source])
+            groups = [source if source in both else host for source in groups]
+    weights = [1.0] * len(records)
+    if source_class:
+        by_group = Counter(groups)
+        by_group_class = Counter(zip(groups, (record.label for record in records)))
+        per_image = {}
+        for group, n_group in by_group.items():
+            counts = [by_group_class[(group, label)] for label in range(len(LABELS)) if by_group_class[(group, label)]]
+            share = min(n_group / len(counts), min(counts) * max_weight)  # each class's total weight
+            for label in range(len(LABELS)):
+                if by_group_class[(group, label)]:
+                    per_image[(group, label)] = share / by_group_class[(group, label)]
+        weights = [per_image[(group, record.label)] for group, record in zip(groups, records)]
+    if diagnoses:
+        known: dict[str, list[int]] = {}
+        for i, record in enumerate(records):
+            if record.label == 0 and record.dx:
+                known.setdefault(groups[i], []).append(i)
+        for members in known.values():
+            by_dx = Counter(records[i].dx for i in members)
+            before = sum(weights[i] for i in members)
+            for i in members:
+                weights[i] *= (len(members) / by_dx[records[i].dx]) ** 0.5
+            after = sum(weights[i] for i in members)
+            for i in members:
+                weights[i] *= before / after
+    mean = sum(weights) / len(weights)
+    return [w / mean for w in weights]
+
+
+def weight_summary(records: list[ImageRecord], weights: list[float] | None) -> dict:
+    """{source: {label: {"images", "total_weight"}}} and per diagnosis: what each group weighs in training."""
+    weights = weights or [1.0] * len(records)
+    by_group: dict = {}
+    for record, weight in zip(records, weights):
+        for key in (record.source, f"dx={record.dx}" if record.dx else None):
+            if key is None:
+                continue
+            entry = by_group.setdefault(key, {}).setdefault(record.label_name, {"images": 0, "total_weight": 0.0})
+            entry["images"] += 1
+            entry["total_weight"] = round(entry["total_weight"] + weight, 3)
+    return by_group

@@ -34,6 +34,13 @@
 #   ft-skinaug1-vigbal-sizebal  the same, with lesion sizes balanced between the classes
 #   levit, mobilevitv2   vig-isic-scale (the shipped recipe) on those architectures (modeling.OTHER_ARCHITECTURES)
 #   levit-seed7          levit with another seed: does LeViT's lead over ViT-tiny outlast the seed?
+# and, for the benign-mimics issue, with ham10000 (both classes, diagnoses, three acquisitions) added,
+# fine-tuned from FT_FROM (the shipped LeViT):
+#   ft-ham               ham10000 as one more extra folder, nothing else changed (the control)
+#   ft-ham-balance       + every (source, class) group balanced, benign diagnoses balanced,
+#                        the checkpoint chosen on the mean per-source validation AUC
+#   ft-ham-mimics        ft-ham-balance + the auxiliary diagnosis head + acquisition augmentation
+#   levit-ham-mimics     ft-ham-mimics' levers on a LeViT trained from random weights
 # derm7pt is scored after training to compare recipes, never to fit anything; choosing a
 # recipe on it makes its figures slightly optimistic, and the README says so.
 set -uo pipefail
@@ -56,6 +63,8 @@ SCRATCH="--scratch-config tiny --image-size 128"
 FINE_TUNE="--model-name-or-path $FT_FROM --learning-rate 1e-4"
 JOINT=(--extra-train-dir "$DATA/isic2017" --audit-file "$RUNS/audit_joint.json")
 MAIN=(--audit-file "$RUNS/audit_main.json")
+HAM=(--extra-train-dir "$DATA/isic2017" "$DATA/ham10000" --audit-file "$RUNS/audit_ham.json")
+MIMICS="--balance source_class --balance-diagnoses --select-on mean_source"
 
 recipe_args() {
     case $1 in
@@ -79,6 +88,10 @@ recipe_args() {
         mimetic)              echo "$SCRATCH ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --mimetic_init" ;;
         levit)                echo "--scratch-config levit --image-size 128 ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25" ;;
         levit-seed7)          echo "--scratch-config levit --image-size 128 ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --seed 7" ;;
+        ft-ham)               echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3" ;;
+        ft-ham-balance)       echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS" ;;
+        ft-ham-mimics)        echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5" ;;
+        levit-ham-mimics)     echo "--scratch-config levit --image-size 128 ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5" ;;
         mobilevitv2)          echo "--scratch-config mobilevitv2 --image-size 128 ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25" ;;
         *) echo "unknown recipe $1" >&2; return 1 ;;
     esac

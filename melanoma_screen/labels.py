@@ -32,3 +32,31 @@ def model_label_order(config) -> tuple[str, ...]:
 def malignant_index(config) -> int:
     """The output column holding P(malignant) for a model with this config."""
     return model_label_order(config).index(MALIGNANT)
+
+
+# The benign lesions that look like melanoma, grouped as the clinic would: a screening aid
+# that ranks melanoma above common moles but below keratoses is of no use to an older patient.
+# Keys are the diagnosis names of HAM10000 / isic2017 (`dx`) and of derm7pt (`diagnosis`).
+BENIGN_DIAGNOSIS_GROUPS = {
+    "nv": "nevi (all kinds)",
+    "clark nevus": "Clark (common, dysplastic) nevi",
+    "bkl": "keratosis / lentigo / melanosis",
+    "seborrheic keratosis": "keratosis / lentigo / melanosis",
+    "lentigo": "keratosis / lentigo / melanosis",
+    "melanosis": "keratosis / lentigo / melanosis",
+    "reed or spitz nevus": "other nevi (Spitz, blue, dermal, congenital, combined, recurrent)",
+    "blue nevus": "other nevi (Spitz, blue, dermal, congenital, combined, recurrent)",
+    "dermal nevus": "other nevi (Spitz, blue, dermal, congenital, combined, recurrent)",
+    "congenital nevus": "other nevi (Spitz, blue, dermal, congenital, combined, recurrent)",
+    "combined nevus": "other nevi (Spitz, blue, dermal, congenital, combined, recurrent)",
+    "recurrent nevus": "other nevi (Spitz, blue, dermal, congenital, combined, recurrent)",
+    "df": "dermatofibroma / vascular",
+    "vasc": "dermatofibroma / vascular",
+    "dermatofibroma": "dermatofibroma / vascular",
+    "vascular lesion": "dermatofibroma / vascular",
+}
+
+
+def benign_diagnosis_group(diagnosis: str) -> str | None:
+    """The mimic group of a benign diagnosis, None for an unknown or unlisted one."""
+    return BENIGN_DIAGNOSIS_GROUPS.get((diagnosis or "").strip().lower())

@@ -164,3 +164,44 @@ def by_source(y_true, prob_malignant, sources, screening_threshold: float, high_
             row["specificity_at_sensitivity_0_90"] = float((probs[labels == 0] < at_90).mean())
         report[source] = row
     return report
+
+
+def auc_per_source(y_true, prob_malignant, sources, min_each_class: int = 10) -> dict:
+    """{source: ROC AUC} for each source with at least min_each_class images of both classes.
+
+    Pooled AUC over several sources also rewards telling the sources apart when
+    their class balances differ; an AUC inside each source cannot.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y_true, prob_malignant = _as_arrays(y_true, prob_malignant)
+    sources = np.asarray(sources)
+    report = {}
+    for source in sorted(set(sources.tolist())):
+        labels, probs = y_true[sources == source], prob_malignant[sources == source]
+        if min(int(labels.sum()), int((labels == 0).sum())) >= min_each_class:
+            report[source] = float(roc_auc_score(labels, probs))
+    return report
+
+
+def auc_against_benign_groups(y_true, prob_malignant, benign_groups) -> dict:
+    """{group: {"roc_auc", "n_benign", "n_malignant"}}: every malignant image against the benign images of each group.
+
+    benign_groups gives each image's group name (None for images in no group,
+    and ignored for malignant ones). Where a model fails on the lesions that
+    look like melanoma (keratoses, Spitz nevi), the pooled AUC hides it behind
+    the common moles that make up most benign sets.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y_true, prob_malignant = _as_arrays(y_true, prob_malignant)
+    groups = np.asarray([group or "" for group in benign_groups], dtype=object)
+    malignant = y_true == 1
+    report = {}
+    for group in sorted({g for g, label in zip(groups, y_true) if g and label == 0}):
+        benign = (groups == group) & ~malignant
+        chosen = benign | malignant
+        if benign.sum() and malignant.sum():
+            report[group] = {"roc_auc": float(roc_auc_score(y_true[chosen], prob_malignant[chosen])),
+                             "n_benign": int(benign.sum()), "n_malignant": int(malignant.sum())}
+    return report

@@ -80,6 +80,65 @@ def mimetic_initialisation(model, seed: int = 0) -> None:
         attention.o_proj.weight.copy_(right.T)
 
 
+def classifier_linear(model) -> torch.nn.Linear:
+    """The last linear layer of a ViT's or LeViT's classification head (LeViT wraps it with a BatchNorm)."""
+    head = model.classifier
+    head = getattr(head, "linear", head)
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"model.classifier must be a torch.nn.Linear or hold one as .linear, got {type(head).__name__}.")
+    return head
+
+
+DIAGNOSIS_LABEL_PREFIX = "dx:"
+
+
+@torch.no_grad()
+def add_diagnosis_outputs(model, diagnoses) -> None:
+    """Give the classifier one more output per diagnosis, after benign/malignant, for an auxiliary loss.
+
+    The head shares everything up to its last linear layer with the
+    benign/malignant outputs, so what it learns to tell a keratosis from a
+    melanoma is learnt by the features the screening outputs read. The config
+    names the new outputs so Trainer's checkpoints reload at their size;
+    strip_diagnosis_outputs takes them away before the model is calibrated and saved.
+    """
+    old = classifier_linear(model)
+    new = torch.nn.Linear(old.in_features, old.out_features + len(diagnoses))
+    new.weight[: old.out_features] = old.weight
+    new.bias[: old.out_features] = old.bias
+    torch.nn.init.normal_(new.weight[old.out_features:], std=0.02)
+    new.bias[old.out_features:] = 0
+    id2label = {int(index): name for index, name in model.config.id2label.items()}
+    id2label.update({old.out_features + i: DIAGNOSIS_LABEL_PREFIX + name for i, name in enumerate(diagnoses)})
+    _set_classifier_linear(model, new)
+    model.config.id2label = id2label
+    model.config.label2id = {name: index for index, name in id2label.items()}
+
+
+@torch.no_grad()
+def strip_diagnosis_outputs(model) -> None:
+    """Back to the screening outputs only, so the published model is one pipeline() reads as benign/malignant."""
+    names = {int(index): name for index, name in model.config.id2label.items()}
+    keep = sorted(index for index, name in names.items() if not str(name).startswith(DIAGNOSIS_LABEL_PREFIX))
+    old = classifier_linear(model)
+    if len(keep) == old.out_features:
+        return
+    new = torch.nn.Linear(old.in_features, len(keep))
+    new.weight.copy_(old.weight[keep])
+    new.bias.copy_(old.bias[keep])
+    _set_classifier_linear(model, new)
+    model.config.id2label = {i: names[index] for i, index in enumerate(keep)}
+    model.config.label2id = {name: index for index, name in model.config.id2label.items()}
+
+
+def _set_classifier_linear(model, linear) -> None:
+    if isinstance(model.classifier, torch.nn.Linear):
+        model.classifier = linear
+    else:
+        model.classifier.linear = linear
+    model.config.num_labels = linear.out_features
+
+
 def last_checkpoint(checkpoint_dir) -> str | None:
     """The newest Trainer checkpoint in `checkpoint_dir`, or None."""
     checkpoints = trainer_checkpoints(checkpoint_dir)

@@ -8,12 +8,13 @@ numbers we report are the numbers pipeline users get.
 
 from __future__ import annotations
 
+import io
 import math
 import random
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 from .field_of_view import add_circular_vignette, mask_field_of_view
 from .skin import crop_around_lesion, lesion_extent, normalise_skin_colour, random_skin_colour, recolour_skin
@@ -189,6 +190,9 @@ class DermoscopyAugmentation:
     white_balance: float = 0.0
     vignette: float = 0.0
     skin_recolour: float = 0.0
+    # Probability of passing the image through another camera's chain: down- and up-scaling,
+    # blur or sharpening, JPEG compression (acquisition_chain).
+    acquisition: float = 0.0
     # Per label, in place of `vignette` (balanced_vignette_probabilities).
     vignette_by_label: tuple[float, ...] | None = None
     # Per label, the lesion shares of the frame (quantiles, cropped_lesion_shares) to zoom
@@ -216,7 +220,35 @@ class DermoscopyAugmentation:
             image = image.transpose(
                 (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)[quarter_turns - 1]
             )
-        return self.colour_jitter(image, rng)
+        image = self.colour_jitter(image, rng)
+        if self.acquisition > 0 and rng.random() < self.acquisition:
+            image = self.acquisition_chain(image, rng)
+        return image
+
+    @staticmethod
+    def acquisition_chain(image: Image.Image, rng: random.Random) -> Image.Image:
+        """The image as a cheaper or older camera, or another site's export settings, would have left it.
+
+        Each source of the training data has its own resolution, optics and
+        JPEG quality, and its own class balance, so sharpness and compression
+        artefacts predict the label unless every class gets every kind. The
+        last step is compression, as in any device's pipeline.
+        """
+        size = image.size
+        if rng.random() < 0.5:
+            factor = rng.uniform(0.35, 0.9)
+            small = (max(8, round(size[0] * factor)), max(8, round(size[1] * factor)))
+            image = image.resize(small, Image.Resampling.BILINEAR).resize(size, Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            if rng.random() < 0.5:
+                image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+            else:
+                image = image.filter(ImageFilter.UnsharpMask(radius=rng.uniform(0.8, 2.0), percent=int(rng.uniform(40, 150)), threshold=2))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=rng.randint(30, 95))
+        buffer.seek(0)
+        with Image.open(buffer) as compressed:
+            return compressed.convert("RGB")
 
     def random_resized_crop(self, image: Image.Image, rng: random.Random) -> Image.Image:
         width, height = image.size
@@ -288,6 +320,7 @@ AUGMENTATION_DEFAULTS = {
     "augment_white_balance": _DEFAULT_AUGMENTATION.white_balance,
     "augment_vignette": _DEFAULT_AUGMENTATION.vignette,
     "augment_skin_recolour": _DEFAULT_AUGMENTATION.skin_recolour,
+    "augment_acquisition": _DEFAULT_AUGMENTATION.acquisition,
     "crop_scale_min": _DEFAULT_AUGMENTATION.crop_scale[0],
 }
 
