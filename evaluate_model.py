@@ -50,6 +50,7 @@ from melanoma_screen import metrics
 from melanoma_screen.images import decode_batches, load_rgb_image
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel
 from melanoma_screen.input_check import refusal_report
+from melanoma_screen.labels import benign_diagnosis_group
 from melanoma_screen.model_card import upsert_card_section
 from melanoma_screen.results import load_eval_results
 from melanoma_screen.field_of_view import add_circular_vignette, fill_dark_border, has_dark_corners
@@ -248,6 +249,11 @@ def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_siz
         # The metrics above score every image, as training's report does; the app refuses some of them.
         "input_check": refusal_report(reasons, labels, clean, model.screening_threshold),
     }
+    if any(record.dx for record in records):
+        # Where the folder's labels.csv names diagnoses: melanoma against each benign diagnosis, and each mimic group.
+        report["auc_by_benign_diagnosis"] = metrics.auc_against_benign_groups(labels, clean, [record.dx for record in records])
+        report["auc_by_benign_group"] = metrics.auc_against_benign_groups(
+            labels, clean, [benign_diagnosis_group(record.dx) for record in records])
     if robustness:
         clean_auc = report["at_0_5"]["roc_auc"]
         report["robustness"] = {}
@@ -279,6 +285,11 @@ def print_report(report: dict, stored: dict | None) -> None:
         auc = lambda part: "n/a" if not part or part["roc_auc"] is None else f"{part['roc_auc']:.3f}"  # noqa: E731
         print(f"input check: {100 * check['accepted']:.1f}% accepted, {check['refused']} refused {check['reasons'] or ''}; "
               f"ROC AUC on accepted {auc(check['accepted_pictures'])}, on refused {auc(check['refused_pictures'])}")
+    for key, heading in (("auc_by_benign_diagnosis", "benign diagnosis"), ("auc_by_benign_group", "benign group")):
+        if report.get(key):
+            print(f"\nmelanoma against each {heading}:")
+            for name, row in report[key].items():
+                print(f"  {name:66s} {row['n_benign']:5d} benign  ROC AUC {row['roc_auc']:.3f}")
     if "robustness" in report:
         print(f"\n{'shift':32s} {'AUC':>6s} {'drop':>6s} {'sens@scr':>9s} {'spec@scr':>9s}")
         for name, row in report["robustness"].items():

@@ -92,6 +92,8 @@ def split_summary(data: dict, settings: SplitSettings) -> dict:
                 "split themselves with data_prep.training_data from the same folders and settings.",
         "counts": {name: class_counts(data[name]) for name in ("train", "validation", "test")},
         "sources": data["sources"],
+        "diagnoses": data["diagnoses"],
+        "sample_weights_by_group": data["weight_summary"],
         "class_counts_used": data["class_counts"],
         "class_weights": data["class_weights"],
         "duplicate_audit": data["audit"]["summary"],
@@ -116,6 +118,15 @@ def cmd_split(args) -> None:
     for source, splits in summary["sources"].items():
         print(f"  from {source}: " + "; ".join(f"{split} " + ", ".join(f"{label} {n}" for label, n in counts.items())
                                               for split, counts in splits.items()))
+    for source, by_label in data["diagnoses"].items():
+        print(f"  diagnoses in {source} (train + validation): " + "; ".join(
+            f"{label} " + ", ".join(f"{dx} {n}" for dx, n in sorted(by_dx.items(), key=lambda item: -item[1]))
+            for label, by_dx in by_label.items()))
+    if data["weight_summary"]:
+        print("Training weight per group (--balance source_class / --balance-diagnoses):")
+        for group, by_label in data["weight_summary"].items():
+            print(f"  {group:28s} " + "; ".join(f"{label} {row['images']} images weigh {row['total_weight']:.0f}"
+                                             for label, row in by_label.items()))
     if summary["class_weights"]:
         print("Class weights: " + ", ".join(f"{label} {w:.3f}" for label, w in zip(LABELS, summary["class_weights"])))
     if args.out:

@@ -21,6 +21,8 @@ from melanoma_screen.labels import CLASS_NAMES
 
 # The position in this tuple is an image's class id, the order a new model's config is given.
 LABELS = CLASS_NAMES
+# Beside the class folders, a table of each file's diagnosis and acquisition (data_prep.sources.read_labels_csv).
+LABELS_CSV = "labels.csv"
 
 
 @dataclass
@@ -135,7 +137,7 @@ def scan_image_folder(data_dir, splits=("train", "test"), progress: bool = True)
             if class_dir is not None:
                 candidates.extend((path, split, label) for path in _files_under(class_dir))
         for child in sorted(split_dir.iterdir()):
-            if not child.is_dir() and not _is_hidden(child.name):
+            if not child.is_dir() and not _is_hidden(child.name) and child.name != LABELS_CSV:
                 # Reported rather than fatal: a stray README or labels.csv beside the class folders is common.
                 skipped.append({
                     "path": str(child), "split": split, "label": None,

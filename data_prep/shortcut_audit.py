@@ -206,7 +206,7 @@ def shortcut_audit(records: list[ImageRecord], warn_auc: float = DEFAULT_WARN_AU
     per_split, auc, direction, auc_by_split, varies), combined (cross-validated
     AUC of all varying features together) and warnings (plain sentences).
     """
-    rows, labels, splits, unreadable = [], [], [], []
+    rows, labels, splits, sources, unreadable = [], [], [], [], []
     for record in tqdm(records, desc="Shortcut audit", unit="img", disable=not progress):
         try:
             image, size, quality = _open(record)
@@ -217,7 +217,13 @@ def shortcut_audit(records: list[ImageRecord], warn_auc: float = DEFAULT_WARN_AU
         rows.append(acquisition_features(image, size, quality))
         labels.append(record.label)
         splits.append(record.split)
+        sources.append(record.source or "all")
     labels = np.asarray(labels, dtype=int)
+    sources = np.asarray(sources, dtype=object)
+    # Inside one source the acquisition is (nearly) one device: a cue that still predicts the label
+    # there is not the source's class balance speaking.
+    two_class_sources = [source for source in sorted(set(sources.tolist()))
+                         if min(np.bincount(labels[sources == source], minlength=2)) >= 2]
     splits = np.asarray(splits, dtype=object)
     split_names = list(dict.fromkeys(splits.tolist()))
 
@@ -239,6 +245,8 @@ def shortcut_audit(records: list[ImageRecord], warn_auc: float = DEFAULT_WARN_AU
         entry["auc"], entry["direction"] = _rounded(auc), direction
         entry["auc_by_split"] = {split: _rounded(_separation(_auc(labels[splits == split], values[splits == split]))[0])
                                  for split in split_names} if varies else {}
+        entry["auc_by_source"] = {source: _rounded(_separation(_auc(labels[sources == source], values[sources == source]))[0])
+                                  for source in two_class_sources} if varies else {}
         features[name] = entry
         if varies:
             varying.append(name)
@@ -250,7 +258,14 @@ def shortcut_audit(records: list[ImageRecord], warn_auc: float = DEFAULT_WARN_AU
     matrix = np.asarray([[row[name] for name in varying] for row in rows], dtype=np.float64).reshape(len(rows), len(varying))
     # A feature missing everywhere (no JPEG at all) cannot be imputed; drop it from the classifier.
     usable = [name for j, name in enumerate(varying) if not np.isnan(matrix[:, j]).all()]
-    combined = _combined(matrix[:, [varying.index(name) for name in usable]], labels, usable, seed)
+    usable_matrix = matrix[:, [varying.index(name) for name in usable]]
+    combined = _combined(usable_matrix, labels, usable, seed)
+    combined_by_source = {source: _combined(usable_matrix[sources == source], labels[sources == source], usable, seed)["cv_auc"]
+                          for source in two_class_sources}
+    # The source alone, scored by its own share of malignant images: what a model learns if it
+    # only recognises the camera.
+    share = {source: labels[sources == source].mean() for source in set(sources.tolist())}
+    source_alone_auc = _rounded(_auc(labels, np.asarray([share[source] for source in sources], dtype=np.float64)))
     if combined["cv_auc"] is not None and combined["cv_auc"] >= warn_auc:
         warnings.append(f"Shortcut: all acquisition features together ({', '.join(usable)}) predict the label with "
                         f"a cross-validated ROC AUC of {combined['cv_auc']:.2f}, without looking at the lesion.")
@@ -263,6 +278,10 @@ def shortcut_audit(records: list[ImageRecord], warn_auc: float = DEFAULT_WARN_AU
                    for split in split_names},
         "features": features,
         "combined": combined,
+        "combined_by_source": combined_by_source,
+        "source_alone_auc": source_alone_auc,
+        "source_counts": {source: {label: int(((sources == source) & (labels == i)).sum()) for i, label in enumerate(LABELS)}
+                          for source in sorted(set(sources.tolist()))},
         "warnings": warnings,
     }
 
@@ -298,6 +317,14 @@ def shortcut_markdown(report: dict) -> str:
                  f"cross-validated ROC AUC of {combined['cv_auc']:.3f}.")
     if constant:
         text += " The same for every image: " + "; ".join(constant) + "."
+    by_source = report.get("combined_by_source") or {}
+    if len(report.get("source_counts", {})) > 1:
+        text += (f" The source alone (each source's share of malignant images as the score) reaches ROC AUC "
+                 f"{report['source_alone_auc']:.3f}")
+        if by_source:
+            text += "; inside each source with both classes, all features together reach " + ", ".join(
+                f"{source} {'n/a' if auc is None else format(auc, '.3f')}" for source, auc in by_source.items())
+        text += "."
     if report["warnings"]:
         text += "\n\n" + "\n".join(f"- {warning}" for warning in report["warnings"])
     else:
@@ -325,5 +352,15 @@ def print_shortcut_audit(report: dict) -> None:
     combined = report["combined"]
     if combined["cv_auc"] is not None:
         print(f"  all together (logistic regression, {combined['folds']}-fold CV): ROC AUC {combined['cv_auc']:.3f}")
+    if report.get("source_alone_auc") is not None and len(report.get("source_counts", {})) > 1:
+        print(f"  the source alone (its share of malignant images as the score): ROC AUC {report['source_alone_auc']:.3f}")
+    for source, auc in (report.get("combined_by_source") or {}).items():
+        counts = report["source_counts"][source]
+        strongest = max(((name, entry["auc_by_source"].get(source)) for name, entry in report["features"].items()
+                         if entry["varies"] and entry["auc_by_source"].get(source) is not None),
+                        key=lambda item: item[1], default=(None, None))
+        print(f"  inside {source} ({counts['benign']} benign, {counts['malignant']} malignant): all together "
+              + ("n/a" if auc is None else f"{auc:.3f}")
+              + ("" if strongest[0] is None else f", strongest alone {strongest[0]} {strongest[1]:.3f}"))
     for warning in report["warnings"]:
         print(f"WARNING: {warning}")

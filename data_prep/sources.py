@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 
 from .audit import audit_duplicates
-from .folder import LABELS, ScanReport, scan_image_folder
+from .folder import LABELS, LABELS_CSV, ScanReport, scan_image_folder
 from .hub import load_hub_dataset
 from .settings import SplitSettings
 from .split import balance, duplicates_to_drop, group_ids, sample_weights, train_val_split, weight_summary
@@ -58,9 +58,6 @@ def scan_label_folder(folder, split: str, progress: bool = True) -> ScanReport:
     # Keyed by the split it is read as, like every other ScanReport, not by the folder's name.
     scan.counts = {split: next(iter(scan.counts.values()))}
     return scan
-
-
-LABELS_CSV = "labels.csv"
 
 
 def read_labels_csv(folder: Path) -> dict[str, dict]:

@@ -197,6 +197,22 @@ def external_table(external: dict) -> str:
     for name, result in external.items():
         m = result["at_0_5"]
         lines.append(f"| {name} (external) | {m['n']} ({m['n_malignant']} / {m['n_benign']}) | " + " | ".join(cells(result)) + " |")
+    groups = [(name, result["auc_by_benign_group"]) for name, result in external.items() if result.get("auc_by_benign_group")]
+    if groups:
+        lines += ["", benign_group_table(groups)]
+    return "\n".join(lines)
+
+
+def benign_group_table(groups) -> str:
+    """[(set name, {group: {"roc_auc", "n_benign", "n_malignant"}})] as melanoma-against-each-group rows.
+
+    The pooled AUC is mostly melanoma against common moles; these rows are the
+    lesions that look like melanoma, where a screening aid earns its keep.
+    """
+    lines = ["| Set | Melanoma against | Benign images | ROC AUC |", "|---|---|---:|---:|"]
+    for name, by_group in groups:
+        for group, row in by_group.items():
+            lines.append(f"| {name} | {group} | {row['n_benign']} | {format_value(row['roc_auc'])} |")
     return "\n".join(lines)
 
 
