@@ -1,0 +1,229 @@
+"""Training that must look at the lesion: diagnoses and acquisitions from labels.csv, source x class
+balance, benign-diagnosis balance, the auxiliary diagnosis outputs, acquisition augmentation,
+per-source model selection, per-diagnosis figures, and fine-tuning a LeViT folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+import train_vit
+from conftest import REPO_ROOT, SHARED_DATA, real_images
+from data_prep import ImageRecord, sample_weights, scan_label_folder
+from melanoma_screen import metrics
+from melanoma_screen.labels import benign_diagnosis_group
+from melanoma_screen.modeling import add_diagnosis_outputs, build_other_architecture, strip_diagnosis_outputs
+from melanoma_screen.transforms import DermoscopyAugmentation
+
+
+def _records(groups: dict) -> list[ImageRecord]:
+    """{(source, label, dx): count} as records with made-up paths (sample_weights reads no image)."""
+    records = []
+    for (source, label, dx), count in groups.items():
+        records += [ImageRecord(path=f"/{source}/{dx}/{i}.jpg", label=label, split="train", source=source, dx=dx)
+                    for i in range(count)]
+    return records
+
+
+def _totals(records, weights) -> dict:
+    totals = defaultdict(float)
+    for record, weight in zip(records, weights):
+        totals[(record.source, record.label)] += weight
+        totals[("dx", record.dx)] += weight
+    return totals
+
+
+# The training mix in miniature: the 10k set (both classes, no diagnoses), isic2017 once its
+# melanomas are dropped as copies (benign only), and HAM10000's MoleMax acquisition (almost no melanoma).
+MIX = {("10k", 0, ""): 450, ("10k", 1, ""): 400, ("isic2017", 0, "nv"): 140, ("isic2017", 0, "bkl"): 30,
+       ("ham/molemax", 0, "nv"): 300, ("ham/molemax", 0, "bkl"): 9, ("ham/molemax", 0, "df"): 3, ("ham/molemax", 1, "mel"): 2,
+       ("ham/modern", 0, "nv"): 70, ("ham/modern", 0, "bkl"): 20, ("ham/modern", 0, "df"): 2, ("ham/modern", 1, "mel"): 26}
+
+
+def test_source_class_balance_leaves_no_source_a_class_balance_of_its_own():
+    records = _records(MIX)
+    weights = sample_weights(records, source_class=True, max_weight=10.0)
+    totals = _totals(records, weights)
+    assert np.mean(weights) == pytest.approx(1.0)
+    # Every two-class source weighs its classes alike: the acquisition no longer tells the label.
+    for source in ("ham/molemax", "ham/modern"):
+        assert totals[(source, 0)] == pytest.approx(totals[(source, 1)])
+    # The benign-only source is balanced together with the largest two-class one, not left to mean "benign".
+    assert totals[("10k", 0)] + totals[("isic2017", 0)] == pytest.approx(totals[("10k", 1)])
+    # MoleMax's two melanomas would weigh ~80 each; capped at 10 (before the mean is brought back to 1),
+    # the source shrinks to stay balanced.
+    uncapped = sample_weights(records, source_class=True, max_weight=1000.0)
+    assert max(uncapped) > 60 and max(weights) < 20
+    assert totals[("ham/molemax", 0)] < 0.1 * 314
+    # Overall the classes weigh the same.
+    benign = sum(w for r, w in zip(records, weights) if r.label == 0)
+    assert benign == pytest.approx(sum(weights) / 2)
+
+
+def test_diagnosis_balance_lifts_rare_benign_diagnoses_and_keeps_each_source_balanced():
+    records = _records(MIX)
+    plain = _totals(records, sample_weights(records, source_class=True))
+    weights = sample_weights(records, source_class=True, diagnoses=True)
+    balanced = _totals(records, weights)
+    for dx in ("bkl", "df"):
+        assert balanced[("dx", dx)] > 1.5 * plain[("dx", dx)]
+    assert balanced[("dx", "nv")] < plain[("dx", "nv")]
+    for source in ("ham/molemax", "ham/modern"):
+        assert balanced[(source, 0)] == pytest.approx(balanced[(source, 1)])
+    # Inside a source, a dermatofibroma weighs sqrt(n_known_benign / n_df) times a nevus.
+    modern = {r.dx: w for r, w in zip(records, weights) if r.source == "ham/modern" and r.label == 0}
+    assert modern["df"] / modern["nv"] == pytest.approx((92 / 2) ** 0.5 / (92 / 70) ** 0.5)
+    assert sample_weights(records) is None
+
+
+def test_labels_csv_gives_each_image_its_diagnosis_and_acquisition(tmp_path):
+    ham = SHARED_DATA / "ham10000"
+    if not (ham / "labels.csv").is_file():
+        pytest.skip(f"{ham} is not there")
+    with open(ham / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = [next(row for row in rows if row["dx"] == dx and row["source"] == source)
+              for dx, source in (("nv", "vidir_molemax"), ("bkl", "vidir_modern"), ("mel", "vienna_dias"))]
+    folder = tmp_path / "ham10000"
+    for row in chosen:
+        (folder / row["label"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(ham / row["file"], folder / row["file"])
+    with open(folder / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(chosen)
+    scan = scan_label_folder(folder, "train", progress=False)
+    assert not scan.skipped  # labels.csv beside the class folders is data, not a stray file
+    found = {(record.dx, record.source, record.label_name) for record in scan.records}
+    assert found == {("nv", "ham10000/vidir_molemax", "benign"), ("bkl", "ham10000/vidir_modern", "benign"),
+                     ("mel", "ham10000/vienna_dias", "malignant")}
+
+
+def test_melanoma_against_each_benign_group():
+    labels = [1, 1, 0, 0, 0, 0]
+    prob = [0.9, 0.6, 0.1, 0.2, 0.95, 0.7]  # the keratoses score above one melanoma or both
+    groups = [None, None, "clark nevus", "clark nevus", "seborrheic keratosis", "lentigo"]
+    report = metrics.auc_against_benign_groups(labels, prob, [benign_diagnosis_group(g) for g in groups])
+    assert report["Clark (common, dysplastic) nevi"] == {"roc_auc": 1.0, "n_benign": 2, "n_malignant": 2}
+    assert report["keratosis / lentigo / melanosis"]["roc_auc"] == pytest.approx(0.25)
+    by_source = metrics.auc_per_source([1, 0] * 12 + [1, 0, 0], [0.9, 0.1] * 12 + [0.1, 0.9, 0.2], ["a"] * 24 + ["b"] * 3,
+                                       min_each_class=10)
+    assert by_source == {"a": 1.0}  # b has one melanoma: its AUC would be noise, so it is not reported
+
+
+def test_diagnosis_outputs_leave_the_screening_outputs_and_are_stripped_before_saving(tmp_path):
+    model = build_other_architecture("levit", 64, num_labels=2, id2label={0: "benign", 1: "malignant"},
+                                     label2id={"benign": 0, "malignant": 1}).eval()
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(pixel_values=pixels).logits
+        add_diagnosis_outputs(model, ["bkl", "mel", "nv"])
+        widened = model(pixel_values=pixels).logits
+    assert widened.shape == (2, 5)
+    torch.testing.assert_close(widened[:, :2], before)
+    model.save_pretrained(tmp_path / "checkpoint")  # Trainer's checkpoints reload at their size
+    reloaded = type(model).from_pretrained(tmp_path / "checkpoint").eval()
+    assert reloaded.config.id2label[4] == "dx:nv"
+    strip_diagnosis_outputs(reloaded)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=pixels).logits, before)
+    assert reloaded.config.id2label == {0: "benign", 1: "malignant"} and reloaded.config.num_labels == 2
+
+
+def test_screening_loss_weighs_each_image_and_adds_the_diagnosis_term():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 0.1], [0.3, 0.2, -0.4, 1.0], [-1.0, 1.5, 0.0, 0.0]])
+    labels = torch.tensor([0, 1, 1])
+    plain = torch.nn.functional.cross_entropy(logits[:, :2], labels)
+    loss = train_vit.screening_loss(None, 0.0)
+    assert loss({"logits": logits}, labels) == pytest.approx(plain.item())
+    packed = torch.tensor([[0, -1, 1.0], [1, -1, 1.0], [1, -1, 1.0]])
+    assert loss({"logits": logits}, packed) == pytest.approx(plain.item())
+    # An image of weight 0 does not count; one of weight 2 counts twice.
+    weighted = torch.tensor([[0, -1, 0.0], [1, -1, 2.0], [1, -1, 1.0]])
+    per_image = torch.nn.functional.cross_entropy(logits[:, :2], labels, reduction="none")
+    assert loss({"logits": logits}, weighted) == pytest.approx(((2 * per_image[1] + per_image[2]) / 3).item())
+    with_dx = torch.tensor([[0, 1, 1.0], [1, -1, 1.0], [1, 0, 1.0]])
+    dx_term = torch.nn.functional.cross_entropy(logits[[0, 2], 2:], torch.tensor([1, 0]))
+    assert train_vit.screening_loss(None, 0.0, 0.5)({"logits": logits}, with_dx) == pytest.approx((plain + 0.5 * dx_term).item())
+
+
+def test_acquisition_augmentation_degrades_like_another_camera_and_keeps_the_frame():
+    image = Image.open(real_images("test", "malignant", 1)[0]).convert("RGB").resize((128, 128))
+    rng = random.Random(0)
+    outputs = [DermoscopyAugmentation.acquisition_chain(image, rng) for _ in range(12)]
+    original = np.asarray(image, dtype=np.float32)
+    changes = [np.abs(np.asarray(out, dtype=np.float32) - original).mean() for out in outputs]
+    assert all(out.size == image.size and out.mode == "RGB" for out in outputs)
+    assert min(changes) > 0.3 and max(changes) < 25  # always recompressed, never a different picture
+    # Blur and down-scaling take fine detail away: the high frequencies of some outputs drop clearly.
+    detail = lambda picture: np.abs(np.diff(np.asarray(picture.convert("L"), dtype=np.float32), axis=1)).mean()  # noqa: E731
+    assert min(detail(out) for out in outputs) < 0.8 * detail(image)
+    assert DermoscopyAugmentation(image_size=128, acquisition=0.0)(image, random.Random(1)).size == (128, 128)
+
+
+def test_the_shipped_levit_folder_fine_tunes_through_the_auto_class():
+    model, processor, base, description = train_vit.build_model(train_vit.ModelArguments(model_name_or_path=str(REPO_ROOT / "model")), seed=0)
+    assert type(model).__name__ == "LevitForImageClassification" and base is None
+    assert description.startswith("LeViT (") and "fine-tuned from" in description
+    shipped = type(model).from_pretrained(str(REPO_ROOT / "model")).state_dict()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, shipped[name])  # every weight carried over, the head included
+
+
+def _labelled_copy(source, target, count_per_label, column):
+    """A few images of a shared set with their labels.csv rows."""
+    with open(source / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = []
+    for label in ("benign", "malignant"):
+        picked = [row for row in rows if row["label"] == label]
+        chosen += picked[:: max(1, len(picked) // count_per_label)][:count_per_label]
+    for row in chosen:
+        (target / row["label"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / row["file"], target / row["file"])
+    with open(target / "labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "label", column, *(["source"] if "source" in rows[0] else [])],
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(chosen)
+
+
+def test_a_levit_run_fine_tuned_with_every_mimic_lever_publishes_two_labels(tiny_image_folder, tmp_path):
+    """The full recipe end to end: a LeViT folder fine-tuned with source x class and diagnosis balance, the
+    diagnosis outputs, acquisition augmentation and per-source selection; pipeline reads benign/malignant."""
+    for name in ("ham10000", "derm7pt"):
+        if not (SHARED_DATA / name / "labels.csv").is_file():
+            pytest.skip(f"{SHARED_DATA / name} is not there")
+    ham, derm = tmp_path / "ham10000", tmp_path / "derm7pt"
+    _labelled_copy(SHARED_DATA / "ham10000", ham, 8, "dx")
+    _labelled_copy(SHARED_DATA / "derm7pt", derm, 6, "diagnosis")
+    base = tmp_path / "levit-base"
+    model = build_other_architecture("levit", 64, num_labels=2, id2label={0: "benign", 1: "malignant"},
+                                     label2id={"benign": 0, "malignant": 1})
+    model.save_pretrained(base)
+    output = tmp_path / "run"
+    train_vit.main([
+        "--data-dir", str(tiny_image_folder), "--extra-train-dir", str(ham), "--external-dir", str(derm),
+        "--model-name-or-path", str(base), "--max_steps", "2", "--per_device_train_batch_size", "8",
+        "--balance", "source_class", "--balance-diagnoses", "--diagnosis-head-weight", "0.3",
+        "--augment-acquisition", "0.5", "--select-on", "mean_source", "--output-dir", str(output),
+    ])
+    config = json.loads((output / "config.json").read_text())
+    assert config["id2label"] == {"0": "benign", "1": "malignant"}
+    report = json.loads((output / "eval_results.json").read_text())
+    assert report["checkpoint_selection"]["best_checkpoint"]["metric"] == "mean_source_auc"
+    assert {group for group in report["sample_weights_by_group"] if group.startswith("ham10000/")}
+    groups = report["external"]["derm7pt"]["auc_by_benign_group"]
+    assert groups and all(0.0 <= row["roc_auc"] <= 1.0 and row["n_malignant"] == 6 for row in groups.values())
+    assert "Melanoma against" in (output / "README.md").read_text()
+    scores = pipeline("image-classification", model=str(output))(str(real_images("test", "malignant", 1)[0]))
+    assert sorted(row["label"] for row in scores) == ["benign", "malignant"]
