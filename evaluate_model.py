@@ -392,7 +392,8 @@ UNKNOWN = "—"  # a setting the run did not store, unlike "–", a setting that
 # --scratch-config's names, as the comparison's initialisation column writes them.
 ARCHITECTURE_LABELS = {"tiny": "ViT-tiny", "small": "ViT-small", "base": "ViT-base", "levit": "LeViT-128S",
                        "mobilevitv2": "MobileViTV2-0.5"}
-_RECIPE_COLUMNS = ("initialisation", "extra training data", "field of view", "colour constancy", "augmentation")
+_RECIPE_COLUMNS = ("initialisation", "extra training data", "field of view", "colour constancy", "augmentation",
+                   "balance", "selection")
 
 
 def recipe(settings: dict | None) -> dict:
@@ -416,6 +417,11 @@ def recipe(settings: dict | None) -> dict:
         ", ".join(f"{k} {v:g}" + (" per class" if k == "vignette" and data_args.get("augment_vignette_balanced") else "")
                   for k, v in changed.items())
         + (", lesion size balanced per class" if data_args.get("augment_lesion_size_balanced") else "") or "default",
+        (data_args.get("balance") or "none") + (" + diagnoses" if data_args.get("balance_diagnoses") else "")
+        + (f", diagnosis head {settings['screening']['diagnosis_head_weight']:g}"
+           if (settings.get("screening") or {}).get("diagnosis_head_weight") else ""),
+        {"pooled": "pooled val AUC", "mean_source": "mean per-source val AUC", "worst_source": "worst per-source val AUC"}[
+            (settings.get("screening") or {}).get("select_on") or "pooled"],
     )))
 
 
@@ -451,10 +457,14 @@ def describe_run(run_dir: Path) -> dict:
         row[f"{name} AUC"] = external["at_0_5"]["roc_auc"]
         row[f"{name} sens / spec @ screening"] = (external["at_screening_threshold"]["sensitivity"],
                                                   external["at_screening_threshold"]["specificity"])
+        for group, result in (external.get("auc_by_benign_group") or {}).items():
+            row[f"{name} AUC against {group}"] = result["roc_auc"]
         shift = external.get("by_source") or by_source.get(name)
         if shift and "specificity_at_sensitivity_0_90" in shift:
             row[f"{name} spec @ sens 0.90"] = shift["specificity_at_sensitivity_0_90"]
             row[f"{name} mean P(mal) of benign"] = shift["mean_p_malignant_benign"]
+    for source, auc in (report.get("validation_auc_by_source") or {}).items():
+        row[f"val AUC {source}"] = auc
     if report.get("train_minutes") is not None:
         row["train minutes"] = f"{report['train_minutes']:.0f}"
     robustness_path = run_dir / "robustness.json"

@@ -129,6 +129,11 @@ def cmd_split(args) -> None:
                                              for label, row in by_label.items()))
     if summary["class_weights"]:
         print("Class weights: " + ", ".join(f"{label} {w:.3f}" for label, w in zip(LABELS, summary["class_weights"])))
+    if args.shortcut_audit:
+        # As training runs it: over every image it will see, with each acquisition as its own source.
+        summary["shortcut_audit"] = shortcut_audit(data["train"] + data["validation"] + data["test"],
+                                                   progress=not args.no_progress)
+        print_shortcut_audit(summary["shortcut_audit"])
     if args.out:
         write_json(summary, args.out)
 
@@ -171,6 +176,9 @@ def main(argv=None) -> None:
                     "dropped and why. Duplicate groups always stay on one side of the validation split. "
                     "Nothing reads the --out file: it is for inspection (training splits the folders itself).")
     split.add_argument("--out", help="also write the summary to this JSON file, for inspection only")
+    split.add_argument("--shortcut-audit", action="store_true",
+                       help="also run the shortcut audit over the split's images, pooled and inside each source, as "
+                            "training does")
     add_split_arguments(split, skip=("data_dir", "dataset_name"), aliases={"audit_file": ["--audit"]})
     for flag in ("--hash-distance", "--min-detail-correlation"):
         # Training audits with the defaults or reads --audit-file: a split tuned otherwise would not be the one it uses.
