@@ -54,6 +54,11 @@ class SplitSettings:
         default=10.0,
         metadata={"help": "Cap on one image's weight relative to the mean (a source with 17 melanomas in 3,157 images "
                           "would otherwise weigh each of them ~90 times)."})
+    hold_out_source: Optional[str] = field(
+        default=None,
+        metadata={"help": "Leave one source out of training and validation (e.g. ham10000/vienna_dias, a source as "
+                          "`python -m data_prep split` names it) and score it at the end like an external set: does the "
+                          "recipe hold on an acquisition it never saw?"})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (for quick runs)."})
 
     @classmethod

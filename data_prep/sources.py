@@ -130,6 +130,11 @@ def training_data(settings: SplitSettings, external_dirs=(), progress: bool = Tr
     dropped = set(drop_reasons)
 
     train_pool = [r for r in records if r.split == "train" and r.path not in dropped]
+    held_out = [r for r in train_pool if settings.hold_out_source and r.source == settings.hold_out_source]
+    if settings.hold_out_source and not held_out:
+        raise ValueError(f"--hold-out-source {settings.hold_out_source}: no training image comes from it; the sources are "
+                         + ", ".join(sorted({r.source for r in train_pool})) + ".")
+    train_pool = [r for r in train_pool if not (settings.hold_out_source and r.source == settings.hold_out_source)]
     test_records = [r for r in records if r.split == "test"]
     # Duplicates of one image must sit on one side of the validation split,
     # or validation turns into a memory test and thresholds come out too rosy.
@@ -140,6 +145,8 @@ def training_data(settings: SplitSettings, external_dirs=(), progress: bool = Tr
     weights = sample_weights(train, source_class=settings.balance == "source_class", diagnoses=settings.balance_diagnoses,
                              max_weight=settings.max_sample_weight)
     external = {Path(folder).name: scan_label_folder(folder, "external", progress=progress).records for folder in external_dirs or ()}
+    if held_out:
+        external[f"held-out {settings.hold_out_source}"] = held_out
     return dict(
         scan=scan, skipped=skipped, audit=audit, dropped=sorted(dropped), drop_reasons=drop_reasons, extra_dropped=len(dropped & extra_paths),
         extra_counts={Path(folder).name: extra.counts for folder, extra in zip(extra_train_dirs or (), extra_scans)},

@@ -41,6 +41,8 @@
 #                        the checkpoint chosen on the mean per-source validation AUC
 #   ft-ham-mimics        ft-ham-balance + the auxiliary diagnosis head + acquisition augmentation
 #   levit-ham-mimics     ft-ham-mimics' levers on a LeViT trained from random weights
+#   ft-ham-mimics-lodo   ft-ham-mimics with ham10000's vienna_dias acquisition left out of training and
+#                        validation, scored at the end like an external set (leave one source out)
 # derm7pt is scored after training to compare recipes, never to fit anything; choosing a
 # recipe on it makes its figures slightly optimistic, and the README says so.
 set -uo pipefail
@@ -91,6 +93,7 @@ recipe_args() {
         ft-ham)               echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3" ;;
         ft-ham-balance)       echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS" ;;
         ft-ham-mimics)        echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5" ;;
+        ft-ham-mimics-lodo)   echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5 --hold-out-source ham10000/vienna_dias" ;;
         levit-ham-mimics)     echo "--scratch-config levit --image-size 128 ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5" ;;
         mobilevitv2)          echo "--scratch-config mobilevitv2 --image-size 128 ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25" ;;
         *) echo "unknown recipe $1" >&2; return 1 ;;

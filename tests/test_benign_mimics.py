@@ -227,3 +227,20 @@ def test_a_levit_run_fine_tuned_with_every_mimic_lever_publishes_two_labels(tiny
     assert "Melanoma against" in (output / "README.md").read_text()
     scores = pipeline("image-classification", model=str(output))(str(real_images("test", "malignant", 1)[0]))
     assert sorted(row["label"] for row in scores) == ["benign", "malignant"]
+
+
+def test_a_held_out_source_leaves_training_and_is_scored_like_an_external_set(tiny_image_folder, tmp_path):
+    from data_prep import SplitSettings, training_data
+
+    if not (SHARED_DATA / "ham10000" / "labels.csv").is_file():
+        pytest.skip("ham10000 is not there")
+    ham = tmp_path / "ham10000"
+    _labelled_copy(SHARED_DATA / "ham10000", ham, 12, "dx")
+    sources = {record.source for record in scan_label_folder(ham, "train", progress=False).records}
+    held = sorted(sources)[0]
+    settings = SplitSettings(data_dir=str(tiny_image_folder), extra_train_dir=[str(ham)], hold_out_source=held)
+    data = training_data(settings, progress=False)
+    assert held not in {record.source for record in data["train"] + data["validation"]}
+    assert data["external"][f"held-out {held}"] and {r.source for r in data["external"][f"held-out {held}"]} == {held}
+    with pytest.raises(ValueError, match="no training image comes from it"):
+        training_data(SplitSettings(data_dir=str(tiny_image_folder), hold_out_source="nowhere"), progress=False)
