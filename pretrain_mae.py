@@ -22,11 +22,12 @@ from typing import Optional
 
 import torch
 from transformers import HfArgumentParser, TrainingArguments, ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTModel, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 import data_prep
 from data_prep import SplitSettings, to_dataset
 from melanoma_screen.images import load_rgb_image
-from melanoma_screen.modeling import SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback, last_checkpoint
+from melanoma_screen.modeling import SCRATCH_CONFIGS, CheckpointSafeTrainer, TimeLimitCallback
 from melanoma_screen.transforms import DermoscopyAugmentation, augmentation_rng, build_image_processor
 
 logger = logging.getLogger("pretrain_mae")
@@ -132,7 +133,8 @@ def main(argv=None):
         data_collator=lambda examples: {"pixel_values": torch.stack([e["pixel_values"] for e in examples])},
         callbacks=[TimeLimitCallback(args.max_train_minutes)] if args.max_train_minutes else None,
     )
-    trainer.train(resume_from_checkpoint=last_checkpoint(training_args.output_dir) if args.resume else None)
+    resumable = args.resume and Path(training_args.output_dir).is_dir()
+    trainer.train(resume_from_checkpoint=get_last_checkpoint(training_args.output_dir) if resumable else None)
     if trainer.is_world_process_zero():
         encoder_dir = export_encoder(trainer.model, args, output_dir / "encoder")
         logger.info("saved the encoder to %s; fine-tune it with train_vit.py --init-from %s", encoder_dir, encoder_dir)

@@ -39,6 +39,7 @@ from transformers import (
     ViTForImageClassification,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 import data_prep
 from data_prep import SplitSettings, to_dataset
@@ -51,7 +52,7 @@ from melanoma_screen.model_card import ARCHITECTURE_NAMES, write_model_card
 from melanoma_screen.skin import lesion_extent, reference_skin_colour
 from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, OTHER_ARCHITECTURES, SCRATCH_CONFIGS, build_other_architecture, CheckpointSafeTrainer, TimeLimitCallback, add_diagnosis_outputs,
-    averaged_state_dict, last_checkpoint, mimetic_initialisation, strip_diagnosis_outputs, trainer_checkpoints,
+    averaged_state_dict, mimetic_initialisation, strip_diagnosis_outputs, trainer_checkpoints,
 )
 from melanoma_screen.transforms import (
     AUGMENTATION_DEFAULTS,
@@ -734,7 +735,7 @@ def main(argv=None):
                             screening_args, training_args)
     resume_from = training_args.resume_from_checkpoint
     if resume_from == "last":
-        resume_from = last_checkpoint(training_args.output_dir)
+        resume_from = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
         logger.info("resuming from %s", resume_from or "scratch (no checkpoint found)")
     trainer.train(resume_from_checkpoint=resume_from)
     checkpoint_selection = select_checkpoint_or_average(trainer, val_dataset, data, screening_args)

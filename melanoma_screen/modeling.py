@@ -139,12 +139,6 @@ def _set_classifier_linear(model, linear) -> None:
     model.config.num_labels = linear.out_features
 
 
-def last_checkpoint(checkpoint_dir) -> str | None:
-    """The newest Trainer checkpoint in `checkpoint_dir`, or None."""
-    checkpoints = trainer_checkpoints(checkpoint_dir)
-    return checkpoints[-1] if checkpoints else None
-
-
 def trainer_checkpoints(checkpoint_dir) -> list[str]:
     """Trainer checkpoints in `checkpoint_dir` (one per epoch, or per --eval-steps), oldest first."""
     paths = sorted(Path(checkpoint_dir).glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))

@@ -505,3 +505,18 @@ def test_other_architectures_train_score_and_fold_their_temperature(architecture
 def test_mimetic_initialisation_is_refused_for_other_architectures():
     with pytest.raises(SystemExit, match="ViT attention"):
         train_vit.build_model(train_vit.ModelArguments(scratch_config="levit", image_size=64, mimetic_init=True), seed=0)
+
+
+def test_resume_from_the_last_checkpoint_continues_the_run(tiny_image_folder, tmp_path):
+    """--resume_from_checkpoint last finds the newest checkpoint with transformers' get_last_checkpoint."""
+    output = tmp_path / "run"
+    common = ["--data-dir", str(tiny_image_folder), "--scratch-config", "tiny", "--image-size", "32",
+              "--per_device_train_batch_size", "8", "--eval_strategy", "steps", "--save_strategy", "steps",
+              "--eval_steps", "2", "--save_steps", "2", "--save_total_limit", "5", "--output-dir", str(output)]
+    train_vit.main(common + ["--max_steps", "2"])
+    first = json.loads((output / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    train_vit.main(common + ["--max_steps", "4", "--resume_from_checkpoint", "last"])
+    state = json.loads((output / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert first["global_step"] == 2 and state["global_step"] == 4
+    # The resumed run kept the first run's log, so it went on from step 2 rather than starting over.
+    assert [entry["step"] for entry in state["log_history"] if "eval_loss" in entry] == [2, 4]
