@@ -23,7 +23,8 @@ multipart file field), e.g. `curl --data-binary @lesion.jpg http://127.0.0.1:786
 It skips Gradio's upload, queue and event stream, which cost most of the CPU of
 a `/predict` call (benchmarks/README.md). `GET /api/timings` gives the CPU time
 the model has spent per stage (decode, resize, statistics, model, feature space)
-since start-up; benchmarks/load_test.py reads it.
+since start-up, and the live camera's frames judged and dropped; benchmarks/load_test.py and
+benchmarks/live_load.py read it.
 
 Feedback ("Report a wrong prediction") is stored only when that button is pressed:
 in FEEDBACK_DIR (default ./feedback), or in the Hub dataset FEEDBACK_DATASET when set.
@@ -298,10 +299,11 @@ class Screener:
         return self._store
 
     def timings(self) -> dict:
-        """The model's CPU seconds per stage since start-up, and how many pictures it scored."""
+        """The model's CPU seconds per stage since start-up, how many pictures it scored, and the live frames."""
+        live = {"live_frames": {"judged": self.live_gate.judged, "dropped": self.live_gate.dropped}}
         if self.model is None:
-            return {"images": 0, "cpu_seconds": {}}
-        return self.model.clock.snapshot()
+            return {"images": 0, "cpu_seconds": {}, **live}
+        return {**self.model.clock.snapshot(), **live}
 
     def health(self) -> tuple[dict, int]:
         """GET /healthz, for a container's HEALTHCHECK: (JSON, 200) once the model is loaded, else 503."""
@@ -490,6 +492,16 @@ SCREEN_ROUTE = "/api/screen"
 TIMINGS_ROUTE = "/api/timings"
 HEALTH_ROUTE = "/healthz"
 MAX_UPLOAD_BYTES = 30 * 1024 * 1024  # also launch()'s max_file_size for the page's uploads
+# The examples as a grid of thumbnails, each over its true diagnosis: as a table, one example per
+# full-width row, they took 1,300 px of a phone's screen. Gradio lays out a dataset of two
+# components only as a table, so the table's rows become the grid's cells.
+PAGE_CSS = """
+#examples table { display: block; }
+#examples thead { display: none; }
+#examples tbody { display: grid; grid-template-columns: repeat(auto-fill, minmax(84px, 1fr)); gap: 6px; }
+#examples tbody tr { display: flex; flex-direction: column; align-items: center; }
+#examples tbody td { padding: 2px !important; border: none !important; text-align: center; }
+"""
 
 
 def server_routes(screener: "Screener") -> list[Route]:
@@ -540,6 +552,7 @@ class Page(gr.Blocks):
         app_kwargs["routes"] = [*server_routes(self.screener), *app_kwargs.get("routes", [])]
         kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
         kwargs.setdefault("pwa", True)  # a phone can install the page like an app
+        kwargs["css"] = PAGE_CSS + (kwargs.get("css") or "")
         return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
 
 

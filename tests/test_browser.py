@@ -18,8 +18,9 @@ import base64
 import json
 
 import pytest
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image
 
+import camera_clip  # benchmarks/, on the path through conftest
 from conftest import REPO_ROOT, free_port, wait_for_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -183,6 +184,10 @@ def test_phone_layout(browser, app_url):
     # The result comes right after the Analyse button, above the examples.
     analyse_box = page.locator("#analyse").bounding_box()
     assert analyse_box["y"] < page.locator("#risk").bounding_box()["y"] < page.locator("#examples").bounding_box()["y"]
+    # The eight examples are a grid of thumbnails with their true diagnosis, not eight screen-wide rows.
+    examples = page.locator("#examples")
+    expect(examples).to_contain_text("malignant")
+    assert examples.bounding_box()["height"] < 0.6 * page.viewport_size["height"]
     screenshot(page, "app-phone.png")
     page.context.close()
 
@@ -237,30 +242,11 @@ def test_a_refused_picture_shows_why_and_how_to_retake_it(browser, app_url, tmp_
 RETAKE_GUIDANCE = {"hold_still", "more_light", "less_light"}
 
 
-def write_y4m(path: Path, frames: list[Image.Image], fps: int) -> None:
-    """An uncompressed YUV 4:2:0 clip, the format Chromium's fake camera plays (and loops)."""
-    width, height = frames[0].size
-    with path.open("wb") as out:
-        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for frame in frames:
-            luma, blue, red = frame.convert("YCbCr").split()
-            out.write(b"FRAME\n" + luma.tobytes())
-            for plane in (blue, red):
-                out.write(plane.resize((width // 2, height // 2), Image.Resampling.BILINEAR).tobytes())
-
-
 @pytest.fixture(scope="module")
 def lesion_clip(tmp_path_factory) -> Path:
     """A real lesion filmed badly, then well: 3 s blurred and dark, then 8 s sharp (the camera loops it)."""
-    fps, width, height = 10, 480, 360
-    with Image.open(EXAMPLES / "malignant_1.jpg") as image:
-        side = max(width, height)
-        sharp = image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC).crop(
-            ((side - width) // 2, (side - height) // 2, (side + width) // 2, (side + height) // 2))
-    bad = ImageEnhance.Brightness(sharp.filter(ImageFilter.GaussianBlur(10))).enhance(0.2)
-    path = tmp_path_factory.mktemp("camera") / "lesion.y4m"
-    write_y4m(path, [bad] * (3 * fps) + [sharp] * (8 * fps), fps)
-    return path
+    return camera_clip.lesion_clip(EXAMPLES / "malignant_1.jpg", tmp_path_factory.mktemp("camera") / "lesion.y4m",
+                                   bad_seconds=3, good_seconds=8)
 
 
 @pytest.fixture(scope="module")
