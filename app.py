@@ -498,9 +498,10 @@ MAX_UPLOAD_BYTES = 30 * 1024 * 1024  # also launch()'s max_file_size for the pag
 PAGE_CSS = """
 #examples table { display: block; }
 #examples thead { display: none; }
-#examples tbody { display: grid; grid-template-columns: repeat(auto-fill, minmax(84px, 1fr)); gap: 6px; }
+#examples tbody { display: grid; grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)); gap: 4px; }
 #examples tbody tr { display: flex; flex-direction: column; align-items: center; }
-#examples tbody td { padding: 2px !important; border: none !important; text-align: center; }
+#examples tbody td { padding: 2px !important; border: none !important; text-align: center; font-size: 0.85em; }
+#examples tbody td .container { width: 64px !important; height: 64px !important; }
 """
 
 
