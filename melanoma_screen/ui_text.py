@@ -13,7 +13,7 @@ TEXT = {
     "en": {
         "heading": ("# Melanoma screening aid\n\n"
                     "Upload a **dermoscopic** image of a skin lesion, take one with the camera or pick an "
-                    "example, then press **Analyse**. The model estimates how likely the lesion is to be a "
+                    "example, then press **Analyse**; or let the **Live camera** guide you and take the picture. The model estimates how likely the lesion is to be a "
                     "melanoma and shows which areas drove its score."),
         "disclaimer": ("<strong>Screening aid, not a diagnosis.</strong> A low score never rules out "
                        "melanoma. See a doctor about any lesion that changes, bleeds or worries you. The "
@@ -111,7 +111,8 @@ TEXT = {
     "fr": {
         "heading": ("# Aide au dépistage du mélanome\n\n"
                     "Importez une image **dermoscopique** d'une lésion de la peau, prenez-en une avec la caméra "
-                    "ou choisissez un exemple, puis appuyez sur **Analyser**. Le modèle estime la probabilité "
+                    "ou choisissez un exemple, puis appuyez sur **Analyser** ; ou laissez la **Caméra en direct** "
+                    "vous guider et prendre la photo. Le modèle estime la probabilité "
                     "que la lésion soit un mélanome et montre les zones qui ont compté dans son score."),
         "disclaimer": ("<strong>Aide au dépistage, pas un diagnostic.</strong> Un score faible n'exclut jamais "
                        "un mélanome. Consultez un médecin pour toute lésion qui change, saigne ou vous "

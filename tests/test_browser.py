@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 import camera_clip  # benchmarks/, on the path through conftest
+from live_load import start_live_camera
 from conftest import REPO_ROOT, free_port, wait_for_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -272,18 +273,6 @@ RECORD_GUIDANCE = """() => {
     note();
     new MutationObserver(note).observe(document.body, {subtree: true, childList: true, attributes: true});
 }"""
-
-
-def start_live_camera(page) -> None:
-    """Opens the live tab and presses the camera's two buttons: allow the webcam, then record.
-
-    Located by position, not by Gradio's own button texts, which follow the browser's language.
-    """
-    page.locator("#modes [role=tab]").nth(1).click()
-    camera_buttons = page.locator("#live-camera button:visible")
-    camera_buttons.first.click()  # access the webcam
-    expect(page.locator("#live-camera video")).to_be_visible()
-    camera_buttons.first.click()  # record: the stream starts
 
 
 @pytest.mark.parametrize("device", ["desktop-en", "phone-fr"])
