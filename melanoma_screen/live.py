@@ -162,16 +162,19 @@ class FrameGate:
 
     def __init__(self, slots: int, wait_s: float = FRAME_WAIT_S):
         self._slots = threading.BoundedSemaphore(slots)
+        self._count = threading.Lock()  # += on an attribute is not atomic across threads
         self.wait_s = wait_s
         self.judged = self.dropped = 0  # frames since start-up, for /api/timings and benchmarks/live_load.py
 
     def try_run(self, function, *args):
         """(True, function(*args)) when a slot came free within wait_s, else (False, None)."""
         if not self._slots.acquire(timeout=self.wait_s):
-            self.dropped += 1
+            with self._count:
+                self.dropped += 1
             return False, None
         try:
-            self.judged += 1
+            with self._count:
+                self.judged += 1
             return True, function(*args)
         finally:
             self._slots.release()
