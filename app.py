@@ -23,7 +23,8 @@ multipart file field), e.g. `curl --data-binary @lesion.jpg http://127.0.0.1:786
 It skips Gradio's upload, queue and event stream, which cost most of the CPU of
 a `/predict` call (benchmarks/README.md). `GET /api/timings` gives the CPU time
 the model has spent per stage (decode, resize, statistics, model, feature space)
-since start-up; benchmarks/load_test.py reads it.
+since start-up, and the live camera's frames judged and dropped; benchmarks/load_test.py and
+benchmarks/live_load.py read it.
 
 Feedback ("Report a wrong prediction") is stored only when that button is pressed:
 in FEEDBACK_DIR (default ./feedback), or in the Hub dataset FEEDBACK_DATASET when set.
@@ -54,6 +55,9 @@ from melanoma_screen.images import ImageLoadError, load_rgb_image  # noqa: E402
 from melanoma_screen.input_check import REASONS as REFUSALS  # noqa: E402
 from melanoma_screen.inference import (  # noqa: E402
     FAST, ModelLoadError, ScreeningModel, default_model_source,
+)
+from melanoma_screen.live import (  # noqa: E402
+    LIVE_STREAM_EVERY, LIVE_TIME_LIMIT, FrameGate, captured_html, guidance_html, judge_frame, new_state,
 )
 from melanoma_screen.messages import render  # noqa: E402
 from melanoma_screen.ui_text import LANGUAGES, TEXT  # noqa: E402
@@ -166,6 +170,8 @@ class Screener:
         self.feedback_dir = feedback_dir
         self.feedback_dataset = feedback_dataset
         self._store: FeedbackStore | None = None
+        # Live frames get as many slots as analyses; one that finds them busy is dropped (melanoma_screen.live).
+        self.live_gate = FrameGate(MODEL_CONCURRENCY)
 
     # -- API ------------------------------------------------------------------
 
@@ -193,6 +199,43 @@ class Screener:
         state = self._analyse(image)
         view = render_result(state, lang)
         return view["probabilities"], view["risk"], state.pop("_heatmap", None), state, ""
+
+    def live_frame(self, frame, live, lang):
+        """Live camera event, per frame: (guidance, live state, captured frame, camera, then analyse's five outputs).
+
+        Until a capture, and for a dropped frame, the result components keep what they show (gr.skip()).
+        """
+        lang = _lang(lang)
+        keep = gr.skip()
+        unchanged = (keep,) * 5
+        live = live or new_state()
+        if live.get("captured"):  # frames still in flight after the capture
+            return (keep,) * 4 + unchanged
+        if self.model is None:
+            return (guidance_html("no_model", lang), live, keep, keep) + unchanged
+        try:
+            source = image_source(frame)
+            if source is None:
+                return (keep,) * 4 + unchanged
+            judged, verdict = self.live_gate.try_run(judge_frame, self.model, source, live)
+        except ImageLoadError:
+            return (guidance_html("unreadable", lang), live, keep, keep) + unchanged
+        except Exception:
+            logger.exception("judging a live frame failed")  # the frame itself is never logged
+            return (guidance_html("unreadable", lang), live, keep, keep) + unchanged
+        if not judged:
+            return (keep,) * 4 + unchanged
+        guidance = guidance_html(verdict.state["guidance"], lang)
+        if verdict.capture is None:
+            return (guidance, verdict.state, keep, keep) + unchanged
+        # The captured frame's bytes, scored exactly as an uploaded file is; the camera is
+        # hidden, which ends its stream, until "Start again".
+        return (guidance, verdict.state, captured_html(verdict.capture), gr.update(visible=False),
+                *self.analyse(verdict.capture, lang))
+
+    def live_restart(self, lang):
+        """Page event "Start again": a new live run, the camera shown again."""
+        return guidance_html("start", _lang(lang)), new_state(), "", gr.update(visible=True)
 
     def _analyse(self, image) -> dict:
         if self.model is None:
@@ -256,10 +299,11 @@ class Screener:
         return self._store
 
     def timings(self) -> dict:
-        """The model's CPU seconds per stage since start-up, and how many pictures it scored."""
+        """The model's CPU seconds per stage since start-up, how many pictures it scored, and the live frames."""
+        live = {"live_frames": {"judged": self.live_gate.judged, "dropped": self.live_gate.dropped}}
         if self.model is None:
-            return {"images": 0, "cpu_seconds": {}}
-        return self.model.clock.snapshot()
+            return {"images": 0, "cpu_seconds": {}, **live}
+        return {**self.model.clock.snapshot(), **live}
 
     def health(self) -> tuple[dict, int]:
         """GET /healthz, for a container's HEALTHCHECK: (JSON, 200) once the model is loaded, else 503."""
@@ -310,7 +354,7 @@ def risk_html(prediction: dict, lang: str) -> str:
         p=_percent(p, lang), s=_percent(prediction["screening_threshold"], lang),
         h=_percent(prediction["high_risk_threshold"], lang))
     return (
-        f'<div class="risk-box" data-risk="{level}" role="status" style="background:{background};'
+        f'<div class="risk-box" data-risk="{level}" data-probability="{float(p)!r}" role="status" style="background:{background};'
         f'border-left:6px solid {border};color:#1b1b1b;padding:12px 16px;border-radius:8px">'
         f'<div style="font-size:1.25em">{html.escape(text["risk_title"])} '
         f'<strong>{html.escape(text["risk"][level])}</strong></div>'
@@ -448,6 +492,17 @@ SCREEN_ROUTE = "/api/screen"
 TIMINGS_ROUTE = "/api/timings"
 HEALTH_ROUTE = "/healthz"
 MAX_UPLOAD_BYTES = 30 * 1024 * 1024  # also launch()'s max_file_size for the page's uploads
+# The examples as a grid of thumbnails, each over its true diagnosis: as a table, one example per
+# full-width row, they took 1,300 px of a phone's screen. Gradio lays out a dataset of two
+# components only as a table, so the table's rows become the grid's cells.
+PAGE_CSS = """
+#examples table { display: block; }
+#examples thead { display: none; }
+#examples tbody { display: grid; grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)); gap: 4px; }
+#examples tbody tr { display: flex; flex-direction: column; align-items: center; }
+#examples tbody td { padding: 2px !important; border: none !important; text-align: center; font-size: 0.85em; }
+#examples tbody td .container { width: 64px !important; height: 64px !important; }
+"""
 
 
 def server_routes(screener: "Screener") -> list[Route]:
@@ -497,6 +552,8 @@ class Page(gr.Blocks):
         app_kwargs = dict(app_kwargs or {})
         app_kwargs["routes"] = [*server_routes(self.screener), *app_kwargs.get("routes", [])]
         kwargs.setdefault("max_file_size", MAX_UPLOAD_BYTES)
+        kwargs.setdefault("pwa", True)  # a phone can install the page like an app
+        kwargs["css"] = PAGE_CSS + (kwargs.get("css") or "")
         return super().launch(*args, app_kwargs=app_kwargs, **kwargs)
 
 
@@ -521,6 +578,11 @@ class Layout:
     api_image: gr.Image
     api_result: gr.JSON
     api_trigger: gr.Button
+    live_camera: gr.Image
+    guidance: gr.HTML
+    captured: gr.HTML
+    restart: gr.Button
+    live_state: gr.State
     localised: list = field(default_factory=list)  # (component, {property: text key})
 
 
@@ -543,14 +605,19 @@ def lay_out(screener: "Screener", initial: dict | None) -> Layout:
     # On a phone the two columns stack: image, button, then the result right below,
     # before the examples.
     with gr.Row(equal_height=False):
-        with gr.Column(scale=1, min_width=280):
-            image = static(
-                gr.Image, {"label": "image"}, sources=["upload", "webcam", "clipboard"], type="filepath",
-                image_mode=None, elem_id="lesion-image",
-                # On phones, use the back camera and do not mirror the picture.
-                webcam_options=gr.WebcamOptions(mirror=False, constraints={"video": {"facingMode": "environment"}}),
-            )
-            analyse = static(gr.Button, {"value": "analyse"}, variant="primary", elem_id="analyse")
+        with gr.Column(scale=1, min_width=280), gr.Tabs(elem_id="modes"):
+            # On phones, use the back camera and do not mirror the picture.
+            camera = gr.WebcamOptions(mirror=False, constraints={"video": {"facingMode": "environment"}})
+            with static(gr.Tab, {"label": "tab_upload"}, elem_id="tab-upload"):
+                image = static(gr.Image, {"label": "image"}, sources=["upload", "webcam", "clipboard"],
+                               type="filepath", image_mode=None, elem_id="lesion-image", webcam_options=camera)
+                analyse = static(gr.Button, {"value": "analyse"}, variant="primary", elem_id="analyse")
+            with static(gr.Tab, {"label": "tab_live"}, elem_id="tab-live"):
+                live_camera = static(gr.Image, {"label": "live_camera"}, sources=["webcam"], streaming=True,
+                                     elem_id="live-camera", webcam_options=camera)
+                guidance = gr.HTML(guidance_html("start", "en"), elem_id="live-guidance")
+                captured = gr.HTML("", elem_id="live-captured")
+                restart = static(gr.Button, {"value": "live_restart"}, elem_id="live-restart")
         with gr.Column(scale=1, min_width=280):
             risk = gr.HTML(render_result(initial, "en")["risk"], elem_id="risk")
             probabilities = static(gr.Label, {"label": "probabilities"}, num_top_classes=2, show_heading=False,
@@ -586,7 +653,9 @@ def lay_out(screener: "Screener", initial: dict | None) -> Layout:
     return Layout(language=language, disclaimer=disclaimer, image=image, analyse=analyse, risk=risk,
                   probabilities=probabilities, heatmap=heatmap, examples=examples, truth=truth, comment=comment,
                   send=send, feedback_status=feedback_status, about=about, result=gr.State(initial),
-                  api_image=api_image, api_result=api_result, api_trigger=api_trigger, localised=localised)
+                  api_image=api_image, api_result=api_result, api_trigger=api_trigger, live_camera=live_camera,
+                  guidance=guidance, captured=captured, restart=restart, live_state=gr.State(new_state()),
+                  localised=localised)
 
 
 def wire(page: Layout, screener: "Screener", demo: gr.Blocks) -> None:
@@ -606,10 +675,23 @@ def wire(page: Layout, screener: "Screener", demo: gr.Blocks) -> None:
     page.analyse.click(**analysis)
     page.examples.load_input_event.then(**analysis)
 
+    # Live camera: a few frames a second; the browser sends the next only once this one is answered.
+    results = [page.probabilities, page.risk, page.heatmap, page.result, page.feedback_status]
+    page.live_camera.stream(
+        screener.live_frame, inputs=[page.live_camera, page.live_state, page.language],
+        outputs=[page.guidance, page.live_state, page.captured, page.live_camera, *results],
+        stream_every=LIVE_STREAM_EVERY, time_limit=LIVE_TIME_LIMIT, preprocess=False, api_visibility="private",
+        # No queue limit of its own: the server's FrameGate drops what it cannot judge at once.
+        concurrency_limit=None, show_progress="hidden",
+    )
+    page.restart.click(screener.live_restart, inputs=page.language,
+                       outputs=[page.guidance, page.live_state, page.captured, page.live_camera],
+                       api_visibility="private", queue=False)
+
     page.send.click(screener.report, inputs=[page.result, page.truth, page.comment, page.language],
                     outputs=[page.feedback_status, page.result], api_visibility="private", concurrency_limit=1)
 
-    def switch_language(lang, state):
+    def switch_language(lang, state, live):
         lang = _lang(lang)
         view = render_result(state, lang)
         updates = {component: {prop: static_text(key, lang) for prop, key in texts.items()}
@@ -617,13 +699,14 @@ def wire(page: Layout, screener: "Screener", demo: gr.Blocks) -> None:
         # The panels the server renders: the result as it stands, the disclaimer, the model's figures.
         updates[page.probabilities]["value"] = view["probabilities"]
         updates |= {page.risk: {"value": view["risk"]}, page.disclaimer: {"value": disclaimer_html(lang)},
-                    page.feedback_status: {"value": ""}, page.about: {"value": screener.about(lang)}}
+                    page.feedback_status: {"value": ""}, page.about: {"value": screener.about(lang)},
+                    page.guidance: {"value": guidance_html((live or new_state())["guidance"], lang)}}
         return {component: gr.update(**properties) for component, properties in updates.items()}
 
     page.language.change(
-        switch_language, inputs=[page.language, page.result],
+        switch_language, inputs=[page.language, page.result, page.live_state],
         outputs=[component for component, _ in page.localised] + [page.risk, page.disclaimer, page.feedback_status,
-                                                                   page.about],
+                                                                   page.about, page.guidance],
         api_visibility="private", queue=False,
     )
     # The switch starts at the browser's language.

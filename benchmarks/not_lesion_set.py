@@ -8,8 +8,10 @@ scikit-image (`skimage.data`, the bundled ones), matplotlib, scikit-learn and
 Gradio ship (people, close-ups of their faces, animals, rooms and scenes,
 objects, a real screenshot), plus
 generated plain colours and skin tones, noise, gradients, rendered text and
-mock-ups of this app's page, and real lesions ruined on purpose (heavy blur,
-far under- and over-exposed). `lesion_paths` supplies those real lesions; the
+mock-ups of this app's page, real lesions ruined on purpose (heavy blur,
+far under- and over-exposed), and what a live camera shows between good
+frames: real lesions with motion blur, out of focus, or half out of the frame,
+fingers, fabric, and a plain outdoor scene drawn with shapes. `lesion_paths` supplies those real lesions; the
 benchmark and the tests pass test-split images, which no threshold is fitted on.
 Everything is seeded: the same call gives the same pictures.
 """
@@ -24,7 +26,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 CATEGORIES = ("person", "animal", "room or scene", "object", "photo", "plain colour", "plain skin", "noise", "gradient", "text", "screenshot",
-              "blurred lesion", "under-exposed lesion", "over-exposed lesion")
+              "blurred lesion", "under-exposed lesion", "over-exposed lesion",
+              "motion-blurred lesion", "defocused lesion", "lesion half out of frame", "fingers", "fabric",
+              "outdoor scene")
 
 # Bundled with scikit-image's wheel; the others in skimage.data need a download (pooch).
 SKIMAGE_SAMPLES = ("astronaut", "brick", "camera", "cat", "cell", "checkerboard", "chelsea", "clock", "coffee",
@@ -235,6 +239,128 @@ def _ruined_lesions(lesions: list[Image.Image]) -> list[Sample]:
     return samples
 
 
+def _motion_blur(image: Image.Image, length: int, vertical: bool) -> Image.Image:
+    """A camera moved in a straight line while the shutter was open: a box blur along one axis."""
+    from scipy.ndimage import uniform_filter1d
+
+    array = uniform_filter1d(np.asarray(image, np.float32), size=length, axis=0 if vertical else 1, mode="reflect")
+    return _to_rgb(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def _defocus(image: Image.Image, radius: float) -> Image.Image:
+    """Out of focus: each point spread over a disc (a lens's blur), not a Gaussian."""
+    from scipy.signal import fftconvolve
+
+    r = int(np.ceil(radius))
+    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    disc = (np.hypot(x, y) <= radius).astype(np.float32)
+    disc /= disc.sum()
+    array = np.asarray(image, np.float32)
+    blurred = np.stack([fftconvolve(array[..., c], disc, mode="same") for c in range(3)], axis=-1)
+    # fftconvolve pads with black: divide by the disc's share inside the frame, so the edges keep their brightness.
+    coverage = fftconvolve(np.ones(array.shape[:2], np.float32), disc, mode="same")
+    return _to_rgb(np.clip(blurred / coverage[..., None], 0, 255).astype(np.uint8))
+
+
+def _half_out_of_frame(lesion: Image.Image, side: str) -> Image.Image:
+    """The camera close and aimed beside the lesion: the frame's edge cuts through the lesion's centre.
+
+    The lesion sits in the middle of the photograph: shown twice as large, the window of the
+    photograph's size whose `side` edge runs through that middle shows half of it.
+    """
+    width, height = lesion.size
+    large = lesion.resize((2 * width, 2 * height), Image.Resampling.BICUBIC)
+    left, top = {"left": (width, height // 2), "right": (0, height // 2),
+                 "top": (width // 2, height), "bottom": (width // 2, 0)}[side]
+    return large.crop((left, top, left + width, top + height))
+
+
+def _camera_frames(lesions: list[Image.Image]) -> list[Sample]:
+    samples = []
+    sides = ("left", "right", "top", "bottom")
+    for i, lesion in enumerate(lesions):
+        side = min(lesion.size)
+        samples.append(Sample(f"motion-{i}", "motion-blurred lesion",
+                              _motion_blur(lesion, max(3, int(0.1 * side)), vertical=bool(i % 2))))
+        samples.append(Sample(f"defocus-{i}", "defocused lesion", _defocus(lesion, 0.03 * side)))
+        samples.append(Sample(f"half-{i}", "lesion half out of frame", _half_out_of_frame(lesion, sides[i % 4])))
+    return samples
+
+
+def _fingers(rng) -> list[Sample]:
+    """Fingers in front of the lens: skin-toned, rounded, shaded, with nails, over a table or a sleeve."""
+    samples = []
+    backgrounds = [(60, 60, 70), (200, 200, 205), (120, 90, 60), (30, 40, 90), (235, 230, 220), (90, 110, 80)]
+    for i in range(12):
+        tone = np.asarray(SKIN_TONES[(i * 3) % len(SKIN_TONES)], np.float32)
+        side = 320
+        image = Image.new("RGB", (side, side), backgrounds[i % len(backgrounds)])
+        draw = ImageDraw.Draw(image)
+        count = 1 + i % 4
+        width = int(side / (count + 1.2))
+        for f in range(count):
+            left = int(side * 0.08 + f * width * 1.05 + rng.integers(-8, 9))
+            top = int(side * (0.05 + 0.1 * rng.random()))
+            shade = tuple(int(c) for c in np.clip(tone * (0.9 + 0.15 * rng.random()), 0, 255))
+            draw.rounded_rectangle((left, top, left + width, side + 40), radius=width // 2, fill=shade)
+            nail = tuple(int(c) for c in np.clip(tone * 1.08 + 20, 0, 255))
+            draw.rounded_rectangle((left + width // 5, top + width // 8, left + 4 * width // 5, top + width),
+                                   radius=width // 4, fill=nail)
+            for crease in range(2):
+                y = top + int(width * (1.6 + 1.1 * crease))
+                draw.line((left + width // 6, y, left + 5 * width // 6, y), fill=tuple(int(c * 0.8) for c in shade), width=2)
+        # A lens this close blurs a little; the camera's sensor adds noise.
+        image = image.filter(ImageFilter.GaussianBlur(1.5 + i % 3))
+        array = np.asarray(image, np.float32) + rng.normal(0, 3, (side, side, 3))
+        samples.append(Sample(f"fingers-{i}", "fingers", _to_rgb(np.clip(array, 0, 255).astype(np.uint8))))
+    return samples
+
+
+def _fabric(rng) -> list[Sample]:
+    """Woven and knitted cloth close up, as a sleeve or a gown fills the frame: denim, wool, linen, cotton."""
+    colours = [(50, 70, 120), (150, 40, 40), (210, 195, 165), (240, 240, 235), (70, 70, 75), (200, 160, 140),
+               (90, 120, 70), (220, 180, 120)]
+    samples = []
+    y, x = np.mgrid[0:256, 0:256].astype(np.float32)
+    for i, colour in enumerate(colours + colours[:4]):
+        period = (4, 6, 9)[i % 3]
+        warp = np.sin(2 * np.pi * x / period)
+        weft = np.sin(2 * np.pi * y / period)
+        weave = np.where((np.floor(x / period) + np.floor(y / period)) % 2 == 0, warp, weft) if i % 2 else warp * weft
+        light = 0.8 + 0.2 * np.asarray(Image.fromarray(rng.normal(0, 1, (6, 6)).astype(np.float32)).resize(
+            (256, 256), Image.Resampling.BICUBIC))
+        array = np.asarray(colour, np.float32) * (light * (0.85 + 0.15 * weave))[..., None]
+        array += rng.normal(0, 4, array.shape)
+        samples.append(Sample(f"fabric-{i}", "fabric", _to_rgb(np.clip(array, 0, 255).astype(np.uint8))))
+    return samples
+
+
+def _outdoor_scenes(rng) -> list[Sample]:
+    """A plain outdoor scene drawn with shapes: a sky, grass, a sun, a house and its roof."""
+    samples = []
+    for i in range(6):
+        width, height = 400, 300
+        image = Image.new("RGB", (width, height))
+        draw = ImageDraw.Draw(image)
+        horizon = int(height * (0.55 + 0.1 * rng.random()))
+        sky_top, sky_bottom = np.array([70, 130, 220]), np.array([170, 210, 250])
+        for row in range(horizon):
+            draw.line((0, row, width, row), fill=tuple(int(v) for v in sky_top + (sky_bottom - sky_top) * row / horizon))
+        draw.rectangle((0, horizon, width, height), fill=(70 + 20 * (i % 3), 150, 60))
+        sun = (int(width * (0.15 + 0.7 * rng.random())), int(horizon * 0.3))
+        draw.ellipse((sun[0] - 25, sun[1] - 25, sun[0] + 25, sun[1] + 25), fill=(255, 220, 60))
+        left = int(width * (0.2 + 0.4 * rng.random()))
+        draw.rectangle((left, horizon - 70, left + 110, horizon + 10), fill=(220, 200, 170))
+        draw.polygon([(left - 15, horizon - 70), (left + 55, horizon - 130), (left + 125, horizon - 70)],
+                     fill=(170, 50, 40))
+        draw.rectangle((left + 45, horizon - 35, left + 70, horizon + 10), fill=(110, 70, 40))
+        if i % 2:  # a phone photo of the drawing: soft and noisy
+            image = image.filter(ImageFilter.GaussianBlur(1))
+        array = np.asarray(image, np.float32) + rng.normal(0, 2 + 2 * (i % 2), (height, width, 3))
+        samples.append(Sample(f"outdoor-{i}", "outdoor scene", _to_rgb(np.clip(array, 0, 255).astype(np.uint8))))
+    return samples
+
+
 def build_not_lesion_set(lesion_paths=(), seed: int = 0) -> list[Sample]:
     """Every picture of the set, in a fixed order; lesion_paths are real lesions to ruin (20 are plenty)."""
     rng = np.random.default_rng(seed)
@@ -243,4 +369,5 @@ def build_not_lesion_set(lesion_paths=(), seed: int = 0) -> list[Sample]:
         with Image.open(path) as image:
             lesions.append(image.convert("RGB"))
     return (sample_photographs() + _plain_colours(rng) + _plain_skin(rng) + _noise(rng) + _gradients(rng)
-            + _text(rng) + _screenshots(lesions) + _ruined_lesions(lesions))
+            + _text(rng) + _screenshots(lesions) + _ruined_lesions(lesions) + _camera_frames(lesions)
+            + _fingers(rng) + _fabric(rng) + _outdoor_scenes(rng))

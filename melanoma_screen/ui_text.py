@@ -13,7 +13,7 @@ TEXT = {
     "en": {
         "heading": ("# Melanoma screening aid\n\n"
                     "Upload a **dermoscopic** image of a skin lesion, take one with the camera or pick an "
-                    "example, then press **Analyse**. The model estimates how likely the lesion is to be a "
+                    "example, then press **Analyse**; or let the **Live camera** guide you and take the picture. The model estimates how likely the lesion is to be a "
                     "melanoma and shows which areas drove its score."),
         "disclaimer": ("<strong>Screening aid, not a diagnosis.</strong> A low score never rules out "
                        "melanoma. See a doctor about any lesion that changes, bleeds or worries you. The "
@@ -21,6 +21,10 @@ TEXT = {
                        "phone photo is outside what it learned, and its result may then be meaningless."),
         "image": "Lesion image (dermoscopy)",
         "analyse": "Analyse",
+        "tab_upload": "Upload or photo",
+        "tab_live": "Live camera",
+        "live_camera": "Live camera: it takes the picture when the view is good",
+        "live_restart": "Start again",
         "examples": "Examples from the test set, with their true diagnosis",
         "example": "Example",
         "true_diagnosis": "True diagnosis",
@@ -107,7 +111,8 @@ TEXT = {
     "fr": {
         "heading": ("# Aide au dépistage du mélanome\n\n"
                     "Importez une image **dermoscopique** d'une lésion de la peau, prenez-en une avec la caméra "
-                    "ou choisissez un exemple, puis appuyez sur **Analyser**. Le modèle estime la probabilité "
+                    "ou choisissez un exemple, puis appuyez sur **Analyser** ; ou laissez la **Caméra en direct** "
+                    "vous guider et prendre la photo. Le modèle estime la probabilité "
                     "que la lésion soit un mélanome et montre les zones qui ont compté dans son score."),
         "disclaimer": ("<strong>Aide au dépistage, pas un diagnostic.</strong> Un score faible n'exclut jamais "
                        "un mélanome. Consultez un médecin pour toute lésion qui change, saigne ou vous "
@@ -116,6 +121,10 @@ TEXT = {
                        "son résultat peut alors n'avoir aucun sens."),
         "image": "Image de la lésion (dermoscopie)",
         "analyse": "Analyser",
+        "tab_upload": "Importer ou photographier",
+        "tab_live": "Caméra en direct",
+        "live_camera": "Caméra en direct : la photo est prise quand l'image est bonne",
+        "live_restart": "Recommencer",
         "examples": "Exemples du jeu de test, avec leur diagnostic réel",
         "example": "Exemple",
         "true_diagnosis": "Diagnostic réel",

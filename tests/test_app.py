@@ -496,3 +496,40 @@ def test_the_lean_route_answers_with_the_same_json_as_predict(client, server, ap
     timings = httpx.get(f"{base}{app.TIMINGS_ROUTE}", timeout=60).json()
     assert timings["images"] >= 2 and timings["cpu_seconds"]["model"] > 0
     assert set(timings["cpu_seconds"]) == {"decode", "resize", "statistics", "model", "feature space"}
+
+
+def test_live_frames_guide_then_the_capture_is_scored_like_the_same_file_uploaded(app, good_image, tmp_path):
+    import base64
+
+    import gradio as gr
+
+    buffer = io.BytesIO()
+    Image.open(good_image).convert("RGB").save(buffer, format="JPEG", quality=92)
+    frame = buffer.getvalue()
+    payload = {"url": "data:image/jpeg;base64," + base64.b64encode(frame).decode()}  # as the browser streams it
+    screener = app.Screener(app.MODEL)
+    live = None
+    for _ in range(2):
+        guidance, live, captured, camera, *result = screener.live_frame(payload, live, "fr")
+        assert 'data-guidance="ready"' in guidance and "Prêt" in guidance
+        assert [captured, camera, *result] == [gr.skip()] * 7  # nothing is scored before the capture
+    guidance, live, captured, camera, probabilities, risk, heatmap, state, status = screener.live_frame(
+        payload, live, "fr")
+    assert 'data-guidance="captured"' in guidance and base64.b64encode(frame).decode() in captured
+    assert camera["visible"] is False  # the camera closes: no more frames
+    upload = tmp_path / "frame.jpg"
+    upload.write_bytes(frame)
+    uploaded = screener.analyse(str(upload), "fr")
+    assert state["prediction"] == uploaded[3]["prediction"] and probabilities == uploaded[0] and risk == uploaded[1]
+    assert heatmap is not None
+    # Frames still in flight after the capture change nothing; "Start again" opens a new run.
+    assert screener.live_frame(payload, live, "fr") == (gr.skip(),) * 9
+    guidance, live, captured, camera = screener.live_restart("en")
+    assert 'data-guidance="start"' in guidance and live["captured"] is None and captured == "" and camera["visible"]
+
+
+def test_a_live_frame_that_cannot_be_read_or_judged_gets_a_sentence(app):
+    guidance, *_ = app.Screener(app.MODEL).live_frame({"url": "data:image/jpeg;base64,AAAA"}, None, "en")
+    assert 'data-guidance="unreadable"' in guidance
+    guidance, *_ = app.Screener(None, "no folder").live_frame({"url": "data:image/jpeg;base64,AAAA"}, None, "fr")
+    assert 'data-guidance="no_model"' in guidance and "Aucun modèle" in guidance

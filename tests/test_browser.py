@@ -14,9 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import base64
+import json
+
 import pytest
 from PIL import Image
 
+import camera_clip  # benchmarks/, on the path through conftest
+from live_load import start_live_camera
 from conftest import REPO_ROOT, free_port, wait_for_app
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -68,13 +73,19 @@ def app_url(checked_model_dir, feedback_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+def playwright():
+    # One per module: Playwright's sync API cannot run twice at once in a thread.
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 def open_page(browser, url, **context_args):
@@ -174,6 +185,10 @@ def test_phone_layout(browser, app_url):
     # The result comes right after the Analyse button, above the examples.
     analyse_box = page.locator("#analyse").bounding_box()
     assert analyse_box["y"] < page.locator("#risk").bounding_box()["y"] < page.locator("#examples").bounding_box()["y"]
+    # The eight examples are a grid of thumbnails with their true diagnosis, not eight screen-wide rows.
+    examples = page.locator("#examples")
+    expect(examples).to_contain_text("malignant")
+    assert examples.bounding_box()["height"] < 0.6 * page.viewport_size["height"]
     screenshot(page, "app-phone.png")
     page.context.close()
 
@@ -219,4 +234,104 @@ def test_a_refused_picture_shows_why_and_how_to_retake_it(browser, app_url, tmp_
     page.get_by_label("Français").check()
     expect(page.locator("#risk")).to_contain_text("Cette image n'a pas été analysée")
     screenshot(page, "app-refused-fr.png")
+    page.context.close()
+
+
+# ---------------------------------------------------------------------------- live camera
+
+# What the guidance shows for a picture that is blurred or badly exposed (melanoma_screen.live.GUIDANCE).
+RETAKE_GUIDANCE = {"hold_still", "more_light", "less_light"}
+
+
+@pytest.fixture(scope="module")
+def lesion_clip(tmp_path_factory) -> Path:
+    """A real lesion filmed badly, then well: 3 s blurred and dark, then 8 s sharp (the camera loops it)."""
+    return camera_clip.lesion_clip(EXAMPLES / "malignant_1.jpg", tmp_path_factory.mktemp("camera") / "lesion.y4m",
+                                   bad_seconds=3, good_seconds=8)
+
+
+@pytest.fixture(scope="module")
+def camera_browser(playwright, lesion_clip):
+    """Chromium whose camera films lesion_clip, with the permission prompt answered yes."""
+    args = [*CHROMIUM_ARGS, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-video-capture={lesion_clip}"]
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+# Every instruction the page shows, in order, recorded as it changes: "ready" lasts a frame or two.
+RECORD_GUIDANCE = """() => {
+    window.guidanceSeen = [];
+    const note = () => {
+        const shown = document.querySelector('#live-guidance [data-guidance]');
+        const key = shown && shown.getAttribute('data-guidance');
+        if (key && window.guidanceSeen[window.guidanceSeen.length - 1] !== key) window.guidanceSeen.push(key);
+    };
+    note();
+    new MutationObserver(note).observe(document.body, {subtree: true, childList: true, attributes: true});
+}"""
+
+
+@pytest.mark.parametrize("device", ["desktop-en", "phone-fr"])
+def test_live_camera_guides_then_captures_and_scores_like_an_upload(camera_browser, browser, app_url, tmp_path, device):
+    viewport = ({"viewport": {"width": 1280, "height": 900}} if device == "desktop-en" else
+                {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True,
+                 "has_touch": True, "locale": "fr-FR"})
+    page = open_page(camera_browser, app_url, **viewport)
+    french = device.endswith("fr")
+    expect(page.get_by_label("Français" if french else "English")).to_be_checked()
+    expect(page.locator("#modes")).to_contain_text("Caméra en direct" if french else "Live camera")
+    page.evaluate(RECORD_GUIDANCE)
+    start_live_camera(page)
+
+    guidance = page.locator("#live-guidance [data-guidance]")
+    expect(guidance).to_have_attribute("data-guidance", re.compile("|".join(RETAKE_GUIDANCE)))
+    expect(page.locator("#live-guidance")).to_contain_text(
+        re.compile("Plus de lumière|Ne bougez plus|Moins de lumière" if french else "More light|Hold still|Less light"))
+    screenshot(page, f"app-live-guiding-{device}.png")
+    expect(guidance).to_have_attribute("data-guidance", "captured", timeout=60_000)
+    seen = page.evaluate("window.guidanceSeen")
+    first_retake = next(i for i, key in enumerate(seen) if key in RETAKE_GUIDANCE)
+    assert "ready" in seen[first_retake:], seen  # the sharp frames were called good before the capture
+
+    level = wait_for_result(page)
+    expect(page.locator("#risk")).to_contain_text("Niveau de risque" if french else "Risk level")
+    expect(page.locator("#live-camera")).to_have_count(0)  # the camera is closed: no more frames
+    live_probability = float(page.locator("#risk [data-risk]").get_attribute("data-probability"))
+    expect(page.locator("#disclaimer")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    screenshot(page, f"app-live-{device}.png")
+
+    # The captured frame, uploaded as a file on a fresh page, gets the very same score.
+    source = page.locator("#live-captured-frame").get_attribute("src")
+    assert source.startswith("data:image/jpeg;base64,")
+    frame = tmp_path / "captured.jpg"
+    frame.write_bytes(base64.b64decode(source.partition(",")[2]))
+    upload_page = open_page(browser, app_url, viewport={"width": 1280, "height": 900})
+    upload(upload_page, frame)
+    upload_page.locator("#analyse").click()
+    assert wait_for_result(upload_page) == level
+    assert float(upload_page.locator("#risk [data-risk]").get_attribute("data-probability")) == live_probability
+    upload_page.context.close()
+
+    # Start again: the camera comes back, guidance starts over, and the result stays until the next capture.
+    page.locator("#live-restart").click()
+    expect(guidance).to_have_attribute("data-guidance", "start")
+    expect(page.locator("#live-camera")).to_be_visible()
+    expect(page.locator("#live-captured-frame")).to_have_count(0)
+    page.context.close()
+
+
+def test_the_page_can_be_installed_as_an_app(browser, app_url):
+    page = open_page(browser, app_url, viewport={"width": 390, "height": 844}, is_mobile=True)
+    link = page.locator('link[rel="manifest"]')
+    expect(link).to_have_count(1)
+    response = page.request.get(page.evaluate("document.querySelector('link[rel=manifest]').href"))
+    assert response.ok
+    manifest = json.loads(response.text())
+    assert manifest["name"] == "Melanoma screening aid"
+    assert manifest["display"] == "standalone" and manifest["icons"]
     page.context.close()
