@@ -30,14 +30,17 @@ from common import IMAGE_SUFFIXES, SHARED_DATA, DATASET, REPO_ROOT  # noqa: F401
 
 from melanoma_screen import metrics  # noqa: E402
 from melanoma_screen.inference import FAST, ScreeningModel  # noqa: E402
-from melanoma_screen.site_adaptation import (adapt, batches, estimate_site_statistics, gather_pixels,  # noqa: E402
+from melanoma_screen.site_adaptation import (adapt, batches, estimate_site_statistics, gather_pixels, load_reference,  # noqa: E402
                                              malignant_probabilities, rank_correlation)
 
-RULES = {"relative to training": {"layers": None, "mix": 1.0, "relative": True},
+# "relative": the site's difference from the training pictures' statistics (the model folder's reference file);
+# the others replace the stored statistics with the site's, as published AdaBN does.
+RULES = {"relative, all layers": {"layers": None, "mix": 1.0, "relative": True},
+         "relative, mix 0.75": {"layers": None, "mix": 0.75, "relative": True},
+         "relative, mix 0.5": {"layers": None, "mix": 0.5, "relative": True},
          "relative, first 16": {"layers": 16, "mix": 1.0, "relative": True},
-         "all": {"layers": None, "mix": 1.0}, "all, mix 0.5": {"layers": None, "mix": 0.5},
-         "all, mix 0.75": {"layers": None, "mix": 0.75}, "first 16": {"layers": 16, "mix": 1.0},
-         "first 4 (patch embedding)": {"layers": 4, "mix": 1.0}}
+         "replace, all layers": {"layers": None, "mix": 1.0}, "replace, mix 0.5": {"layers": None, "mix": 0.5},
+         "replace, first 16": {"layers": 16, "mix": 1.0}}
 
 
 def labelled_sets():
@@ -87,8 +90,6 @@ def main(argv=None) -> int:
     parser.add_argument("--sets", nargs="*", default=None, help="only these sets (default: all)")
     parser.add_argument("--rules", nargs="*", default=list(RULES), help=f"default: {list(RULES)}")
     parser.add_argument("--cache-dir", default=str(REPO_ROOT / "runs" / "site_adaptation_cache"))
-    parser.add_argument("--reference-images", type=int, default=2000,
-                        help="training-split pictures the 'relative' rules measure the training statistics on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -97,10 +98,7 @@ def main(argv=None) -> int:
     screening = ScreeningModel.load(args.model, **FAST)
     network = screening.model
     threshold = screening.screening_threshold
-    train = [(path, int(label == "malignant")) for label in ("benign", "malignant")
-             for path in sorted((DATASET / "train" / label).iterdir())[: args.reference_images // 2]]
-    reference_pixels, _ = cached_inputs(screening, f"train-reference-{args.reference_images}", train, Path(args.cache_dir))
-    reference_statistics = estimate_site_statistics(network, batches(reference_pixels))
+    reference_statistics, _ = load_reference(args.model, screening.version)
     results = {"model_version": screening.version, "screening_threshold": threshold, "sets": {}}
     for name, items in labelled_sets().items():
         if args.sets and name not in args.sets:

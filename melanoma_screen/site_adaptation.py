@@ -20,9 +20,15 @@ the measurements (benchmarks/site_adaptation_rules.py reruns them).
 
 from __future__ import annotations
 
+import datetime
 import hashlib
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+
+from .site_calibration import SiteCalibrationError, restamp_input_check, sha256_of, staged_output
 
 # The rule calibrate_site.py applies, chosen by benchmarks/site_adaptation_rules.py on derm7pt halves and
 # ham10000's acquisitions (docs/site_calibration.md): "layers" counts BatchNorm layers in forward order
@@ -38,7 +44,20 @@ MIN_PICTURES = 30
 MIN_RANK_CORRELATION = 0.80
 
 
-class SiteAdaptationError(ValueError):
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+CONFIG_KEY = "site_adaptation"
+CARD_SECTION = "site_adaptation"
+# The training pictures' statistics, measured as a site's are: adaptation applies the difference.
+REFERENCE_FILE = "batchnorm_reference.safetensors"
+# int8 graph against the PyTorch model it was exported from, largest difference in P(malignant) on the
+# site's pictures; dynamic quantisation stays well under it (the figure is written into config.json).
+PARITY_TOLERANCE = 0.05
+# What the adapted folder rewrites; the reference statistics are not carried: they describe the source's
+# statistics, and adapting an adapted folder would apply the site's shift twice.
+_REWRITTEN = {"config.json", "model.safetensors", "README.md", "model.int8.onnx", "model.fp32.onnx", REFERENCE_FILE}
+
+
+class SiteAdaptationError(SiteCalibrationError):
     """Refused: the message is one sentence for people, and says what to do."""
 
 
@@ -225,3 +244,231 @@ def malignant_probabilities(model, pixels: np.ndarray, temperature: float = 1.0,
             logits.append(model(pixel_values=torch.as_tensor(np.ascontiguousarray(batch, dtype=np.float32))).logits.numpy())
     logits = np.concatenate(logits) if logits else np.zeros((0, 2), dtype=np.float32)
     return softmax_probs(logits, temperature)[:, malignant_index]
+
+
+# ------------------------------------------------------------------ the training pictures' statistics
+
+
+def save_reference(folder, statistics: dict, model_version: str, n_pictures: dict, data: str) -> Path:
+    """Writes the reference statistics beside the weights, tied to them by their version."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (mean, var) in statistics.items():
+        tensors[f"{name}.mean"] = mean.contiguous()
+        tensors[f"{name}.var"] = var.contiguous()
+    path = Path(folder) / REFERENCE_FILE
+    save_file(tensors, str(path), metadata={"model_version": model_version, "n_pictures": json.dumps(n_pictures),
+                                            "data": data})
+    return path
+
+
+def load_reference(folder, model_version: str) -> tuple[dict, dict]:
+    """(statistics, metadata) of the folder's reference file; a missing or foreign one is a SiteAdaptationError."""
+    from safetensors import safe_open
+
+    path = Path(folder) / REFERENCE_FILE
+    how = (f"measure them once with `python -m melanoma_screen.site_adaptation --model {folder} --data-dir "
+           "TRAINING_SPLIT` (benign/ and malignant/ training pictures)")
+    if not path.is_file():
+        raise SiteAdaptationError(f"{folder} has no {REFERENCE_FILE} (the statistics of its training pictures, which "
+                                  f"adaptation needs; an adapted folder has none, adapt its source instead): {how}.")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    if metadata.get("model_version") != model_version:
+        raise SiteAdaptationError(f"{path} was measured for weights {metadata.get('model_version')}, not for "
+                                  f"{model_version}: {how}.")
+    names = {key.rsplit(".", 1)[0] for key in tensors}
+    return {name: (tensors[f"{name}.mean"], tensors[f"{name}.var"]) for name in names}, metadata
+
+
+# ------------------------------------------------------------------ the adapted folder
+
+
+def find_pictures(folder) -> list[Path]:
+    """Every picture under folder, flat or nested, whatever its name; hidden files and folders are skipped."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise SiteAdaptationError(f"{folder} is not a folder; give --unlabeled-dir a folder of the site's pictures.")
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+                  and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+
+
+def too_few(n: int, what: str) -> str | None:
+    if n >= MIN_PICTURES:
+        return None
+    return (f"Too few pictures to adapt to the site: {n} {what}, and adaptation needs at least {MIN_PICTURES} "
+            f"(fewer give statistics that vary too much from one sample to the next); add {MIN_PICTURES - n} more.")
+
+
+def adapt_to_site(screening_model, pictures: np.ndarray, reference: dict, rule: dict = ADAPTATION_RULE,
+                  fallback: dict | None = FALLBACK_RULE):
+    """(adapted PyTorch model, the rule applied, guard figures) for the site's accepted pictures.
+
+    The guard is tried on the rule, then on the fallback; when both trip it is refused with a sentence.
+    """
+    import copy
+
+    network = screening_model.model
+    require_batchnorm(network, screening_model.model_id)
+    source_scores = malignant_probabilities(network, pictures, screening_model.temperature,
+                                            screening_model.malignant_index)
+    tried = []
+    for candidate in [rule] + ([fallback] if fallback else []):
+        adapted = copy.deepcopy(network)
+        adapt(adapted, estimate_site_statistics(adapted, batches(pictures)), candidate, reference)
+        scores = malignant_probabilities(adapted, pictures, screening_model.temperature, screening_model.malignant_index)
+        problem = sensitivity_guard(source_scores, scores)
+        tried.append({"rule": dict(candidate), "rank_correlation": rank_correlation(source_scores, scores),
+                      "guard_tripped": problem is not None})
+        if problem is None:
+            return adapted.eval(), candidate, {"tried": tried, "source_scores": source_scores, "scores": scores}
+    raise SiteAdaptationError(
+        f"Adaptation refused: {problem}, even with the milder mix, a sign that it could cost melanomas; use the model "
+        "as it is, or refit its thresholds on the site's diagnosed images with --data-dir.")
+
+
+def parity(graph: bytes, network, pictures: np.ndarray, temperature: float, malignant_index: int) -> float:
+    """Largest difference in P(malignant) between the ONNX graph and the PyTorch model on these pictures."""
+    import onnxruntime
+
+    from .calibration import softmax_probs
+
+    session = onnxruntime.InferenceSession(graph, providers=["CPUExecutionProvider"])
+    # One picture per run, as the app runs the int8 graph (its activation scales are per input tensor).
+    logits = np.concatenate([session.run(["logits"], {"pixel_values": pictures[i:i + 1]})[0]
+                             for i in range(len(pictures))])
+    onnx_scores = softmax_probs(logits, temperature)[:, malignant_index]
+    torch_scores = malignant_probabilities(network, pictures, temperature, malignant_index)
+    return float(np.abs(onnx_scores - torch_scores).max())
+
+
+def card_markdown(block: dict) -> str:
+    rule = block["rule"]
+    layers = "all its BatchNorm layers" if rule["layers"] is None else f"its first {rule['layers']} BatchNorm layers"
+    fallback = (" The guard tripped on the full rule, so the milder mix was applied." if block["fell_back"] else "")
+    return "\n".join([
+        "## Site adaptation",
+        "",
+        f"**This folder is adapted to one site's device.** On {block['date']}, `calibrate_site.py --unlabeled-dir` "
+        f"re-estimated the BatchNorm statistics of `{block['source_model']}` (version `{block['source_model_version']}`) "
+        f"on {block['n_adapted']} undiagnosed pictures of the site ({block['n_found']} found, "
+        f"{block['n_unreadable']} unreadable, {sum(block['n_refused_by_input_check'].values())} refused by the input "
+        f"check). Rule: {layers}, moved by the difference between the site's pictures and the training pictures "
+        f"({share(rule['mix'])}).{fallback} No weight was trained and no label was used: every learned weight, the "
+        "temperature and the thresholds are the source model's; only the normalisation statistics differ "
+        f"(`config.json` names the source weights' sha256). Guard: the adapted model kept the order of the site's "
+        f"pictures (rank correlation {block['guard']['rank_correlation']:.3f}, at least "
+        f"{block['guard']['minimum']:.2f} required). Risk is **low** below {block['screening_threshold']:.4f}, as in "
+        "the source model.",
+        "",
+        "Every figure elsewhere in this card is the source model's, measured before adaptation. Adaptation moves the "
+        "scores back where the thresholds expect them; it cannot make the model rank a site's lesions better, and "
+        "the site's own figures are unknown without diagnosed cases: refit the thresholds on them with `--data-dir` "
+        "when the site has them. No picture and no file name was stored; only the counts above.",
+    ])
+
+
+def share(mix: float) -> str:
+    return "the whole difference" if mix == 1 else f"{mix:.0%} of the difference"
+
+
+def write_adapted_model(source_dir, out_dir, screening_model, network, pictures: np.ndarray, block: dict,
+                        overwrite: bool = False, name: str | None = None) -> Path:
+    """A complete model folder: the adapted weights, a rebuilt and parity-checked int8 graph, the same input check."""
+    from .identity import stamp
+    from .model_card import AT_END, UNDER_TITLE, upsert_card_section
+    from .onnx_engine import build_graph
+    from .weights import weights_version
+
+    source_dir, out_dir = Path(source_dir), Path(out_dir).expanduser()
+    with staged_output(source_dir, out_dir, overwrite, rewritten=_REWRITTEN) as staging:
+        if (source_dir / "README.md").is_file():
+            shutil.copy2(source_dir / "README.md", staging / "README.md")
+        config = json.loads((source_dir / "config.json").read_text(encoding="utf-8"))
+        network.save_pretrained(staging)  # safetensors; its config.json is replaced by the source's below
+        version = weights_version(staging)
+        graph = build_graph(network, "int8", version)
+        difference = parity(graph, network, pictures[:64], screening_model.temperature, screening_model.malignant_index)
+        if difference > PARITY_TOLERANCE:
+            raise SiteAdaptationError(f"The rebuilt int8 graph differs from the adapted model by {difference:.3f} in "
+                                      f"P(malignant) (at most {PARITY_TOLERANCE} allowed); nothing was written.")
+        (staging / "model.int8.onnx").write_bytes(graph)
+        config[CONFIG_KEY] = dict(block, source_weights_sha256=sha256_of(source_dir / "model.safetensors"),
+                                  learned_weights_sha256=statistics_digest(network),
+                                  onnx_int8_parity_max_difference=difference)
+        (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        # The check's thresholds were fitted on the source's tokens; a site whose statistics are moved back
+        # towards the training pictures' gives tokens at least as close to them (docs/site_calibration.md).
+        restamp_input_check(staging)
+        if (staging / "README.md").is_file():
+            upsert_card_section(staging / "README.md", CARD_SECTION, card_markdown(config[CONFIG_KEY]),
+                                add_at=("identity", UNDER_TITLE, AT_END))
+        stamp(staging, name or out_dir.name)
+    return out_dir
+
+
+def adaptation_block(screening_model, n_found: int, unreadable: int, refused: dict, n_adapted: int, rule: dict,
+                     guard: dict) -> dict:
+    """config.json's site_adaptation block: counts, provenance, the rule and the guard, never a name of a picture."""
+    return {
+        "date": datetime.date.today().isoformat(),
+        "source_model": screening_model.model_id,
+        "source_model_version": screening_model.version,
+        "n_found": n_found, "n_unreadable": unreadable, "n_refused_by_input_check": refused, "n_adapted": n_adapted,
+        "rule": {"layers": rule["layers"], "mix": rule["mix"], "relative_to_training_pictures": True},
+        "fell_back": guard["tried"][-1]["rule"] != ADAPTATION_RULE,
+        "guard": {"measure": "Spearman rank correlation of P(malignant) on the site's pictures, before and after",
+                  "minimum": MIN_RANK_CORRELATION, "rank_correlation": guard["tried"][-1]["rank_correlation"],
+                  "tried": [{"mix": item["rule"]["mix"], "rank_correlation": item["rank_correlation"],
+                             "tripped": item["guard_tripped"]} for item in guard["tried"]]},
+        "screening_threshold": screening_model.screening_threshold,
+        "high_risk_threshold": screening_model.high_risk_threshold,
+    }
+
+
+def measure_reference(screening_model, data_dir, n_pictures: int = 2000, seed: int = 0):
+    """The reference statistics on up to n_pictures of a training split's benign/ and malignant/, half of each."""
+    rng = np.random.default_rng(seed)
+    paths, counts = [], {}
+    for label in ("benign", "malignant"):
+        found = find_pictures(Path(data_dir) / label)
+        chosen = [found[i] for i in sorted(rng.permutation(len(found))[: n_pictures // 2])]
+        paths += chosen
+    pixels, _, _, accepted = gather_pixels(screening_model, paths, desc="Reading training pictures")
+    n_benign = int(accepted[: len(paths) - len(chosen)].sum())
+    counts = {"benign": n_benign, "malignant": int(accepted.sum()) - n_benign}
+    require_batchnorm(screening_model.model, screening_model.model_id)
+    return estimate_site_statistics(screening_model.model, batches(pixels)), counts
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m melanoma_screen.site_adaptation",
+        description="Measure a BatchNorm model's reference statistics on its training pictures (benign/ and "
+                    f"malignant/, as many of each) and store them in the model folder as {REFERENCE_FILE}, which "
+                    "calibrate_site.py --unlabeled-dir needs. Only statistics are stored, no picture and no name.")
+    parser.add_argument("--model", default="model", help="model folder (default: model)")
+    parser.add_argument("--data-dir", required=True, help="the training split: benign/ and malignant/")
+    parser.add_argument("--n", type=int, default=2000, help="pictures, half of each class (default: 2000)")
+    args = parser.parse_args(argv)
+    from .inference import FAST, ModelLoadError, ScreeningModel
+
+    try:
+        model = ScreeningModel.load(args.model, **FAST)
+        statistics, counts = measure_reference(model, args.data_dir, args.n)
+    except (SiteCalibrationError, ModelLoadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    path = save_reference(args.model, statistics, model.version, counts, Path(args.data_dir).name)
+    print(f"wrote {path}: {len(statistics)} BatchNorm layers from {counts['benign']} benign and "
+          f"{counts['malignant']} malignant pictures")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -412,6 +412,8 @@ def staged_output(source_dir: Path, out_dir: Path, overwrite: bool, rewritten=fr
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp's folder is private; a model folder is not
+        for path in staging.iterdir():
+            path.chmod(0o666 & ~umask)  # nor are the files safetensors writes
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
