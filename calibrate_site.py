@@ -47,7 +47,8 @@ from melanoma_screen.site_calibration import (MIN_BENIGN, MIN_MALIGNANT, SiteCal
                                               fit_site, score_site, shortfall, site_report,
                                               write_site_model)
 from melanoma_screen.site_adaptation import (adaptation_block, adapt_to_site, find_pictures, gather_pixels,
-                                             load_reference, too_few, write_adapted_model)
+                                             load_reference, require_batchnorm, too_few,
+                                             write_adapted_model)
 
 
 def scan_site_folder(folder, progress: bool = True):
@@ -142,6 +143,7 @@ def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path
     if problem:  # before loading the model: the input check can only lower the count
         raise SiteCalibrationError(problem)
     model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
+    require_batchnorm(model.model, model.model_id)  # a ViT: before the missing reference file, which it never has
     reference, _ = load_reference(source, model.version)
     pixels, refused, unreadable, _ = gather_pixels(model, paths, batch_size=args.batch_size)
     problem = too_few(len(pixels), "accepted by the input check")

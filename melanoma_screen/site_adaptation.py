@@ -171,7 +171,7 @@ def rank_correlation(before, after) -> float:
     return float(spearmanr(np.asarray(before, dtype=np.float64), np.asarray(after, dtype=np.float64)).statistic)
 
 
-def sensitivity_guard(source_scores, adapted_scores, minimum: float = MIN_RANK_CORRELATION) -> str | None:
+def sensitivity_guard(source_scores, adapted_scores, minimum: float | None = None) -> str | None:
     """None when the adaptation kept the order of the site's pictures, else the sentence saying why it is unsafe.
 
     No label is available, so the guard cannot measure sensitivity. What it can
@@ -182,6 +182,7 @@ def sensitivity_guard(source_scores, adapted_scores, minimum: float = MIN_RANK_C
     changes and melanomas can fall below lesions it used to rank under them.
     That is how the failures measured in docs/site_calibration.md looked.
     """
+    minimum = MIN_RANK_CORRELATION if minimum is None else minimum
     rho = rank_correlation(source_scores, adapted_scores)
     if rho >= minimum:
         return None
