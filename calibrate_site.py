@@ -7,8 +7,8 @@
 
 PICTURES is any folder of the site's dermoscopic pictures, flat or nested,
 undiagnosed and with any names. The BatchNorm statistics of the model are
-re-estimated on the ones its input check accepts, relative to the statistics of
-its training pictures (melanoma_screen/site_adaptation.py has the rule and why);
+re-estimated on the ones its input check accepts (AdaBN; the rule and why are in
+melanoma_screen/site_adaptation.py and docs/site_calibration.md);
 no weight is trained and no label is used. A guard checks that the adapted model
 still orders the site's pictures as the source model did; when it trips, a
 milder mix is tried, then adaptation is refused. At least 30 accepted pictures
@@ -47,7 +47,7 @@ from melanoma_screen.site_calibration import (MIN_BENIGN, MIN_MALIGNANT, SiteCal
                                               fit_site, score_site, shortfall, site_report,
                                               write_site_model)
 from melanoma_screen.site_adaptation import (adaptation_block, adapt_to_site, find_pictures, gather_pixels,
-                                             load_reference, require_batchnorm, too_few,
+                                             require_batchnorm, too_few,
                                              write_adapted_model)
 
 
@@ -143,13 +143,12 @@ def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path
     if problem:  # before loading the model: the input check can only lower the count
         raise SiteCalibrationError(problem)
     model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
-    require_batchnorm(model.model, model.model_id)  # a ViT: before the missing reference file, which it never has
-    reference, _ = load_reference(source, model.version)
+    require_batchnorm(model.model, model.model_id)  # before minutes of reading pictures
     pixels, refused, unreadable, _ = gather_pixels(model, paths, batch_size=args.batch_size)
     problem = too_few(len(pixels), "accepted by the input check")
     if problem:
         raise SiteCalibrationError(problem)
-    network, rule, guard = adapt_to_site(model, pixels, reference)
+    network, rule, guard = adapt_to_site(model, pixels)
     block = adaptation_block(model, len(paths), unreadable, refused, len(pixels), rule, guard)
     written = write_adapted_model(source, out_dir, model, network, pixels, block, overwrite=overwrite, name=name)
     print_adaptation(json.loads((written / "config.json").read_text(encoding="utf-8"))["site_adaptation"])

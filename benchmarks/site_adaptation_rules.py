@@ -30,17 +30,18 @@ from common import IMAGE_SUFFIXES, SHARED_DATA, DATASET, REPO_ROOT  # noqa: F401
 
 from melanoma_screen import metrics  # noqa: E402
 from melanoma_screen.inference import FAST, ScreeningModel  # noqa: E402
-from melanoma_screen.site_adaptation import (adapt, batches, estimate_site_statistics, gather_pixels, load_reference,  # noqa: E402
+from melanoma_screen.site_adaptation import (adapt, batches, estimate_site_statistics, gather_pixels, measure_reference,  # noqa: E402
                                              malignant_probabilities, rank_correlation)
 
-# "relative": the site's difference from the training pictures' statistics (the model folder's reference file);
-# the others replace the stored statistics with the site's, as published AdaBN does.
-RULES = {"relative, all layers": {"layers": None, "mix": 1.0, "relative": True},
+# "replace": the site's statistics replace the stored ones, as published AdaBN does (calibrate_site.py's rule);
+# "relative": only the site's difference from 2,000 training pictures' statistics is applied.
+RULES = {"replace, all layers": {"layers": None, "mix": 1.0}, "replace, mix 0.75": {"layers": None, "mix": 0.75},
+         "replace, mix 0.5": {"layers": None, "mix": 0.5}, "replace, first 16": {"layers": 16, "mix": 1.0},
+         "replace, first 4 (patch embedding)": {"layers": 4, "mix": 1.0},
+         "relative, all layers": {"layers": None, "mix": 1.0, "relative": True},
          "relative, mix 0.75": {"layers": None, "mix": 0.75, "relative": True},
          "relative, mix 0.5": {"layers": None, "mix": 0.5, "relative": True},
-         "relative, first 16": {"layers": 16, "mix": 1.0, "relative": True},
-         "replace, all layers": {"layers": None, "mix": 1.0}, "replace, mix 0.5": {"layers": None, "mix": 0.5},
-         "replace, first 16": {"layers": 16, "mix": 1.0}}
+         "relative, first 16": {"layers": 16, "mix": 1.0, "relative": True}}
 
 
 def labelled_sets():
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
     screening = ScreeningModel.load(args.model, **FAST)
     network = screening.model
     threshold = screening.screening_threshold
-    reference_statistics, _ = load_reference(args.model, screening.version)
+    # The training pictures' statistics, for the "relative" rules: 2,000 of the 10k train split, half of each class.
+    reference_statistics, _ = measure_reference(screening, DATASET / "train", 2000)
     results = {"model_version": screening.version, "screening_threshold": threshold, "sets": {}}
     for name, items in labelled_sets().items():
         if args.sets and name not in args.sets:
@@ -117,13 +119,13 @@ def main(argv=None) -> int:
             correlations = []
             for fit_half in (first, ~first):
                 copy_ = copy.deepcopy(network)
-                adapt(copy_, estimate_site_statistics(copy_, batches(pixels[fit_half])), rule, reference)
+                adapt(copy_, estimate_site_statistics(copy_, pixels[fit_half]), rule, reference)
                 adapted[~fit_half] = malignant_probabilities(copy_, pixels[~fit_half], screening.temperature)
                 correlations.append(rank_correlation(source[fit_half],
                                                      malignant_probabilities(copy_, pixels[fit_half], screening.temperature)))
             row["rules"][rule_name] = dict(figures(labels, adapted, threshold), guard_rank_correlation=correlations)
             r = row["rules"][rule_name]
-            print(f"  {rule_name:28s} sens {r['sensitivity']:.3f} spec {r['specificity']:.3f} AUC {r['roc_auc']:.3f} "
+            print(f"  {rule_name:36s} sens {r['sensitivity']:.3f} spec {r['specificity']:.3f} AUC {r['roc_auc']:.3f} "
                   f"rank corr {correlations[0]:.3f} / {correlations[1]:.3f}", flush=True)
         results["sets"][name] = row
     if args.json:

@@ -1,9 +1,9 @@
 """Adapt a BatchNorm model to a site's device without labels: re-estimate its normalisation statistics (AdaBN).
 
-    model = AutoModelForImageClassification.from_pretrained("model", use_safetensors=True)
-    stats = estimate_site_statistics(model, pixel_batches)       # the site's pictures, no label
-    adapted = adapted_state(model, stats, ADAPTATION_RULE)       # the rule below, measured
-    guard = sensitivity_guard(source_scores, adapted_scores)     # None, or why it is unsafe
+    model = ScreeningModel.load("model", **FAST)
+    pixels, refused, unreadable, _ = gather_pixels(model, paths)   # what the input check accepts, no label
+    network, rule, guard = adapt_to_site(model, pixels)            # ADAPTATION_RULE, or the fallback; else refused
+    write_adapted_model("model", "model-site", model, network, pixels, adaptation_block(...))
 
 On another dermatoscope every score moves up: the colours, contrast and
 magnification of the pictures shift what each BatchNorm layer sees, and the
@@ -34,6 +34,8 @@ from .site_calibration import SiteCalibrationError, restamp_input_check, sha256_
 # ham10000's acquisitions (docs/site_calibration.md): "layers" counts BatchNorm layers in forward order
 # (None: all), "mix" is the share of the site's statistics in the result (1: the site's alone).
 ADAPTATION_RULE = {"layers": None, "mix": 1.0}
+# Pictures per batch when measuring statistics: the whole sample at the measured minimum, few batches above.
+ESTIMATION_BATCH = 128
 # The milder rule the guard falls back to before refusing.
 FALLBACK_RULE = {"layers": None, "mix": 0.5}
 # Below this many pictures the statistics of the first layers' channels vary too much between samples
@@ -47,14 +49,11 @@ MIN_RANK_CORRELATION = 0.80
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 CONFIG_KEY = "site_adaptation"
 CARD_SECTION = "site_adaptation"
-# The training pictures' statistics, measured as a site's are: adaptation applies the difference.
-REFERENCE_FILE = "batchnorm_reference.safetensors"
 # int8 graph against the PyTorch model it was exported from, largest difference in P(malignant) on the
 # site's pictures; dynamic quantisation stays well under it (the figure is written into config.json).
 PARITY_TOLERANCE = 0.05
-# What the adapted folder rewrites; the reference statistics are not carried: they describe the source's
-# statistics, and adapting an adapted folder would apply the site's shift twice.
-_REWRITTEN = {"config.json", "model.safetensors", "README.md", "model.int8.onnx", "model.fp32.onnx", REFERENCE_FILE}
+# What the adapted folder rewrites (a stale fp32 graph would be rebuilt on load; it is not carried).
+_REWRITTEN = {"config.json", "model.safetensors", "README.md", "model.int8.onnx", "model.fp32.onnx"}
 
 
 class SiteAdaptationError(SiteCalibrationError):
@@ -82,13 +81,16 @@ def require_batchnorm(model, model_name: str) -> None:
             "to the site's pictures; refit its thresholds on the site's diagnosed images instead with --data-dir.")
 
 
-def estimate_site_statistics(model, pixel_batches) -> dict:
-    """Each BatchNorm layer's mean and (unbiased) variance over the site's pictures: {name: (mean, var)}.
+def estimate_site_statistics(model, pixels: np.ndarray, batch_size: int = ESTIMATION_BATCH, seed: int = 0) -> dict:
+    """Each BatchNorm layer's mean and (unbiased) variance over the pictures: {name: (mean, var)}.
 
     All layers are measured in one pass with each of them normalising by the
-    site's statistics, as AdaBN does, so that a layer sees what the layers
-    before it will give once they are adapted. The statistics are averaged over
-    every batch (momentum None), so the order and the batch size matter little.
+    batch's statistics, as AdaBN does, so that a layer sees roughly what the
+    layers before it will give once they are adapted; the statistics are
+    averaged over the batches (momentum None). Because each batch normalises the
+    next layers by its own statistics, a batch must look like the whole sample:
+    the pictures are shuffled first (a folder sorted by diagnosis or by day
+    would otherwise give batches of one kind, and other statistics).
     The model is left exactly as it was.
     """
     import torch
@@ -104,10 +106,12 @@ def estimate_site_statistics(model, pixel_batches) -> dict:
             module.momentum = None  # a cumulative average over the batches
             module.train()
         seen = 0
+        order = np.random.default_rng(seed).permutation(len(pixels))
         with torch.no_grad():
-            for batch in pixel_batches:
+            for start in range(0, len(order), batch_size):
+                batch = pixels[np.sort(order[start:start + batch_size])]
                 batch = torch.as_tensor(np.asarray(batch, dtype=np.float32))
-                if len(batch) < 2:
+                if len(batch) < 2 and seen:
                     continue  # BatchNorm1d cannot take one row per channel; never the whole sample
                 model(pixel_values=batch)
                 seen += len(batch)
@@ -128,13 +132,11 @@ def adapt(model, site_statistics: dict, rule: dict, reference_statistics: dict |
     """Puts the rule's statistics into the model, in place; returns the names of the layers changed.
 
     Without reference_statistics: AdaBN as published, the site's statistics
-    replace the model's (mixed with them by rule["mix"]). With them (the same
-    measurement on the training images): only the difference between the site
-    and the training images is applied, a shift of the mean and a ratio of the
-    variance, so a site like the training sources leaves the model as it is.
-    The plain replacement does not: the stored statistics were gathered under
-    training's augmentations, and replacing them with clean pictures' moved the
-    10k test split's sensitivity from 0.953 to 0.889 (docs/site_calibration.md).
+    replace the model's (mixed with them by rule["mix"]); what calibrate_site.py
+    does. With them (the same measurement on training pictures): only the
+    difference between the site and the training pictures is applied, a shift of
+    the mean and a ratio of the variance. benchmarks/site_adaptation_rules.py
+    compares the two; the difference did no better (docs/site_calibration.md).
     A mix of variances, not of standard deviations: the mixed layer then
     normalises a mixture of the two domains' activations.
     """
@@ -247,43 +249,6 @@ def malignant_probabilities(model, pixels: np.ndarray, temperature: float = 1.0,
     return softmax_probs(logits, temperature)[:, malignant_index]
 
 
-# ------------------------------------------------------------------ the training pictures' statistics
-
-
-def save_reference(folder, statistics: dict, model_version: str, n_pictures: dict, data: str) -> Path:
-    """Writes the reference statistics beside the weights, tied to them by their version."""
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for name, (mean, var) in statistics.items():
-        tensors[f"{name}.mean"] = mean.contiguous()
-        tensors[f"{name}.var"] = var.contiguous()
-    path = Path(folder) / REFERENCE_FILE
-    save_file(tensors, str(path), metadata={"model_version": model_version, "n_pictures": json.dumps(n_pictures),
-                                            "data": data})
-    return path
-
-
-def load_reference(folder, model_version: str) -> tuple[dict, dict]:
-    """(statistics, metadata) of the folder's reference file; a missing or foreign one is a SiteAdaptationError."""
-    from safetensors import safe_open
-
-    path = Path(folder) / REFERENCE_FILE
-    how = (f"measure them once with `python -m melanoma_screen.site_adaptation --model {folder} --data-dir "
-           "TRAINING_SPLIT` (benign/ and malignant/ training pictures)")
-    if not path.is_file():
-        raise SiteAdaptationError(f"{folder} has no {REFERENCE_FILE} (the statistics of its training pictures, which "
-                                  f"adaptation needs; an adapted folder has none, adapt its source instead): {how}.")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    if metadata.get("model_version") != model_version:
-        raise SiteAdaptationError(f"{path} was measured for weights {metadata.get('model_version')}, not for "
-                                  f"{model_version}: {how}.")
-    names = {key.rsplit(".", 1)[0] for key in tensors}
-    return {name: (tensors[f"{name}.mean"], tensors[f"{name}.var"]) for name in names}, metadata
-
-
 # ------------------------------------------------------------------ the adapted folder
 
 
@@ -303,7 +268,7 @@ def too_few(n: int, what: str) -> str | None:
             f"(fewer give statistics that vary too much from one sample to the next); add {MIN_PICTURES - n} more.")
 
 
-def adapt_to_site(screening_model, pictures: np.ndarray, reference: dict, rule: dict = ADAPTATION_RULE,
+def adapt_to_site(screening_model, pictures: np.ndarray, rule: dict = ADAPTATION_RULE,
                   fallback: dict | None = FALLBACK_RULE):
     """(adapted PyTorch model, the rule applied, guard figures) for the site's accepted pictures.
 
@@ -318,7 +283,7 @@ def adapt_to_site(screening_model, pictures: np.ndarray, reference: dict, rule: 
     tried = []
     for candidate in [rule] + ([fallback] if fallback else []):
         adapted = copy.deepcopy(network)
-        adapt(adapted, estimate_site_statistics(adapted, batches(pictures)), candidate, reference)
+        adapt(adapted, estimate_site_statistics(adapted, pictures), candidate)
         scores = malignant_probabilities(adapted, pictures, screening_model.temperature, screening_model.malignant_index)
         problem = sensitivity_guard(source_scores, scores)
         tried.append({"rule": dict(candidate), "rank_correlation": rank_correlation(source_scores, scores),
@@ -356,8 +321,7 @@ def card_markdown(block: dict) -> str:
         f"re-estimated the BatchNorm statistics of `{block['source_model']}` (version `{block['source_model_version']}`) "
         f"on {block['n_adapted']} undiagnosed pictures of the site ({block['n_found']} found, "
         f"{block['n_unreadable']} unreadable, {sum(block['n_refused_by_input_check'].values())} refused by the input "
-        f"check). Rule: {layers}, moved by the difference between the site's pictures and the training pictures "
-        f"({share(rule['mix'])}).{fallback} No weight was trained and no label was used: every learned weight, the "
+        f"check). Rule: {layers}, {share(rule['mix'])}.{fallback} No weight was trained and no label was used: every learned weight, the "
         "temperature and the thresholds are the source model's; only the normalisation statistics differ "
         f"(`config.json` names the source weights' sha256). Guard: the adapted model kept the order of the site's "
         f"pictures (rank correlation {block['guard']['rank_correlation']:.3f}, at least "
@@ -372,7 +336,8 @@ def card_markdown(block: dict) -> str:
 
 
 def share(mix: float) -> str:
-    return "the whole difference" if mix == 1 else f"{mix:.0%} of the difference"
+    return ("their statistics replaced by the site's" if mix == 1 else
+            f"their statistics moved {mix:.0%} of the way to the site's")
 
 
 def write_adapted_model(source_dir, out_dir, screening_model, network, pictures: np.ndarray, block: dict,
@@ -418,7 +383,7 @@ def adaptation_block(screening_model, n_found: int, unreadable: int, refused: di
         "source_model": screening_model.model_id,
         "source_model_version": screening_model.version,
         "n_found": n_found, "n_unreadable": unreadable, "n_refused_by_input_check": refused, "n_adapted": n_adapted,
-        "rule": {"layers": rule["layers"], "mix": rule["mix"], "relative_to_training_pictures": True},
+        "rule": {"layers": rule["layers"], "mix": rule["mix"]},
         "fell_back": guard["tried"][-1]["rule"] != ADAPTATION_RULE,
         "guard": {"measure": "Spearman rank correlation of P(malignant) on the site's pictures, before and after",
                   "minimum": MIN_RANK_CORRELATION, "rank_correlation": guard["tried"][-1]["rank_correlation"],
@@ -441,35 +406,4 @@ def measure_reference(screening_model, data_dir, n_pictures: int = 2000, seed: i
     n_benign = int(accepted[: len(paths) - len(chosen)].sum())
     counts = {"benign": n_benign, "malignant": int(accepted.sum()) - n_benign}
     require_batchnorm(screening_model.model, screening_model.model_id)
-    return estimate_site_statistics(screening_model.model, batches(pixels)), counts
-
-
-def main(argv=None) -> int:
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(
-        prog="python -m melanoma_screen.site_adaptation",
-        description="Measure a BatchNorm model's reference statistics on its training pictures (benign/ and "
-                    f"malignant/, as many of each) and store them in the model folder as {REFERENCE_FILE}, which "
-                    "calibrate_site.py --unlabeled-dir needs. Only statistics are stored, no picture and no name.")
-    parser.add_argument("--model", default="model", help="model folder (default: model)")
-    parser.add_argument("--data-dir", required=True, help="the training split: benign/ and malignant/")
-    parser.add_argument("--n", type=int, default=2000, help="pictures, half of each class (default: 2000)")
-    args = parser.parse_args(argv)
-    from .inference import FAST, ModelLoadError, ScreeningModel
-
-    try:
-        model = ScreeningModel.load(args.model, **FAST)
-        statistics, counts = measure_reference(model, args.data_dir, args.n)
-    except (SiteCalibrationError, ModelLoadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    path = save_reference(args.model, statistics, model.version, counts, Path(args.data_dir).name)
-    print(f"wrote {path}: {len(statistics)} BatchNorm layers from {counts['benign']} benign and "
-          f"{counts['malignant']} malignant pictures")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return estimate_site_statistics(screening_model.model, pixels), counts
