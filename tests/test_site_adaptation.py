@@ -154,7 +154,7 @@ def test_pipeline_loads_the_folder_and_scores_as_the_app(adapted, held_out_pictu
     assert np.mean(source) - np.mean(ours) > 0.05  # another dermatoscope moves every score up; adapting brings them down
 
 
-def test_input_check_still_refuses_what_it_refused(adapted):
+def test_input_check_still_refuses_what_it_refused(adapted, held_out_pictures):
     sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     from not_lesion_set import build_not_lesion_set
 
@@ -166,6 +166,11 @@ def test_input_check_still_refuses_what_it_refused(adapted):
     after = [p.refused for p in result.predict_decoded([s.image for s in samples])]
     assert sum(before) >= 0.85 * len(samples)  # the shipped check refuses 116 of these 131
     assert all(a for b, a in zip(before, after) if b), "a picture the source model refused is accepted after adaptation"
+    # The check judges the tokens of the source's statistics (input_check_batchnorm.safetensors), so the site's
+    # own lesions get the same verdicts; on the adapted tokens it refused nearly all of them.
+    decoded = [result.decode(path) for path in held_out_pictures]
+    assert ([p.refused for p in source.predict_decoded(decoded)] == [p.refused for p in result.predict_decoded(decoded)])
+    assert sum(p.refused for p in result.predict_decoded(decoded)) <= 2
 
 
 def test_about_panel_says_adapted(adapted):
