@@ -38,8 +38,8 @@ ADAPTATION_RULE = {"layers": None, "mix": 1.0}
 ESTIMATION_BATCH = 128
 # The milder rule the guard falls back to before refusing.
 FALLBACK_RULE = {"layers": None, "mix": 0.5}
-# Below this many pictures the statistics of the first layers' channels vary too much between samples
-# (docs/site_calibration.md): measured, not a convention.
+# The smallest sample measured (benchmarks/site_calibration.py --mode unlabeled, docs/site_calibration.md):
+# below it nothing shows that the statistics hold.
 MIN_PICTURES = 30
 # The guard: the adapted model must keep the source model's order of the site's pictures this well
 # (Spearman rank correlation of P(malignant) before and after, on the site's own pictures).
@@ -266,7 +266,7 @@ def too_few(n: int, what: str) -> str | None:
     if n >= MIN_PICTURES:
         return None
     return (f"Too few pictures to adapt to the site: {n} {what}, and adaptation needs at least {MIN_PICTURES} "
-            f"(fewer give statistics that vary too much from one sample to the next); add {MIN_PICTURES - n} more.")
+            f"(the smallest sample measured to hold); add {MIN_PICTURES - n} more.")
 
 
 def adapt_to_site(screening_model, pictures: np.ndarray, rule: dict = ADAPTATION_RULE,
