@@ -207,6 +207,9 @@ def run_calibrate_site(args, fit_items, out_dir: Path, combined: bool) -> tuple[
             shutil.copy(path, target / f"{i:05d}{path.suffix.lower()}")
     if combined:
         command += ["--data-dir", str(work / "diagnosed")]
+        for name in ("min_sensitivity", "min_specificity"):
+            if getattr(args, name) is not None:
+                command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
         status = calibrate_site.main(command)
