@@ -448,6 +448,10 @@ def about_markdown(model: ScreeningModel | None, lang: str) -> str:
         lines += ["", site_thresholds_text(site, screening, high, text, lang)]
     elif screening is not None and high is not None:
         lines += ["", text["about_thresholds"].format(s=_number(screening, lang), h=_number(high, lang))]
+    adaptation = getattr(config, "site_adaptation", None)
+    if isinstance(adaptation, dict):
+        lines += ["", text["about_site_adaptation"].format(n=adaptation.get("n_adapted", "?"), date=adaptation.get("date", "?"),
+                                                            source=adaptation.get("source_model", "?"))]
     check = getattr(model, "input_check", None)
     accepted = (check.meta.get("validation_acceptance") if check is not None else None)
     lines += ["", text["about_no_check"] if check is None else

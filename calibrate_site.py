@@ -1,7 +1,20 @@
-"""Refit a model's screening and high-risk thresholds on a clinic's own diagnosed images.
+"""Fit a model to a clinic's device: adapt it on undiagnosed pictures, refit its thresholds on diagnosed ones.
 
+    python calibrate_site.py --model model --unlabeled-dir PICTURES --out-dir model-site
     python calibrate_site.py --model model --data-dir SITE --out-dir model-site
+    python calibrate_site.py --model model --unlabeled-dir PICTURES --data-dir SITE --out-dir model-site
     python calibrate_site.py --model model --data-dir SITE --out-dir model-site --fit-temperature --overwrite
+
+PICTURES is any folder of the site's dermoscopic pictures, flat or nested,
+undiagnosed and with any names. The BatchNorm statistics of the model are
+re-estimated on the ones its input check accepts (AdaBN; the rule and why are in
+melanoma_screen/site_adaptation.py and docs/site_calibration.md);
+no weight is trained and no label is used. A guard checks that the adapted model
+still orders the site's pictures as the source model did; when it trips, a
+milder mix is tried, then adaptation is refused. At least 30 accepted pictures
+are needed. A model without BatchNorm (a ViT) cannot be adapted: refit its
+thresholds with --data-dir. With --data-dir too, the model is adapted first and
+the thresholds are then refitted through the adapted model.
 
 SITE holds benign/ and malignant/ folders of images diagnosed at the site (by
 histology or follow-up), taken with the site's own device. Each image is decoded
@@ -14,7 +27,7 @@ check, and a card section with the counts and the figures, before and after, wit
 bootstrap 95% intervals. The app loads it with MODEL_ID=OUT_DIR. No image and no
 file name is stored.
 
-It refuses fewer than 20 melanomas or 50 benign lesions (why: see
+Thresholds: it refuses fewer than 20 melanomas or 50 benign lesions (why: see
 melanoma_screen/site_calibration.py), never writes over its input model, and
 never over an existing OUT_DIR without --overwrite.
 """
@@ -23,7 +36,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from data_prep import scan_label_folder
@@ -31,6 +46,9 @@ from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError,
 from melanoma_screen.site_calibration import (MIN_BENIGN, MIN_MALIGNANT, SiteCalibrationError, check_output_folder,
                                               fit_site, score_site, shortfall, site_report,
                                               write_site_model)
+from melanoma_screen.site_adaptation import (adaptation_block, adapt_to_site, find_pictures, gather_pixels,
+                                             require_batchnorm, too_few,
+                                             write_adapted_model)
 
 
 def scan_site_folder(folder, progress: bool = True):
@@ -49,7 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="model", help="input model folder (default: model)")
-    parser.add_argument("--data-dir", required=True, help="the site's diagnosed images, in benign/ and malignant/")
+    parser.add_argument("--unlabeled-dir", default=None,
+                        help="the site's undiagnosed pictures, flat or nested: adapt the model's BatchNorm statistics")
+    parser.add_argument("--data-dir", default=None, help="the site's diagnosed images, in benign/ and malignant/: "
+                                                         "refit the thresholds (after adapting, with --unlabeled-dir)")
     parser.add_argument("--out-dir", required=True, help="where the site-calibrated model folder is written")
     parser.add_argument("--fit-temperature", action="store_true",
                         help="also refit the calibration temperature on the site's images (folded into the classifier)")
@@ -67,6 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"weights' precision (default: {FAST['precision']}, as in the app)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
     args = parser.parse_args(argv)
+    if not (args.unlabeled_dir or args.data_dir):
+        parser.error("give --unlabeled-dir (undiagnosed pictures), --data-dir (diagnosed images), or both")
+    if args.fit_temperature and not args.data_dir:
+        parser.error("--fit-temperature needs diagnosed images: --data-dir")
     for name in ("min_sensitivity", "min_specificity"):
         value = getattr(args, name)
         if value is not None and not 0 < value <= 1:
@@ -100,32 +125,84 @@ def print_report(report: dict) -> None:
                       for key, value in expected.items()))
 
 
+def print_adaptation(block: dict) -> None:
+    refused = block["n_refused_by_input_check"]
+    print(f"pictures found: {block['n_found']}; unreadable: {block['n_unreadable']}; refused by the input check: "
+          + (", ".join(f"{reason} {n}" for reason, n in refused.items()) or "none"))
+    for item in block["guard"]["tried"]:
+        print(f"mix {item['mix']:g}: rank correlation before/after {item['rank_correlation']:.3f} "
+              f"(guard minimum {block['guard']['minimum']:.2f}){' - tripped' if item['tripped'] else ''}")
+    print(f"adapted on {block['n_adapted']} pictures; int8 graph against PyTorch: largest P(malignant) difference "
+          f"{block['onnx_int8_parity_max_difference']:.4f}")
+
+
+def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path:
+    """--unlabeled-dir: the adapted folder written to out_dir."""
+    paths = find_pictures(args.unlabeled_dir)
+    problem = too_few(len(paths), "found")
+    if problem:  # before loading the model: the input check can only lower the count
+        raise SiteCalibrationError(problem)
+    model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
+    require_batchnorm(model.model, model.model_id)  # before minutes of reading pictures
+    pixels, refused, unreadable, _ = gather_pixels(model, paths, batch_size=args.batch_size)
+    problem = too_few(len(pixels), "accepted by the input check")
+    if problem:
+        raise SiteCalibrationError(problem)
+    network, rule, guard = adapt_to_site(model, pixels)
+    block = adaptation_block(model, len(paths), unreadable, refused, len(pixels), rule, guard)
+    written = write_adapted_model(source, out_dir, model, network, pixels, block, overwrite=overwrite, name=name)
+    print_adaptation(json.loads((written / "config.json").read_text(encoding="utf-8"))["site_adaptation"])
+    return written
+
+
+def refit_thresholds(args, source: Path, out_dir: Path) -> dict:
+    """--data-dir: the thresholds refitted on the diagnosed images, into out_dir."""
+    scan = scan_site_folder(args.data_dir)
+    problem = shortfall(scan.counts["site"])
+    if problem:  # before loading the model: the input check can only lower these counts
+        raise SiteCalibrationError(problem)
+    model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
+    scores = score_site(model, scan.records, skipped=scan.skipped, batch_size=args.batch_size)
+    min_sensitivity = args.min_sensitivity or float(getattr(model.config, "min_sensitivity", None) or 0.95)
+    min_specificity = args.min_specificity or float(getattr(model.config, "min_specificity", None) or 0.95)
+    fit = fit_site(scores, min_sensitivity, min_specificity, fit_temperature=args.fit_temperature)
+    report = site_report(scores, fit, model, site_name=args.site_name)
+    print_report(report)
+    write_site_model(source, out_dir, model, fit, report, overwrite=args.overwrite, name=args.name or out_dir.name)
+    return report
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    out_dir = Path(args.out_dir).expanduser()
+    workspace = None
     try:
         source = Path(args.model).expanduser()
         if not source.is_dir():
             raise SiteCalibrationError(f"--model {args.model} is not a model folder; calibration writes a copy of a "
                                        "local folder (download a Hub model first).")
-        check_output_folder(source, Path(args.out_dir), args.overwrite)  # before minutes of scoring
-        scan = scan_site_folder(args.data_dir)
-        problem = shortfall(scan.counts["site"])
-        if problem:  # before loading the model: the input check can only lower these counts
-            raise SiteCalibrationError(problem)
-        model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
-        scores = score_site(model, scan.records, skipped=scan.skipped, batch_size=args.batch_size)
-        min_sensitivity = args.min_sensitivity or float(getattr(model.config, "min_sensitivity", None) or 0.95)
-        min_specificity = args.min_specificity or float(getattr(model.config, "min_specificity", None) or 0.95)
-        fit = fit_site(scores, min_sensitivity, min_specificity, fit_temperature=args.fit_temperature)
-        report = site_report(scores, fit, model, site_name=args.site_name)
-        print_report(report)
-        out_dir = write_site_model(source, args.out_dir, model, fit, report, overwrite=args.overwrite, name=args.name)
+        check_output_folder(source, out_dir, args.overwrite)  # before minutes of scoring
+        report = None
+        if args.unlabeled_dir and args.data_dir:
+            # The adapted folder is the thresholds' input model; it lives beside out_dir until they are refitted.
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            workspace = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-adapted-", dir=out_dir.parent))
+            adapted = adapt(args, source, workspace / "adapted", False, args.name or out_dir.name)
+            report = refit_thresholds(args, adapted, out_dir)
+        elif args.unlabeled_dir:
+            adapt(args, source, out_dir, args.overwrite, args.name or out_dir.name)
+        else:
+            report = refit_thresholds(args, source, out_dir)
     except (SiteCalibrationError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        if workspace is not None:
+            shutil.rmtree(workspace, ignore_errors=True)
     print(f"\nwrote {out_dir}; run the app on it with MODEL_ID={out_dir} python app.py")
-    print(json.dumps({"screening_threshold": report["screening_threshold"],
-                      "high_risk_threshold": report["high_risk_threshold"]}))
+    if report is not None:
+        print(json.dumps({"screening_threshold": report["screening_threshold"],
+                          "high_risk_threshold": report["high_risk_threshold"]}))
     return 0
 
 

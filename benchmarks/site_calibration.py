@@ -2,6 +2,8 @@
 
     python benchmarks/site_calibration.py --model model
     python benchmarks/site_calibration.py --model model --fit-temperature --json site.json
+    python benchmarks/site_calibration.py --model model --mode unlabeled      # calibrate_site.py --unlabeled-dir
+    python benchmarks/site_calibration.py --model model --mode combined       # --unlabeled-dir and --data-dir
 
 The site (default: derm7pt, another clinic's dermatoscope) is scored once, as
 the app scores it, and split into two stratified halves. Each half in turn is
@@ -13,6 +15,15 @@ training source, where the refit should barely move anything, and the site's
 thresholds carried to the test split, where they do not belong. Every figure
 has a stratified bootstrap 95% interval. This is a documented demonstration:
 the shipped model's thresholds are never fitted on derm7pt.
+
+--mode unlabeled runs calibrate_site.py --unlabeled-dir itself: each half's
+pictures are copied, renamed and without their labels, into one flat folder, the
+model is adapted on them, and the other half is scored with transformers.pipeline
+on the folder it wrote, at that folder's screening threshold; then the same from
+samples of the half (--sizes pictures, --shares of them melanomas), as a site
+with few pictures or few melanomas would have. --mode combined gives the half to
+both --unlabeled-dir and --data-dir. Both folds are pooled. --source keeps one
+acquisition of a folder whose labels.csv has a `source` column (ham10000).
 """
 
 from __future__ import annotations
@@ -28,6 +39,9 @@ from common import DATASET, REPO_ROOT, write_json  # noqa: F401  (puts the repos
 from calibrate_site import scan_site_folder  # noqa: E402
 from melanoma_screen import calibration  # noqa: E402
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel  # noqa: E402
+import json  # noqa: E402
+
+from melanoma_screen.site_adaptation import find_pictures  # noqa: E402
 from melanoma_screen.site_calibration import (SiteCalibrationError, fit_site, operating_point_figures,  # noqa: E402
                                               roc_auc_figure, score_site,
                                               expected_on_new_images)
@@ -49,6 +63,15 @@ def parse_args(argv=None):
     parser.add_argument("--engine", choices=ENGINES, default=FAST["engine"])
     parser.add_argument("--precision", choices=PRECISIONS, default=FAST["precision"])
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
+    parser.add_argument("--mode", choices=("thresholds", "unlabeled", "combined"), default="thresholds",
+                        help="thresholds: --data-dir (default); unlabeled: --unlabeled-dir; combined: both")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[30, 100, 300],
+                        help="unlabeled mode: sample sizes drawn from the adaptation half (default: 30 100 300)")
+    parser.add_argument("--shares", type=float, nargs="*", default=[0.02, 0.05, 0.10, 0.30],
+                        help="unlabeled mode: melanoma shares of those samples (default: 0.02 0.05 0.10 0.30)")
+    parser.add_argument("--source", default=None, help="only this acquisition (labels.csv's source column)")
+    parser.add_argument("--work-dir", default=str(REPO_ROOT / "runs" / "site_adaptation_benchmark"),
+                        help="where the renamed copies and the adapted folders go (deleted after each fold)")
     return parser.parse_args(argv)
 
 
@@ -142,8 +165,154 @@ def score_folder(model, folder, what: str):
     return scores
 
 
+def labelled_pictures(folder, source: str | None = None) -> list[tuple[Path, int]]:
+    """[(path, 1 for malignant)] of a {benign,malignant}/ folder, one acquisition of it with `source`."""
+    import csv
+
+    folder = Path(folder)
+    if source:
+        with open(folder / "labels.csv", newline="") as handle:
+            return [(folder / row["file"], int(row["label"] == "malignant")) for row in csv.DictReader(handle)
+                    if row["source"] == source]
+    return [(path, label) for label, name in enumerate(("benign", "malignant"))
+            for path in find_pictures(folder / name)]
+
+
+def pipeline_scores(out_dir: Path, paths) -> np.ndarray:
+    """P(malignant) from transformers.pipeline on a model folder, as a user of the published model gets it."""
+    from transformers import pipeline
+
+    classifier = pipeline("image-classification", model=str(out_dir), device="cpu")
+    return np.asarray([{r["label"]: r["score"] for r in result}["malignant"]
+                       for result in classifier([str(p) for p in paths], top_k=2, batch_size=32)])
+
+
+def run_calibrate_site(args, fit_items, out_dir: Path, combined: bool) -> tuple[dict, int]:
+    """calibrate_site.py on renamed, unlabeled copies (and, combined, the diagnosed ones): (its config, exit status)."""
+    import contextlib
+    import io
+    import shutil
+
+    import calibrate_site
+
+    work = out_dir.parent / "site"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "pictures").mkdir(parents=True)
+    command = ["--model", args.model, "--unlabeled-dir", str(work / "pictures"), "--out-dir", str(out_dir), "--overwrite"]
+    for i, (path, label) in enumerate(fit_items):
+        shutil.copy(path, work / "pictures" / f"{i:05d}{path.suffix.lower()}")  # no name, no label
+        if combined:
+            target = work / "diagnosed" / ("malignant" if label else "benign")
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target / f"{i:05d}{path.suffix.lower()}")
+    if combined:
+        command += ["--data-dir", str(work / "diagnosed")]
+        for name in ("min_sensitivity", "min_specificity"):
+            if getattr(args, name) is not None:
+                command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        status = calibrate_site.main(command)
+    shutil.rmtree(work, ignore_errors=True)
+    if status != 0:
+        return {"refused": printed.getvalue().strip().splitlines()[-1]}, status
+    return json.loads((out_dir / "config.json").read_text()), status
+
+
+def sample(items, size: int, share: float, rng) -> list:
+    """size pictures of items with round(size * share) melanomas (at least one when share > 0)."""
+    malignant = [item for item in items if item[1] == 1]
+    benign = [item for item in items if item[1] == 0]
+    n_malignant = max(1 if share > 0 else 0, int(round(size * share)))
+    if n_malignant > len(malignant) or size - n_malignant > len(benign):
+        return []
+    return ([malignant[i] for i in rng.choice(len(malignant), n_malignant, replace=False)]
+            + [benign[i] for i in rng.choice(len(benign), size - n_malignant, replace=False)])
+
+
+def adaptation_cell(args, items, first, samples, combined: bool, seed: int) -> dict:
+    """Adapt on (a sample of) one half, score the other half with pipeline; both folds pooled, with bootstrap CIs."""
+    labels = np.asarray([label for _, label in items])
+    work = Path(args.work_dir)
+    pooled_labels, adapted, source, guards, refused = [], [], [], [], []
+    screening = None
+    for k, fit_mask in enumerate((first, ~first)):
+        fit_items = [item for item, chosen in zip(items, fit_mask) if chosen]
+        fit_items = samples(fit_items) if samples else fit_items
+        if not fit_items:
+            return {"skipped": "not enough pictures of a class in the half for this sample"}
+        held = [item for item, chosen in zip(items, fit_mask) if not chosen]
+        config, status = run_calibrate_site(args, fit_items, work / "out", combined)
+        if status != 0:
+            refused.append(config["refused"])
+            continue
+        block = config["site_adaptation"]
+        guards.append({"rank_correlation": block["guard"]["rank_correlation"], "fell_back": block["fell_back"]})
+        screening = config["screening_threshold"]
+        scores = pipeline_scores(work / "out", [path for path, _ in held])
+        adapted.append((scores, config["screening_threshold"]))
+        pooled_labels.append(labels[~fit_mask])
+        source.append(held)
+    if not adapted:
+        return {"refused": refused}
+    y = np.concatenate(pooled_labels)
+    # Each fold's held-out half at its own folder's screening threshold: flagged or not, pooled.
+    flagged = np.concatenate([scores >= threshold for scores, threshold in adapted]).astype(float)
+    figures = operating_point_figures(y, flagged, 0.5, 0.5, seed=seed)["at_screening_threshold"]
+    scores = np.concatenate([scores for scores, _ in adapted])
+    return {"n_held_out": {"malignant": int(y.sum()), "benign": int((y == 0).sum())}, "folds_refused": refused,
+            "sensitivity": figures["sensitivity"], "sensitivity_95ci": figures["sensitivity_95ci"],
+            "specificity": figures["specificity"], "specificity_95ci": figures["specificity_95ci"],
+            "roc_auc": roc_auc_figure(y, scores, seed=seed), "guards": guards, "screening_threshold": screening}
+
+
+def adaptation_main(args) -> int:
+    items = labelled_pictures(args.site_dir, args.source)
+    labels = np.asarray([label for _, label in items])
+    first = halves(labels, args.seed)
+    rng = np.random.default_rng(args.seed)
+    name = Path(args.site_dir).name + (f" {args.source}" if args.source else "")
+    # The baseline: the input model through pipeline on every picture, at its own threshold, as the folds pool.
+    model_config = json.loads((Path(args.model) / "config.json").read_text())
+    base_scores = pipeline_scores(Path(args.model), [path for path, _ in items])
+    base = operating_point_figures(labels, (base_scores >= model_config["screening_threshold"]).astype(float), 0.5, 0.5,
+                                   seed=args.seed)["at_screening_threshold"]
+    results = {"model": args.model, "mode": args.mode, "site": name, "seed": args.seed,
+               "input_model": dict(base, roc_auc=roc_auc_figure(labels, base_scores, seed=args.seed)), "cells": {}}
+
+    def show(label, cell):
+        if "sensitivity" not in cell:
+            print(f"{label:34s} {cell}", flush=True)
+            return
+        auc = cell["roc_auc"]
+        guards = ", ".join(f"{g['rank_correlation']:.2f}{' fell back' if g['fell_back'] else ''}" for g in cell["guards"])
+        print(f"{label:34s} {_cell(cell, 'sensitivity'):>20s} {_cell(cell, 'specificity'):>20s} "
+              f"{auc['value']:.3f} ({auc['95ci'][0]:.3f}-{auc['95ci'][1]:.3f})  guard {guards}"
+              + (f"; refused: {cell['folds_refused']}" if cell["folds_refused"] else ""), flush=True)
+
+    base_auc = results["input_model"]["roc_auc"]
+    print(f"{name}: {int(labels.sum())} melanomas, {int((labels == 0).sum())} benign; {args.mode} mode, held-out halves "
+          "pooled, at each folder's screening threshold (bootstrap 95% CI)")
+    print(f"{'':34s} {'sensitivity':>20s} {'specificity':>20s} ROC AUC")
+    show("input model, all pictures", dict(base, roc_auc=base_auc, guards=[], folds_refused=[]))
+    cells = [("whole half", None)]
+    if args.mode == "unlabeled":
+        cells += [(f"{size} pictures, {share:.0%} melanomas",
+                   (lambda size, share: lambda fit: sample(fit, size, share, rng))(size, share))
+                  for share in args.shares for size in args.sizes]
+    from tqdm import tqdm
+
+    for label, draw in tqdm(cells, desc="cells", unit="cell", file=sys.stderr):
+        results["cells"][label] = adaptation_cell(args, items, first, draw, args.mode == "combined", args.seed)
+        show(label, results["cells"][label])
+    write_json(args.json, results)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.mode != "thresholds":
+        return adaptation_main(args)
     model = ScreeningModel.load(args.model, engine=args.engine, precision=args.precision)
     targets = (args.min_sensitivity or float(getattr(model.config, "min_sensitivity", None) or 0.95),
                args.min_specificity or float(getattr(model.config, "min_specificity", None) or 0.95))

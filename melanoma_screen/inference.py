@@ -420,9 +420,13 @@ class ScreeningModel:
                 # safetensors only: no pickle is ever unpickled, no remote code runs. A ViT folder
                 # gives ViTForImageClassification; the Auto class also reads the experiments' other
                 # architectures (modeling.OTHER_ARCHITECTURES) for scoring.
-                return AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
+                network = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
             except Exception as error:
                 raise _load_error(source, error) from error
+            from .onnx_engine import attach_source_statistics
+
+            attach_source_statistics(network, folder)  # a site-adapted folder: the input check's tokens
+            return network
 
         # FAST with a graph stored for exactly these weights: no PyTorch, no transformers until a heat-map.
         light = read_model_json(folder) if engine == "onnxruntime" else None

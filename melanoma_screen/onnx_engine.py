@@ -62,6 +62,32 @@ def _levit_first_stage_split(model) -> int:
     return next(i for i, layer in enumerate(layers) if isinstance(layer, LevitAttentionSubsample))
 
 
+# A site-adapted folder (melanoma_screen.site_adaptation) keeps its source's BatchNorm statistics here: the
+# input check was fitted on the source's tokens, so it measures tokens computed with them.
+SOURCE_STATISTICS_FILE = "input_check_batchnorm.safetensors"
+
+
+def attach_source_statistics(model, folder) -> None:
+    """Gives an adapted model the copy of itself with its source's statistics that the input check's tokens need.
+
+    Set outside the module registry, so it is neither saved with the model nor
+    counted among its parameters. A folder without the file is left alone.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(folder) / SOURCE_STATISTICS_FILE
+    if not path.is_file():
+        return
+    # No gradient: the graph exporter takes its weights as constants, and the heat-map differentiates the other copy.
+    source = copy.deepcopy(model).eval().requires_grad_(False)
+    state = source.state_dict()
+    with torch.no_grad():
+        for key, value in load_file(str(path)).items():
+            state[key].copy_(value)
+    object.__setattr__(model, "input_check_model", source)
+
+
 def levit_full_resolution_tokens(model, pixel_values):
     """LeViT's tokens at the end of its first stage, the last ones on the full patch grid: (N, P, D).
 
@@ -112,7 +138,9 @@ def logits_and_patch_tokens(model, pixel_values):
         return logits, outputs.hidden_states[embedding_layer(model.config)][:, 1:, :]
     if hasattr(model, "levit"):
         tokens = levit_full_resolution_tokens(model, pixel_values)
-        return levit_logits_from_tokens(model, tokens), tokens
+        checked = getattr(model, "input_check_model", None)  # a site-adapted model: attach_source_statistics
+        return (levit_logits_from_tokens(model, tokens),
+                tokens if checked is None else levit_full_resolution_tokens(checked, pixel_values))
     logits = model(pixel_values=pixel_values).logits
     return logits, logits.new_zeros((logits.shape[0], 0, 1))
 

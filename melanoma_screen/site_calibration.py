@@ -27,6 +27,7 @@ to act on, so they are refused.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -374,6 +375,53 @@ def card_markdown(report: dict) -> str:
     ])
 
 
+def restamp_input_check(folder: Path) -> None:
+    """Names the folder's weights in its input check, which InputCheck.load otherwise ignores as another model's.
+
+    Only for a change of weights that the caller knows leaves the check valid.
+    """
+    from .input_check import REPORT_FILE, InputCheck
+
+    version = weights_version(folder)
+    check = InputCheck.load(folder)
+    if check is None or check.model_version == version:
+        return
+    check.model_version = version
+    check.save(folder)
+    report_path = folder / REPORT_FILE
+    if report_path.is_file():
+        check_report = json.loads(report_path.read_text(encoding="utf-8"))
+        check_report["model_version"] = version
+        report_path.write_text(json.dumps(check_report, indent=2) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def staged_output(source_dir: Path, out_dir: Path, overwrite: bool, rewritten=frozenset()):
+    """A temporary folder beside out_dir holding the source's files but `rewritten`; it becomes out_dir on success.
+
+    Written beside out_dir first, so a failure leaves an existing out_dir as it was.
+    """
+    check_output_folder(source_dir, out_dir, overwrite)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        for path in sorted(source_dir.iterdir()):
+            if path.is_file() and path.name not in set(rewritten) | _NOT_CARRIED and not path.name.startswith("."):
+                shutil.copy2(path, staging / path.name)
+        yield staging
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's folder is private; a model folder is not
+        for path in staging.iterdir():
+            path.chmod(0o666 & ~umask)  # nor are the files safetensors writes
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
 def write_site_model(source_dir, out_dir, model, fit: SiteFit, report: dict, overwrite: bool = False,
                      name: str | None = None) -> Path:
     """A complete model folder: the source's files, the new thresholds, a card section, the same input check.
@@ -387,16 +435,9 @@ def write_site_model(source_dir, out_dir, model, fit: SiteFit, report: dict, ove
     from transformers import AutoModelForImageClassification
 
     from .identity import stamp
-    from .input_check import REPORT_FILE, InputCheck
 
     source_dir, out_dir = Path(source_dir), Path(out_dir).expanduser()
-    check_output_folder(source_dir, out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
-        for path in sorted(source_dir.iterdir()):
-            if path.is_file() and path.name not in _REWRITTEN | _NOT_CARRIED and not path.name.startswith("."):
-                shutil.copy2(path, staging / path.name)
+    with staged_output(source_dir, out_dir, overwrite, rewritten=_REWRITTEN) as staging:
         # The card is the source's, so it is copied too; the section below says what changed.
         if (source_dir / "README.md").is_file():
             shutil.copy2(source_dir / "README.md", staging / "README.md")
@@ -414,30 +455,11 @@ def write_site_model(source_dir, out_dir, model, fit: SiteFit, report: dict, ove
         config[CONFIG_KEY] = dict(report, source_weights_sha256=sha256_of(source_dir / "model.safetensors"))
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-        version = weights_version(staging)
-        check = InputCheck.load(staging)
-        if check is not None and check.model_version != version:
-            # The check measures the encoder's embeddings, which a refitted temperature leaves alone.
-            check.model_version = version
-            check.save(staging)
-            report_path = staging / REPORT_FILE
-            if report_path.is_file():
-                check_report = json.loads(report_path.read_text(encoding="utf-8"))
-                check_report["model_version"] = version
-                report_path.write_text(json.dumps(check_report, indent=2) + "\n", encoding="utf-8")
+        # The check measures the encoder's embeddings, which a refitted temperature leaves alone.
+        restamp_input_check(staging)
         if (staging / "README.md").is_file():
             # After the card's identity line (or its title), where a reader starts.
             upsert_card_section(staging / "README.md", CARD_SECTION, card_markdown(report),
                                 add_at=("identity", UNDER_TITLE, AT_END))
         stamp(staging, name or out_dir.name)
-
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp's folder is private; a model folder is not
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
     return out_dir

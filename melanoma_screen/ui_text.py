@@ -103,6 +103,9 @@ TEXT = {
                                   "and {h0}. On those images the screening threshold flags {sens} of the melanomas "
                                   "and the high-risk threshold clears {spec} of the benign lesions. The test metrics "
                                   "above were measured at the thresholds of `{source}`."),
+        "about_site_adaptation": ("**Adapted to one site's device:** its normalisation statistics were re-estimated "
+                                  "on {n} undiagnosed pictures of that site on {date}, from `{source}`; no weight was "
+                                  "trained and no label was used."),
         "about_limits": ("Trained on dermoscopic images from the ISIC archive, mostly of light skin; its "
                          "performance on other skin types, cameras and clinics is not established. Not a "
                          "medical device."),
@@ -207,6 +210,9 @@ TEXT = {
                                   "étaient {s0} et {h0}. Sur ces images, le seuil de dépistage signale {sens} des "
                                   "mélanomes et le seuil de risque élevé écarte {spec} des lésions bénignes. Les mesures "
                                   "de test ci-dessus ont été faites aux seuils de `{source}`."),
+        "about_site_adaptation": ("**Adapté à l'appareil d'un site :** ses statistiques de normalisation ont été "
+                                  "réestimées sur {n} images non diagnostiquées de ce site le {date}, à partir de "
+                                  "`{source}` ; aucun poids n'a été entraîné et aucun diagnostic n'a été utilisé."),
         "about_limits": ("Entraîné sur des images dermoscopiques de l'archive ISIC, surtout de peaux claires ; "
                          "ses performances sur d'autres types de peau, appareils et cliniques ne sont pas "
                          "établies. Ce n'est pas un dispositif médical."),

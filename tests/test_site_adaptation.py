@@ -1,0 +1,271 @@
+"""calibrate_site.py --unlabeled-dir on real pictures: what it changes, the folder it writes, its guard and refusals.
+
+The site is real derm7pt pictures (another clinic's dermatoscope), copied under
+new names into a nested folder with no labels, as a clinic would hand over its
+own. Nothing is fitted on the pictures the tests score. Without the shared data
+these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import REPO_ROOT, SHARED_DATA, SHARED_DATASET
+
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import calibrate_site  # noqa: E402
+from melanoma_screen import site_adaptation  # noqa: E402
+from melanoma_screen.inference import FAST, ScreeningModel, weights_version  # noqa: E402
+
+SHIPPED = REPO_ROOT / "model"
+DERM7PT = SHARED_DATA / "derm7pt"
+HAM = SHARED_DATA / "ham10000"
+NAME_MARK = "patient_dupont_visit"  # in every copied picture's name: must appear in no file written
+
+pytestmark = pytest.mark.skipif(not DERM7PT.is_dir() or not SHARED_DATASET.is_dir(),
+                                reason="needs the shared derm7pt and 10k data")
+
+
+def copy_pictures(paths, root: Path) -> Path:
+    """Renamed copies, half of them two folders down: no label, no original name."""
+    for i, path in enumerate(paths):
+        target = root / ("day1/room2" if i % 2 else "") / f"{NAME_MARK}_{i:03d}{path.suffix.lower()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    return root
+
+
+def derm7pt_pictures(n_benign: int, n_malignant: int, offset: int = 0, malignant_offset: int | None = None) -> list[Path]:
+    start = offset if malignant_offset is None else malignant_offset
+    return (sorted((DERM7PT / "benign").iterdir())[offset:offset + n_benign]
+            + sorted((DERM7PT / "malignant").iterdir())[start:start + n_malignant])
+
+
+def run_cli(capsys, *args: str):
+    capsys.readouterr()
+    status = calibrate_site.main([str(arg) for arg in args])
+    return status, capsys.readouterr().err
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    return copy_pictures(derm7pt_pictures(90, 30), tmp_path_factory.mktemp("clinic") / "pictures")
+
+
+@pytest.fixture(scope="module")
+def adapted(site, tmp_path_factory) -> Path:
+    out_dir = tmp_path_factory.mktemp("adapted") / "model-site"
+    assert calibrate_site.main(["--model", str(SHIPPED), "--unlabeled-dir", str(site), "--out-dir", str(out_dir)]) == 0
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def held_out_pictures() -> list[Path]:
+    """derm7pt pictures the site folder does not hold."""
+    return derm7pt_pictures(24, 8, offset=200)
+
+
+def config_of(folder: Path) -> dict:
+    import json
+
+    return json.loads((folder / "config.json").read_text())
+
+
+def test_only_the_batchnorm_statistics_change(adapted):
+    source, result = load_file(SHIPPED / "model.safetensors"), load_file(adapted / "model.safetensors")
+    assert source.keys() == result.keys()
+    statistics = {key for key in source if key.endswith((".running_mean", ".running_var"))}
+    assert len(statistics) == 2 * 47
+    changed = {key for key in source if not np.array_equal(source[key], result[key])}
+    assert changed <= statistics
+    assert len(changed) >= 0.9 * len(statistics)  # the site's pictures move nearly every layer's statistics
+    for name in ("preprocessor_config.json", "eval_results.json", "input_check.json"):
+        assert (adapted / name).is_file()
+    assert (adapted / "preprocessor_config.json").read_bytes() == (SHIPPED / "preprocessor_config.json").read_bytes()
+    source_config, config = config_of(SHIPPED), config_of(adapted)
+    for key in ("screening_threshold", "high_risk_threshold", "calibration_temperature", "id2label"):
+        assert config[key] == source_config[key]
+
+
+def test_statistics_are_tied_to_the_source_weights(adapted):
+    from transformers import AutoModelForImageClassification
+
+    block = config_of(adapted)["site_adaptation"]
+    assert block["source_weights_sha256"] == sha256(SHIPPED / "model.safetensors")
+    assert block["source_model_version"] == weights_version(SHIPPED)
+    source = AutoModelForImageClassification.from_pretrained(SHIPPED, use_safetensors=True)
+    result = AutoModelForImageClassification.from_pretrained(adapted, use_safetensors=True)
+    assert block["learned_weights_sha256"] == site_adaptation.statistics_digest(source)
+    assert site_adaptation.statistics_digest(result) == site_adaptation.statistics_digest(source)
+    assert config_of(adapted)["model_version"] == weights_version(adapted) != weights_version(SHIPPED)
+
+
+def test_block_counts_and_stores_no_picture_or_name(adapted, site):
+    block = config_of(adapted)["site_adaptation"]
+    assert block["n_found"] == 120
+    assert block["n_adapted"] + sum(block["n_refused_by_input_check"].values()) + block["n_unreadable"] == 120
+    assert block["n_adapted"] >= site_adaptation.MIN_PICTURES
+    assert block["rule"]["layers"] == site_adaptation.ADAPTATION_RULE["layers"]
+    assert block["guard"]["rank_correlation"] >= block["guard"]["minimum"]
+    for path in adapted.rglob("*"):
+        data = path.read_bytes()
+        assert NAME_MARK.encode() not in data and str(site).encode() not in data, path.name
+    card = (adapted / "README.md").read_text()
+    assert "## Site adaptation" in card and f"on {block['n_adapted']} undiagnosed pictures" in card
+
+
+def test_int8_graph_is_rebuilt_for_the_adapted_weights_and_matches_pytorch(adapted, held_out_pictures):
+    from melanoma_screen.onnx_engine import OnnxClassifier
+
+    version = weights_version(adapted)
+    assert OnnxClassifier.stored(adapted, version, "int8") is not None  # the stored graph holds these weights
+    assert config_of(adapted)["site_adaptation"]["onnx_int8_parity_max_difference"] <= site_adaptation.PARITY_TOLERANCE
+    fast, exact = ScreeningModel.load(str(adapted), **FAST), ScreeningModel.load(str(adapted))
+    assert fast._onnx is not None and Path(fast._onnx.source) == adapted / "model.int8.onnx"
+    fast_scores = [p.malignant_probability for p in fast.predict_batch(held_out_pictures)]
+    exact_scores = [p.malignant_probability for p in exact.predict_batch(held_out_pictures)]
+    assert np.max(np.abs(np.subtract(fast_scores, exact_scores))) <= site_adaptation.PARITY_TOLERANCE
+
+
+def test_pipeline_loads_the_folder_and_scores_as_the_app(adapted, held_out_pictures):
+    from transformers import pipeline
+
+    classifier = pipeline("image-classification", model=str(adapted), device="cpu")
+    piped = [{r["label"]: r["score"] for r in classifier(str(path), top_k=2)}["malignant"] for path in held_out_pictures]
+    app = ScreeningModel.load(str(adapted))  # the app's model class, PyTorch path
+    ours = [p.malignant_probability for p in app.predict_batch(held_out_pictures)]
+    np.testing.assert_allclose(piped, ours, atol=1e-5)
+    # And adaptation did move the scores: the source model gives other ones on the same pictures.
+    source = [p.malignant_probability for p in ScreeningModel.load(str(SHIPPED)).predict_batch(held_out_pictures)]
+    assert np.mean(source) - np.mean(ours) > 0.05  # another dermatoscope moves every score up; adapting brings them down
+
+
+def test_input_check_still_refuses_what_it_refused(adapted, held_out_pictures):
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from not_lesion_set import build_not_lesion_set
+
+    lesions = sorted((SHARED_DATASET / "test" / "benign").glob("*.jpg"))[:6]
+    samples = build_not_lesion_set(lesions)
+    source, result = ScreeningModel.load(str(SHIPPED), **FAST), ScreeningModel.load(str(adapted), **FAST)
+    assert result.input_check is not None
+    before = [p.refused for p in source.predict_decoded([s.image for s in samples])]
+    after = [p.refused for p in result.predict_decoded([s.image for s in samples])]
+    assert sum(before) >= 0.85 * len(samples)  # the shipped check refuses 116 of these 131
+    assert all(a for b, a in zip(before, after) if b), "a picture the source model refused is accepted after adaptation"
+    # The check judges the tokens of the source's statistics (input_check_batchnorm.safetensors), so the site's
+    # own lesions get the same verdicts; on the adapted tokens it refused nearly all of them.
+    decoded = [result.decode(path) for path in held_out_pictures]
+    assert ([p.refused for p in source.predict_decoded(decoded)] == [p.refused for p in result.predict_decoded(decoded)])
+    assert sum(p.refused for p in result.predict_decoded(decoded)) <= 2
+
+
+def test_about_panel_says_adapted(adapted):
+    import app
+
+    text = app.about_markdown(ScreeningModel.load(str(adapted), **FAST), "en")
+    n = config_of(adapted)["site_adaptation"]["n_adapted"]
+    assert "Adapted to one site's device" in text and f"on {n} undiagnosed pictures" in text
+    assert "Adapted" not in app.about_markdown(ScreeningModel.load(str(SHIPPED), **FAST), "en")
+
+
+def test_training_source_as_the_site_keeps_sensitivity(tmp_path, capsys):
+    """300 pictures of the 10k test split as the site: sensitivity on the whole split moves by at most 0.02."""
+    benign = sorted((SHARED_DATASET / "test" / "benign").glob("*.jpg"))
+    malignant = sorted((SHARED_DATASET / "test" / "malignant").glob("*.jpg"))
+    site = copy_pictures(benign[::3][:150] + malignant[::3][:150], tmp_path / "pictures")
+    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
+    assert status == 0, err
+    threshold = config_of(tmp_path / "out")["screening_threshold"]
+    sensitivity = {}
+    for name, folder in (("source", SHIPPED), ("adapted", tmp_path / "out")):
+        scores = [p.malignant_probability for p in ScreeningModel.load(str(folder)).predict_batch(malignant)]
+        sensitivity[name] = float(np.mean(np.asarray(scores) >= threshold))
+    assert abs(sensitivity["adapted"] - sensitivity["source"]) <= 0.02, sensitivity
+
+
+def test_guard_trips_on_a_source_the_adaptation_reorders(tmp_path, capsys, monkeypatch):
+    """ham10000's MoleMax acquisition (nevi from a digital-dermoscopy system): adapting fully re-ranks it."""
+    if not HAM.is_dir():
+        pytest.skip("needs the shared ham10000 data")
+    with open(HAM / "labels.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["source"] == "vidir_molemax"]
+    site = copy_pictures([HAM / row["file"] for row in rows[:200]], tmp_path / "pictures")
+    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
+    assert status == 0, err
+    guard = config_of(tmp_path / "out")["site_adaptation"]["guard"]
+    assert guard["tried"][0]["tripped"] and guard["tried"][0]["rank_correlation"] < guard["minimum"]
+    assert config_of(tmp_path / "out")["site_adaptation"]["fell_back"]
+    assert config_of(tmp_path / "out")["site_adaptation"]["rule"]["mix"] == site_adaptation.FALLBACK_RULE["mix"]
+    # With a stricter guard the milder mix trips too: refused, with one sentence, and nothing written.
+    monkeypatch.setattr(site_adaptation, "MIN_RANK_CORRELATION", 0.999)
+    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "strict")
+    assert status == 2 and "Adaptation refused" in err and "Traceback" not in err
+    assert not (tmp_path / "strict").exists()
+
+
+def test_combined_adapts_then_refits_the_thresholds(tmp_path, capsys):
+    pictures = derm7pt_pictures(60, 25, offset=300, malignant_offset=100)
+    site = copy_pictures(pictures, tmp_path / "pictures")
+    diagnosed = tmp_path / "diagnosed"
+    for path in pictures:
+        label = "malignant" if path.parent.name == "malignant" else "benign"
+        (diagnosed / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, diagnosed / label / f"{NAME_MARK}_{path.stem}.jpg")
+    out = tmp_path / "out"
+    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--data-dir", diagnosed, "--out-dir", out)
+    assert status == 0, err
+    config = config_of(out)
+    assert "site_adaptation" in config and "site_calibration" in config
+    assert config["screening_threshold"] != config_of(SHIPPED)["screening_threshold"]
+    # The thresholds were fitted through the adapted model: the weights are the adapted ones.
+    assert config["model_version"] == weights_version(out) != weights_version(SHIPPED)
+    assert not list(tmp_path.glob(".out-adapted-*"))  # the intermediate folder is gone
+
+
+def test_refusals(tmp_path, capsys, site, adapted):
+    few = copy_pictures(derm7pt_pictures(10, 5), tmp_path / "few")
+    checks = [
+        (["--unlabeled-dir", few, "--out-dir", tmp_path / "a"], "Too few pictures to adapt"),
+        (["--unlabeled-dir", site, "--out-dir", adapted], "already exists; pass --overwrite"),
+        (["--unlabeled-dir", site, "--out-dir", SHIPPED], "would overwrite the input model"),
+        (["--unlabeled-dir", tmp_path / "nowhere", "--out-dir", tmp_path / "b"], "is not a folder"),
+    ]
+    for args, sentence in checks:
+        status, err = run_cli(capsys, "--model", SHIPPED, *args)
+        assert status == 2 and sentence in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1
+    assert (adapted / "model.safetensors").is_file()  # the existing folder was left alone
+
+
+def test_refuses_a_model_without_batchnorm(tmp_path, capsys, site):
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    folder = tmp_path / "vit"
+    config = ViTConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=2, id2label={0: "benign", 1: "malignant"},
+                       label2id={"benign": 0, "malignant": 1})
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    status, err = run_cli(capsys, "--model", folder, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
+    assert status == 2 and "no BatchNorm layer" in err and "--data-dir" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_names_the_unlabeled_mode(capsys):
+    with pytest.raises(SystemExit):
+        calibrate_site.main(["--help"])
+    assert "--unlabeled-dir" in capsys.readouterr().out
