@@ -51,7 +51,7 @@ from melanoma_screen.images import decode_batches, load_rgb_image
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel
 from melanoma_screen.input_check import refusal_report
 from melanoma_screen.labels import benign_diagnosis_group
-from melanoma_screen.model_card import upsert_card_section
+from melanoma_screen.model_card import benign_group_table, upsert_card_section
 from melanoma_screen.results import load_eval_results
 from melanoma_screen.field_of_view import add_circular_vignette, fill_dark_border, has_dark_corners
 from melanoma_screen.skin import PROBE_TARGETS, magnify_lesion, recolour_skin
@@ -577,8 +577,7 @@ def main(argv=None) -> int:
         return 0
     if not args.data_dir:
         parser.error("--data-dir is required (unless --compare)")
-    if args.card and not args.robustness:
-        parser.error("--card needs --robustness (or --compare)")
+
     if args.shortcut_probes_only and not args.robustness:
         parser.error("--shortcut-probes-only needs --robustness")
     if args.card and args.shortcut_probes_only:
@@ -610,7 +609,16 @@ def main(argv=None) -> int:
     print_report(report, model.eval_results if args.split == "test" and model.color_constancy == trained_with else None)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2))
-    if args.card:
+    if args.card and not args.robustness and "auc_by_benign_group" not in report:
+        parser.error("--card writes the robustness table (--robustness) or, for a folder whose labels.csv names "
+                     "diagnoses, melanoma against each benign group; this folder has neither")
+    if args.card and "auc_by_benign_group" in report:
+        name = data_dir.resolve().name
+        upsert_card_section(args.card, "benign_groups",
+                            f"{benign_group_table([(name, report['auc_by_benign_group'])])}\n\nMeasured with "
+                            f"`{report['command']}` (the score against each group's benign images and every melanoma).",
+                            heading="### Melanoma against the benign look-alikes", add_at=("comparison", "robustness"))
+    if args.card and args.robustness:
         upsert_card_section(args.card, "robustness", robustness_markdown(report))
         upsert_card_section(args.card, "shortcut_probes", shortcut_probes_markdown(report), heading="### Shortcut probes",
                             add_at="robustness")

@@ -244,3 +244,31 @@ def test_a_held_out_source_leaves_training_and_is_scored_like_an_external_set(ti
     assert data["external"][f"held-out {held}"] and {r.source for r in data["external"][f"held-out {held}"]} == {held}
     with pytest.raises(ValueError, match="no training image comes from it"):
         training_data(SplitSettings(data_dir=str(tiny_image_folder), hold_out_source="nowhere"), progress=False)
+
+
+def test_evaluate_model_prints_and_cards_melanoma_against_each_benign_diagnosis(tmp_path, capsys):
+    import evaluate_model
+
+    if not (SHARED_DATA / "derm7pt" / "labels.csv").is_file():
+        pytest.skip("derm7pt is not there")
+    derm = tmp_path / "derm7pt"
+    _labelled_copy(SHARED_DATA / "derm7pt", derm, 12, "diagnosis")
+    card = tmp_path / "README.md"
+    shutil.copy(REPO_ROOT / "model" / "README.md", card)
+    out = tmp_path / "report.json"
+    assert evaluate_model.main(["--model", str(REPO_ROOT / "model"), "--data-dir", str(derm), "--card", str(card),
+                                "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    with open(derm / "labels.csv", newline="") as handle:
+        diagnoses = {row["diagnosis"] for row in csv.DictReader(handle) if row["label"] == "benign"}
+    assert set(report["auc_by_benign_diagnosis"]) == diagnoses
+    printed = capsys.readouterr().out
+    for group, row in report["auc_by_benign_group"].items():
+        assert row["n_malignant"] == 12 and f"{row['roc_auc']:.3f}" in printed
+        assert f"| derm7pt | {group} | {row['n_benign']} | {row['roc_auc']:.3f} |" in card.read_text()
+    plain = tmp_path / "plain"
+    for label in ("benign", "malignant"):
+        shutil.copytree(derm / label, plain / label)
+    with pytest.raises(SystemExit) as refused:
+        evaluate_model.main(["--model", str(REPO_ROOT / "model"), "--data-dir", str(plain), "--card", str(card)])
+    assert refused.value.code == 2 and "neither" in capsys.readouterr().err
