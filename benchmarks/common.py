@@ -88,3 +88,13 @@ def competing_cpu_job(enabled: bool = True, processes: int | None = None):
             worker.terminate()
         for worker in workers:
             worker.wait()
+
+
+def halves(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A boolean mask of the first half, drawn per class so both halves keep the site's class balance."""
+    rng = np.random.default_rng(seed)
+    first = np.zeros(labels.size, dtype=bool)
+    for label in (0, 1):
+        indices = rng.permutation(np.flatnonzero(labels == label))
+        first[indices[: indices.size // 2]] = True
+    return first

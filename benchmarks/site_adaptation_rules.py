@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import IMAGE_SUFFIXES, SHARED_DATA, DATASET, REPO_ROOT  # noqa: F401  (puts the repository on sys.path)
+from common import IMAGE_SUFFIXES, SHARED_DATA, DATASET, REPO_ROOT, halves  # noqa: F401  (puts the repository on sys.path)
 
 from melanoma_screen import metrics  # noqa: E402
 from melanoma_screen.inference import FAST, ScreeningModel  # noqa: E402
@@ -67,15 +67,6 @@ def cached_inputs(model, name, items, cache_dir: Path):
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(path, pixels=pixels.astype(np.float16), labels=labels)
     return pixels, labels
-
-
-def halves(labels: np.ndarray, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    first = np.zeros(labels.size, dtype=bool)
-    for label in (0, 1):
-        indices = rng.permutation(np.flatnonzero(labels == label))
-        first[indices[: indices.size // 2]] = True
-    return first
 
 
 def figures(labels, probabilities, threshold):

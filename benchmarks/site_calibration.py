@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATASET, REPO_ROOT, write_json  # noqa: F401  (puts the repository on sys.path)
+from common import DATASET, REPO_ROOT, halves, write_json  # noqa: F401  (puts the repository on sys.path)
 
 from calibrate_site import scan_site_folder  # noqa: E402
 from melanoma_screen import calibration  # noqa: E402
@@ -73,16 +73,6 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", default=str(REPO_ROOT / "runs" / "site_adaptation_benchmark"),
                         help="where the renamed copies and the adapted folders go (deleted after each fold)")
     return parser.parse_args(argv)
-
-
-def halves(labels: np.ndarray, seed: int) -> np.ndarray:
-    """A boolean mask of the first half, drawn per class so both halves keep the site's class balance."""
-    rng = np.random.default_rng(seed)
-    first = np.zeros(labels.size, dtype=bool)
-    for label in (0, 1):
-        indices = rng.permutation(np.flatnonzero(labels == label))
-        first[indices[: indices.size // 2]] = True
-    return first
 
 
 def held_out(fit_scores, held_scores, source_points: dict, targets: tuple[float, float], fit_temperature: bool, seed: int) -> dict:
