@@ -130,11 +130,11 @@ def training_data(settings: SplitSettings, external_dirs=(), progress: bool = Tr
     dropped = set(drop_reasons)
 
     train_pool = [r for r in records if r.split == "train" and r.path not in dropped]
-    held_out = [r for r in train_pool if settings.hold_out_source and r.source == settings.hold_out_source]
+    held_out = [r for r in train_pool if r.source == settings.hold_out_source] if settings.hold_out_source else []
     if settings.hold_out_source and not held_out:
         raise ValueError(f"--hold-out-source {settings.hold_out_source}: no training image comes from it; the sources are "
                          + ", ".join(sorted({r.source for r in train_pool})) + ".")
-    train_pool = [r for r in train_pool if not (settings.hold_out_source and r.source == settings.hold_out_source)]
+    train_pool = [r for r in train_pool if r.source != settings.hold_out_source] if held_out else train_pool
     test_records = [r for r in records if r.split == "test"]
     # Duplicates of one image must sit on one side of the validation split,
     # or validation turns into a memory test and thresholds come out too rosy.

@@ -206,12 +206,22 @@ def fold_temperature_into_classifier(model, temperature: float) -> None:
         raise ValueError(f"temperature must be a positive finite number, got {temperature}.")
     import torch
 
-    classifier = model.classifier
-    # LeViT's head is a batch norm then a linear layer: only the linear layer is scaled.
-    classifier = getattr(classifier, "linear", classifier)
-    if not isinstance(classifier, torch.nn.Linear):
-        raise TypeError(f"model.classifier must be a torch.nn.Linear, got {type(classifier).__name__}.")
+    classifier = classifier_linear(model)
     with torch.no_grad():
         classifier.weight.div_(temperature)
         if classifier.bias is not None:
             classifier.bias.div_(temperature)
+
+
+def classifier_linear(model):
+    """The last linear layer of a ViT's or LeViT's classification head, the one that makes the logits.
+
+    LeViT's head is a batch norm then a linear layer; a ViT's is the linear layer itself.
+    """
+    import torch
+
+    head = model.classifier
+    head = getattr(head, "linear", head)
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"model.classifier must be a torch.nn.Linear, got {type(head).__name__}.")
+    return head

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .calibration import classifier_linear
 from .labels import ID2LABEL, LABEL2ID  # noqa: F401  (re-exported: what train_vit.py gives a new config)
 
 logger = logging.getLogger(__name__)
@@ -78,15 +79,6 @@ def mimetic_initialisation(model, seed: int = 0) -> None:
         left, right = _factor_pair(dim, alpha, -beta, generator)
         attention.v_proj.weight.copy_(left.T)
         attention.o_proj.weight.copy_(right.T)
-
-
-def classifier_linear(model) -> torch.nn.Linear:
-    """The last linear layer of a ViT's or LeViT's classification head (LeViT wraps it with a BatchNorm)."""
-    head = model.classifier
-    head = getattr(head, "linear", head)
-    if not isinstance(head, torch.nn.Linear):
-        raise TypeError(f"model.classifier must be a torch.nn.Linear or hold one as .linear, got {type(head).__name__}.")
-    return head
 
 
 DIAGNOSIS_LABEL_PREFIX = "dx:"
