@@ -42,7 +42,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 import data_prep
-from data_prep import SplitSettings, to_dataset
+from data_prep import SplitSettings, source_class_groups, to_dataset
 from data_prep.shortcut_audit import print_shortcut_audit, shortcut_audit, shortcut_markdown
 from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
@@ -175,6 +175,13 @@ class ScreeningArguments:
         metadata={"help": "Weight of an auxiliary loss over the diagnosis (labels.csv's dx: nv, bkl, df, vasc, mel) for "
                           "the training images that have one, from extra outputs of the classifier that are removed "
                           "before saving: the published model keeps its two labels (0 = off)."},
+    )
+    group_dro_step: float = field(
+        default=0.0,
+        metadata={"help": "Worst-group training (group DRO, Sagawa et al. 2020) over the (source, class) groups: after "
+                          "each batch a group's weight grows by exp(step x its mean loss), and the loss is the weighted "
+                          "mean of the groups' losses, so the group the model does worst on is pushed hardest. Inside "
+                          "a group, images keep their --balance-diagnoses weights (0 = off; Sagawa et al. use 0.01)."},
     )
     select_on: str = field(
         default="pooled",
@@ -345,8 +352,9 @@ def make_transforms(image_processor, data_args: DataArguments, color_constancy: 
                                                                  color_constancy, skin_reference), field_of_view_mask)
                   for image, label in zip(batch["image"], batch["label"])]
         labels = batch["label"]
-        if "sample_weight" in batch:  # packed for screening_loss: (label, diagnosis id or -1, weight)
-            labels = [[label, dx, weight] for label, dx, weight in zip(labels, batch["dx_id"], batch["sample_weight"])]
+        if "sample_weight" in batch:  # packed for screening_loss: (label, diagnosis id or -1, weight, group id)
+            labels = [[label, dx, weight, group] for label, dx, weight, group
+                      in zip(labels, batch["dx_id"], batch["sample_weight"], batch["group_id"])]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": labels}
 
     def eval_transform(batch):
@@ -471,15 +479,20 @@ def compute_validation_metrics(eval_prediction, sources):
     return validation_figures(labels, calibration.softmax_probs(logits)[:, LABEL2ID["malignant"]], sources)
 
 
-def screening_loss(class_weights, label_smoothing, diagnosis_weight: float = 0.0):
+def screening_loss(class_weights, label_smoothing, diagnosis_weight: float = 0.0, group_names=(), group_dro_step: float = 0.0):
     """Cross-entropy on benign/malignant, weighted per class or per image, plus the diagnosis loss if asked.
 
     Training batches may carry labels packed as (label, diagnosis id or -1,
-    image weight) rows (make_transforms); validation's are plain labels.
+    image weight, group id) rows (make_transforms); validation's are plain
+    labels. With group_dro_step, the screening term is group DRO's: the groups'
+    weighted mean losses, mixed by weights that the function keeps between
+    batches (its group_weights attribute).
     """
     class_weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+    group_weight = torch.full((len(group_names),), 1.0 / max(1, len(group_names)))
 
     def compute_loss(outputs, labels, num_items_in_batch=None):
+        nonlocal group_weight
         logits = outputs["logits"]
         screening_logits = logits[:, : len(ID2LABEL)]
         if labels.dim() == 1:
@@ -487,10 +500,24 @@ def screening_loss(class_weights, label_smoothing, diagnosis_weight: float = 0.0
                 screening_logits, labels,
                 weight=None if class_weight is None else class_weight.to(logits.device), label_smoothing=label_smoothing)
         label, diagnosis, weight = labels[:, 0].long(), labels[:, 1].long(), labels[:, 2].float()
-        if class_weight is not None:
-            weight = weight * class_weight.to(logits.device)[label]
         per_image = torch.nn.functional.cross_entropy(screening_logits, label, reduction="none", label_smoothing=label_smoothing)
-        loss = (weight * per_image).sum() / weight.sum()
+        if group_dro_step:
+            # Each group is one class, so the class weights have nothing left to balance.
+            group = labels[:, 3].long()
+            one_hot = torch.nn.functional.one_hot(group, len(group_names)).float() * weight[:, None]
+            present = one_hot.sum(0) > 0
+            group_loss = (one_hot * per_image[:, None]).sum(0) / one_hot.sum(0).clamp(min=1e-12)
+            group_weight = group_weight.to(logits.device)
+            with torch.no_grad():
+                grown = group_weight * torch.exp(group_dro_step * group_loss.detach() * present)
+                group_weight = grown / grown.sum()
+            mix = group_weight * present
+            loss = (mix * group_loss).sum() / mix.sum()
+            compute_loss.group_weights = dict(zip(group_names, group_weight.tolist()))
+        else:
+            if class_weight is not None:
+                weight = weight * class_weight.to(logits.device)[label]
+            loss = (weight * per_image).sum() / weight.sum()
         known = diagnosis >= 0
         if diagnosis_weight and known.any() and logits.shape[1] > len(ID2LABEL):
             per_dx = torch.nn.functional.cross_entropy(logits[known, len(ID2LABEL):], diagnosis[known], reduction="none")
@@ -545,7 +572,8 @@ def select_checkpoint_or_average(trainer, val_dataset, data, screening_args) -> 
 # ----------------------------------------------------------------------------- train
 
 
-def build_trainer(model, image_processor, train_dataset, val_dataset, val_records, class_weights, screening_args, training_args):
+def build_trainer(model, image_processor, train_dataset, val_dataset, val_records, class_weights, screening_args, training_args,
+                  group_names=()):
     """A Trainer that validates by ROC AUC each epoch (or as --eval_strategy says) and ends on the best checkpoint."""
     if training_args.save_total_limit is None:
         # Trainer counts a kept older best checkpoint against the limit: +1 leaves the last N.
@@ -560,7 +588,7 @@ def build_trainer(model, image_processor, train_dataset, val_dataset, val_record
         processing_class=image_processor,
         compute_metrics=partial(compute_validation_metrics, sources=[record.source for record in val_records]),
         compute_loss_func=screening_loss(class_weights, training_args.label_smoothing_factor,
-                                         screening_args.diagnosis_head_weight),
+                                         screening_args.diagnosis_head_weight, group_names, screening_args.group_dro_step),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=screening_args.early_stopping_patience),
                    *([TimeLimitCallback(screening_args.max_train_minutes)] if screening_args.max_train_minutes else [])],
     )
@@ -617,6 +645,7 @@ def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transfor
         "vignette_balance": data.get("vignette_balance"),
         "lesion_size_balance": data.get("lesion_size_balance"),
         "checkpoint_selection": checkpoint_selection,
+        "group_dro_weights": getattr(trainer.compute_loss_func, "group_weights", None),
         "epochs_trained": trainer.state.epoch,
         "train_minutes": next((entry["train_runtime"] / 60 for entry in reversed(trainer.state.log_history)
                                if "train_runtime" in entry), None),
@@ -723,16 +752,20 @@ def main(argv=None):
     if diagnoses:
         add_diagnosis_outputs(model, diagnoses)
         logger.info("auxiliary diagnosis outputs (weight %g): %s", screening_args.diagnosis_head_weight, diagnoses)
-    packed = {}
-    if data["sample_weights"] or diagnoses:
+    packed, group_names = {}, []
+    if data["sample_weights"] or diagnoses or screening_args.group_dro_step:
+        group_ids, group_names = source_class_groups(data["train"])
         packed = {"sample_weight": data["sample_weights"] or [1.0] * len(data["train"]),
-                  "dx_id": [diagnoses.index(record.dx) if record.dx in diagnoses else -1 for record in data["train"]]}
+                  "dx_id": [diagnoses.index(record.dx) if record.dx in diagnoses else -1 for record in data["train"]],
+                  "group_id": group_ids}
+        if screening_args.group_dro_step:
+            logger.info("group DRO (step %g) over %s", screening_args.group_dro_step, group_names)
     train_dataset = to_dataset(data["train"], **packed).with_transform(train_transform)
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None
 
     trainer = build_trainer(model, image_processor, train_dataset, val_dataset, data["validation"], data["class_weights"],
-                            screening_args, training_args)
+                            screening_args, training_args, group_names if screening_args.group_dro_step else ())
     resume_from = training_args.resume_from_checkpoint
     if resume_from == "last":
         resume_from = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None

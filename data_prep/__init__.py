@@ -19,12 +19,13 @@ from .folder import LABELS, ImageRecord, ScanReport, scan_image_folder
 from .hub import DataSourceError, load_hub_dataset
 from .settings import SplitSettings, add_split_arguments
 from .sources import load_source, scan_label_folder, source_counts, to_dataset, training_data
-from .split import balance, class_counts, duplicates_to_drop, group_ids, sample_weights, train_val_split, weight_summary
+from .split import (balance, class_counts, duplicates_to_drop, group_ids, sample_weights, source_class_groups, train_val_split,
+                    weight_summary)
 
 __all__ = [
     "LABELS", "ImageRecord", "ScanReport", "DataSourceError",
     "scan_image_folder", "load_hub_dataset", "load_source",
     "audit_duplicates", "leaked_paths", "DEFAULT_HASH_DISTANCE", "DEFAULT_MIN_DETAIL_CORRELATION",
     "SplitSettings", "add_split_arguments", "training_data", "scan_label_folder", "source_counts", "to_dataset",
-    "group_ids", "train_val_split", "balance", "class_counts", "duplicates_to_drop", "sample_weights", "weight_summary",
+    "group_ids", "train_val_split", "balance", "class_counts", "duplicates_to_drop", "sample_weights", "source_class_groups", "weight_summary",
 ]

@@ -154,6 +154,29 @@ def duplicates_to_drop(audit_report: dict, drop_duplicates: bool, extra_paths=fr
     return dropped
 
 
+def balance_sources(records: list[ImageRecord]) -> list[str]:
+    """Each record's source for balancing: a source with one class only is folded into the largest source with both.
+
+    Balanced on its own, a benign-only source would still teach "this camera, benign".
+    """
+    labels_of: dict[str, set] = {}
+    for record in records:
+        labels_of.setdefault(record.source, set()).add(record.label)
+    sizes = Counter(record.source for record in records)
+    both = [source for source, labels in labels_of.items() if len(labels) > 1]
+    if not both:
+        return [record.source for record in records]
+    host = max(both, key=lambda source: sizes[source])
+    return [record.source if record.source in both else host for record in records]
+
+
+def source_class_groups(records: list[ImageRecord]) -> tuple[list[int], list[str]]:
+    """(group id per record, group names): the (balancing source, class) groups that --group-dro weighs."""
+    keys = [f"{source}/{LABELS[record.label]}" for source, record in zip(balance_sources(records), records)]
+    names = sorted(set(keys))
+    return [names.index(key) for key in keys], names
+
+
 def sample_weights(records: list[ImageRecord], source_class: bool = False, diagnoses: bool = False,
                    max_weight: float = 10.0) -> list[float] | None:
     """A loss weight per training image (mean 1), or None when neither balance is asked for.
@@ -175,16 +198,7 @@ def sample_weights(records: list[ImageRecord], source_class: bool = False, diagn
     """
     if not (source_class or diagnoses) or not records:
         return None
-    groups = [record.source for record in records]
-    if source_class:
-        labels_of: dict[str, set] = {}
-        for record in records:
-            labels_of.setdefault(record.source, set()).add(record.label)
-        sizes = Counter(groups)
-        both = [source for source, labels in labels_of.items() if len(labels) > 1]
-        if both:
-            host = max(both, key=lambda source: sizes[source])
-            groups = [source if source in both else host for source in groups]
+    groups = balance_sources(records) if source_class else [record.source for record in records]
     weights = [1.0] * len(records)
     if source_class:
         by_group = Counter(groups)

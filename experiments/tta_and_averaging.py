@@ -10,7 +10,10 @@ checkpoints (with and without the four flips); with --interpolate-with BASE,
 the weights alpha * run + (1 - alpha) * BASE for each --alphas (WiSE-FT,
 Wortsman et al., CVPR 2022: a fine-tuned model interpolated with the model it
 was fine-tuned from often keeps the in-distribution ranking of one and the
-robustness of the other). Each variant gets its own
+robustness of the other); with --soup RUN..., the weights averaged over this run
+and other runs fine-tuned from the same base (a uniform "model soup", Wortsman
+et al., ICML 2022), and for comparison the mean of their probabilities (the
+ensemble a distilled student would copy). Each variant gets its own
 screening and high-risk thresholds fitted on the run's validation split (the
 split training made, rebuilt by data_prep.training_data with the same seed and
 audit), and is then scored on the 10k test split and the external set at those
@@ -93,7 +96,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--interpolate-with", help="a model folder of the same architecture (the one the run was fine-tuned from)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="the run's weight in each interpolation")
-    parser.add_argument("--save-variants", help="save each interpolated model here, one folder per alpha")
+    parser.add_argument("--soup", nargs="+", default=[], help="other runs fine-tuned from the same base as RUN, to average with it")
+    parser.add_argument("--save-variants", help="save each interpolated model here, one folder per alpha, and the soup as soup/")
     parser.add_argument("--out", help="write the table as JSON here")
     args = parser.parse_args(argv)
 
@@ -116,12 +120,24 @@ def main(argv=None) -> None:
             networks[name] = interpolated_network(saved, Path(args.interpolate_with), alpha)
             interpolated[name] = alpha
 
+    soup_name = None
+    if args.soup:
+        members = [run, *map(Path, args.soup)]
+        soup_name = f"soup of {len(members)} runs"
+        networks[soup_name] = averaged_network(members)
+        networks[soup_name].config = copy.deepcopy(saved.config)
+        networks["ensemble"] = [ScreeningModel.load(str(member)).model for member in members]
+
     rows = []
     for network_name, network in networks.items():
         for flip_name, flips in FLIPS.items():
             if network is not saved and flip_name == "hflip" or network_name in interpolated and flip_name != "none":
                 continue
-            probs = {name: p_malignant(network, batches, flips) for name, batches in pixels.items()}
+            if network_name == "ensemble" and flip_name != "none":
+                continue
+            members = network if isinstance(network, list) else [network]
+            probs = {name: np.mean([p_malignant(member, batches, flips) for member in members], axis=0)
+                     for name, batches in pixels.items()}
             points = calibration.choose_operating_points(labels["validation"], probs["validation"])
             row = {"weights": network_name, "flips": flip_name, "validation_auc": metrics.binary_metrics(labels["validation"], probs["validation"])["roc_auc"]}
             for name in sets:
@@ -135,6 +151,8 @@ def main(argv=None) -> None:
             print(json.dumps(row))
             if network_name in interpolated and args.save_variants:
                 save_variant(network, run, Path(args.save_variants) / f"alpha-{interpolated[network_name]:g}", points)
+            if network_name == soup_name and flip_name == "none" and args.save_variants:
+                save_variant(network, run, Path(args.save_variants) / "soup", points)
 
     external = [name for name in sets if name not in ("validation", "test")]
     header = f"{'weights':<24} {'flips':<8} {'val AUC':>7} {'test AUC':>8} {'sens/spec@scr':>13}" + "".join(

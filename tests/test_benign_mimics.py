@@ -1,6 +1,6 @@
 """Training that must look at the lesion: diagnoses and acquisitions from labels.csv, source x class
 balance, benign-diagnosis balance, the auxiliary diagnosis outputs, acquisition augmentation,
-per-source model selection, per-diagnosis figures, and fine-tuning a LeViT folder."""
+per-source model selection, group DRO, per-diagnosis figures, and fine-tuning a LeViT folder."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from transformers import pipeline
 
 import train_vit
 from conftest import REPO_ROOT, SHARED_DATA, real_images
-from data_prep import ImageRecord, sample_weights, scan_label_folder
+from data_prep import ImageRecord, sample_weights, scan_label_folder, source_class_groups
 from melanoma_screen import metrics
 from melanoma_screen.labels import benign_diagnosis_group
 from melanoma_screen.modeling import add_diagnosis_outputs, build_other_architecture, strip_diagnosis_outputs
@@ -156,6 +156,33 @@ def test_screening_loss_weighs_each_image_and_adds_the_diagnosis_term():
     assert train_vit.screening_loss(None, 0.0, 0.5)({"logits": logits}, with_dx) == pytest.approx((plain + 0.5 * dx_term).item())
 
 
+def test_group_dro_groups_are_sources_by_class_with_benign_only_sources_folded_in():
+    records = _records(MIX)
+    ids, names = source_class_groups(records)
+    assert names == ["10k/benign", "10k/malignant", "ham/modern/benign", "ham/modern/malignant",
+                     "ham/molemax/benign", "ham/molemax/malignant"]
+    assert {names[i] for i, record in zip(ids, records) if record.source == "isic2017"} == {"10k/benign"}
+
+
+def test_group_dro_pushes_the_worst_group_and_mixes_the_group_losses_by_their_weights():
+    # Group 0 (benign) is fitted, group 1 (malignant) is not: group 1's weight must grow batch after batch.
+    logits = torch.tensor([[3.0, -3.0], [2.5, -2.0], [1.0, 0.5], [0.2, 0.0]])
+    packed = torch.tensor([[0, -1, 1.0, 0], [0, -1, 1.0, 0], [1, -1, 1.0, 1], [1, -1, 3.0, 1]])
+    per_image = torch.nn.functional.cross_entropy(logits, packed[:, 0].long(), reduction="none")
+    group_loss = torch.stack([per_image[:2].mean(), (per_image[2] + 3 * per_image[3]) / 4])
+    loss = train_vit.screening_loss(None, 0.0, group_names=["a/benign", "a/malignant"], group_dro_step=0.5)
+    first = loss({"logits": logits}, packed)
+    q = torch.softmax(0.5 * group_loss, 0)
+    assert first.item() == pytest.approx((q * group_loss).sum().item(), rel=1e-5)
+    assert loss.group_weights["a/malignant"] == pytest.approx(q[1].item(), rel=1e-5)
+    for _ in range(20):
+        last = loss({"logits": logits}, packed)
+    assert loss.group_weights["a/malignant"] > 0.99
+    assert last.item() == pytest.approx(group_loss[1].item(), rel=0.01)
+    # A batch without one group mixes only the groups it holds.
+    assert loss({"logits": logits[:2]}, packed[:2]).item() == pytest.approx(group_loss[0].item(), rel=1e-5)
+
+
 def test_acquisition_augmentation_degrades_like_another_camera_and_keeps_the_frame():
     image = Image.open(real_images("test", "malignant", 1)[0]).convert("RGB").resize((128, 128))
     rng = random.Random(0)
@@ -199,7 +226,7 @@ def _labelled_copy(source, target, count_per_label, column):
 
 def test_a_levit_run_fine_tuned_with_every_mimic_lever_publishes_two_labels(tiny_image_folder, tmp_path):
     """The full recipe end to end: a LeViT folder fine-tuned with source x class and diagnosis balance, the
-    diagnosis outputs, acquisition augmentation and per-source selection; pipeline reads benign/malignant."""
+    diagnosis outputs, acquisition augmentation, per-source selection and group DRO; pipeline reads benign/malignant."""
     for name in ("ham10000", "derm7pt"):
         if not (SHARED_DATA / name / "labels.csv").is_file():
             pytest.skip(f"{SHARED_DATA / name} is not there")
@@ -215,13 +242,16 @@ def test_a_levit_run_fine_tuned_with_every_mimic_lever_publishes_two_labels(tiny
         "--data-dir", str(tiny_image_folder), "--extra-train-dir", str(ham), "--external-dir", str(derm),
         "--model-name-or-path", str(base), "--max_steps", "2", "--per_device_train_batch_size", "8",
         "--balance", "source_class", "--balance-diagnoses", "--diagnosis-head-weight", "0.3",
-        "--augment-acquisition", "0.5", "--select-on", "mean_source", "--output-dir", str(output),
+        "--augment-acquisition", "0.5", "--select-on", "mean_source", "--group-dro-step", "0.01",
+        "--output-dir", str(output),
     ])
     config = json.loads((output / "config.json").read_text())
     assert config["id2label"] == {"0": "benign", "1": "malignant"}
     report = json.loads((output / "eval_results.json").read_text())
     assert report["checkpoint_selection"]["best_checkpoint"]["metric"] == "mean_source_auc"
     assert {group for group in report["sample_weights_by_group"] if group.startswith("ham10000/")}
+    dro = report["group_dro_weights"]
+    assert "ham10000/vidir_modern/malignant" in dro and len(dro) == 4 and sum(dro.values()) == pytest.approx(1.0)
     groups = report["external"]["derm7pt"]["auc_by_benign_group"]
     assert groups and all(0.0 <= row["roc_auc"] <= 1.0 and row["n_malignant"] == 6 for row in groups.values())
     assert "Melanoma against" in (output / "README.md").read_text()
