@@ -206,6 +206,23 @@ def test_the_shipped_levit_folder_fine_tunes_through_the_auto_class():
         torch.testing.assert_close(tensor, shipped[name])  # every weight carried over, the head included
 
 
+def test_the_shipped_levit_fine_tunes_at_another_resolution_and_still_ranks_the_lesions(tiny_model_dir):
+    arguments = train_vit.ModelArguments(model_name_or_path=str(REPO_ROOT / "model"), image_size=160)
+    model, processor, _, description = train_vit.build_model(arguments, seed=0)
+    assert model.config.image_size == 160 and processor.size == {"height": 160, "width": 160}
+    assert description.endswith("resized to 160 px")
+    shipped = type(model).from_pretrained(str(REPO_ROOT / "model")).eval()
+    shipped_processor = train_vit.AutoImageProcessor.from_pretrained(str(REPO_ROOT / "model"))
+    images = [Image.open(path).convert("RGB") for label in ("benign", "malignant") for path in real_images("test", label, 12)]
+    with torch.no_grad():
+        before = torch.softmax(shipped(**shipped_processor(images, return_tensors="pt")).logits, -1)[:, 1]
+        after = torch.softmax(model.eval()(**processor(images, return_tensors="pt")).logits, -1)[:, 1]
+    # The resized bias tables keep what the model learnt: before any training, it still ranks the lesions alike.
+    assert np.corrcoef(before.numpy(), after.numpy())[0, 1] > 0.9
+    with pytest.raises(SystemExit, match="LeViT only"):
+        train_vit.build_model(train_vit.ModelArguments(model_name_or_path=str(tiny_model_dir), image_size=96), seed=0)
+
+
 def _labelled_copy(source, target, count_per_label, column):
     """A few images of a shared set with their labels.csv rows."""
     with open(source / "labels.csv", newline="") as handle:
