@@ -30,8 +30,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import (
-    AutoImageProcessor,
-    AutoModelForImageClassification,
     EarlyStoppingCallback,
     HfArgumentParser,
     TrainingArguments,
@@ -48,7 +46,9 @@ from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.labels import benign_diagnosis_group, malignant_index
-from melanoma_screen.model_card import ARCHITECTURE_NAMES, write_model_card
+from melanoma_screen.architectures import display_name
+from melanoma_screen.model_card import write_model_card
+from melanoma_screen.model_folder import load_network, load_processor
 from melanoma_screen.skin import lesion_extent, reference_skin_colour
 from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, OTHER_ARCHITECTURES, SCRATCH_CONFIGS, build_other_architecture, CheckpointSafeTrainer, TimeLimitCallback, add_diagnosis_outputs,
@@ -427,14 +427,14 @@ def build_model(model_args: ModelArguments, seed: int):
         raise SystemExit(f"--init-from {source} is not a folder with ViT encoder weights.")
     try:
         # Through the Auto class, so a LeViT folder (the shipped model/) fine-tunes like a ViT one.
-        model = AutoModelForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True, **label_kwargs)
+        model = load_network(source, ignore_mismatched_sizes=True, **label_kwargs)
         # A fine-tuned model is not the one it started from: without this its config.json would
         # claim the base folder's published name and weights version (melanoma_screen.identity).
         for inherited in ("model_name", "model_version"):
             if hasattr(model.config, inherited):
                 delattr(model.config, inherited)
         try:
-            processor = AutoImageProcessor.from_pretrained(source)
+            processor = load_processor(source)
         except OSError:
             processor = build_image_processor(int(model.config.image_size))
     except OSError as error:
@@ -443,7 +443,7 @@ def build_model(model_args: ModelArguments, seed: int):
             "--init-from DIR, or --scratch-config tiny|small|base."
         ) from error
     how = "initialised from our self-supervised encoder" if model_args.init_from else "fine-tuned from"
-    name = ARCHITECTURE_NAMES.get(model.config.model_type, model.config.model_type)
+    name = display_name(model.config.model_type)
     return model, processor, (None if Path(source).is_dir() else source), f"{name} {how} {source}"
 
 
@@ -808,7 +808,7 @@ def model_card_context(screening_args, training_args, model_args, data_args, dat
         model_id=training_args.hub_model_id or output_dir.name,
         base_model=base_model,
         init_description=init_description,
-        architecture=ARCHITECTURE_NAMES.get(model.config.model_type, model.config.model_type),
+        model_type=model.config.model_type,
         dataset_id=data_args.dataset_name or Path(data_args.data_dir).name,
         dataset_description="Melanoma Skin Cancer Dataset of 10000 Images (Kaggle, M. H. Javid), derived from the ISIC archive"
         + "".join(f"; extra training images from `{Path(folder).name}`" for folder in data_args.extra_train_dir or []),

@@ -38,10 +38,10 @@ chmod 644 model/*  # Trainer writes some files private; a model folder is for ev
 python - <<'PY'
 import json
 from pathlib import Path
-from melanoma_screen.model_card import ARCHITECTURE_NAMES
+from melanoma_screen.architectures import display_name
 card, model_type = Path("model/README.md"), json.loads(Path("model/config.json").read_text())["model_type"]
 card.write_text(card.read_text().replace("A Vision Transformer (ViT) image classifier",
-                                         f"A {ARCHITECTURE_NAMES.get(model_type, model_type)} image classifier"))
+                                         f"A {display_name(model_type)} image classifier"))
 PY
 
 step() { echo "[$(date +%T)] $*"; "$@"; }

@@ -11,6 +11,7 @@ from transformers import Trainer, TrainerCallback
 
 from .calibration import classifier_linear
 from .labels import ID2LABEL, LABEL2ID  # noqa: F401  (re-exported: what train_vit.py gives a new config)
+from .model_folder import load_network
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ SCRATCH_CONFIGS = {
 # Sized to stay under the 25 MB the app's folder allows: LeViT-128S with one block fewer in its
 # last stage (6.1 M parameters, 24.5 MB), MobileViTV2 at width 0.5 (1.1 M, 4.5 MB).
 # The heat-map, the ONNX fast path and the input check read LeViT's full-resolution tokens
-# (onnx_engine.logits_and_patch_tokens), so the app serves a LeViT folder as it does a ViT one;
+# (architectures.logits_and_patch_tokens), so the app serves a LeViT folder as it does a ViT one;
 # MobileViTV2 has none of them and is for comparing recipes only (train_vit.py says so).
 OTHER_ARCHITECTURES = {
     "levit": ("LevitConfig", "LevitForImageClassification",
@@ -142,11 +143,11 @@ def averaged_state_dict(model_class, checkpoints) -> dict[str, torch.Tensor]:
 
     Checkpoints from the tail of one cosine schedule sit in one basin, so their
     mean is a valid model that is usually flatter and more robust than any of them.
-    Loaded through from_pretrained for the legacy key renaming (see below).
+    Loaded through from_pretrained (model_folder.load_network) for the legacy key renaming (see below).
     """
     total = None
     for checkpoint in checkpoints:
-        state = model_class.from_pretrained(checkpoint).state_dict()
+        state = load_network(checkpoint, model_class).state_dict()
         if total is None:
             total = {name: tensor.detach().clone().double() for name, tensor in state.items()}
         else:
@@ -166,7 +167,7 @@ class CheckpointSafeTrainer(Trainer):
     """
 
     def _load_weights(self, checkpoint: str) -> None:
-        reloaded = type(self.model).from_pretrained(checkpoint)
+        reloaded = load_network(checkpoint, type(self.model))
         self.model.load_state_dict(reloaded.state_dict(), strict=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
