@@ -70,6 +70,7 @@ PROBE_TARGETS = {
     "whiter_yellower": SKIN_DERM7PT,
     "darker_pinker": (196.0, 128.0, 126.0),
 }
+PROBE_NAMES = {"whiter_yellower": "whiter and yellower", "darker_pinker": "darker and pinker"}
 # Recolour augmentation draws a random mix of these skin tones and illuminants,
 # from very fair to dark skin, under warm, neutral and cool light.
 RECOLOUR_ANCHORS = np.array([

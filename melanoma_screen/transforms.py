@@ -371,7 +371,7 @@ _rng_cache: dict[int, random.Random] = {}
 
 
 # train_vit.py's augmentation flags and their defaults, which are DermoscopyAugmentation's own:
-# evaluate_model.py --compare names a recipe by what it changed from these, without importing the script.
+# experiments/compare_runs.py names a recipe by what it changed from these, without importing the script.
 _DEFAULT_AUGMENTATION = DermoscopyAugmentation(image_size=1)
 AUGMENTATION_DEFAULTS = {
     "augment_brightness": _DEFAULT_AUGMENTATION.brightness,

@@ -360,15 +360,6 @@ def test_one_seed_drives_the_split_and_training():
     assert training_args.eval_strategy == "epoch" and training_args.metric_for_best_model == "roc_auc"
 
 
-@pytest.mark.parametrize("old, new", [(["--epochs", "3"], "--num_train_epochs"), (["--batch-size=8"], "--per_device_train_batch_size"),
-                                      (["--resume"], "--resume_from_checkpoint last"), (["--num_workers", "2"], "--dataloader_num_workers"),
-                                      (["--label-smoothing", "0.1"], "--label_smoothing_factor")])
-def test_old_flag_spellings_fail_naming_the_new_one(old, new):
-    result = subprocess.run([sys.executable, "train_vit.py", "--data_dir", "d", "--output_dir", "o", *old], cwd=REPO_ROOT,
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and new in result.stderr and "Traceback" not in result.stderr
-
-
 def test_mimetic_initialisation_gives_attention_a_pretrained_like_structure():
     config = ViTConfig(**modeling.SCRATCH_CONFIGS["tiny"], image_size=32, patch_size=16, num_labels=2)
     model = ViTForImageClassification(config)
