@@ -416,7 +416,10 @@ class ScreeningModel:
             "probabilities": softmax_probs(logits, self.temperature)[:, self.malignant_index],
         }
 
-    def _predictions(self, images: list[Image.Image]) -> list[Prediction]:
+    def predict_decoded(self, images: list[Image.Image]) -> list[Prediction]:
+        """One forward pass over images already decoded by `decode` (or load_rgb_image)."""
+        if not images:
+            return []
         pixel_values, pictures = self._model_inputs(images)
         logits, tokens = self.logits_and_patch_tokens(pixel_values)
         probs = softmax_probs(logits, self.temperature)
@@ -448,10 +451,6 @@ class ScreeningModel:
     def predict(self, image) -> Prediction:
         """image: path, bytes, PIL image or numpy array; raises ImageLoadError on bad input."""
         return self.predict_decoded([self.decode(image)])[0]
-
-    def predict_decoded(self, images: list[Image.Image]) -> list[Prediction]:
-        """One forward pass over images already decoded by `decode` (or load_rgb_image)."""
-        return self._predictions(images) if images else []
 
     def predict_batch(self, images, batch_size: int = 32) -> list[Prediction]:
         """Like predict for each image, batch_size at a time; the first bad image raises."""
