@@ -27,6 +27,9 @@ class Architecture:
     heatmap: str | None = None
     # The attention implementation the ONNX exporter needs (plain MatMul/Softmax ops every runtime has).
     export_attention: str | None = None
+    # (config class, model class, settings) in transformers for train_vit.py --scratch-config MODEL_TYPE;
+    # None: trained from random weights by its own recipe (ViT's sizes: modeling.SCRATCH_CONFIGS).
+    scratch: tuple | None = None
 
     @property
     def servable(self) -> bool:
@@ -97,13 +100,21 @@ def levit_logits_and_tokens(model, pixel_values):
             tokens if checked is None else levit_full_resolution_tokens(checked, pixel_values))
 
 
+# LeViT and MobileViTV2 have convolutional stems, said to train better from scratch on little data; both load
+# through AutoModelForImageClassification and pipeline() without remote code. Sized to stay under the 25 MB the
+# app's folder allows: LeViT-128S with one block fewer in its last stage (6.1 M parameters, 24.5 MB), MobileViTV2
+# at width 0.5 (1.1 M, 4.5 MB).
 ADAPTERS = {architecture.model_type: architecture for architecture in (
     Architecture("vit", "Vision Transformer (ViT)", "ViT", "vit", vit_logits_and_tokens, "attention_rollout",
                  export_attention="eager"),
     Architecture("levit", "LeViT (a vision transformer with a convolutional stem, Graham et al. 2021)", "LeViT-128S",
-                 "levit", levit_logits_and_tokens, "token_attribution"),
+                 "levit", levit_logits_and_tokens, "token_attribution",
+                 scratch=("LevitConfig", "LevitForImageClassification",
+                          dict(hidden_sizes=[128, 256, 384], num_attention_heads=[4, 6, 8], depths=[2, 3, 3],
+                               key_dim=[16, 16, 16]))),
     Architecture("mobilevitv2", "MobileViTV2 (a convolutional network with transformer blocks, Mehta & Rastegari 2022)",
-                 "MobileViTV2-0.5", "mobilevitv2"),
+                 "MobileViTV2-0.5", "mobilevitv2",
+                 scratch=("MobileViTV2Config", "MobileViTV2ForImageClassification", dict(width_multiplier=0.5))),
 )}
 
 

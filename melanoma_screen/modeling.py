@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .architectures import ADAPTERS
 from .calibration import classifier_linear
 from .labels import ID2LABEL, LABEL2ID  # noqa: F401  (re-exported: what train_vit.py gives a new config)
 from .model_folder import load_network
@@ -22,18 +23,9 @@ SCRATCH_CONFIGS = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
 
-# Vision transformers with convolutional stems, said to train better from scratch on little
-# data; both load through AutoModelForImageClassification and pipeline() without remote code.
-# Sized to stay under the 25 MB the app's folder allows: LeViT-128S with one block fewer in its
-# last stage (6.1 M parameters, 24.5 MB), MobileViTV2 at width 0.5 (1.1 M, 4.5 MB).
-# The heat-map, the ONNX fast path and the input check read LeViT's full-resolution tokens
-# (architectures.logits_and_patch_tokens), so the app serves a LeViT folder as it does a ViT one;
-# MobileViTV2 has none of them and is for comparing recipes only (train_vit.py says so).
-OTHER_ARCHITECTURES = {
-    "levit": ("LevitConfig", "LevitForImageClassification",
-              dict(hidden_sizes=[128, 256, 384], num_attention_heads=[4, 6, 8], depths=[2, 3, 3], key_dim=[16, 16, 16])),
-    "mobilevitv2": ("MobileViTV2Config", "MobileViTV2ForImageClassification", dict(width_multiplier=0.5)),
-}
+# The architectures other than ViT that --scratch-config builds, from their adapters (melanoma_screen.architectures):
+# the app serves a LeViT folder as it does a ViT one; MobileViTV2 is for comparing recipes only.
+OTHER_ARCHITECTURES = {name: adapter.scratch for name, adapter in ADAPTERS.items() if adapter.scratch}
 
 
 def build_other_architecture(name: str, image_size: int, **label_kwargs):

@@ -113,3 +113,14 @@ def test_trained_levit_folder_is_served_on_the_fast_path_with_check_and_heatmap(
     assert (tiny_levit_dir / "model.int8.onnx").is_file()
     stored = onnx_engine.OnnxClassifier.stored(tiny_levit_dir, screening.version, "int8")
     assert stored is not None
+
+
+def test_the_architecture_registry_decides_tokens_heatmap_and_what_is_served():
+    levit = random_levit()
+    mobile = build_other_architecture("mobilevitv2", 64, id2label=ID2LABEL, label2id=LABEL2ID).eval()
+    assert architectures.adapter_for(levit).heatmap == "token_attribution"
+    assert architectures.adapter_for(levit.config) is architectures.adapter_for("levit")
+    assert [architectures.servable(name) for name in ("vit", "levit", "mobilevitv2", "resnet")] == [True, True, False, False]
+    with torch.no_grad():
+        logits, tokens = architectures.logits_and_patch_tokens(mobile, torch.zeros(2, 3, 64, 64))
+    assert logits.shape == (2, 2) and tokens.shape == (2, 0, 1)  # scored, but nothing for the input check
