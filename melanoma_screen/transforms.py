@@ -2,8 +2,9 @@
 
 torchvision cannot be installed beside this project's torch build, so the
 augmentations are written out here. Evaluation preprocessing (Preprocess) gives
-the saved image processor's pixel values, which is what `transformers.pipeline`
-applies, so the numbers we report are the numbers pipeline users get.
+the saved image processor's pixel values (to float rounding), which is what
+`transformers.pipeline` applies, so the numbers we report are the numbers
+pipeline users get.
 """
 
 from __future__ import annotations
