@@ -52,7 +52,7 @@ from melanoma_screen.model_folder import load_network, load_processor
 from melanoma_screen.skin import lesion_extent, reference_skin_colour
 from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, OTHER_ARCHITECTURES, SCRATCH_CONFIGS, build_other_architecture, CheckpointSafeTrainer, TimeLimitCallback, add_diagnosis_outputs,
-    averaged_state_dict, mimetic_initialisation, strip_diagnosis_outputs, trainer_checkpoints,
+    averaged_state_dict, levit_at_resolution, mimetic_initialisation, strip_diagnosis_outputs, trainer_checkpoints,
 )
 from melanoma_screen.transforms import (
     AUGMENTATION_DEFAULTS,
@@ -129,7 +129,11 @@ class ModelArguments:
                           "path or input check).",
                   "choices": list(SCRATCH_CONFIGS) + list(OTHER_ARCHITECTURES)})
     init_from: Optional[str] = field(default=None, metadata={"help": "Local folder with ViT encoder weights we produced (e.g. MAE pretraining)."})
-    image_size: int = field(default=224, metadata={"help": "Input resolution for --scratch-config."})
+    image_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Input resolution: of the model --scratch-config builds (default 224), or a new one for a LeViT "
+                          "fine-tuned from --model-name-or-path (its attention-bias tables are resized to the new token grid)."},
+    )
     patch_size: int = field(default=16, metadata={"help": "Patch size for --scratch-config."})
     dropout: float = field(default=0.1, metadata={"help": "Hidden and attention dropout for --scratch-config."})
     mimetic_init: bool = field(
@@ -376,24 +380,25 @@ def collate(examples):
 def build_model(model_args: ModelArguments, seed: int):
     """Returns (model, image_processor, base_model id or None, a sentence on the initialisation)."""
     label_kwargs = dict(num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID)
+    scratch_size = model_args.image_size or 224
     if model_args.scratch_config in OTHER_ARCHITECTURES:
         if model_args.mimetic_init:
             raise SystemExit("--mimetic-init is defined for ViT attention layers; it does not apply to "
                              f"--scratch-config {model_args.scratch_config}.")
-        model = build_other_architecture(model_args.scratch_config, model_args.image_size, **label_kwargs)
-        return (model, build_image_processor(model_args.image_size), None,
+        model = build_other_architecture(model_args.scratch_config, scratch_size, **label_kwargs)
+        return (model, build_image_processor(scratch_size), None,
                 f"{type(model).__name__} ({model_args.scratch_config}) trained from random initialisation")
     if model_args.scratch_config:
         config = ViTConfig(
             **SCRATCH_CONFIGS[model_args.scratch_config],
-            image_size=model_args.image_size,
+            image_size=scratch_size,
             patch_size=model_args.patch_size,
             hidden_dropout_prob=model_args.dropout,
             attention_probs_dropout_prob=model_args.dropout,
             **label_kwargs,
         )
         model = ViTForImageClassification(config)
-        processor = build_image_processor(model_args.image_size)
+        processor = build_image_processor(scratch_size)
         if model_args.mimetic_init:
             mimetic_initialisation(model, seed)
             return model, processor, None, f"ViT-{model_args.scratch_config} trained from mimetic initialisation (Trockman & Kolter 2023)"
@@ -413,6 +418,11 @@ def build_model(model_args: ModelArguments, seed: int):
             processor = load_processor(source)
         except OSError:
             processor = build_image_processor(int(model.config.image_size))
+        if model_args.image_size and model_args.image_size != int(model.config.image_size):
+            if model.config.model_type != "levit":
+                raise SystemExit(f"--image-size changes the resolution of a LeViT only; {source} is a {model.config.model_type}.")
+            model = levit_at_resolution(model, model_args.image_size)
+            processor = build_image_processor(model_args.image_size, processor.image_mean, processor.image_std)
     except OSError as error:
         raise SystemExit(
             f"Could not load '{source}' ({error.__class__.__name__}). Offline, pass a local folder, "
@@ -420,7 +430,8 @@ def build_model(model_args: ModelArguments, seed: int):
         ) from error
     how = "initialised from our self-supervised encoder" if model_args.init_from else "fine-tuned from"
     name = display_name(model.config.model_type)
-    return model, processor, (None if Path(source).is_dir() else source), f"{name} {how} {source}"
+    resolution = f", resized to {model_args.image_size} px" if model_args.image_size and model.config.model_type == "levit" else ""
+    return model, processor, (None if Path(source).is_dir() else source), f"{name} {how} {source}{resolution}"
 
 
 # ----------------------------------------------------------------------------- metrics

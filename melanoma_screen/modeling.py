@@ -36,6 +36,40 @@ def build_other_architecture(name: str, image_size: int, **label_kwargs):
     return getattr(transformers, model_class)(config)
 
 
+@torch.no_grad()
+def levit_at_resolution(model, image_size: int):
+    """The same LeViT for another input size: each attention's bias table resized over its grid of offsets.
+
+    A LeViT attention holds one learnt bias per head and (|dx|, |dy|) offset
+    between positions, so its table is a grid as wide as the stage's token map;
+    at another input size that map, and so the grid, changes size. Bicubic
+    resizing keeps what was learnt about near and far (as DeiT does for position
+    embeddings); the convolutions and the classifier do not depend on size.
+    """
+    import copy
+    import math
+
+    if model.config.model_type != "levit":
+        raise ValueError(f"only a LeViT's resolution can be changed here, not a {model.config.model_type}'s")
+    if int(model.config.image_size) == image_size:
+        return model
+    config = copy.deepcopy(model.config)
+    config.image_size = image_size
+    down_ops = copy.deepcopy(config.down_ops)
+    resized = type(model)(config)
+    resized.config.down_ops = down_ops  # LevitEncoder appends an entry to the config it is built from
+    state = model.state_dict()
+    for name, target in resized.state_dict().items():
+        if name.endswith("attention_biases") and state[name].shape != target.shape:
+            heads = state[name].shape[0]
+            side, new_side = math.isqrt(state[name].shape[1]), math.isqrt(target.shape[1])
+            grid = state[name].reshape(1, heads, side, side)
+            state[name] = torch.nn.functional.interpolate(grid, size=(new_side, new_side), mode="bicubic",
+                                                          align_corners=True).reshape(heads, -1)
+    resized.load_state_dict(state)
+    return resized
+
+
 # Trockman & Kolter, "Mimetic Initialization of Self-Attention Layers" (ICML 2023): the
 # (alpha, beta) pairs they use for ViT-Tiny, for W_q W_k^T and for W_v W_o.
 MIMETIC_QUERY_KEY = (0.7, 0.7)
