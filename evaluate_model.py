@@ -20,15 +20,7 @@ shortcut: every image with the skin around its lesion recoloured towards
 whiter and yellower, and towards darker and pinker skin ("shortcut_probes").
 --card MODEL/README.md writes both tables into the model card.
 
-    python evaluate_model.py --compare runs/a runs/b ... --card model/README.md
-
---compare evaluates nothing: it tabulates finished training runs (run folders,
-or a folder of runs), from each run's eval_results.json (and robustness.json,
-written by --robustness --out; by_source.json, written by
-experiments/operating_points_by_source.py), with the recipe from the settings
-each one stored; runs trained before settings were stored show their recipe as
-unknown (—). It ranks the runs by the first external set's ROC AUC, and
---out writes the rows and that ranking as JSON.
+To tabulate finished training runs side by side: experiments/compare_runs.py.
 """
 
 from __future__ import annotations
@@ -52,10 +44,8 @@ from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel
 from melanoma_screen.input_check import refusal_report
 from melanoma_screen.labels import benign_diagnosis_group
 from melanoma_screen.model_card import benign_group_table, upsert_card_section
-from melanoma_screen.results import load_eval_results
 from melanoma_screen.field_of_view import add_circular_vignette, fill_dark_border, has_dark_corners
-from melanoma_screen.skin import PROBE_TARGETS, magnify_lesion, recolour_skin
-from melanoma_screen.transforms import AUGMENTATION_DEFAULTS, COLOR_CONSTANCY_NAMES
+from melanoma_screen.skin import PROBE_NAMES, PROBE_TARGETS, magnify_lesion, recolour_skin
 
 
 def _colour_cast(gains):
@@ -321,9 +311,6 @@ def _rate(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-SKIN_PROBE_NAMES = {"whiter_yellower": "whiter and yellower", "darker_pinker": "darker and pinker"}
-
-
 def _probe_rows(probes: dict, markdown: bool):
     """(label, before/after row, shown even when empty) of each probe, in the order both tables list them."""
     for key, text, sentence in (("vignette", "vignette added to benign images",
@@ -334,8 +321,8 @@ def _probe_rows(probes: dict, markdown: bool):
     for direction, probe in (probes.get("skin_colour") or {}).items():
         target = ", ".join(f"{value:g}" for value in probe["target_rgb"])
         for name in ("benign", "malignant"):
-            yield (f"skin around the lesion recoloured {SKIN_PROBE_NAMES[direction]} (RGB {target}), {name} images"
-                   if markdown else f"skin {SKIN_PROBE_NAMES[direction]}, {name}"), probe[name], False
+            yield (f"skin around the lesion recoloured {PROBE_NAMES[direction]} (RGB {target}), {name} images"
+                   if markdown else f"skin {PROBE_NAMES[direction]}, {name}"), probe[name], False
     lesion_size = probes.get("lesion_size") or {}
     for name in ("benign", "malignant"):
         if name in lesion_size:
@@ -387,150 +374,6 @@ def shortcut_probes_markdown(report: dict) -> str:
             f"with `{report.get('command', 'evaluate_model.py --robustness')}`.")
 
 
-UNKNOWN = "—"  # a setting the run did not store, unlike "–", a setting that was off or empty
-
-# --scratch-config's names, as the comparison's initialisation column writes them.
-ARCHITECTURE_LABELS = {"tiny": "ViT-tiny", "small": "ViT-small", "base": "ViT-base", "levit": "LeViT-128S",
-                       "mobilevitv2": "MobileViTV2-0.5"}
-_RECIPE_COLUMNS = ("initialisation", "extra training data", "field of view", "colour constancy", "augmentation",
-                   "balance", "selection")
-
-
-def recipe(settings: dict | None) -> dict:
-    """The comparison's recipe columns from the settings a run stored (None: all unknown)."""
-    if settings is None:
-        return dict.fromkeys(_RECIPE_COLUMNS, UNKNOWN)
-    data_args, model_args = settings["data"], settings["model"]
-    changed = {name.removeprefix("augment_"): data_args.get(name, default) for name, default in AUGMENTATION_DEFAULTS.items()
-               if data_args.get(name, default) != default}
-    color_constancy = model_args.get("color_constancy", "none")
-    return dict(zip(_RECIPE_COLUMNS, (
-        ("mimetic" if model_args.get("mimetic_init") else "random") + f", {ARCHITECTURE_LABELS.get(model_args['scratch_config'], model_args['scratch_config'])}"
-        if model_args.get("scratch_config") else
-        ("MAE encoder" if model_args.get("init_from") else
-         # A local folder, such as the shipped model/, by its name: its absolute path says where it was, not what.
-         f"fine-tuned from {Path(model_args['model_name_or_path']).name}/"
-         if Path(str(model_args.get("model_name_or_path"))).is_absolute() else model_args.get("model_name_or_path")),
-        ", ".join(Path(folder).name for folder in data_args.get("extra_train_dir") or []) or "–",
-        f"mask r={model_args['field_of_view_mask']:g}" if model_args.get("field_of_view_mask") else "–",
-        "–" if color_constancy == "none" else COLOR_CONSTANCY_NAMES[color_constancy],
-        ", ".join(f"{k} {v:g}" + (" per class" if k == "vignette" and data_args.get("augment_vignette_balanced") else "")
-                  for k, v in changed.items())
-        + (", lesion size balanced per class" if data_args.get("augment_lesion_size_balanced") else "") or "default",
-        (data_args.get("balance") or "none") + (" + diagnoses" if data_args.get("balance_diagnoses") else "")
-        + (f", diagnosis head {settings['screening']['diagnosis_head_weight']:g}"
-           if (settings.get("screening") or {}).get("diagnosis_head_weight") else ""),
-        {"pooled": "pooled val AUC", "mean_source": "mean per-source val AUC", "worst_source": "worst per-source val AUC"}[
-            (settings.get("screening") or {}).get("select_on") or "pooled"],
-    )))
-
-
-def describe_run(run_dir: Path) -> dict:
-    """One row of the comparison: the recipe (from the settings the run stored) and its figures.
-
-    Runs trained before the settings were stored as data show theirs as
-    unknown: their command line is for people, and a renamed flag would
-    misread it.
-    """
-    report = load_eval_results(run_dir / "eval_results.json")
-    settings = report.get("settings")
-    row = {"run": run_dir.name, **recipe(settings)}
-    # Runs before train_vit.py took TrainingArguments stored "epochs"; later ones "num_train_epochs".
-    training = (settings or {}).get("training", {})
-    epochs = report.get("epochs_trained") or training.get("num_train_epochs", training.get("epochs"))
-    selection = report.get("checkpoint_selection", {"chosen": "best checkpoint"})
-    row.update({
-        "epochs": UNKNOWN if epochs is None else f"{epochs:.3g}",
-        "weights": f"mean of last {len(selection['average']['checkpoints'])}" if selection["chosen"] == "average" else "best epoch",
-        "val AUC": report["validation_at_screening_threshold"]["roc_auc"],
-        "val spec @ screening": report["validation_at_screening_threshold"]["specificity"],
-    })
-    if report["test"]:
-        at_05, at_screening = report["test"]["at_0_5"], report["test"]["at_screening_threshold"]
-        row.update({"test AUC": at_05["roc_auc"], "test acc": at_05["accuracy"],
-                    "test sens / spec @ screening": (at_screening["sensitivity"], at_screening["specificity"]),
-                    "test ECE": at_05["ece"]})
-    # by_source.json: experiments/operating_points_by_source.py, for runs trained before training reported it.
-    by_source_path = run_dir / "by_source.json"
-    by_source = json.loads(by_source_path.read_text())["external"] if by_source_path.is_file() else {}
-    for name, external in report["external"].items():
-        row[f"{name} AUC"] = external["at_0_5"]["roc_auc"]
-        row[f"{name} sens / spec @ screening"] = (external["at_screening_threshold"]["sensitivity"],
-                                                  external["at_screening_threshold"]["specificity"])
-        for group, result in (external.get("auc_by_benign_group") or {}).items():
-            row[f"{name} AUC against {group}"] = result["roc_auc"]
-        shift = external.get("by_source") or by_source.get(name)
-        if shift and "specificity_at_sensitivity_0_90" in shift:
-            row[f"{name} spec @ sens 0.90"] = shift["specificity_at_sensitivity_0_90"]
-            row[f"{name} mean P(mal) of benign"] = shift["mean_p_malignant_benign"]
-    for source, auc in (report.get("validation_auc_by_source") or {}).items():
-        row[f"val AUC {source}"] = auc
-    if report.get("train_minutes") is not None:
-        row["train minutes"] = f"{report['train_minutes']:.0f}"
-    robustness_path = run_dir / "robustness.json"
-    if robustness_path.is_file():
-        robustness = json.loads(robustness_path.read_text())
-        shifts = robustness["robustness"]
-        if shifts:  # empty after --shortcut-probes-only
-            worst = min(shifts, key=lambda name: shifts[name]["roc_auc"])
-            row["mean AUC under shifts"] = float(np.mean([shift["roc_auc"] for shift in shifts.values()]))
-            row["worst shift"] = (worst, shifts[worst]["roc_auc"])
-        vignette = (robustness.get("shortcut_probes") or {}).get("vignette")
-        if vignette and vignette.get("n"):
-            row["vignette probe: P(mal) / flagged change"] = (vignette["mean_p_malignant_change"],
-                                                              vignette["flagged_change_points"] / 100)
-        for direction, probe in ((robustness.get("shortcut_probes") or {}).get("skin_colour") or {}).items():
-            if probe["benign"].get("n"):
-                row[f"skin probe {SKIN_PROBE_NAMES[direction]}: benign P(mal) / flagged change"] = (
-                    probe["benign"]["mean_p_malignant_change"], probe["benign"]["flagged_change_points"] / 100)
-        lesion_size = ((robustness.get("shortcut_probes") or {}).get("lesion_size") or {}).get("benign") or {}
-        if lesion_size.get("n"):
-            row["lesion-size probe (1.5x larger): benign P(mal) / flagged change"] = (
-                lesion_size["mean_p_malignant_change"], lesion_size["flagged_change_points"] / 100)
-    return row
-
-
-def run_folders(paths) -> list[Path]:
-    """The training runs named: each path is a run folder, or a folder whose sub-folders are runs."""
-    runs = []
-    for path in map(Path, paths):
-        if (path / "eval_results.json").is_file():
-            runs.append(path)
-        elif path.is_dir():
-            runs += sorted(child for child in path.iterdir() if (child / "eval_results.json").is_file())
-    return runs
-
-
-def ranking_by_external_auc(runs: list[Path]) -> list[str]:
-    """Run names by the first external set's ROC AUC, best first: for choosing which runs to look at closely.
-
-    The external set is then no longer untouched, and reports say so.
-    """
-    aucs = {}
-    for run in runs:
-        external = next(iter(load_eval_results(run / "eval_results.json")["external"].values()), None)
-        if external is not None:
-            aucs[run.name] = external["at_0_5"]["roc_auc"]
-    return sorted(aucs, key=lambda name: -(aucs[name] or 0))
-
-
-def comparison_markdown(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(name for row in rows for name in row))
-
-    def cell(value) -> str:
-        if value is None:
-            return "–"
-        if isinstance(value, float):
-            return f"{value:.3f}"
-        if isinstance(value, tuple):
-            return " / ".join(cell(part) for part in value)
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(name)) for name in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -545,38 +388,19 @@ def main(argv=None) -> int:
                              f"the app uses {FAST['engine']}).")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help=f"fp32 (default) or int8 weights (the app uses {FAST['precision']}).")
-    parser.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)  # the old spelling: refused below
     parser.add_argument("--without-color-constancy", action="store_true",
                         help="Skip the colour constancy the model was trained with, as a bare transformers pipeline does.")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--out", default=None, help="Write the report (or the --compare table) as JSON here.")
-    parser.add_argument("--card", default=None, help="Write the robustness (or --compare) table into this model card.")
-    parser.add_argument("--compare", nargs="+", metavar="RUN_DIR",
-                        help="Tabulate finished training runs instead: run folders, or folders of runs. With --out, "
-                             "the rows and the ranking by external ROC AUC as JSON.")
+    parser.add_argument("--out", default=None, help="Write the report as JSON here.")
+    parser.add_argument("--card", default=None, help="Write the robustness table into this model card.")
+    parser.add_argument("--compare", nargs="+", metavar="RUN_DIR", help=argparse.SUPPRESS)  # moved: refused below
     args = parser.parse_args(argv)
-    if args.fast:
-        parser.error(f"--fast is now --engine {FAST['engine']} --precision {FAST['precision']} "
-                     "(the app's path, spelled as in predict.py and the benchmarks)")
-
     if args.compare:
-        runs = run_folders(args.compare)
-        if not runs:
-            parser.error("--compare: none of " + ", ".join(args.compare) + " is a training run (no eval_results.json)")
-        rows = [describe_run(run) for run in runs]
-        table = comparison_markdown(rows)
-        print(table)
-        ranking = ranking_by_external_auc(runs)
-        if ranking:
-            print("ranking by external ROC AUC:", ", ".join(ranking))
-        if args.out:
-            Path(args.out).write_text(json.dumps({"rows": rows, "ranking": ranking}, indent=2) + "\n")
-        if args.card:
-            command = "python evaluate_model.py --compare " + " ".join(args.compare) + f" --card {args.card}"
-            upsert_card_section(args.card, "comparison", f"{table}\n\nWritten by `{command}`.")
-        return 0
+        parser.error("--compare is now its own script: python experiments/compare_runs.py "
+                     + " ".join(shlex.quote(run) for run in args.compare) + " [--out FILE] [--card CARD]")
+
     if not args.data_dir:
-        parser.error("--data-dir is required (unless --compare)")
+        parser.error("--data-dir is required")
 
     if args.shortcut_probes_only and not args.robustness:
         parser.error("--shortcut-probes-only needs --robustness")

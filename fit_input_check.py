@@ -24,7 +24,7 @@ from data_prep.settings import SplitSettings, add_split_arguments
 from melanoma_screen.images import ImageLoadError
 from melanoma_screen.inference import FAST, ScreeningModel
 from melanoma_screen.input_check import DEFAULT_ALPHA, REPORT_FILE, STATS_FILE, fit_screening_model
-from melanoma_screen.onnx_engine import servable
+from melanoma_screen.architectures import servable
 
 logger = logging.getLogger("fit_input_check")
 

@@ -30,8 +30,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import (
-    AutoImageProcessor,
-    AutoModelForImageClassification,
     EarlyStoppingCallback,
     HfArgumentParser,
     TrainingArguments,
@@ -48,7 +46,9 @@ from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.labels import benign_diagnosis_group, malignant_index
-from melanoma_screen.model_card import ARCHITECTURE_NAMES, write_model_card
+from melanoma_screen.architectures import display_name
+from melanoma_screen.model_card import write_model_card
+from melanoma_screen.model_folder import load_network, load_processor
 from melanoma_screen.skin import lesion_extent, reference_skin_colour
 from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, OTHER_ARCHITECTURES, SCRATCH_CONFIGS, build_other_architecture, CheckpointSafeTrainer, TimeLimitCallback, add_diagnosis_outputs,
@@ -56,9 +56,8 @@ from melanoma_screen.modeling import (
 )
 from melanoma_screen.transforms import (
     AUGMENTATION_DEFAULTS,
-    COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, apply_color_constancy, apply_field_of_view_mask,
-    augmentation_rng, balanced_vignette_probabilities, build_image_processor, cropped_lesion_shares, model_input,
-    processor_image_size,
+    COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, Preprocess, augmentation_rng,
+    balanced_vignette_probabilities, build_image_processor, correct, cropped_lesion_shares, processor_image_size,
 )
 
 logger = logging.getLogger("train_vit")
@@ -224,36 +223,12 @@ TRAINING_DEFAULTS = dict(
     use_cpu=not torch.cuda.is_available(),
 )
 
-# The flags of train_vit.py before it took TrainingArguments (and argparse's prefix
-# matching would take some of them for another flag): each now fails, naming its successor.
-RENAMED_FLAGS = {
-    "--epochs": "--num_train_epochs",
-    "--batch-size": "--per_device_train_batch_size",
-    "--eval-batch-size": "--per_device_eval_batch_size",
-    "--warmup-ratio": "--warmup_steps (a float below 1 is a share of the steps)",
-    "--label-smoothing": "--label_smoothing_factor",
-    "--num-workers": "--dataloader_num_workers",
-    "--resume": "--resume_from_checkpoint last",
-    "--hub-private": "--hub_private_repo",
-}
-
-
-def renamed_flag_errors(argv) -> list[str]:
-    used = {arg.split("=", 1)[0] for arg in argv if arg.startswith("--")}
-    used |= {flag.replace("_", "-") for flag in used}
-    return [f"{old} is now {new} (transformers.TrainingArguments)" for old, new in RENAMED_FLAGS.items() if old in used]
-
-
 def parse_args(argv=None):
     """(data, model, screening, training) arguments; TrainingArguments' --seed also seeds the split."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = HfArgumentParser((DataArguments, ModelArguments, ScreeningArguments, TrainingArguments),
                               description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.set_defaults(**TRAINING_DEFAULTS)
-    errors = renamed_flag_errors(argv)
-    if errors:
-        # Without the usage: TrainingArguments' hundred flags would bury the one line that matters.
-        parser.exit(2, f"{parser.prog}: error: {'; '.join(errors)}\n")
     data_args, model_args, screening_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if training_args.push_to_hub and not training_args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
@@ -352,8 +327,8 @@ def make_transforms(image_processor, data_args: DataArguments, color_constancy: 
     # Colour constancy comes after the augmentation, as it would after a real
     # device's colour shift: the jitter teaches what it cannot undo.
     def train_transform(batch):
-        images = [apply_field_of_view_mask(apply_color_constancy(augment(load_rgb_image(image, min_side=1), augmentation_rng(), label),
-                                                                 color_constancy, skin_reference), field_of_view_mask)
+        images = [correct(augment(load_rgb_image(image, min_side=1), augmentation_rng(), label), color_constancy,
+                          field_of_view_mask, skin_reference)
                   for image, label in zip(batch["image"], batch["label"])]
         labels = batch["label"]
         if "sample_weight" in batch:  # packed for screening_loss: (label, diagnosis id or -1, weight, group id)
@@ -361,11 +336,12 @@ def make_transforms(image_processor, data_args: DataArguments, color_constancy: 
                       in zip(labels, batch["dx_id"], batch["sample_weight"], batch["group_id"])]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": labels}
 
+    # The app's own preprocessing, so validation scores what the app will.
+    preprocess = Preprocess(image_processor, color_constancy, field_of_view_mask, skin_reference)
+
     def eval_transform(batch):
-        images = [model_input(load_rgb_image(image, min_side=1), image_processor, color_constancy, field_of_view_mask,
-                              skin_reference)
-                  for image in batch["image"]]
-        return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": batch["label"]}
+        pixel_values, _ = preprocess([load_rgb_image(image, min_side=1) for image in batch["image"]])
+        return {"pixel_values": torch.from_numpy(pixel_values), "labels": batch["label"]}
 
     return train_transform, eval_transform
 
@@ -432,14 +408,14 @@ def build_model(model_args: ModelArguments, seed: int):
         raise SystemExit(f"--init-from {source} is not a folder with ViT encoder weights.")
     try:
         # Through the Auto class, so a LeViT folder (the shipped model/) fine-tunes like a ViT one.
-        model = AutoModelForImageClassification.from_pretrained(source, ignore_mismatched_sizes=True, **label_kwargs)
+        model = load_network(source, ignore_mismatched_sizes=True, **label_kwargs)
         # A fine-tuned model is not the one it started from: without this its config.json would
         # claim the base folder's published name and weights version (melanoma_screen.identity).
         for inherited in ("model_name", "model_version"):
             if hasattr(model.config, inherited):
                 delattr(model.config, inherited)
         try:
-            processor = AutoImageProcessor.from_pretrained(source)
+            processor = load_processor(source)
         except OSError:
             processor = build_image_processor(int(model.config.image_size))
         if model_args.image_size and model_args.image_size != int(model.config.image_size):
@@ -453,7 +429,7 @@ def build_model(model_args: ModelArguments, seed: int):
             "--init-from DIR, or --scratch-config tiny|small|base."
         ) from error
     how = "initialised from our self-supervised encoder" if model_args.init_from else "fine-tuned from"
-    name = ARCHITECTURE_NAMES.get(model.config.model_type, model.config.model_type)
+    name = display_name(model.config.model_type)
     resolution = f", resized to {model_args.image_size} px" if model_args.image_size and model.config.model_type == "levit" else ""
     return model, processor, (None if Path(source).is_dir() else source), f"{name} {how} {source}{resolution}"
 
@@ -819,7 +795,7 @@ def model_card_context(screening_args, training_args, model_args, data_args, dat
         model_id=training_args.hub_model_id or output_dir.name,
         base_model=base_model,
         init_description=init_description,
-        architecture=ARCHITECTURE_NAMES.get(model.config.model_type, model.config.model_type),
+        model_type=model.config.model_type,
         dataset_id=data_args.dataset_name or Path(data_args.data_dir).name,
         dataset_description="Melanoma Skin Cancer Dataset of 10000 Images (Kaggle, M. H. Javid), derived from the ISIC archive"
         + "".join(f"; extra training images from `{Path(folder).name}`" for folder in data_args.extra_train_dir or []),

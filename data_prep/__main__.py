@@ -25,14 +25,6 @@ from .shortcut_audit import DEFAULT_WARN_AUC, print_shortcut_audit, shortcut_aud
 MAX_SKIPPED_SHOWN = 20  # the JSON report has them all
 
 
-class MovedToAudit(argparse.Action):
-    """A tuning flag given to split, where it never had an effect: say where it belongs."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} belongs to `python -m data_prep audit --out AUDIT.json`; "
-                     "then pass that report to split with --audit-file AUDIT.json.")
-
-
 def print_scan(report) -> None:
     print("Valid images:")
     for split, counts in report.counts.items():
@@ -180,9 +172,6 @@ def main(argv=None) -> None:
                        help="also run the shortcut audit over the split's images, pooled and inside each source, as "
                             "training does")
     add_split_arguments(split, skip=("data_dir", "dataset_name"), aliases={"audit_file": ["--audit"]})
-    for flag in ("--hash-distance", "--min-detail-correlation"):
-        # Training audits with the defaults or reads --audit-file: a split tuned otherwise would not be the one it uses.
-        split.add_argument(flag, action=MovedToAudit, help=argparse.SUPPRESS)
 
     args = parser.parse_args(argv)
     try:

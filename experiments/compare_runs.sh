@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tabulate finished training runs side by side, ranked by external ROC AUC: the shortcut probes
 # (vignette, skin colour) on the 10k test split for each run that has none yet, then
-# `evaluate_model.py --compare`, which reads every run's eval_results.json and robustness.json.
+# experiments/compare_runs.py, which reads every run's eval_results.json and robustness.json.
 #
 #   bash experiments/compare_runs.sh runs/cpu ../shared/data     # writes runs/cpu/summary.{json,txt}
 set -uo pipefail
@@ -16,4 +16,4 @@ for run in "$RUNS"/*/; do
         --robustness --shortcut-probes-only --out "$run/robustness.json" > "$run/probes.log" 2>&1 \
         || echo "probes failed for $run: see $run/probes.log"
 done
-python evaluate_model.py --compare "$RUNS" --out "$RUNS/summary.json" | tee "$RUNS/summary.txt"
+python experiments/compare_runs.py "$RUNS" --out "$RUNS/summary.json" | tee "$RUNS/summary.txt"

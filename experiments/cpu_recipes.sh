@@ -2,7 +2,7 @@
 # The recipe comparison for the vignette-shortcut issue on a 2-core CPU, at one small
 # equal budget per recipe (EPOCHS full epochs of a from-scratch ViT-tiny at 128 px),
 # on the project's real folders. Each run is a plain train_vit.py command; the runs
-# go one after another, and whatever has finished is tabulated by compare_runs.sh (evaluate_model.py --compare).
+# go one after another, and whatever has finished is tabulated by compare_runs.sh (experiments/compare_runs.py).
 #
 #   bash experiments/cpu_recipes.sh                 # about 25 min per recipe here
 #   RECIPES="vig-isic-scale fov-isic-scale" bash experiments/cpu_recipes.sh

@@ -37,7 +37,7 @@ def vit_token_attribution(model: ScreeningModel, image) -> np.ndarray:
     import torch
 
     from melanoma_screen.explain import attribution_grid, patch_grid, upsample_heatmap
-    from melanoma_screen.onnx_engine import embedding_layer
+    from melanoma_screen.architectures import embedding_layer
 
     network = model.model
     with torch.enable_grad():

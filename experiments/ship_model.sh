@@ -38,10 +38,10 @@ chmod 644 model/*  # Trainer writes some files private; a model folder is for ev
 python - <<'PY'
 import json
 from pathlib import Path
-from melanoma_screen.model_card import ARCHITECTURE_NAMES
+from melanoma_screen.architectures import display_name
 card, model_type = Path("model/README.md"), json.loads(Path("model/config.json").read_text())["model_type"]
 card.write_text(card.read_text().replace("A Vision Transformer (ViT) image classifier",
-                                         f"A {ARCHITECTURE_NAMES.get(model_type, model_type)} image classifier"))
+                                         f"A {display_name(model_type)} image classifier"))
 PY
 
 step() { echo "[$(date +%T)] $*"; "$@"; }
@@ -52,7 +52,7 @@ step python benchmarks/input_check.py --model model --card model/README.md --jso
 step python evaluate_model.py --model model --data-dir "$DATA/melanoma_cancer_dataset" --split test --robustness \
     --out model/robustness.json --card model/README.md
 # COMPARE_ALSO: more runs for the card's comparison table (another seed of the same recipe, say).
-step python evaluate_model.py --compare "$previous" model ${COMPARE_ALSO:-} --card model/README.md
+step python experiments/compare_runs.py "$previous" model ${COMPARE_ALSO:-} --card model/README.md
 step python experiments/operating_points_by_source.py model --external-dir "$DATA/derm7pt"
 step python benchmarks/check_accuracy.py
 echo "[$(date +%T)] model/ is now $(python -c "from melanoma_screen.weights import weights_version; from pathlib import Path; print(weights_version(Path('model')))")"

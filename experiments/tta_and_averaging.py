@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForImageClassification
+from melanoma_screen.model_folder import load_network
 
 from data_prep import SplitSettings, training_data
 from melanoma_screen import calibration, metrics
@@ -61,15 +61,15 @@ def p_malignant(network, batches: list[torch.Tensor], flips: list[tuple]) -> np.
 
 
 def averaged_network(checkpoints: list[Path]):
-    # from_pretrained, not the raw safetensors: transformers renames the stored keys on load.
-    networks = [AutoModelForImageClassification.from_pretrained(str(folder)) for folder in checkpoints]
+    # load_network (from_pretrained), not the raw safetensors: transformers renames the stored keys on load.
+    networks = [load_network(folder) for folder in checkpoints]
     states = [network.state_dict() for network in networks]
     networks[0].load_state_dict({key: sum(state[key].float() for state in states) / len(states) for key in states[0]})
     return networks[0].eval()
 
 
 def interpolated_network(run_network, base_folder: Path, alpha: float):
-    base = AutoModelForImageClassification.from_pretrained(str(base_folder)).eval()
+    base = load_network(base_folder).eval()
     if base.config.to_diff_dict().get("hidden_size") != run_network.config.to_diff_dict().get("hidden_size"):
         raise SystemExit(f"{base_folder} is not the run's architecture; weights cannot be interpolated")
     run_state, base_state = run_network.state_dict(), base.state_dict()

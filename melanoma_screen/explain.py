@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .architectures import adapter_for
+
 HOW_TO_READ = {
     "en": (
         "Warmer colours mark the regions the model relied on most for this image. "
@@ -119,12 +121,12 @@ def attention_rollout(model, pixel_values: torch.Tensor, discard_ratio: float = 
 def token_attribution(model, pixel_values: torch.Tensor) -> np.ndarray:
     """(rows, columns) map in [0, 1]: |gradient x activation| of the malignant log-odds per full-resolution token.
 
-    For one image of a LeViT (onnx_engine.levit_full_resolution_tokens). Only the
+    For one image of a LeViT (architectures.levit_full_resolution_tokens). Only the
     tokens get a gradient, so nothing accumulates in the shared model's weights and
     predictions on other threads are not disturbed.
     """
     from .labels import malignant_index
-    from .onnx_engine import levit_full_resolution_tokens, levit_logits_from_tokens
+    from .architectures import levit_full_resolution_tokens, levit_logits_from_tokens
 
     if pixel_values.shape[0] != 1:
         raise ValueError(f"explain one image at a time, got a batch of {pixel_values.shape[0]}.")
@@ -151,13 +153,16 @@ def attribution_grid(tokens: torch.Tensor, gradient: torch.Tensor, grid_shape: t
     return (grid / peak if peak > 0 else grid).astype(np.float32)
 
 
+# By the name an architecture's adapter gives (architectures.Architecture.heatmap).
+HEATMAP_METHODS = {"attention_rollout": attention_rollout, "token_attribution": token_attribution}
+
+
 def heatmap_grid(model, pixel_values: torch.Tensor) -> np.ndarray:
-    """The patch-grid map for one image: attention rollout for a ViT, token attribution for a LeViT."""
-    if hasattr(model, "vit"):
-        return attention_rollout(model, pixel_values)
-    if hasattr(model, "levit"):
-        return token_attribution(model, pixel_values)
-    raise ValueError(f"no heat-map for a {model.config.model_type} model: only ViT and LeViT folders have one.")
+    """The patch-grid map for one image, by the method its architecture's adapter names."""
+    adapter = adapter_for(model)
+    if adapter is None or adapter.heatmap is None:
+        raise ValueError(f"no heat-map for a {model.config.model_type} model: only ViT and LeViT folders have one.")
+    return HEATMAP_METHODS[adapter.heatmap](model, pixel_values)
 
 
 def upsample_heatmap(grid, size: tuple[int, int]) -> np.ndarray:

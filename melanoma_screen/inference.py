@@ -9,7 +9,7 @@ into the classifier, so a plain softmax is. With the defaults (engine="torch",
 precision="fp32") they are exactly the ones
 `transformers.pipeline("image-classification")` returns for the same folder.
 The app and predict.py load the fast CPU path instead, FAST = ONNX Runtime with
-int8 encoder weights: 2.5x faster for one image on one core, scores within a
+int8 encoder weights: 2.17x faster than PyTorch for one image of the shipped LeViT on one core, scores within a
 few thousandths of pipeline's, the same test ROC AUC (benchmarks/README.md has
 the measurements).
 With FAST and a stored ONNX graph that holds the folder's weights, loading and
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+import sys
 import threading
 import time
 import warnings
@@ -34,9 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import json
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -44,20 +41,14 @@ from PIL import Image
 
 from .calibration import risk_level, softmax_probs
 from .images import decode_batches, load_rgb_image
-from .input_check import STATS_FILE, InputCheck, Verdict, batch_features
-from .weights import ModelLoadError, weights_version  # noqa: F401  (re-exported: app.py, predict.py, calibrate_site.py)
+from .input_check import InputCheck, Verdict, batch_features
 from .labels import malignant_index
-from .onnx_engine import servable
-from .results import EvalResultsError, load_eval_results
-from .transforms import (apply_color_constancy, apply_field_of_view_mask, color_constancy_of, field_of_view_mask_of,
-                         model_input, skin_reference_of)
+from .model_folder import ModelFolder, load_processor
+# Re-exported: app.py, predict.py, calibrate_site.py and the benchmarks import them from here.
+from .model_folder import default_model_source  # noqa: F401
+from .weights import ModelLoadError, weights_version  # noqa: F401
+from .transforms import Preprocess, color_constancy_of, field_of_view_mask_of, skin_reference_of
 
-# What we fetch for a Hub id; the card, plots and checkpoints are not needed to predict (the int8
-# graph is, when the repository has one: built otherwise, see melanoma_screen.onnx_engine).
-MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "eval_results.json", STATS_FILE,
-               "model.int8.onnx"]
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "model"
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 DEFAULT_THRESHOLD = 0.5
 ENGINES = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "int8")
@@ -139,48 +130,6 @@ class Prediction:
         return data
 
 
-def default_model_source() -> str:
-    """The model app.py and predict.py use without --model: $MODEL_ID, else model/ in the repository."""
-    return os.environ.get("MODEL_ID") or str(DEFAULT_MODEL_DIR)
-
-
-def _hub_failure_reason(error: Exception) -> str:
-    import huggingface_hub
-
-    from . import hub
-
-    if hub.hub_offline():
-        return "offline"
-    if isinstance(error, huggingface_hub.errors.RepositoryNotFoundError):
-        return "no such model repository, or it is private"
-    if isinstance(error, huggingface_hub.errors.LocalEntryNotFoundError):
-        return "the Hub could not be reached"
-    return hub.failure_reason(error)
-
-
-def _download(source: str) -> Path:
-    def failure(reason: str) -> ModelLoadError:
-        return ModelLoadError(
-            f"Could not load model '{source}' from the Hugging Face Hub ({reason}); "
-            "pass a local folder with --model or MODEL_ID."
-        )
-
-    if not _HUB_ID.match(source):
-        raise ModelLoadError(f"Could not load model '{source}': there is no such folder.")
-    import huggingface_hub
-
-    from . import hub
-
-    try:
-        # local_files_only: offline, a model already in the cache still loads.
-        folder = huggingface_hub.snapshot_download(
-            source, allow_patterns=MODEL_FILES, local_files_only=hub.hub_offline(), token=hub.resolve_token()
-        )
-    except Exception as error:
-        raise failure(_hub_failure_reason(error)) from error
-    return Path(folder)
-
-
 def quantize_encoder(model):
     """int8 weights for the encoder's nn.Linear layers, activations quantised on the fly.
 
@@ -194,41 +143,6 @@ def quantize_encoder(model):
         # base_model is the encoder (model.vit, model.levit), without the classifier.
         torch.ao.quantization.quantize_dynamic(model.base_model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
     return model
-
-
-# What the fast path reads from preprocessor_config.json itself; a file that leaves any of
-# them to transformers' defaults, or names another processor, is loaded by transformers.
-_PROCESSOR_FIELDS = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
-                     "image_std")
-_VIT_PROCESSORS = ("ViTImageProcessor", "ViTImageProcessorFast", "ViTImageProcessorPil")
-
-
-def read_model_json(folder: Path):
-    """config.json and preprocessor_config.json as plain objects, when transformers is not needed to read them.
-
-    None when the model is not a classifier the app serves (onnx_engine.servable) with an explicit
-    ViT image processor (then transformers loads both, as pipeline would).
-    """
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        processor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # transformers reports what is wrong with the file
-    if not (isinstance(config, dict) and isinstance(processor, dict) and servable(config.get("model_type"))
-            and processor.get("image_processor_type") in _VIT_PROCESSORS
-            and all(name in processor for name in _PROCESSOR_FIELDS) and isinstance(config.get("id2label"), dict)):
-        return None
-    try:
-        config["id2label"] = {int(index): name for index, name in config["id2label"].items()}
-    except (TypeError, ValueError):
-        return None
-    return SimpleNamespace(**config), SimpleNamespace(**processor)
-
-
-def _load_error(source: str, error: Exception) -> ModelLoadError:
-    """What transformers raised while reading a model folder, as one sentence for people."""
-    detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return ModelLoadError(f"Could not load model '{source}' ({type(error).__name__}: {detail}).")
 
 
 def _default_threads() -> int:
@@ -252,7 +166,7 @@ class ScreeningModel:
                  engine: str = "torch", precision: str = "fp32", input_check: InputCheck | None = None,
                  folder=None, config=None, onnx=None, num_threads: int | None = None):
         """model: the transformers model, or a zero-argument callable that loads it; image_processor: the
-        transformers processor, or its settings read from preprocessor_config.json (read_model_json). With the
+        transformers processor, or its settings read from preprocessor_config.json (model_folder.read_model_json). With the
         callable, config (read from config.json) and onnx (a stored OnnxClassifier) are given."""
         if engine not in ENGINES or precision not in PRECISIONS:
             raise ValueError(f"engine must be one of {ENGINES} and precision one of {PRECISIONS}, "
@@ -303,23 +217,11 @@ class ScreeningModel:
         except ValueError as error:
             raise ModelLoadError(f"Could not load model '{model_id}': {error}.") from error
 
-        image_processor = self._processor_settings
-        size = image_processor.size
-        # The fast path covers what train_vit.py saves: a fixed height x width resize, no crop.
-        self._fast = bool(image_processor.do_resize and size.get("height") and size.get("width")
-                          and not getattr(image_processor, "do_center_crop", False))
+        size = self._processor_settings.size
+        # Preprocess's fast path covers what train_vit.py saves: a fixed height x width resize, no crop.
+        self._fast = Preprocess(self._processor_settings).fixed_size
         self.image_size = int(size.get("height") or size.get("shortest_edge"))
-        if self._fast:
-            # Rescale and normalise folded into one multiply-add per pixel.
-            self._resize_to = (int(size["width"]), int(size["height"]))
-            scale = image_processor.rescale_factor if image_processor.do_rescale else 1.0
-            mean = np.asarray(image_processor.image_mean if image_processor.do_normalize else 0.0, dtype=np.float32)
-            std = np.asarray(image_processor.image_std if image_processor.do_normalize else 1.0, dtype=np.float32)
-            # Shaped (3, 1, 1) to broadcast over channel-first pixels.
-            self._multiply = np.broadcast_to(scale / std, (3,)).astype(np.float32).reshape(3, 1, 1)
-            self._add = np.broadcast_to(-mean / std, (3,)).astype(np.float32).reshape(3, 1, 1)
-            self._resample = Image.Resampling(int(image_processor.resample))
-        side = DRAFT_MARGIN * max(self._resize_to) if self._fast else None
+        side = DRAFT_MARGIN * max(int(size["width"]), int(size["height"])) if self._fast else None
         self._draft_size = (side, side) if side else None
         self._num_threads = num_threads
         self._start_engine(engine, precision, onnx)
@@ -340,9 +242,7 @@ class ScreeningModel:
                 if name == "model":
                     loaded = self._load_model().eval()
                 else:
-                    from transformers import AutoImageProcessor
-
-                    loaded = AutoImageProcessor.from_pretrained(self.folder)
+                    loaded = load_processor(self.folder)
                 setattr(self, f"_{name}", loaded)
             return getattr(self, f"_{name}")
 
@@ -398,76 +298,28 @@ class ScreeningModel:
         if engine not in ENGINES or precision not in PRECISIONS:
             raise ValueError(f"engine must be one of {ENGINES} and precision one of {PRECISIONS}, "
                              f"got {engine!r} and {precision!r}.")
-        source = str(source)
-        local = Path(source).expanduser()
-        folder = local if local.is_dir() else _download(source)
-        model_id = local.resolve().name if local.is_dir() else source
-        for name in ("config.json", "preprocessor_config.json"):
-            if not (folder / name).is_file():
-                raise ModelLoadError(f"Could not load model '{source}': {name} is missing.")
-        version = weights_version(folder)
-
-        def load_model():
-            torch = _import_torch()
-            if num_threads:
-                torch.set_num_threads(num_threads)
-            try:
-                from transformers import AutoModelForImageClassification
-                from transformers.utils import logging as transformers_logging
-
-                if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
-                    transformers_logging.disable_progress_bar()
-                # safetensors only: no pickle is ever unpickled, no remote code runs. A ViT folder
-                # gives ViTForImageClassification; the Auto class also reads the experiments' other
-                # architectures (modeling.OTHER_ARCHITECTURES) for scoring.
-                network = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
-            except Exception as error:
-                raise _load_error(source, error) from error
-            from .onnx_engine import attach_source_statistics
-
-            attach_source_statistics(network, folder)  # a site-adapted folder: the input check's tokens
-            return network
-
+        folder = ModelFolder(source)
         # FAST with a graph stored for exactly these weights: no PyTorch, no transformers until a heat-map.
-        light = read_model_json(folder) if engine == "onnxruntime" else None
+        light = folder.light if engine == "onnxruntime" else None
         onnx = None
         if light is not None:
             try:
                 from .onnx_engine import OnnxClassifier
 
-                onnx = OnnxClassifier.stored(folder, version, precision)
+                onnx = OnnxClassifier.stored(folder.path, folder.version, precision)
             except ImportError:
                 onnx = None
         if onnx is not None:
-            model, (config, image_processor) = load_model, light
+            model, (config, image_processor) = (lambda: folder.network(num_threads)), light
         else:
-            model = load_model()
+            model = folder.network(num_threads)
             config = model.config
-            try:
-                from transformers import AutoImageProcessor
-
-                image_processor = AutoImageProcessor.from_pretrained(folder)
-            except Exception as error:
-                raise _load_error(source, error) from error
-        eval_path = folder / "eval_results.json"
-        try:
-            eval_results = load_eval_results(eval_path) if eval_path.is_file() else None
-        except EvalResultsError as error:
-            raise ModelLoadError(f"Could not load model '{source}': {error}") from error
-        # The name it is published under, when the folder was stamped with one (melanoma_screen.identity).
-        model_id = getattr(config, "model_name", None) or model_id
-        stamped = getattr(config, "model_version", None)
-        if stamped and stamped != version:
-            logger.warning("config.json of %s names weights %s, but model.safetensors is %s; the weights' hash is "
-                           "reported. Stamp it again: python -m melanoma_screen.identity --model %s",
-                           source, stamped, version, source)
-        input_check = InputCheck.load(folder, model_version=version)
-        if input_check is None:
-            logger.warning("Model '%s' has no %s: pictures are scored without the input check. Fit it with "
-                           "`python fit_input_check.py fit --model FOLDER --data-dir DATA`.",
-                           source, STATS_FILE)
-        return cls(model, image_processor, model_id, version, eval_results, engine=engine, precision=precision,
-                   input_check=input_check, folder=folder, config=config, onnx=onnx, num_threads=num_threads)
+            image_processor = folder.processor()
+        eval_results = folder.eval_results
+        model_id = folder.published_name(config)
+        return cls(model, image_processor, model_id, folder.version, eval_results, engine=engine, precision=precision,
+                   input_check=folder.input_check, folder=folder.path, config=config, onnx=onnx,
+                   num_threads=num_threads)
 
     def close(self) -> None:
         """Stops the batch threads; the model cannot score afterwards."""
@@ -504,40 +356,24 @@ class ScreeningModel:
         """
         if self.color_constancy == "none" and not self.field_of_view_mask:
             return str(source) if isinstance(source, Path) else source
-        return model_input(load_rgb_image(source), self.image_processor, self.color_constancy, self.field_of_view_mask,
-                           self.skin_reference)
+        return self._preprocess().picture(load_rgb_image(source))
 
     def preprocess(self, images: list[Image.Image]):
         """(N, 3, H, W) float32 torch tensor, equal to image_processor(images)["pixel_values"] after the model's colour constancy."""
         return _import_torch().from_numpy(self._model_inputs(images)[0])
 
+    def _preprocess(self) -> Preprocess:
+        # Built per call: evaluate_model.py --without-color-constancy changes color_constancy after loading.
+        return Preprocess(self._processor_settings if self._fast else self.image_processor, self.color_constancy,
+                          self.field_of_view_mask, self.skin_reference)
+
     def _model_inputs(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         """The pixel values, and the (N, H, W, 3) uint8 pictures they were made from: what the input check measures."""
-        if not self._fast:
-            images = [model_input(image, self.image_processor, self.color_constancy, self.field_of_view_mask,
-                                  self.skin_reference) for image in images]
-            pixel_values = self.image_processor(images, return_tensors="np")["pixel_values"].astype(np.float32)
-            size = (int(pixel_values.shape[3]), int(pixel_values.shape[2]))
-            pictures = np.stack([np.asarray((image if image.mode == "RGB" else image.convert("RGB")).resize(
-                size, Image.Resampling.BILINEAR)) for image in images])
-            return pixel_values, pictures
-        width, height = self._resize_to
-        pictures = np.empty((len(images), height, width, 3), dtype=np.uint8)
         with self.clock.stage("resize"):
-            for i, image in enumerate(images):
-                rgb = image if image.mode == "RGB" else image.convert("RGB")
-                resized = apply_field_of_view_mask(apply_color_constancy(rgb.resize(self._resize_to, self._resample),
-                                                                         self.color_constancy, self.skin_reference),
-                                                   self.field_of_view_mask)
-                pictures[i] = np.asarray(resized)
-            # Straight from the (N, H, W, 3) bytes into the channel-first float batch:
-            # one pass, no intermediate float image, no torch permute copy.
-            batch = np.multiply(pictures.transpose(0, 3, 1, 2), self._multiply[None], dtype=np.float32)
-            batch += self._add[None]
-        return batch, pictures
+            return self._preprocess()(images)
 
     def _torch_forward(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from .onnx_engine import logits_and_patch_tokens
+        from .architectures import logits_and_patch_tokens
 
         torch = _import_torch()
         with torch.inference_mode():
@@ -580,7 +416,10 @@ class ScreeningModel:
             "probabilities": softmax_probs(logits, self.temperature)[:, self.malignant_index],
         }
 
-    def _predictions(self, images: list[Image.Image]) -> list[Prediction]:
+    def predict_decoded(self, images: list[Image.Image]) -> list[Prediction]:
+        """One forward pass over images already decoded by `decode` (or load_rgb_image)."""
+        if not images:
+            return []
         pixel_values, pictures = self._model_inputs(images)
         logits, tokens = self.logits_and_patch_tokens(pixel_values)
         probs = softmax_probs(logits, self.temperature)
@@ -612,10 +451,6 @@ class ScreeningModel:
     def predict(self, image) -> Prediction:
         """image: path, bytes, PIL image or numpy array; raises ImageLoadError on bad input."""
         return self.predict_decoded([self.decode(image)])[0]
-
-    def predict_decoded(self, images: list[Image.Image]) -> list[Prediction]:
-        """One forward pass over images already decoded by `decode` (or load_rgb_image)."""
-        return self._predictions(images) if images else []
 
     def predict_batch(self, images, batch_size: int = 32) -> list[Prediction]:
         """Like predict for each image, batch_size at a time; the first bad image raises."""

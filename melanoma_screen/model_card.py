@@ -12,7 +12,7 @@ Context keys (all required unless marked):
     test (metrics.at_operating_points' block, as in eval_results.json; None without a test split),
     validation_metrics (from metrics.binary_metrics), audit_summary (str),
     license (optional, default cc-by-nc-4.0), date (optional, default today),
-    architecture (optional, default ARCHITECTURE_NAMES["vit"]),
+    model_type (optional, default "vit": config.model_type, which names the architecture and its Hub tag),
     color_constancy and field_of_view_mask (optional, the preprocessing pipeline users must add),
     external (optional, {name: at_operating_points block}) and sources (optional), for the
     external-validation and per-source tables,
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from .architectures import adapter_for, display_name
 from .transforms import COLOR_CONSTANCY_NAMES
 
 PLOT_FILES = {"roc_curve": "roc_curve.png", "confusion_matrix": "confusion_matrix.png",
@@ -36,14 +37,9 @@ PLOT_FILES = {"roc_curve": "roc_curve.png", "confusion_matrix": "confusion_matri
 DEFAULT_LICENSE = "cc-by-nc-4.0"  # ISIC images are mostly CC-BY-NC
 DEFAULT_DATASET_NAME = "Melanoma Skin Cancer Dataset of 10000 Images"
 NOT_EVALUATED = "Not evaluated: this run had no test split."
-# What the card's first sentence calls the model, by config.model_type.
-ARCHITECTURE_NAMES = {
-    "vit": "Vision Transformer (ViT)",
-    "levit": "LeViT (a vision transformer with a convolutional stem, Graham et al. 2021)",
-    "mobilevitv2": "MobileViTV2 (a convolutional network with transformer blocks, Mehta & Rastegari 2022)",
-}
-DEFAULT_TAGS = ["vision", "image-classification", "vit", "medical-imaging", "dermatology",
-                "dermoscopy", "melanoma", "skin-lesion"]
+# The architecture's own tag (architectures.Architecture.card_tag) follows "image-classification".
+DEFAULT_TAGS = ["vision", "image-classification", "medical-imaging", "dermatology", "dermoscopy", "melanoma",
+                "skin-lesion"]
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]\w*)\s*\}\}")
 _HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -258,7 +254,8 @@ def _with_defaults(context: dict) -> dict:
     context = dict(context)
     context.setdefault("license", DEFAULT_LICENSE)
     context.setdefault("date", datetime.date.today().isoformat())
-    context.setdefault("architecture", ARCHITECTURE_NAMES["vit"])
+    context.setdefault("model_type", "vit")
+    context.setdefault("architecture", display_name(context["model_type"]))
     return context
 
 
@@ -334,6 +331,12 @@ def _eval_results(context: dict) -> list[EvalResult]:
     return results
 
 
+def _tags(context: dict) -> list[str]:
+    adapter = adapter_for(context.get("model_type", "vit"))
+    tags = DEFAULT_TAGS[:2] + ([adapter.card_tag] if adapter is not None else []) + DEFAULT_TAGS[2:]
+    return tags + [tag for tag in context.get("tags", []) if tag not in tags]
+
+
 def card_metadata(context: dict) -> ModelCardData:
     context = _with_defaults(context)
     missing = [key for key in ("model_id", "dataset_id", "test") if key not in context]
@@ -348,7 +351,7 @@ def card_metadata(context: dict) -> ModelCardData:
         metrics=["accuracy", "roc_auc", "f1", "recall", "specificity", "precision", "ece"],
         pipeline_tag="image-classification",
         library_name="transformers",
-        tags=DEFAULT_TAGS + [tag for tag in context.get("tags", []) if tag not in DEFAULT_TAGS],
+        tags=_tags(context),
         eval_results=_eval_results(context) or None,
     )
 

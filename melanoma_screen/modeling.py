@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .architectures import ADAPTERS
 from .calibration import classifier_linear
 from .labels import ID2LABEL, LABEL2ID  # noqa: F401  (re-exported: what train_vit.py gives a new config)
+from .model_folder import load_network
 
 logger = logging.getLogger(__name__)
 
@@ -21,18 +23,9 @@ SCRATCH_CONFIGS = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
 
-# Vision transformers with convolutional stems, said to train better from scratch on little
-# data; both load through AutoModelForImageClassification and pipeline() without remote code.
-# Sized to stay under the 25 MB the app's folder allows: LeViT-128S with one block fewer in its
-# last stage (6.1 M parameters, 24.5 MB), MobileViTV2 at width 0.5 (1.1 M, 4.5 MB).
-# The heat-map, the ONNX fast path and the input check read LeViT's full-resolution tokens
-# (onnx_engine.logits_and_patch_tokens), so the app serves a LeViT folder as it does a ViT one;
-# MobileViTV2 has none of them and is for comparing recipes only (train_vit.py says so).
-OTHER_ARCHITECTURES = {
-    "levit": ("LevitConfig", "LevitForImageClassification",
-              dict(hidden_sizes=[128, 256, 384], num_attention_heads=[4, 6, 8], depths=[2, 3, 3], key_dim=[16, 16, 16])),
-    "mobilevitv2": ("MobileViTV2Config", "MobileViTV2ForImageClassification", dict(width_multiplier=0.5)),
-}
+# The architectures other than ViT that --scratch-config builds, from their adapters (melanoma_screen.architectures):
+# the app serves a LeViT folder as it does a ViT one; MobileViTV2 is for comparing recipes only.
+OTHER_ARCHITECTURES = {name: adapter.scratch for name, adapter in ADAPTERS.items() if adapter.scratch}
 
 
 def build_other_architecture(name: str, image_size: int, **label_kwargs):
@@ -176,11 +169,11 @@ def averaged_state_dict(model_class, checkpoints) -> dict[str, torch.Tensor]:
 
     Checkpoints from the tail of one cosine schedule sit in one basin, so their
     mean is a valid model that is usually flatter and more robust than any of them.
-    Loaded through from_pretrained for the legacy key renaming (see below).
+    Loaded through from_pretrained (model_folder.load_network) for the legacy key renaming (see below).
     """
     total = None
     for checkpoint in checkpoints:
-        state = model_class.from_pretrained(checkpoint).state_dict()
+        state = load_network(checkpoint, model_class).state_dict()
         if total is None:
             total = {name: tensor.detach().clone().double() for name, tensor in state.items()}
         else:
@@ -200,7 +193,7 @@ class CheckpointSafeTrainer(Trainer):
     """
 
     def _load_weights(self, checkpoint: str) -> None:
-        reloaded = type(self.model).from_pretrained(checkpoint)
+        reloaded = load_network(checkpoint, type(self.model))
         self.model.load_state_dict(reloaded.state_dict(), strict=True)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

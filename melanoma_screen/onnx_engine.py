@@ -10,9 +10,12 @@ file always holds exactly the weights of model.safetensors. To rebuild it by han
 
     python -m melanoma_screen.onnx_engine --model model
 
-For a ViT this small, ONNX Runtime's CPU kernels and the absence of Python
+For a model this small, ONNX Runtime's CPU kernels and the absence of Python
 between operations make the forward pass about twice as fast as PyTorch's
-(benchmarks/README.md).
+(2.17x for the shipped LeViT, int8; benchmarks/README.md).
+
+The graph computes what architectures.logits_and_patch_tokens computes: the
+logits and the feature tokens of the input check, from one pass.
 
 precision="int8" stores the weights of the encoder's matrix products in int8
 and quantises their inputs on the fly (dynamic quantisation). The patch
@@ -34,115 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .architectures import adapter_for, logits_and_patch_tokens
+# Re-exported: melanoma_screen.site_adaptation imports it from here.
+from .model_folder import SOURCE_STATISTICS_FILE  # noqa: F401
+
 OPSET = 17
 # Names the graph's inputs and outputs; a stored graph with another one is rebuilt.
 GRAPH_FORMAT = "logits+patch_tokens/1"
 logger = logging.getLogger(__name__)
-
-
-# The architectures whose folders the app serves: the ONNX graph, the input check and the
-# heat-map read their feature tokens (logits_and_patch_tokens). Others score through
-# pipeline() and ScreeningModel's PyTorch path only (train_vit.py says so).
-SERVABLE_MODEL_TYPES = ("vit", "levit")
-
-
-def servable(model_type) -> bool:
-    return model_type in SERVABLE_MODEL_TYPES
-
-
-def embedding_layer(config) -> int:
-    return max(1, config.num_hidden_layers // 2)
-
-
-def _levit_first_stage_split(model) -> int:
-    """Index of the first subsampling layer in LeViT's first stage: where the full patch grid ends."""
-    from transformers.models.levit.modeling_levit import LevitAttentionSubsample
-
-    layers = model.levit.encoder.stages[0].layers
-    return next(i for i, layer in enumerate(layers) if isinstance(layer, LevitAttentionSubsample))
-
-
-# A site-adapted folder (melanoma_screen.site_adaptation) keeps its source's BatchNorm statistics here: the
-# input check was fitted on the source's tokens, so it measures tokens computed with them.
-SOURCE_STATISTICS_FILE = "input_check_batchnorm.safetensors"
-
-
-def attach_source_statistics(model, folder) -> None:
-    """Gives an adapted model the copy of itself with its source's statistics that the input check's tokens need.
-
-    Set outside the module registry, so it is neither saved with the model nor
-    counted among its parameters. A folder without the file is left alone.
-    """
-    import torch
-    from safetensors.torch import load_file
-
-    path = Path(folder) / SOURCE_STATISTICS_FILE
-    if not path.is_file():
-        return
-    # No gradient: the graph exporter takes its weights as constants, and the heat-map differentiates the other copy.
-    source = copy.deepcopy(model).eval().requires_grad_(False)
-    state = source.state_dict()
-    with torch.no_grad():
-        for key, value in load_file(str(path)).items():
-            state[key].copy_(value)
-    object.__setattr__(model, "input_check_model", source)
-
-
-def levit_full_resolution_tokens(model, pixel_values):
-    """LeViT's tokens at the end of its first stage, the last ones on the full patch grid: (N, P, D).
-
-    Written out layer by layer, as LevitModel runs them, so that the tokens come
-    from the same pass as the logits without a forward hook, which a second thread's
-    pass would fire too.
-    """
-    hidden = model.levit.patch_embeddings(pixel_values)
-    for layer in model.levit.encoder.stages[0].layers[:_levit_first_stage_split(model)]:
-        hidden = layer(hidden)
-    return hidden
-
-
-def levit_logits_from_tokens(model, tokens):
-    """The rest of LeViT's forward pass, from levit_full_resolution_tokens to the logits."""
-    stages = model.levit.encoder.stages
-    hidden = tokens
-    for layer in stages[0].layers[_levit_first_stage_split(model):]:
-        hidden = layer(hidden)
-    for stage in stages[1:]:
-        hidden = stage(hidden)
-    # LevitForImageClassification: global average pooling, then the classifier.
-    return model.classifier(hidden.mean(dim=1))
-
-
-def logits_and_patch_tokens(model, pixel_values):
-    """The classifier's logits, and the feature tokens the input check measures and the heat-map explains.
-
-    ViT: the patch tokens after the middle encoder layer. The input check
-    measures their mean, and how far they spread around it,
-    there rather than on the CLS token the classifier reads: trained to separate benign from malignant, the last CLS
-    token maps much of what it has never seen onto one of the two classes,
-    while the middle layer still describes texture and colour. With the model
-    shipped in November 2026 and the same image statistics and validation
-    acceptance (99%), the check accepted 98.4% of the test split and 99.6% of
-    derm7pt with this layer, against 97.7% and 97.9% with the CLS token, and
-    refused 95.1% of the generated non-lesions against 93.8%.
-
-    LeViT: for the same reason, the tokens at the end of its first stage, after two
-    attention and two MLP blocks and before the first subsampling: the last tokens
-    on the full 16-pixel patch grid, as ViT's are.
-
-    Other architectures (modeling.OTHER_ARCHITECTURES): the logits and no tokens, (N, 0, 1).
-    """
-    if hasattr(model, "vit"):
-        outputs = model.vit(pixel_values=pixel_values, output_hidden_states=True)
-        logits = model.classifier(outputs.last_hidden_state[:, 0, :])
-        return logits, outputs.hidden_states[embedding_layer(model.config)][:, 1:, :]
-    if hasattr(model, "levit"):
-        tokens = levit_full_resolution_tokens(model, pixel_values)
-        checked = getattr(model, "input_check_model", None)  # a site-adapted model: attach_source_statistics
-        return (levit_logits_from_tokens(model, tokens),
-                tokens if checked is None else levit_full_resolution_tokens(checked, pixel_values))
-    logits = model(pixel_values=pixel_values).logits
-    return logits, logits.new_zeros((logits.shape[0], 0, 1))
 
 
 def export_onnx(model) -> bytes:
@@ -158,8 +60,9 @@ def export_onnx(model) -> bytes:
             return logits_and_patch_tokens(self.model, pixel_values)
 
     model = copy.deepcopy(model).eval()
-    if hasattr(model, "vit"):
-        model.set_attn_implementation("eager")  # plain MatMul/Softmax ops that every runtime has
+    adapter = adapter_for(model)
+    if adapter is not None and adapter.export_attention:
+        model.set_attn_implementation(adapter.export_attention)
     size = model.config.image_size
     dummy = torch.zeros(1, model.config.num_channels, size, size)
     buffer = io.BytesIO()
@@ -317,12 +220,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="model", help="model folder (default: model)")
     parser.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="default: int8, the app's")
     args = parser.parse_args(argv)
-    from transformers import AutoModelForImageClassification
-
+    from .model_folder import load_network
     from .weights import weights_version
 
     folder = Path(args.model)
-    model = AutoModelForImageClassification.from_pretrained(folder, use_safetensors=True)
+    model = load_network(folder)
     graph = build_graph(model, args.precision, weights_version(folder))
     target = folder / f"model.{args.precision}.onnx"
     target.write_bytes(graph)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .metrics import OPERATING_POINTS
 
-# Runs written before issue 11 kept the test block flat, as test_at_0_5 and so on.
+# Older runs kept the test block flat, as test_at_0_5 and so on.
 _OLD_TEST_PREFIX = "test_"
 
 

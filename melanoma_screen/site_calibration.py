@@ -432,9 +432,8 @@ def write_site_model(source_dir, out_dir, model, fit: SiteFit, report: dict, ove
     names the source weights' sha256 either way. Written into a temporary
     folder beside out_dir first, so a failure leaves an existing out_dir as it was.
     """
-    from transformers import AutoModelForImageClassification
-
     from .identity import stamp
+    from .model_folder import load_network
 
     source_dir, out_dir = Path(source_dir), Path(out_dir).expanduser()
     with staged_output(source_dir, out_dir, overwrite, rewritten=_REWRITTEN) as staging:
@@ -445,7 +444,7 @@ def write_site_model(source_dir, out_dir, model, fit: SiteFit, report: dict, ove
         if fit.temperature == 1.0:
             shutil.copy2(source_dir / "model.safetensors", staging / "model.safetensors")
         else:
-            network = AutoModelForImageClassification.from_pretrained(source_dir, use_safetensors=True)
+            network = load_network(source_dir)
             # The model's own temperature when it was stored unfolded, times the site's factor on top.
             calibration.fold_temperature_into_classifier(network, model.temperature * fit.temperature)
             network.save_pretrained(staging)

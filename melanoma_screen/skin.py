@@ -61,7 +61,7 @@ BORDER_FRACTION = 0.1
 GAIN_BOUNDS = (0.5, 2.0)
 
 # Median skin colour around the lesion, measured with skin_colour on the named sets
-# (the skin-colour issue's audit); the probe's targets and the recolour range come from them.
+# (an audit of the two sets' skin); the probe's targets and the recolour range come from them.
 SKIN_10K_BENIGN = (216.0, 170.0, 166.0)
 SKIN_DERM7PT = (238.0, 230.0, 214.0)
 # The skin-colour probe moves skin towards each of these; "whiter and yellower" is
@@ -70,6 +70,7 @@ PROBE_TARGETS = {
     "whiter_yellower": SKIN_DERM7PT,
     "darker_pinker": (196.0, 128.0, 126.0),
 }
+PROBE_NAMES = {"whiter_yellower": "whiter and yellower", "darker_pinker": "darker and pinker"}
 # Recolour augmentation draws a random mix of these skin tones and illuminants,
 # from very fair to dark skin, under warm, neutral and cool light.
 RECOLOUR_ANCHORS = np.array([

@@ -1,9 +1,10 @@
 """Image processor and training augmentation, with PIL and numpy only.
 
 torchvision cannot be installed beside this project's torch build, so the
-augmentations are written out here. Evaluation preprocessing is exactly the
-saved image processor, which is what `transformers.pipeline` applies, so the
-numbers we report are the numbers pipeline users get.
+augmentations are written out here. Evaluation preprocessing (Preprocess) gives
+the saved image processor's pixel values (to float rounding), which is what
+`transformers.pipeline` applies, so the numbers we report are the numbers
+pipeline users get.
 """
 
 from __future__ import annotations
@@ -112,20 +113,81 @@ def apply_field_of_view_mask(image: Image.Image, radius: float) -> Image.Image:
     return mask_field_of_view(image, radius) if radius > 0 else image
 
 
+def correct(image: Image.Image, color_constancy: str = "none", field_of_view_mask: float = 0.0,
+            skin_reference=None) -> Image.Image:
+    """The model's own preprocessing after the resize: colour constancy, then the field-of-view mask.
+
+    Training applies it after its augmentation (which resizes), everything else through Preprocess.
+    """
+    return apply_field_of_view_mask(apply_color_constancy(image, color_constancy, skin_reference), field_of_view_mask)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """From a decoded picture to the model's input: the one preprocessing of training's evaluation, both
+    inference engines and `pipeline_input`.
+
+    The picture is resized as the processor would, colour-corrected, then masked
+    to the model's field of view (`correct`). Correcting after the resize keeps
+    it cheap on large photos and makes training, evaluation and the app estimate
+    the illuminant from the same pixels. processor: the transformers image
+    processor, or its settings as read from preprocessor_config.json; with a
+    fixed height x width resize and no crop (what train_vit.py saves), the
+    rescale and normalisation are one multiply-add per pixel, without transformers.
+    """
+
+    processor: object
+    color_constancy: str = "none"
+    field_of_view_mask: float = 0.0
+    skin_reference: tuple | None = None
+
+    @property
+    def fixed_size(self) -> bool:
+        size = self.processor.size
+        return bool(self.processor.do_resize and size.get("height") and size.get("width")
+                    and not getattr(self.processor, "do_center_crop", False))
+
+    def resized(self, image: Image.Image) -> Image.Image:
+        size = self.processor.size
+        resized = image.resize((int(size["width"]), int(size["height"])), Image.Resampling(int(self.processor.resample)))
+        return correct(resized, self.color_constancy, self.field_of_view_mask, self.skin_reference)
+
+    def picture(self, image: Image.Image) -> Image.Image:
+        """What `pipeline` must be given to score as the model does; untouched when the model has neither step."""
+        if self.color_constancy == "none" and not self.field_of_view_mask:
+            return image
+        return self.resized(image)
+
+    def __call__(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3, H, W) float32 pixel values, and the (N, H, W, 3) uint8 pictures they were made from."""
+        if not self.fixed_size:
+            images = [self.picture(image) for image in images]
+            pixel_values = self.processor(images, return_tensors="np")["pixel_values"].astype(np.float32)
+            size = (int(pixel_values.shape[3]), int(pixel_values.shape[2]))
+            pictures = np.stack([np.asarray((image if image.mode == "RGB" else image.convert("RGB")).resize(
+                size, Image.Resampling.BILINEAR)) for image in images])
+            return pixel_values, pictures
+        size = self.processor.size
+        pictures = np.empty((len(images), int(size["height"]), int(size["width"]), 3), dtype=np.uint8)
+        for i, image in enumerate(images):
+            pictures[i] = np.asarray(self.resized(image if image.mode == "RGB" else image.convert("RGB")))
+        processor = self.processor
+        scale = processor.rescale_factor if processor.do_rescale else 1.0
+        mean = np.asarray(processor.image_mean if processor.do_normalize else 0.0, dtype=np.float32)
+        std = np.asarray(processor.image_std if processor.do_normalize else 1.0, dtype=np.float32)
+        # Rescale and normalise folded into one multiply-add per pixel, shaped (3, 1, 1) for channel-first pixels,
+        # straight from the (N, H, W, 3) bytes: one pass, no intermediate float image, no torch permute copy.
+        multiply = np.broadcast_to(scale / std, (3,)).astype(np.float32).reshape(3, 1, 1)
+        add = np.broadcast_to(-mean / std, (3,)).astype(np.float32).reshape(3, 1, 1)
+        batch = np.multiply(pictures.transpose(0, 3, 1, 2), multiply[None], dtype=np.float32)
+        batch += add[None]
+        return batch, pictures
+
+
 def model_input(image: Image.Image, image_processor, color_constancy: str = "none",
                 field_of_view_mask: float = 0.0, skin_reference=None) -> Image.Image:
-    """The image resized as the processor would, colour-corrected, then masked to the model's field of view.
-
-    Correcting after the resize keeps it cheap on large photos and makes
-    training, evaluation and the app estimate the illuminant from the same
-    pixels. With neither step the image is returned untouched, so the
-    processor alone (what `pipeline` applies) does the rest.
-    """
-    if color_constancy == "none" and not field_of_view_mask:
-        return image
-    size = image_processor.size
-    resized = image.resize((int(size["width"]), int(size["height"])), image_processor.resample)
-    return apply_field_of_view_mask(apply_color_constancy(resized, color_constancy, skin_reference), field_of_view_mask)
+    """Preprocess.picture, for one picture."""
+    return Preprocess(image_processor, color_constancy, field_of_view_mask, skin_reference).picture(image)
 
 
 def processor_image_size(image_processor) -> int:
@@ -310,7 +372,7 @@ _rng_cache: dict[int, random.Random] = {}
 
 
 # train_vit.py's augmentation flags and their defaults, which are DermoscopyAugmentation's own:
-# evaluate_model.py --compare names a recipe by what it changed from these, without importing the script.
+# experiments/compare_runs.py names a recipe by what it changed from these, without importing the script.
 _DEFAULT_AUGMENTATION = DermoscopyAugmentation(image_size=1)
 AUGMENTATION_DEFAULTS = {
     "augment_brightness": _DEFAULT_AUGMENTATION.brightness,

@@ -83,7 +83,7 @@ def tiny_image_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_image_folder, tmp_path_factory) -> Path:
-    """The issue's smoke-training command, run once for every test that needs a model."""
+    """A smoke-training command (20 steps, 64 px), run once for every test that needs a model."""
     output_dir = tmp_path_factory.mktemp("tiny_model") / "m"
     command = [
         sys.executable, str(REPO_ROOT / "train_vit.py"),

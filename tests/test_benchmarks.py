@@ -77,7 +77,7 @@ def test_load_test_two_clients_no_errors(tiny_model_dir, image_folder, tmp_path)
     assert "errors=0" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["bench_inference.py", "load_test.py", "check_accuracy.py"])
+@pytest.mark.parametrize("script", ["bench_inference.py", "load_test.py", "check_accuracy.py", "behaviour_snapshot.py"])
 def test_help(script):
     result = run(script, "--help", timeout=120)
     assert result.returncode == 0 and "--model" in result.stdout

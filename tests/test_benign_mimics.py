@@ -21,6 +21,7 @@ from conftest import REPO_ROOT, SHARED_DATA, real_images
 from data_prep import ImageRecord, sample_weights, scan_label_folder, source_class_groups
 from melanoma_screen import metrics
 from melanoma_screen.labels import benign_diagnosis_group
+from melanoma_screen.model_folder import load_network, load_processor
 from melanoma_screen.modeling import add_diagnosis_outputs, build_other_architecture, strip_diagnosis_outputs
 from melanoma_screen.transforms import DermoscopyAugmentation
 
@@ -211,8 +212,8 @@ def test_the_shipped_levit_fine_tunes_at_another_resolution_and_still_ranks_the_
     model, processor, _, description = train_vit.build_model(arguments, seed=0)
     assert model.config.image_size == 160 and processor.size == {"height": 160, "width": 160}
     assert description.endswith("resized to 160 px")
-    shipped = type(model).from_pretrained(str(REPO_ROOT / "model")).eval()
-    shipped_processor = train_vit.AutoImageProcessor.from_pretrained(str(REPO_ROOT / "model"))
+    shipped = load_network(REPO_ROOT / "model").eval()
+    shipped_processor = load_processor(REPO_ROOT / "model")
     images = [Image.open(path).convert("RGB") for label in ("benign", "malignant") for path in real_images("test", label, 12)]
     with torch.no_grad():
         before = torch.softmax(shipped(**shipped_processor(images, return_tensors="pt")).logits, -1)[:, 1]

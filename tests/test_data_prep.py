@@ -373,14 +373,6 @@ def test_cli_split_help_says_the_output_is_for_inspection():
         assert flag in text, flag
 
 
-@pytest.mark.parametrize("flag", ["--hash-distance", "--min-detail-correlation"])
-def test_cli_split_refuses_the_audit_tuning_flags_and_names_where_they_belong(flag, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["split", "--data-dir", "nowhere", flag, "8"])
-    assert exit_info.value.code == 2
-    assert "python -m data_prep audit" in capsys.readouterr().err
-
-
 def test_hub_dataset_offline_raises_clear_error():
     # datasets reads HF_HUB_OFFLINE when it is imported, so the check runs in a fresh interpreter.
     code = ("from data_prep import load_hub_dataset, DataSourceError\n"

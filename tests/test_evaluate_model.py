@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -10,8 +11,12 @@ import pytest
 from PIL import Image
 
 import evaluate_model
-from conftest import image_count, real_images
+from conftest import REPO_ROOT, image_count, real_images
 from melanoma_screen.metrics import OPERATING_POINTS
+
+_spec = importlib.util.spec_from_file_location("compare_runs", REPO_ROOT / "experiments" / "compare_runs.py")
+compare_runs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(compare_runs)
 
 
 def test_rerun_on_the_test_split_matches_the_stored_report(tiny_model_dir, tiny_image_folder, tmp_path):
@@ -86,7 +91,7 @@ def test_compare_tabulates_runs_from_their_stored_settings(tiny_model_dir, tmp_p
     report = json.loads((run / "eval_results.json").read_text())
     card = tmp_path / "README.md"
     shutil.copy(tiny_model_dir / "README.md", card)
-    assert evaluate_model.main(["--compare", str(run), "--card", str(card)]) == 0
+    assert compare_runs.main([str(run), "--card", str(card)]) == 0
     printed = capsys.readouterr().out
     row = next(line for line in printed.splitlines() if line.startswith("| tiny-run |"))
     # initialisation, extra training data, field of view, colour constancy, augmentation, balance, selection
@@ -99,7 +104,7 @@ def test_compare_tabulates_runs_from_their_stored_settings(tiny_model_dir, tmp_p
     old = {key: value for key, value in report.items() if key not in ("settings", "test")}
     old.update({f"test_{key}": value for key, value in report["test"].items()})
     (run / "eval_results.json").write_text(json.dumps(old))
-    assert evaluate_model.main(["--compare", str(run)]) == 0
+    assert compare_runs.main([str(run)]) == 0
     old_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny-run |"))
     assert "| tiny-run | — | — | — | — | — | — | — |" in old_row
     assert (old_row.split("| — | — | — | — | — | — | — |")[1]
@@ -118,7 +123,7 @@ def test_compare_reads_a_folder_of_runs_and_ranks_them_by_external_auc(tiny_mode
         (run / "eval_results.json").write_text(json.dumps(report))
     (runs / "not-a-run").mkdir()
     out = tmp_path / "summary.json"
-    assert evaluate_model.main(["--compare", str(runs), "--out", str(out)]) == 0
+    assert compare_runs.main([str(runs), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "| stronger |" in printed and "| weaker |" in printed and "not-a-run" not in printed.split("ranking")[0]
     assert "ranking by external ROC AUC: stronger, weaker" in printed
@@ -128,8 +133,8 @@ def test_compare_reads_a_folder_of_runs_and_ranks_them_by_external_auc(tiny_mode
     assert summary["rows"][0]["derm7pt AUC"] == 0.83
 
 
-def test_the_old_fast_flag_fails_naming_engine_and_precision(capsys):
+def test_the_old_compare_flag_fails_naming_the_script_that_took_it(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        evaluate_model.main(["--model", "model", "--data-dir", "nowhere", "--fast"])
+        evaluate_model.main(["--compare", "runs/a", "runs/b"])
     assert exit_info.value.code == 2
-    assert "--engine onnxruntime --precision int8" in capsys.readouterr().err
+    assert "python experiments/compare_runs.py runs/a runs/b" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
-from melanoma_screen import inference
+from melanoma_screen import model_folder
 from melanoma_screen.calibration import softmax_probs
 from melanoma_screen.images import ImageLoadError, load_rgb_image
 from melanoma_screen.inference import FAST, ModelLoadError, Prediction, ScreeningModel
@@ -421,10 +421,10 @@ def test_a_processor_config_left_to_transformers_defaults_is_read_by_transformer
     shutil.copytree(tiny_model_dir, folder)
     ScreeningModel.load(str(folder), **FAST)
     processor = json.loads((folder / "preprocessor_config.json").read_text())
-    assert inference.read_model_json(folder) is not None
+    assert model_folder.read_model_json(folder) is not None
     del processor["image_mean"], processor["image_std"]  # ViT's defaults are 0.5, as ours
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
-    assert inference.read_model_json(folder) is None
+    assert model_folder.read_model_json(folder) is None
     model = ScreeningModel.load(str(folder), **FAST)
     assert model._image_processor is not None  # loaded eagerly, by transformers
     assert model.predict(images[0]).label in ("benign", "malignant")

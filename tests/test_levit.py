@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import pipeline
 
-from melanoma_screen import onnx_engine
+from melanoma_screen import architectures, onnx_engine
 from melanoma_screen.explain import heatmap_grid, token_attribution
 from melanoma_screen.inference import FAST, ScreeningModel
 from melanoma_screen.labels import malignant_index
@@ -46,7 +46,7 @@ def test_tokens_come_from_the_same_pass_as_the_logits():
     pixels = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         expected = model(pixel_values=pixels).logits
-        logits, tokens = onnx_engine.logits_and_patch_tokens(model, pixels)
+        logits, tokens = architectures.logits_and_patch_tokens(model, pixels)
     torch.testing.assert_close(logits, expected, rtol=0, atol=0)
     # 64 px on a 16-px patch grid: 4 x 4 tokens of the first stage's width.
     assert tokens.shape == (3, 16, model.config.hidden_sizes[0])
@@ -57,7 +57,7 @@ def test_onnx_graph_gives_the_pytorch_logits_and_tokens(precision, tolerance):
     model = random_levit()
     pixels = lesion_pixels()
     with torch.no_grad():
-        logits, tokens = onnx_engine.logits_and_patch_tokens(model, pixels)
+        logits, tokens = architectures.logits_and_patch_tokens(model, pixels)
     classifier = onnx_engine.OnnxClassifier(model, precision)
     onnx_logits, onnx_tokens = classifier.with_patch_tokens(pixels.numpy())
     np.testing.assert_allclose(onnx_logits, logits.numpy(), atol=tolerance * max(1.0, float(logits.abs().max())))
@@ -72,11 +72,11 @@ def test_token_attribution_is_each_tokens_first_order_share_of_the_log_odds():
     malignant = malignant_index(model.config)
 
     def log_odds(tokens):
-        logits = onnx_engine.levit_logits_from_tokens(model, tokens)[0]
+        logits = architectures.levit_logits_from_tokens(model, tokens)[0]
         return float(logits[malignant] - logits[1 - malignant])
 
     with torch.no_grad():
-        tokens = onnx_engine.levit_full_resolution_tokens(model, pixels)
+        tokens = architectures.levit_full_resolution_tokens(model, pixels)
         base = log_odds(tokens)
         moved = []
         for i in range(tokens.shape[1]):
@@ -113,3 +113,14 @@ def test_trained_levit_folder_is_served_on_the_fast_path_with_check_and_heatmap(
     assert (tiny_levit_dir / "model.int8.onnx").is_file()
     stored = onnx_engine.OnnxClassifier.stored(tiny_levit_dir, screening.version, "int8")
     assert stored is not None
+
+
+def test_the_architecture_registry_decides_tokens_heatmap_and_what_is_served():
+    levit = random_levit()
+    mobile = build_other_architecture("mobilevitv2", 64, id2label=ID2LABEL, label2id=LABEL2ID).eval()
+    assert architectures.adapter_for(levit).heatmap == "token_attribution"
+    assert architectures.adapter_for(levit.config) is architectures.adapter_for("levit")
+    assert [architectures.servable(name) for name in ("vit", "levit", "mobilevitv2", "resnet")] == [True, True, False, False]
+    with torch.no_grad():
+        logits, tokens = architectures.logits_and_patch_tokens(mobile, torch.zeros(2, 3, 64, 64))
+    assert logits.shape == (2, 2) and tokens.shape == (2, 0, 1)  # scored, but nothing for the input check

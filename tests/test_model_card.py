@@ -148,6 +148,14 @@ def test_base_model_absent_when_none_and_local_dataset_not_listed(tmp_path):
     assert card.data.eval_results[0].dataset_type == "imagefolder"
 
 
+@pytest.mark.parametrize("model_type, name, tag", [("vit", "A Vision Transformer (ViT) image classifier", "vit"),
+                                                   ("levit", "A LeViT (a vision transformer", "levit")])
+def test_card_names_and_tags_the_architecture_it_was_trained_as(model_type, name, tag):
+    card = ModelCard(render_model_card(TEMPLATE, make_context(model_type=model_type)))
+    assert name in card.text
+    assert tag in card.data.tags and not ({"vit", "levit"} - {tag}) & set(card.data.tags)
+
+
 def test_write_model_card_with_real_plots(tmp_path):
     context = make_context()
     y_test, p_test = _synthetic_split(1)

@@ -21,7 +21,7 @@ def _block(seed: int) -> dict:
 
 
 def _old_layout(test: dict, external: dict | None = None) -> dict:
-    """What train_vit.py wrote before issue 11: the test block flat, as test_at_*."""
+    """What train_vit.py used to write: the test block flat, as test_at_*."""
     report = {"operating_points": {"screening_threshold": 0.2, "high_risk_threshold": 0.8}, "command": "python train_vit.py"}
     report.update({f"test_{key}": value for key, value in test.items()})
     if external is not None:

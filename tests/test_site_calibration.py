@@ -60,7 +60,7 @@ def small_site(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def calibrated(small_site, tmp_path_factory) -> Path:
-    """The issue's command, thresholds only, with the app's scoring path."""
+    """calibrate_site.py's documented command, thresholds only, with the app's scoring path."""
     out_dir = tmp_path_factory.mktemp("calibrated") / "model-site"
     assert calibrate_site.main(["--model", str(SHIPPED), "--data-dir", str(small_site), "--out-dir", str(out_dir)]) == 0
     return out_dir

@@ -122,3 +122,45 @@ def test_data_prep_imports_no_top_level_script():
         if above:
             upward[name] = sorted(above)
     assert not upward, f"data_prep imports a top-level script: {upward}"
+
+
+def project_sources() -> dict[str, Path]:
+    """Every Python file of the project outside tests/, by its path from the repository root."""
+    return {path.relative_to(REPO_ROOT).as_posix(): path for path in sorted(REPO_ROOT.rglob("*.py"))
+            if path.relative_to(REPO_ROOT).parts[0] not in ("tests", ".git") and ".venv" not in path.parts}
+
+
+def calls(path: Path, accept) -> list[int]:
+    """Line numbers of the calls in a file that `accept(node)` picks."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call) and accept(node)]
+
+
+def is_from_pretrained(node: ast.Call) -> bool:
+    return isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained"
+
+
+def is_architecture_test(node: ast.Call) -> bool:
+    return (isinstance(node.func, ast.Name) and node.func.id == "hasattr" and len(node.args) == 2
+            and isinstance(node.args[1], ast.Constant) and node.args[1].value in ("vit", "levit"))
+
+
+def test_the_checks_below_see_the_calls_they_look_for(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("m = Auto.from_pretrained('model')\nif hasattr(m, 'levit'):\n    pass\nhasattr(m, 'config')\n")
+    assert calls(sample, is_from_pretrained) == [1]
+    assert calls(sample, is_architecture_test) == [2]
+
+
+def test_only_model_folder_reads_a_model_folder_with_from_pretrained():
+    allowed = {"melanoma_screen/model_folder.py"}
+    found = {name: lines for name, path in project_sources().items()
+             if name not in allowed and (lines := calls(path, is_from_pretrained))}
+    assert not found, f"from_pretrained outside melanoma_screen/model_folder.py (call model_folder instead): {found}"
+
+
+def test_only_the_architecture_registry_tells_a_vit_from_a_levit():
+    allowed = {"melanoma_screen/architectures.py"}
+    found = {name: lines for name, path in project_sources().items()
+             if name not in allowed and (lines := calls(path, is_architecture_test))}
+    assert not found, f'hasattr(model, "vit"/"levit") outside melanoma_screen/architectures.py (use adapter_for): {found}'
