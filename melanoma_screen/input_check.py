@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 
 STATS_FILE = "input_check.safetensors"
 REPORT_FILE = "input_check.json"
-FORMAT_VERSION = "3"
+FORMAT_VERSION = "4"
 
 # The statistics are computed on the picture exactly as the model is given it
 # (resized to its input, after any colour step of its preprocessing), a whole
@@ -75,6 +75,8 @@ FEATURES = (
     "colour_range",      # 99th percentile of chroma: no pixel has any colour (a grayscale picture) when low
     "smear",             # log(sharpest / blurriest direction) of fine detail: motion blur when high
     "cool_share",        # share of pixels greener or bluer than red: sky, grass, denim when high
+    "flatness",          # share of the 4x4 cells without any detail: drawn or plastic surfaces when high
+    "periodicity",       # the strongest peak of the spectrum over its frequency's mean: woven cloth, screens when high
 )
 
 # (reason, feature, side), in the order they are tried: the first that trips
@@ -95,6 +97,8 @@ RULES = (
     ("blurred", "smear", "high"),
     ("not_skin", "edge_mean", "high"),
     ("not_skin", "cool_share", "high"),
+    ("not_skin", "flatness", "high"),
+    ("not_skin", "periodicity", "high"),
     ("no_colour", "colour_range", "low"),
     ("not_skin", "colourfulness", "low"),
 )
@@ -111,11 +115,55 @@ GREY_CHROMA = 0.04
 # the bound on their share is fitted.
 COOL_MARGIN = 0.03
 
+# A 4x4 cell of the model's picture counts as flat when its luminance varies by less than this (about
+# one level of 255): skin through a dermatoscope always has pores, hairs or grain at that scale, while
+# a finger's nail, a painted wall or a plastic surface held close do not. A definition; the bound on the
+# share of flat cells is fitted.
+FLAT_CELL = 0.004
+FLAT_SIDE = 4
+
+# The spectrum's peak is compared with the mean power at its own frequency: a woven or knitted cloth,
+# a screen or printed text repeats one period, while skin and lesions, however textured, spread their
+# power over every direction of a frequency. Measured on the central PERIODIC_SIDE pixels (the whole
+# lesion, without a ruler at the edge), at frequencies of at least MIN_PERIOD_FREQUENCY cycles across
+# it: slower changes are the lesion's own shape and the lighting.
+PERIODIC_SIDE = 96
+MIN_PERIOD_FREQUENCY = 4
+
 # Every refusal code, in the order reports list them; melanoma_screen.messages holds their sentences.
 REASONS = ("too_dark", "too_bright", "blurred", "no_lesion", "no_colour", "not_skin", UNFAMILIAR)
 
 
 # ---------------------------------------------------------------- statistics
+
+
+def _frequency_rings(side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For a side x side spectrum: its indices sorted by frequency, where each frequency's ring starts, its window."""
+    frequency_y, frequency_x = np.meshgrid(np.fft.fftfreq(side) * side, np.fft.fftfreq(side) * side, indexing="ij")
+    radius = np.hypot(frequency_y, frequency_x).round().astype(int).ravel()
+    kept = np.flatnonzero((radius >= MIN_PERIOD_FREQUENCY) & (radius < side // 2))
+    order = kept[np.argsort(radius[kept], kind="stable")]
+    starts = np.flatnonzero(np.diff(radius[order], prepend=-1))
+    window = np.outer(np.hanning(side), np.hanning(side)).astype(np.float32)
+    return order, starts, window
+
+
+_RINGS = _frequency_rings(PERIODIC_SIDE)
+
+
+def _periodicity(luminance: np.ndarray) -> np.ndarray:
+    """log(the spectrum's strongest peak / the mean power of its frequency), over the central PERIODIC_SIDE pixels."""
+    count, height, width = luminance.shape
+    side = min(PERIODIC_SIDE, height, width)
+    order, starts, window = _RINGS if side == PERIODIC_SIDE else _frequency_rings(side)
+    top, left = (height - side) // 2, (width - side) // 2
+    centre = luminance[:, top:top + side, left:left + side]
+    centre = (centre - centre.mean(axis=(1, 2), keepdims=True)) * window
+    power = (np.abs(np.fft.fft2(centre)) ** 2).reshape(count, -1)[:, order]
+    sizes = np.diff(np.append(starts, power.shape[1]))
+    peaks = np.maximum.reduceat(power, starts, axis=1)
+    means = np.add.reduceat(power, starts, axis=1) / sizes
+    return np.log((peaks / (means + 1e-12)).max(axis=1) + 1e-12)
 
 
 # Luminance, red-green, yellow-blue.
@@ -176,6 +224,12 @@ def batch_features(pixels: np.ndarray) -> np.ndarray:
     # On the whole frame: the sky of an outdoor scene is at its top, outside the centre.
     cool = (np.maximum(rgb[..., 1], rgb[..., 2]) - rgb[..., 0] > COOL_MARGIN).mean(axis=(1, 2))
 
+    # Flat cells of the whole frame, on whole FLAT_SIDE cells only (measured on the centre alone, the
+    # share caught one drawn finger instead of five, and refused two test lesions: their burnt-out centres).
+    rows, cols = height // FLAT_SIDE * FLAT_SIDE, width // FLAT_SIDE * FLAT_SIDE
+    cells = full[:, :rows, :cols].reshape(count, rows // FLAT_SIDE, FLAT_SIDE, cols // FLAT_SIDE, FLAT_SIDE)
+    flatness = (cells.std(axis=(2, 4)) < FLAT_CELL).mean(axis=(1, 2))
+
     luminance_median, luminance_high = np.percentile(luminance, [50, 90], axis=1)
     chroma_median, chroma_high = np.percentile(chroma, [50, 99], axis=1)
     return np.stack([
@@ -188,6 +242,8 @@ def batch_features(pixels: np.ndarray) -> np.ndarray:
         chroma_high,
         smear,
         cool,
+        flatness,
+        _periodicity(full),
     ], axis=1).astype(np.float64)
 
 
