@@ -369,6 +369,20 @@ def test_help_names_the_settings_and_old_flags_name_their_environment_variable()
         assert setting in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_screenshot_script_help_describes_it_and_takes_no_screenshot():
+    # --help used to be taken for a plain run, which started the app and rewrote docs/app.png.
+    pictures = [REPO_ROOT / "docs" / name for name in ("app.png", "app-live.png")]
+    before = [path.stat().st_mtime_ns if path.exists() else None for path in pictures]
+    shown = subprocess.run([sys.executable, "docs/make_screenshot.py", "--help"], cwd=REPO_ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "--live" in shown.stdout and "docs/app-live.png" in shown.stdout
+    assert [path.stat().st_mtime_ns if path.exists() else None for path in pictures] == before
+    refused = subprocess.run([sys.executable, "docs/make_screenshot.py", "--phone"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "unrecognized arguments: --phone" in refused.stderr
+
+
 def test_health_and_lean_routes_are_on_any_launch(server, app):
     import httpx
 
