@@ -72,7 +72,8 @@ FEATURES = (
     "edge_mean",         # mean |Laplacian| / contrast: fine texture everywhere (noise, text) when high
     "structure",         # luminance and colour range on the coarse grid: an empty frame when low
     "colourfulness",     # median chroma: grey pages, scans, screenshots and black-and-white photos when low
-    "colour_range",      # 99th percentile of chroma: no pixel has any colour (a grayscale picture) when low
+    "colour_range",      # 99th percentile of chroma: no pixel has any colour (a grayscale picture) when low,
+                         # pure colours no skin has (paint, clipped channels) when high
     "smear",             # log(sharpest / blurriest direction) of fine detail: motion blur when high
     "cool_share",        # share of pixels greener or bluer than red: sky, grass, denim when high
     "flatness",          # share of the 4x4 cells without any detail: drawn or plastic surfaces when high
@@ -86,9 +87,14 @@ FEATURES = (
 # picture in which not even the most colourful pixels have colour is named for
 # that, since a lesion saved in grayscale is skin, only without the colour the
 # model needs; a picture with a little colour but less than any dermoscopy is "not skin".
-# Bounds on redness and yellowness and an upper bound on chroma were tried and
-# dropped: on the generated set they refused nothing that these and the distance
-# did not, and they refused real dermoscopy from other clinics.
+# Colours no skin has: an upper bound on the most colourful pixels (colour_range) catches a
+# motorcycle's paint and a lesion burnt out until its channels clip into pure colours, at the cost
+# of one derm7pt picture. Bounds on redness and yellowness and an upper bound on the median chroma
+# were tried and dropped: on the generated set they refused nothing that these and the distance
+# did not (the median's bound took validation pictures from the distance's budget, which then let
+# a portrait and a drawn finger through), and they refused real dermoscopy from other clinics.
+# Flatness and periodicity name what no skin shows at the model's scale: surfaces without any
+# grain (a finger's nail, plastic held close) and one period repeated (woven cloth, screens).
 RULES = (
     ("too_dark", "highlights", "low"),
     ("too_bright", "brightness", "high"),
@@ -99,6 +105,7 @@ RULES = (
     ("not_skin", "cool_share", "high"),
     ("not_skin", "flatness", "high"),
     ("not_skin", "periodicity", "high"),
+    ("not_skin", "colour_range", "high"),
     ("no_colour", "colour_range", "low"),
     ("not_skin", "colourfulness", "low"),
 )
