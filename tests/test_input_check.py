@@ -166,8 +166,8 @@ def test_a_colour_16_bit_png_is_decoded_and_scored_as_its_8_bit_original(shipped
 
 def test_a_picture_far_from_the_training_images_is_refused_as_unfamiliar(shipped):
     # Coloured photographs that pass every image statistic: only the feature-space distance catches them.
-    # (Photographs of objects and scenes too: the image statistics added for the live camera now refuse the textures and
-    # drawings of "photo", "noise" and "gradient" that the distance alone used to catch.)
+    # (Photographs of objects and scenes too: the image statistics added for the live camera now refuse
+    # the textures and drawings of "photo", "noise" and "gradient" that the distance alone used to catch.)
     samples = [sample for sample in build_not_lesion_set()
                if sample.category in ("object", "room or scene", "photo", "noise", "gradient")]
     measured = input_check.measure(shipped, [sample.image for sample in samples], progress=False)
