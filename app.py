@@ -236,7 +236,7 @@ class Screener:
                 gr.update(visible=True), *self.analyse(verdict.capture, lang))
 
     def live_restart(self, lang):
-        """Page event "Start again": a new live run, the camera shown again and the button hidden until the next capture."""
+        """Page event "Start again": a new live run, the camera shown, the button hidden until the next capture."""
         return guidance_html("start", _lang(lang)), new_state(), "", gr.update(visible=True), gr.update(visible=False)
 
     def show_mode_result(self, live, lang):
@@ -750,7 +750,8 @@ def wire(page: Layout, screener: "Screener", demo: gr.Blocks) -> None:
         updates[page.probabilities]["value"] = view["probabilities"]
         # The examples' true diagnoses are cells of the table, not a property: the rows are given again.
         labels = TEXT[lang]["example_labels"]
-        updates[page.examples.dataset]["samples"] = [[path, labels.get(label, label)] for path, label in page.example_rows]
+        updates[page.examples.dataset]["samples"] = [[path, labels.get(label, label)]
+                                                     for path, label in page.example_rows]
         updates |= {page.risk: {"value": view["risk"]}, page.disclaimer: {"value": disclaimer_html(lang)},
                     page.feedback_status: {"value": ""}, page.about: {"value": screener.about(lang)},
                     page.guidance: {"value": guidance_html((live or new_state())["guidance"], lang)}}

@@ -4,7 +4,8 @@ A classifier trained on dermoscopy answers every picture, and a "low" on a photo
 with no lesion in it is false reassurance. Two kinds of evidence decide:
 
 * image statistics, computed on the picture as the model is given it:
-  exposure, sharpness, how much structure there is, and its colours. They catch
+  exposure, sharpness and motion smear, how much structure there is, its colours,
+  surfaces without grain and patterns that repeat one period. They catch
   far too dark or bright pictures, heavy blur, empty frames and plain skin,
   pictures without colour (a lesion saved in grayscale: its own reason, since
   the model judges colour), and pictures whose colours no dermoscopic image has
@@ -91,10 +92,11 @@ FEATURES = (
 # burnt out until its channels clip into pure colours (and a motorcycle's paint), at the cost of one
 # derm7pt picture. In a picture of skin, pure colours come from too much light, so the sentence is
 # "too bright": its advice (less light, no flash) is what a camera held over a lesion needs. Tried
-# last, so that it names only what nothing else refuses (a screenshot's pure colours are "not skin"). Bounds on redness and yellowness and an upper bound on the median chroma
-# were tried and dropped: on the generated set they refused nothing that these and the distance
-# did not (the median's bound took validation pictures from the distance's budget, which then let
-# a portrait and a drawn finger through), and they refused real dermoscopy from other clinics.
+# last, so that it names only what nothing else refuses: a page of text or a colour wheel keeps the
+# reason it had. Bounds on redness and yellowness and an upper bound on the median chroma were
+# tried and dropped: on the generated set they refused nothing that these and the distance did not
+# (the median's bound took validation pictures from the distance's budget, which then let a
+# portrait and a drawn finger through), and they refused real dermoscopy from other clinics.
 # Flatness and periodicity name what no skin shows at the model's scale: surfaces without any
 # grain (a finger's nail, plastic held close) and one period repeated (woven cloth, screens).
 RULES = (
