@@ -166,6 +166,7 @@ def test_a_french_browser_gets_every_text_in_french(browser, app_url):
     expect(page.locator("#analyse")).to_have_text("Analyser")
     expect(page.locator("#disclaimer")).to_contain_text("pas un diagnostic")
     expect(page.locator("#lesion-image")).to_contain_text("Image de la lésion")
+    expect(page.locator("#examples")).to_contain_text("malin")
     page.locator("#analyse").click()  # empty submit: a sentence written by the server after the event
     expect(page.locator("#risk")).to_contain_text("Aucune image fournie")
     page.locator('#examples [data-testid="dataset-cell-4-0"]').click()
