@@ -37,6 +37,7 @@ import base64
 import binascii
 import csv
 import html
+import json
 import logging
 import os
 import re
@@ -201,13 +202,14 @@ class Screener:
         return view["probabilities"], view["risk"], state.pop("_heatmap", None), state, ""
 
     def live_frame(self, frame, live, lang):
-        """Live camera event, per frame: (guidance, live state, captured frame, camera, then analyse's five outputs).
+        """Live camera event, per frame: (guidance, live state, captured frame, camera, restart button, then
+        analyse's five outputs).
 
         Until a capture, and for a dropped frame, the result components keep what they show (gr.skip()).
         """
         lang = _lang(lang)
         keep = gr.skip()
-        unchanged = (keep,) * 5
+        unchanged = (keep,) * 6
         live = live or new_state()
         if live.get("captured"):  # frames still in flight after the capture
             return (keep,) * 4 + unchanged
@@ -229,13 +231,25 @@ class Screener:
         if verdict.capture is None:
             return (guidance, verdict.state, keep, keep) + unchanged
         # The captured frame's bytes, scored exactly as an uploaded file is; the camera is
-        # hidden, which ends its stream, until "Start again".
+        # hidden, which ends its stream, until "Start again", which only now has something to restart.
         return (guidance, verdict.state, captured_html(verdict.capture), gr.update(visible=False),
-                *self.analyse(verdict.capture, lang))
+                gr.update(visible=True), *self.analyse(verdict.capture, lang))
 
     def live_restart(self, lang):
-        """Page event "Start again": a new live run, the camera shown again."""
-        return guidance_html("start", _lang(lang)), new_state(), "", gr.update(visible=True)
+        """Page event "Start again": a new live run, the camera shown, the button hidden until the next capture."""
+        return guidance_html("start", _lang(lang)), new_state(), "", gr.update(visible=True), gr.update(visible=False)
+
+    def show_mode_result(self, live, lang):
+        """Page event, a tab chosen: the result panel shows that tab's result only, analyse's five outputs.
+
+        The upload tab starts empty (its picture stays, one click from a result); the live tab
+        shows its capture's result again, scored anew from the frame kept in the session's state.
+        """
+        lang = _lang(lang)
+        captured = (live or {}).get("captured")
+        if captured:
+            return self.analyse(captured, lang)
+        return None, render_result(None, lang)["risk"], None, None, ""
 
     def _analyse(self, image) -> dict:
         if self.model is None:
@@ -509,6 +523,29 @@ PAGE_CSS = """
 """
 
 
+# Gradio writes "Click to Access Webcam" on its camera button in English, untranslated even for a French
+# browser, and no property changes it: the page puts the chosen language's sentence in its place
+# whenever the button is drawn again or the language changes.
+WEBCAM_TEXT_JS = """() => {
+    const texts = %s;
+    const known = new Set(Object.values(texts));
+    const translate = () => {
+        const chosen = document.querySelector('#language input:checked');
+        const label = chosen && chosen.closest('label');
+        const lang = label && label.textContent.includes('Français') ? 'fr' : 'en';
+        for (const button of document.querySelectorAll('#live-camera button, #lesion-image button')) {
+            const walker = document.createTreeWalker(button, NodeFilter.SHOW_TEXT);
+            for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+                if (known.has(node.nodeValue.trim()) && node.nodeValue.trim() !== texts[lang]) node.nodeValue = ' ' + texts[lang];
+            }
+        }
+    };
+    new MutationObserver(translate).observe(document.body, {subtree: true, childList: true});
+    document.addEventListener('change', translate);
+    translate();
+}""" % json.dumps({lang: TEXT[lang]["webcam_access"] for lang in TEXT}, ensure_ascii=False)
+
+
 def server_routes(screener: "Screener") -> list[Route]:
     """SCREEN_ROUTE, TIMINGS_ROUTE and HEALTH_ROUTE, answered by `screener`."""
     import anyio
@@ -587,6 +624,9 @@ class Layout:
     captured: gr.HTML
     restart: gr.Button
     live_state: gr.State
+    upload_tab: gr.Tab
+    live_tab: gr.Tab
+    example_rows: list
     localised: list = field(default_factory=list)  # (component, {property: text key})
 
 
@@ -612,16 +652,16 @@ def lay_out(screener: "Screener", initial: dict | None) -> Layout:
         with gr.Column(scale=1, min_width=280), gr.Tabs(elem_id="modes"):
             # On phones, use the back camera and do not mirror the picture.
             camera = gr.WebcamOptions(mirror=False, constraints={"video": {"facingMode": "environment"}})
-            with static(gr.Tab, {"label": "tab_upload"}, elem_id="tab-upload"):
+            with static(gr.Tab, {"label": "tab_upload"}, elem_id="tab-upload") as upload_tab:
                 image = static(gr.Image, {"label": "image"}, sources=["upload", "webcam", "clipboard"],
                                type="filepath", image_mode=None, elem_id="lesion-image", webcam_options=camera)
                 analyse = static(gr.Button, {"value": "analyse"}, variant="primary", elem_id="analyse")
-            with static(gr.Tab, {"label": "tab_live"}, elem_id="tab-live"):
+            with static(gr.Tab, {"label": "tab_live"}, elem_id="tab-live") as live_tab:
                 live_camera = static(gr.Image, {"label": "live_camera"}, sources=["webcam"], streaming=True,
                                      elem_id="live-camera", webcam_options=camera)
                 guidance = gr.HTML(guidance_html("start", "en"), elem_id="live-guidance")
                 captured = gr.HTML("", elem_id="live-captured")
-                restart = static(gr.Button, {"value": "live_restart"}, elem_id="live-restart")
+                restart = static(gr.Button, {"value": "live_restart"}, elem_id="live-restart", visible=False)
         with gr.Column(scale=1, min_width=280):
             risk = gr.HTML(render_result(initial, "en")["risk"], elem_id="risk")
             probabilities = static(gr.Label, {"label": "probabilities"}, num_top_classes=2, show_heading=False,
@@ -632,7 +672,8 @@ def lay_out(screener: "Screener", initial: dict | None) -> Layout:
 
     # The second input only carries each example's true diagnosis into the table.
     true_diagnosis = gr.Textbox(label=TEXT["en"]["true_diagnosis"], visible=False)
-    examples = gr.Examples(read_examples(), inputs=[image, true_diagnosis], label=static_text("examples"),
+    example_rows = read_examples()
+    examples = gr.Examples(example_rows, inputs=[image, true_diagnosis], label=static_text("examples"),
                            cache_examples=False, examples_per_page=8, elem_id="examples")
     headers = ("example", "true_diagnosis")  # short: fits a phone's width
     examples.dataset.headers = static_text(headers)
@@ -659,7 +700,7 @@ def lay_out(screener: "Screener", initial: dict | None) -> Layout:
                   send=send, feedback_status=feedback_status, about=about, result=gr.State(initial),
                   api_image=api_image, api_result=api_result, api_trigger=api_trigger, live_camera=live_camera,
                   guidance=guidance, captured=captured, restart=restart, live_state=gr.State(new_state()),
-                  localised=localised)
+                  upload_tab=upload_tab, live_tab=live_tab, example_rows=example_rows, localised=localised)
 
 
 def wire(page: Layout, screener: "Screener", demo: gr.Blocks) -> None:
@@ -683,14 +724,19 @@ def wire(page: Layout, screener: "Screener", demo: gr.Blocks) -> None:
     results = [page.probabilities, page.risk, page.heatmap, page.result, page.feedback_status]
     page.live_camera.stream(
         screener.live_frame, inputs=[page.live_camera, page.live_state, page.language],
-        outputs=[page.guidance, page.live_state, page.captured, page.live_camera, *results],
+        outputs=[page.guidance, page.live_state, page.captured, page.live_camera, page.restart, *results],
         stream_every=LIVE_STREAM_EVERY, time_limit=LIVE_TIME_LIMIT, preprocess=False, api_visibility="private",
         # No queue limit of its own: the server's FrameGate drops what it cannot judge at once.
         concurrency_limit=None, show_progress="hidden",
     )
     page.restart.click(screener.live_restart, inputs=page.language,
-                       outputs=[page.guidance, page.live_state, page.captured, page.live_camera],
+                       outputs=[page.guidance, page.live_state, page.captured, page.live_camera, page.restart],
                        api_visibility="private", queue=False)
+    # Both tabs share the result panel: each shows its own result, never the other's.
+    page.upload_tab.select(screener.show_mode_result, inputs=[gr.State(None), page.language], outputs=results,
+                           api_visibility="private", queue=False)
+    page.live_tab.select(screener.show_mode_result, inputs=[page.live_state, page.language], outputs=results,
+                         api_visibility="private", concurrency_id="model")
 
     page.send.click(screener.report, inputs=[page.result, page.truth, page.comment, page.language],
                     outputs=[page.feedback_status, page.result], api_visibility="private", concurrency_limit=1)
@@ -702,6 +748,10 @@ def wire(page: Layout, screener: "Screener", demo: gr.Blocks) -> None:
                    for component, texts in page.localised}
         # The panels the server renders: the result as it stands, the disclaimer, the model's figures.
         updates[page.probabilities]["value"] = view["probabilities"]
+        # The examples' true diagnoses are cells of the table, not a property: the rows are given again.
+        labels = TEXT[lang]["example_labels"]
+        updates[page.examples.dataset]["samples"] = [[path, labels.get(label, label)]
+                                                     for path, label in page.example_rows]
         updates |= {page.risk: {"value": view["risk"]}, page.disclaimer: {"value": disclaimer_html(lang)},
                     page.feedback_status: {"value": ""}, page.about: {"value": screener.about(lang)},
                     page.guidance: {"value": guidance_html((live or new_state())["guidance"], lang)}}
@@ -716,6 +766,7 @@ def wire(page: Layout, screener: "Screener", demo: gr.Blocks) -> None:
     # The switch starts at the browser's language.
     demo.load(None, None, page.language, api_visibility="private", queue=False,
               js="() => (navigator.language || '').toLowerCase().startsWith('fr') ? 'fr' : 'en'")
+    demo.load(None, None, None, api_visibility="private", queue=False, js=WEBCAM_TEXT_JS)
 
 
 def build_demo(model: ScreeningModel | None, load_error: str | None = None, *, model_source: str | None = None,

@@ -14,6 +14,7 @@ is taken and scored. Uses the system Chromium
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -34,10 +35,15 @@ LIVE_OUT = REPO_ROOT / "docs" / "app-live.png"
 
 
 def main(argv=None) -> int:
-    from playwright.sync_api import expect, sync_playwright
-
-    live = "--live" in (sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python docs/make_screenshot.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--live", action="store_true",
+                        help=f"the live camera on a phone-sized page, into {LIVE_OUT.relative_to(REPO_ROOT)} "
+                             f"(default: the upload on a desktop page, into {OUT.relative_to(REPO_ROOT)})")
+    live = parser.parse_args(argv).live
     out = LIVE_OUT if live else OUT
+    from playwright.sync_api import expect, sync_playwright  # after --help, which needs no browser
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_SERVER_PORT": str(port),

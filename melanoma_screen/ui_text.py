@@ -25,6 +25,10 @@ TEXT = {
         "tab_live": "Live camera",
         "live_camera": "Live camera: it takes the picture when the view is good",
         "live_restart": "Start again",
+        # Gradio writes this on its camera button in English whatever the page's language; the page's
+        # script (app.PAGE_JS) puts the chosen language's sentence in its place.
+        "webcam_access": "Click to Access Webcam",
+        "example_labels": {"benign": "benign", "malignant": "malignant"},
         "examples": "Examples from the test set, with their true diagnosis",
         "example": "Example",
         "true_diagnosis": "True diagnosis",
@@ -128,6 +132,8 @@ TEXT = {
         "tab_live": "Caméra en direct",
         "live_camera": "Caméra en direct : la photo est prise quand l'image est bonne",
         "live_restart": "Recommencer",
+        "webcam_access": "Cliquez pour activer la caméra",
+        "example_labels": {"benign": "bénin", "malignant": "malin"},
         "examples": "Exemples du jeu de test, avec leur diagnostic réel",
         "example": "Exemple",
         "true_diagnosis": "Diagnostic réel",

@@ -369,6 +369,20 @@ def test_help_names_the_settings_and_old_flags_name_their_environment_variable()
         assert setting in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_screenshot_script_help_describes_it_and_takes_no_screenshot():
+    # --help used to be taken for a plain run, which started the app and rewrote docs/app.png.
+    pictures = [REPO_ROOT / "docs" / name for name in ("app.png", "app-live.png")]
+    before = [path.stat().st_mtime_ns if path.exists() else None for path in pictures]
+    shown = subprocess.run([sys.executable, "docs/make_screenshot.py", "--help"], cwd=REPO_ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "--live" in shown.stdout and "docs/app-live.png" in shown.stdout
+    assert [path.stat().st_mtime_ns if path.exists() else None for path in pictures] == before
+    refused = subprocess.run([sys.executable, "docs/make_screenshot.py", "--phone"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "unrecognized arguments: --phone" in refused.stderr
+
+
 def test_health_and_lean_routes_are_on_any_launch(server, app):
     import httpx
 
@@ -510,22 +524,32 @@ def test_live_frames_guide_then_the_capture_is_scored_like_the_same_file_uploade
     screener = app.Screener(app.MODEL)
     live = None
     for _ in range(2):
-        guidance, live, captured, camera, *result = screener.live_frame(payload, live, "fr")
+        guidance, live, captured, camera, restart, *result = screener.live_frame(payload, live, "fr")
         assert 'data-guidance="ready"' in guidance and "Prêt" in guidance
-        assert [captured, camera, *result] == [gr.skip()] * 7  # nothing is scored before the capture
-    guidance, live, captured, camera, probabilities, risk, heatmap, state, status = screener.live_frame(
+        # nothing is scored before the capture, and "Start again" stays hidden: there is nothing to restart
+        assert [captured, camera, restart, *result] == [gr.skip()] * 8
+    guidance, live, captured, camera, restart, probabilities, risk, heatmap, state, status = screener.live_frame(
         payload, live, "fr")
     assert 'data-guidance="captured"' in guidance and base64.b64encode(frame).decode() in captured
-    assert camera["visible"] is False  # the camera closes: no more frames
+    assert camera["visible"] is False and restart["visible"] is True  # the camera closes: no more frames
     upload = tmp_path / "frame.jpg"
     upload.write_bytes(frame)
     uploaded = screener.analyse(str(upload), "fr")
     assert state["prediction"] == uploaded[3]["prediction"] and probabilities == uploaded[0] and risk == uploaded[1]
     assert heatmap is not None
     # Frames still in flight after the capture change nothing; "Start again" opens a new run.
-    assert screener.live_frame(payload, live, "fr") == (gr.skip(),) * 9
-    guidance, live, captured, camera = screener.live_restart("en")
-    assert 'data-guidance="start"' in guidance and live["captured"] is None and captured == "" and camera["visible"]
+    assert screener.live_frame(payload, live, "fr") == (gr.skip(),) * 10
+    # Back on the live tab after the upload tab: the capture's result again, not an upload's.
+    again = screener.show_mode_result(live, "fr")
+    assert again[0] == probabilities and again[1] == risk and again[3]["prediction"] == state["prediction"]
+    assert again[2] is not None
+    guidance, fresh, captured, camera, restart = screener.live_restart("en")
+    assert 'data-guidance="start"' in guidance and fresh["captured"] is None and captured == "" and camera["visible"]
+    assert restart["visible"] is False
+    # A tab without a result of its own shows an empty panel.
+    probabilities, risk, heatmap, state, status = screener.show_mode_result(fresh, "en")
+    assert probabilities is None and heatmap is None and state is None
+    assert risk == app.render_result(None, "en")["risk"] and "data-risk" not in risk
 
 
 def test_a_live_frame_that_cannot_be_read_or_judged_gets_a_sentence(app):

@@ -138,6 +138,9 @@ def test_example_result_french_and_report(browser, app_url, feedback_dir):
 
     page.get_by_label("Français").check()
     expect(page.locator("#risk")).to_contain_text("Niveau de risque")
+    expect(examples).to_contain_text("malin")  # the true diagnoses too, not only the headers
+    expect(examples).to_contain_text("bénin")
+    expect(examples).not_to_contain_text("malignant")
     expect(page.locator("#disclaimer")).to_contain_text("pas un diagnostic")
     expect(page.locator("#probabilities")).to_contain_text("malin (mélanome)")
     expect(page.locator("#analyse")).to_have_text("Analyser")
@@ -169,6 +172,17 @@ def test_a_french_browser_gets_every_text_in_french(browser, app_url):
     wait_for_result(page)
     expect(page.locator("#risk")).to_contain_text("Niveau de risque")
     expect(page.locator("#probabilities")).to_contain_text("malin (mélanome)")
+    # The live tab: Gradio's own camera button in French too, and no trace of the upload's result
+    # under it; back on the upload tab, that result is one click away again.
+    page.locator("#modes [role=tab]").nth(1).click()
+    expect(page.locator("#live-camera")).to_contain_text("Cliquez pour activer la caméra")
+    expect(page.locator("#live-camera")).not_to_contain_text("Click to Access Webcam")
+    expect(page.locator("#risk [data-risk]")).to_have_count(0)
+    expect(page.locator("#probabilities")).not_to_contain_text("mélanome")
+    expect(page.locator("#live-restart")).to_be_hidden()  # nothing taken yet, nothing to start again
+    page.locator("#modes [role=tab]").nth(0).click()
+    page.locator("#analyse").click()
+    wait_for_result(page)
     page.get_by_label("English").check()  # and the person can still choose
     expect(page.locator("#risk")).to_contain_text("Risk level")
     expect(page.locator("#analyse")).to_have_text("Analyse")
@@ -285,6 +299,7 @@ def test_live_camera_guides_then_captures_and_scores_like_an_upload(camera_brows
     expect(page.get_by_label("Français" if french else "English")).to_be_checked()
     expect(page.locator("#modes")).to_contain_text("Caméra en direct" if french else "Live camera")
     page.evaluate(RECORD_GUIDANCE)
+    expect(page.locator("#live-restart")).to_be_hidden()
     start_live_camera(page)
 
     guidance = page.locator("#live-guidance [data-guidance]")
@@ -318,7 +333,9 @@ def test_live_camera_guides_then_captures_and_scores_like_an_upload(camera_brows
     upload_page.context.close()
 
     # Start again: the camera comes back, guidance starts over, and the result stays until the next capture.
+    expect(page.locator("#live-restart")).to_be_visible()
     page.locator("#live-restart").click()
+    expect(page.locator("#live-restart")).to_be_hidden()
     expect(guidance).to_have_attribute("data-guidance", "start")
     expect(page.locator("#live-camera")).to_be_visible()
     expect(page.locator("#live-captured-frame")).to_have_count(0)

@@ -166,7 +166,10 @@ def test_a_colour_16_bit_png_is_decoded_and_scored_as_its_8_bit_original(shipped
 
 def test_a_picture_far_from_the_training_images_is_refused_as_unfamiliar(shipped):
     # Coloured photographs that pass every image statistic: only the feature-space distance catches them.
-    samples = [sample for sample in build_not_lesion_set() if sample.category in ("photo", "noise", "gradient")]
+    # (Photographs of objects and scenes too: the image statistics added for the live camera now refuse
+    # the textures and drawings of "photo", "noise" and "gradient" that the distance alone used to catch.)
+    samples = [sample for sample in build_not_lesion_set()
+               if sample.category in ("object", "room or scene", "photo", "noise", "gradient")]
     measured = input_check.measure(shipped, [sample.image for sample in samples], progress=False)
     verdicts = shipped.input_check.judge(measured["features"], measured["embeddings"])
     unfamiliar = [v for v in verdicts if v.reason == "unfamiliar"]
@@ -206,6 +209,29 @@ def test_the_generated_not_a_lesion_set_is_mostly_refused(shipped):
     assert by_category[("outdoor scene", None)] == 0 and by_category[("outdoor scene", "not_skin")] > 0, by_category
     # Motion blur leaves the edges across its direction sharp; the smear statistic catches the strongest.
     assert by_category[("motion-blurred lesion", "blurred")] > 0, by_category
+    # Drawn fingers and close-ups of cloth: every one refused (flatness, periodicity and the rest).
+    assert by_category[("fingers", None)] == 0 and by_category[("fabric", None)] == 0, by_category
+
+
+def test_flat_surfaces_and_woven_cloth_are_refused_as_not_skin_and_real_lesions_are_neither(shipped, lesions):
+    samples = [s for s in build_not_lesion_set() if s.category in ("fingers", "fabric")]
+    predictions = shipped.predict_batch([sample.image for sample in samples])
+    tripped = Counter((sample.category, p.input_check.details.get("statistic"))
+                      for sample, p in zip(samples, predictions) if p.input_check.reason == "not_skin")
+    # Each statistic refuses pictures that no earlier rule did (the first rule that trips names the reason).
+    assert tripped[("fingers", "flatness")] >= 3 and tripped[("fabric", "periodicity")] >= 3, tripped
+    check = shipped.input_check
+    pictures = np.stack([np.asarray(image.resize((128, 128), Image.Resampling.BILINEAR)) for image in lesions])
+    features = input_check.batch_features(pictures)
+    for name in ("flatness", "periodicity"):
+        index = input_check.FEATURES.index(name)
+        assert (features[:, index] < check.upper[index]).all(), (name, features[:, index], check.upper[index])
+    # The same lesions seen through a weave (a cloth's period of 3 px at the model's size) are over it.
+    y, x = np.mgrid[0:128, 0:128]
+    weave = (0.8 + 0.2 * np.sin(2 * np.pi * x / 3) * np.sin(2 * np.pi * y / 3))[None, ..., None]
+    woven = np.clip(pictures * weave, 0, 255).astype(np.uint8)
+    index = input_check.FEATURES.index("periodicity")
+    assert (input_check.batch_features(woven)[:, index] > check.upper[index]).all()
 
 
 def test_every_reason_has_an_english_and_a_french_sentence():
@@ -277,6 +303,12 @@ def test_help(command):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "fit_input_check.py"), *command, "--help"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage" in result.stdout
+
+
+def test_the_framing_benchmark_has_help():
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "input_check_framing.py"), "--help"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "--json" in result.stdout and "half out of the frame" in result.stdout
 
 
 def test_the_old_module_command_line_names_the_new_one():
