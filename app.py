@@ -82,7 +82,6 @@ LIVE_GATE = FrameGate(MODEL_CONCURRENCY)
 
 class Analysis(NamedTuple):
     """One upload's outcome: /predict's JSON, the page's result state, and the picture decoded for it."""
-
     answer: dict
     state: dict
     picture: Image.Image | None = None
@@ -174,11 +173,8 @@ def live_restart(lang):
 
 
 def show_mode_result(live, lang):
-    """Page event, a tab chosen: the result panel shows that tab's result only (show_analysis's five outputs).
-
-    The upload tab starts empty (its picture stays, one click from a result); the live tab
-    shows its capture's result again, scored anew from the frame kept in the session's state.
-    """
+    """Page event, a tab chosen: the result panel shows that tab's result only. The upload tab starts empty (its
+    picture stays, one click away); the live tab scores its capture anew from the frame kept in the session."""
     captured = (live or {}).get("captured")
     if captured:
         return show_analysis(captured, lang)
