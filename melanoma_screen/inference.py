@@ -461,8 +461,11 @@ class ScreeningModel:
 
     def explain(self, image) -> np.ndarray:
         """Heat-map (explain.heatmap_grid), (H, W) float32 in [0, 1] at the decoded image's size."""
-        decoded = load_rgb_image(image)
+        return self.explain_decoded(load_rgb_image(image))
+
+    def explain_decoded(self, picture: Image.Image) -> np.ndarray:
+        """explain for a picture already decoded by `decode` (or load_rgb_image)."""
         from .explain import heatmap_grid, upsample_heatmap
 
-        grid = heatmap_grid(self.model, self.preprocess([decoded]))
-        return upsample_heatmap(grid, (decoded.height, decoded.width))
+        grid = heatmap_grid(self.model, self.preprocess([picture]))
+        return upsample_heatmap(grid, (picture.height, picture.width))

@@ -26,7 +26,7 @@ TEXT = {
         "live_camera": "Live camera: it takes the picture when the view is good",
         "live_restart": "Start again",
         # Gradio writes this on its camera button in English whatever the page's language; the page's
-        # script (app.PAGE_JS) puts the chosen language's sentence in its place.
+        # script (app_views.WEBCAM_TEXT_JS) puts the chosen language's sentence in its place.
         "webcam_access": "Click to Access Webcam",
         "example_labels": {"benign": "benign", "malignant": "malignant"},
         "examples": "Examples from the test set, with their true diagnosis",

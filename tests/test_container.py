@@ -94,7 +94,7 @@ def exec_in(container_tools, container: str, *command: str) -> str:
 def test_real_lesion_gets_the_same_prediction_as_outside(container_tools, running, app_outside):
     url, _ = running
     inside = container_tools.predict_once(url, LESION)
-    outside = app_outside.predict(str(LESION))
+    outside = app_outside.analyse(str(LESION)).answer
     assert "label" in inside, inside
     # Label, risk level, thresholds, model name and version (the weights' hash): identical.
     assert {k: v for k, v in inside.items() if k != "probabilities"} == \
@@ -109,7 +109,7 @@ def test_non_image_gets_its_clear_error(container_tools, running, app_outside, t
     text_file = tmp_path / "notes.txt"
     text_file.write_text("hello, this is not an image\n")
     inside = container_tools.predict_once(url, text_file)
-    assert inside == app_outside.predict(str(text_file))
+    assert inside == app_outside.analyse(str(text_file)).answer
     assert "not an image" in inside["error"], inside
     assert "Traceback" not in json.dumps(inside)
 
@@ -152,9 +152,9 @@ def test_predictions_store_nothing_and_the_image_holds_only_the_app(container_to
 
 
 def test_health_endpoint_outside_answers_503_without_a_model(app_outside, monkeypatch):
-    monkeypatch.setattr(app_outside.demo.screener, "model", None)
-    monkeypatch.setattr(app_outside.demo.screener, "load_error", "no model was given")
-    payload, status = app_outside.demo.screener.health()
+    monkeypatch.setattr(app_outside, "MODEL", None)
+    monkeypatch.setattr(app_outside, "MODEL_ERROR", "no model was given")
+    payload, status = app_outside.health()
     assert status == 503 and payload["status"] == "no_model"
 
 

@@ -175,12 +175,12 @@ def test_input_check_still_refuses_what_it_refused(adapted, held_out_pictures):
 
 
 def test_about_panel_says_adapted(adapted):
-    import app
+    from melanoma_screen.app_views import about_markdown
 
-    text = app.about_markdown(ScreeningModel.load(str(adapted), **FAST), "en")
+    text = about_markdown(ScreeningModel.load(str(adapted), **FAST), "en")
     n = config_of(adapted)["site_adaptation"]["n_adapted"]
     assert "Adapted to one site's device" in text and f"on {n} undiagnosed pictures" in text
-    assert "Adapted" not in app.about_markdown(ScreeningModel.load(str(SHIPPED), **FAST), "en")
+    assert "Adapted" not in about_markdown(ScreeningModel.load(str(SHIPPED), **FAST), "en")
 
 
 def test_training_source_as_the_site_keeps_sensitivity(tmp_path, capsys):

@@ -171,7 +171,7 @@ def test_app_loads_it_and_the_about_panel_says_site_calibrated_on_how_many_image
         assert "site-calibrated" in about and f"refitted on {n} diagnosed images" in about
         assert f"{fitted['malignant']} melanomas" in about
         assert f"réajustés sur {n} images diagnostiquées" in app.about_markdown(app.MODEL, "fr")
-        result = app.predict(str(REPO_ROOT / "examples" / "malignant_1.jpg"))
+        result = app.analyse(str(REPO_ROOT / "examples" / "malignant_1.jpg")).answer
         assert result["screening_threshold"] == config_of(calibrated)["screening_threshold"]
         assert result["model_id"] == "model-site"
     finally:

@@ -164,3 +164,10 @@ def test_only_the_architecture_registry_tells_a_vit_from_a_levit():
     found = {name: lines for name, path in project_sources().items()
              if name not in allowed and (lines := calls(path, is_architecture_test))}
     assert not found, f'hasattr(model, "vit"/"levit") outside melanoma_screen/architectures.py (use adapter_for): {found}'
+
+
+def test_app_is_shaped_like_a_gradio_demo():
+    # Views and routes live in melanoma_screen (app_views, app_routes); app.py keeps the model, the
+    # analysis, the layout and the wiring, readable top to bottom.
+    lines = (REPO_ROOT / "app.py").read_text(encoding="utf-8").count("\n")
+    assert lines < 350, f"app.py has {lines} lines: move views or routes into melanoma_screen"
