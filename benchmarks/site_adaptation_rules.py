@@ -165,8 +165,8 @@ def main(argv=None) -> int:
         print(f"\n{name}: {row['n']}; source sens {row['source']['sensitivity']:.3f} spec "
               f"{row['source']['specificity']:.3f} AUC {row['source']['roc_auc']:.3f}", flush=True)
         for sample in samples:
-            rng = np.random.default_rng(args.seed)
             for rule_name in args.rules:
+                rng = np.random.default_rng(args.seed)  # the same samples for every rule
                 draws = [fit_samples(labels, fit_half, sample, args.draws, rng) for fit_half in (first, ~first)]
                 if not all(draws):
                     continue
