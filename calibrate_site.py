@@ -10,8 +10,9 @@ undiagnosed and with any names. The BatchNorm statistics of the model are
 re-estimated on the ones its input check accepts (AdaBN; the rule and why are in
 melanoma_screen/site_adaptation.py and docs/site_calibration.md);
 no weight is trained and no label is used. A guard checks that the adapted model
-still orders the site's pictures as the source model did; when it trips, a
-milder mix is tried, then adaptation is refused. At least 30 accepted pictures
+still orders the site's pictures as the source model did, and as the same
+adaptation of the means alone does; when it trips, the means alone are moved,
+then a half mix is tried, then adaptation is refused. At least 30 accepted pictures
 are needed. A model without BatchNorm (a ViT) cannot be adapted: refit its
 thresholds with --data-dir. With --data-dir too, the model is adapted first and
 the thresholds are then refitted through the adapted model.
@@ -129,9 +130,13 @@ def print_adaptation(block: dict) -> None:
     refused = block["n_refused_by_input_check"]
     print(f"pictures found: {block['n_found']}; unreadable: {block['n_unreadable']}; refused by the input check: "
           + (", ".join(f"{reason} {n}" for reason, n in refused.items()) or "none"))
-    for item in block["guard"]["tried"]:
-        print(f"mix {item['mix']:g}: rank correlation before/after {item['rank_correlation']:.3f} "
-              f"(guard minimum {block['guard']['minimum']:.2f}){' - tripped' if item['tripped'] else ''}")
+    guard = block["guard"]
+    for item in guard["tried"]:
+        with_means = item.get("variance_rank_correlation")
+        print(f"{'statistics' if item.get('variances', True) else 'means only'}, mix {item['mix']:g}: rank correlation "
+              f"before/after {item['rank_correlation']:.3f} (minimum {guard['minimum']:.2f})"
+              + ("" if with_means is None else f", with the means moved alone {with_means:.3f} "
+                 f"(minimum {guard['variance_minimum']:.2f})") + (" - tripped" if item["tripped"] else ""))
     print(f"adapted on {block['n_adapted']} pictures; int8 graph against PyTorch: largest P(malignant) difference "
           f"{block['onnx_int8_parity_max_difference']:.4f}")
 
