@@ -41,7 +41,8 @@ from PIL import Image
 
 from .calibration import risk_level, softmax_probs
 from .images import decode_batches, load_rgb_image
-from .input_check import InputCheck, Verdict, batch_features
+from .input_check import InputCheck, Verdict
+from .picture_statistics import batch_features
 from .labels import malignant_index
 from .model_folder import ModelFolder, load_processor
 # Re-exported: app.py, predict.py, calibrate_site.py and the benchmarks import them from here.
