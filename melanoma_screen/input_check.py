@@ -79,7 +79,6 @@ UNFAMILIAR = "unfamiliar"
 REASONS = ("too_dark", "too_bright", "blurred", "no_lesion", "no_colour", "not_skin", UNFAMILIAR)
 
 
-
 @dataclass
 class Verdict:
     """ok, or the reason for refusing; details name what tripped, for logs and reports."""
