@@ -136,6 +136,9 @@ def fit(train: dict, validation: dict, model_version: str | None = None, alpha: 
     check = InputCheck(lower, upper, model_version=model_version)
     stats_verdicts = check.judge(validation["features"])
     stats_ok = np.array([verdict.ok for verdict in stats_verdicts])
+    if len(train["embeddings"]) and np.ndim(train["embeddings"]) != 3:
+        raise ValueError(f"the input check is fitted on (N, P, D) patch tokens, not on an array of shape "
+                         f"{np.shape(train['embeddings'])}")
     if len(train["embeddings"]) and len(set(np.asarray(train["labels"]).tolist())) == 2:
         check.class_means, check.precision = fit_feature_space(train["embeddings"], train["labels"])
         check.spread_precision = fit_spread(train["embeddings"])

@@ -290,6 +290,14 @@ def test_the_two_thresholds_share_one_rank_and_spend_only_what_the_statistics_le
     assert choose_thresholds(distances[:10], distances[:10], np.ones(10, dtype=bool), 0.95) == (None, None)
 
 
+def test_one_embedding_per_picture_is_refused_since_the_spread_needs_the_patches():
+    rng = np.random.default_rng(0)
+    train = measurements(rng, 200)
+    train["embeddings"] = train["embeddings"].mean(axis=1)
+    with pytest.raises(ValueError, match="patch tokens"):
+        fit(train, measurements(rng, 100))
+
+
 def test_too_few_images_give_no_bounds_and_no_threshold():
     few = measurements(np.random.default_rng(0), 20)
     check, _ = fit(few, few, alpha=0.002)
