@@ -41,7 +41,6 @@ import data_prep
 from melanoma_screen import metrics
 from melanoma_screen.images import decode_batches, load_rgb_image
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel
-from melanoma_screen.input_check import refusal_report
 from melanoma_screen.labels import benign_diagnosis_group
 from melanoma_screen.model_card import benign_group_table, upsert_card_section
 from melanoma_screen.field_of_view import add_circular_vignette, fill_dark_border, has_dark_corners
@@ -237,7 +236,7 @@ def evaluate(model: ScreeningModel, records, robustness: bool = False, batch_siz
         "n_images": len(paths),
         **metrics.at_operating_points(labels, clean, model.screening_threshold, model.high_risk_threshold),
         # The metrics above score every image, as training's report does; the app refuses some of them.
-        "input_check": refusal_report(reasons, labels, clean, model.screening_threshold),
+        "input_check": metrics.refusal_report(reasons, labels, clean, model.screening_threshold),
     }
     if any(record.dx for record in records):
         # Where the folder's labels.csv names diagnoses: melanoma against each benign diagnosis, and each mimic group.

@@ -1,9 +1,9 @@
 """Fit the input check for a model folder, or print its verdict for pictures.
 
-The check itself (statistics, bounds, the feature-space distance) lives in
-melanoma_screen.input_check; fitting it needs both the model
-(melanoma_screen.inference) and the training split (data_prep), so its command
-line sits here, above both:
+The check itself (bounds, the feature-space distance) lives in
+melanoma_screen.input_check and its fitting in melanoma_screen.input_check_fitting;
+fitting needs both the model (melanoma_screen.inference) and the training split
+(data_prep), so its command line sits here, above both:
 
     python fit_input_check.py fit --model model     # the split stored in model/eval_results.json
     python fit_input_check.py check --model model photo.jpg more/   # the verdict per picture
@@ -23,7 +23,8 @@ import data_prep
 from data_prep.settings import SplitSettings, add_split_arguments
 from melanoma_screen.images import ImageLoadError
 from melanoma_screen.inference import FAST, ScreeningModel
-from melanoma_screen.input_check import DEFAULT_ALPHA, REPORT_FILE, STATS_FILE, fit_screening_model
+from melanoma_screen.input_check import REPORT_FILE, STATS_FILE
+from melanoma_screen.input_check_fitting import DEFAULT_ALPHA, fit_screening_model
 from melanoma_screen.architectures import servable
 
 logger = logging.getLogger("fit_input_check")

@@ -24,8 +24,11 @@ from pathlib import Path
 from common import DATASET, SHARED_DATA, list_images, write_json  # and the repository on sys.path
 from not_lesion_set import CATEGORIES, build_not_lesion_set
 
-from melanoma_screen import input_check  # noqa: E402
-from melanoma_screen.model_card import AT_END, upsert_card_section  # noqa: E402
+from melanoma_screen.input_check import REPORT_FILE, STATS_FILE  # noqa: E402
+from melanoma_screen.input_check_fitting import measure  # noqa: E402
+from melanoma_screen.metrics import refusal_report  # noqa: E402
+from melanoma_screen.model_card import (AT_END, INPUT_CHECK_HEADING, INPUT_CHECK_SECTION,  # noqa: E402
+                                        input_check_markdown, upsert_card_section)
 from melanoma_screen.inference import FAST, ScreeningModel, default_model_source  # noqa: E402
 
 DERM7PT = SHARED_DATA / "derm7pt"
@@ -38,10 +41,10 @@ def labelled(folder: Path) -> tuple[list[Path], list[int]]:
 
 def real_set(model, folder: Path, name: str) -> dict:
     paths, labels = labelled(folder)
-    measured = input_check.measure(model, paths, desc=name)
+    measured = measure(model, paths, desc=name)
     verdicts = model.input_check.judge(measured["features"], measured["embeddings"])
     kept_labels = [labels[i] for i in measured["kept"]]
-    report = input_check.refusal_report([v.reason for v in verdicts], kept_labels, measured["probabilities"],
+    report = refusal_report([v.reason for v in verdicts], kept_labels, measured["probabilities"],
                                         model.screening_threshold)
     report["unreadable"] = measured["skipped"]
     return report
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
     source = args.model or default_model_source()
     model = ScreeningModel.load(source, **FAST)
     if model.input_check is None:
-        print(f"{source} has no {input_check.STATS_FILE}: run `python fit_input_check.py fit --model {source}`.",
+        print(f"{source} has no {STATS_FILE}: run `python fit_input_check.py fit --model {source}`.",
               file=sys.stderr)
         return 2
     results = {"model": model.model_id, "model_version": model.version, "sets": {}}
@@ -69,7 +72,7 @@ def main(argv=None) -> int:
 
     test_paths, _ = labelled(Path(args.test_dir))
     samples = build_not_lesion_set(test_paths[::50][:20])
-    generated = input_check.measure(model, [sample.image for sample in samples], desc="not a lesion")
+    generated = measure(model, [sample.image for sample in samples], desc="not a lesion")
     verdicts = model.input_check.judge(generated["features"], generated["embeddings"])
     by_category = {category: [] for category in CATEGORIES}
     accepted_names = {category: [] for category in CATEGORIES}
@@ -120,10 +123,10 @@ def main(argv=None) -> int:
                   f"({part['refused']} refused)")
     write_json(args.json, results)
     if args.card:
-        report_path = Path(source) / input_check.REPORT_FILE
+        report_path = Path(source) / REPORT_FILE
         fit_report = json.loads(report_path.read_text())
-        upsert_card_section(args.card, input_check.CARD_SECTION, input_check.card_markdown(fit_report, results),
-                            heading=input_check.CARD_HEADING, add_at=AT_END)
+        upsert_card_section(args.card, INPUT_CHECK_SECTION, input_check_markdown(fit_report, results),
+                            heading=INPUT_CHECK_HEADING, add_at=AT_END)
     model.close()
     return 0
 

@@ -41,7 +41,8 @@ from PIL import Image
 
 from .calibration import risk_level, softmax_probs
 from .images import decode_batches, load_rgb_image
-from .input_check import InputCheck, Verdict, batch_features
+from .input_check import InputCheck, Verdict
+from .picture_statistics import batch_features
 from .labels import malignant_index
 from .model_folder import ModelFolder, load_processor
 # Re-exported: app.py, predict.py, calibrate_site.py and the benchmarks import them from here.
@@ -360,17 +361,15 @@ class ScreeningModel:
 
     def preprocess(self, images: list[Image.Image]):
         """(N, 3, H, W) float32 torch tensor, equal to image_processor(images)["pixel_values"] after the model's colour constancy."""
-        return _import_torch().from_numpy(self._model_inputs(images)[0])
+        torch = _import_torch()
+        with self.clock.stage("resize"):
+            pixel_values, _ = self._preprocess()(images)
+        return torch.from_numpy(pixel_values)
 
     def _preprocess(self) -> Preprocess:
         # Built per call: evaluate_model.py --without-color-constancy changes color_constancy after loading.
         return Preprocess(self._processor_settings if self._fast else self.image_processor, self.color_constancy,
                           self.field_of_view_mask, self.skin_reference)
-
-    def _model_inputs(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-        """The pixel values, and the (N, H, W, 3) uint8 pictures they were made from: what the input check measures."""
-        with self.clock.stage("resize"):
-            return self._preprocess()(images)
 
     def _torch_forward(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from .architectures import logits_and_patch_tokens
@@ -403,13 +402,20 @@ class ScreeningModel:
         return (np.concatenate([logits for logits, _ in outputs]),
                 np.concatenate([tokens for _, tokens in outputs]))
 
+    def _forward(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One pass: the (N, H, W, 3) uint8 pictures the model was given (what the input check measures),
+        its logits and its patch tokens."""
+        with self.clock.stage("resize"):
+            pixel_values, pictures = self._preprocess()(images)
+        logits, tokens = self.logits_and_patch_tokens(pixel_values)
+        return pictures, logits, tokens
+
     def measure_decoded(self, images: list[Image.Image]) -> dict:
         """What the input check looks at, with P(malignant): {"features", "embeddings", "probabilities"} arrays.
 
         "embeddings" are the (N, P, D) patch tokens, in float16 to keep a training split's in memory.
         """
-        pixel_values, pictures = self._model_inputs(images)
-        logits, tokens = self.logits_and_patch_tokens(pixel_values)
+        pictures, logits, tokens = self._forward(images)
         return {
             "features": batch_features(pictures),
             "embeddings": tokens.astype(np.float16),
@@ -420,8 +426,7 @@ class ScreeningModel:
         """One forward pass over images already decoded by `decode` (or load_rgb_image)."""
         if not images:
             return []
-        pixel_values, pictures = self._model_inputs(images)
-        logits, tokens = self.logits_and_patch_tokens(pixel_values)
+        pictures, logits, tokens = self._forward(images)
         probs = softmax_probs(logits, self.temperature)
         self.clock.count(len(images))
         if self.input_check is not None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .input_check import REASONS
+
 
 def _as_arrays(y_true, prob_malignant) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true).astype(np.int64).ravel()
@@ -205,3 +207,30 @@ def auc_against_benign_groups(y_true, prob_malignant, benign_groups) -> dict:
             report[group] = {"roc_auc": float(roc_auc_score(y_true[chosen], prob_malignant[chosen])),
                              "n_benign": int(benign.sum()), "n_malignant": int(malignant.sum())}
     return report
+
+
+def refusal_report(reasons, labels, probabilities, threshold: float) -> dict:
+    """How many pictures were refused and why, and the model's figures on the accepted and the refused ones.
+
+    reasons: one refusal reason or None per picture. The refused pictures' scores
+    are never shown to anyone; they say whether the refusals fall where the
+    model errs (a higher ROC AUC on the accepted pictures than on the refused).
+    """
+    reasons = list(reasons)
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    accepted = np.array([reason is None for reason in reasons], dtype=bool)
+
+    def figures(mask):
+        if not mask.any():
+            return None
+        m = binary_metrics(labels[mask], probabilities[mask], threshold)
+        return {key: m[key] for key in ("n", "n_malignant", "roc_auc", "sensitivity", "specificity", "accuracy")}
+
+    return {
+        "n": len(reasons),
+        "accepted": float(accepted.mean()) if reasons else None,
+        "refused": int((~accepted).sum()),
+        "reasons": {reason: reasons.count(reason) for reason in REASONS if reason in reasons},
+        "accepted_pictures": figures(accepted),
+        "refused_pictures": figures(~accepted),
+    }

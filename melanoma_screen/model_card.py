@@ -30,6 +30,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCardData
 
 from .architectures import adapter_for, display_name
+from .input_check import STATS_FILE as INPUT_CHECK_FILE
 from .transforms import COLOR_CONSTANCY_NAMES
 
 PLOT_FILES = {"roc_curve": "roc_curve.png", "confusion_matrix": "confusion_matrix.png",
@@ -432,3 +433,49 @@ def write_model_card(output_dir, template_path, context: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_model_card(template_path, context), encoding="utf-8")
     return path
+
+
+INPUT_CHECK_SECTION, INPUT_CHECK_HEADING = "input_check", "## Input check"
+INPUT_CHECK_MISSES = ("It misses colour photographs whose colours and texture resemble skin: in the generated set, "
+                      "every animal (fur: cats, cheetahs, a lion), a close-up of a face, a toy figure, a building, "
+                      "a stained tissue slide and a retina, one plain-skin frame and one picture of smoothed "
+                      "noise; of what a live camera shows between good frames, 19 of the 20 lesions half out of "
+                      "the frame (real dermoscopy has lesions cut by the frame too: a rule on where the lesion "
+                      "lies that refuses 5 to 12 of the 20 also refuses 3 to 9% of the 10k set's test pictures, "
+                      "benchmarks/input_check_framing.py) and 6 of the 20 motion-blurred lesions (small lesions on "
+                      "smooth skin, which a smear hardly changes); and anything that looks like dermoscopy without "
+                      "being a melanocytic lesion (other skin conditions, scars, tattoos): it judges whether a "
+                      "picture is like the training images, not what it shows. Photographs of whole people and "
+                      "rooms are refused by the spread of their patch tokens, black-and-white pictures as having "
+                      "no colour, drawn fingers by their flat surfaces and cloth by its repeated weave. It also "
+                      "refuses some pictures the model still handles: heavy blur or a quarter of the resolution, "
+                      "and large exposure changes.")
+
+
+def _two_places(value):
+    return None if value is None else round(value, 2)
+
+
+def input_check_markdown(report: dict, benchmark: dict | None = None) -> str:
+    """The model card's input-check section: what was fitted, and the benchmark's rates when given."""
+    refusals = ", ".join(f"{reason} {count}" for reason, count in report["validation_refusals"].items()) or "none"
+    lines = [
+        f"Pictures are refused, with a sentence saying why, when they are too dark, too bright, blurred, show no "
+        f"lesion, have no colour, do not look like skin, or lie too far from the training images in the model's "
+        f"feature space, by the distance of their mean patch token or by how far their patch tokens spread "
+        f"(`{INPUT_CHECK_FILE}`, fitted on {report['n_train']} training and {report['n_validation']} validation images: "
+        f"each image statistic's bounds leave out {100 * report['alpha']:g}% of the training images, and the "
+        f"distance threshold, {_two_places(report.get('distance_threshold'))}, and spread threshold, "
+        f"{_two_places(report.get('spread_threshold'))}, were chosen so that {100 * report['target_acceptance']:g}% "
+        f"of validation is accepted).",
+        "",
+        f"Validation images accepted: {100 * (report['validation_acceptance'] or 0):.1f}% (refused: {refusals}).",
+    ]
+    if benchmark:
+        lines += ["", "| set | images | accepted | refused |", "|---|---:|---:|---:|"]
+        for name, row in benchmark["sets"].items():
+            lines.append(f"| {name} | {row['n']} | {100 * row['accepted']:.1f}% | {100 * (1 - row['accepted']):.1f}% |")
+        if benchmark.get("command"):
+            lines += ["", f"Measured with `{benchmark['command']}`."]
+    lines += ["", INPUT_CHECK_MISSES]
+    return "\n".join(lines)

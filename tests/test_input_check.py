@@ -24,6 +24,8 @@ from conftest import REPO_ROOT, SHARED_DATASET, real_images
 from not_lesion_set import CATEGORIES, build_not_lesion_set
 
 from melanoma_screen import input_check
+from melanoma_screen.input_check_fitting import choose_thresholds, fit, measure
+from melanoma_screen.picture_statistics import FEATURES, batch_features
 from melanoma_screen.inference import FAST, ScreeningModel
 from melanoma_screen.messages import render
 
@@ -170,7 +172,7 @@ def test_a_picture_far_from_the_training_images_is_refused_as_unfamiliar(shipped
     # the textures and drawings of "photo", "noise" and "gradient" that the distance alone used to catch.)
     samples = [sample for sample in build_not_lesion_set()
                if sample.category in ("object", "room or scene", "photo", "noise", "gradient")]
-    measured = input_check.measure(shipped, [sample.image for sample in samples], progress=False)
+    measured = measure(shipped, [sample.image for sample in samples], progress=False)
     verdicts = shipped.input_check.judge(measured["features"], measured["embeddings"])
     unfamiliar = [v for v in verdicts if v.reason == "unfamiliar"]
     assert unfamiliar, "no picture was refused by the feature space alone"
@@ -183,7 +185,7 @@ def test_a_portrait_whose_mean_token_looks_ordinary_is_refused_by_the_spread_of_
     # The mean patch token of a person's photograph lies among the lesions' (why a portrait passed
     # the distance); its patches spread far more than a lesion's.
     people = [sample for sample in build_not_lesion_set() if sample.category == "person"]
-    measured = input_check.measure(shipped, [sample.image for sample in people], progress=False)
+    measured = measure(shipped, [sample.image for sample in people], progress=False)
     check = shipped.input_check
     assert check.uses_spread
     distances, spreads = check.distance(measured["embeddings"]), check.spread(measured["embeddings"])
@@ -222,16 +224,16 @@ def test_flat_surfaces_and_woven_cloth_are_refused_as_not_skin_and_real_lesions_
     assert tripped[("fingers", "flatness")] >= 3 and tripped[("fabric", "periodicity")] >= 3, tripped
     check = shipped.input_check
     pictures = np.stack([np.asarray(image.resize((128, 128), Image.Resampling.BILINEAR)) for image in lesions])
-    features = input_check.batch_features(pictures)
+    features = batch_features(pictures)
     for name in ("flatness", "periodicity"):
-        index = input_check.FEATURES.index(name)
+        index = FEATURES.index(name)
         assert (features[:, index] < check.upper[index]).all(), (name, features[:, index], check.upper[index])
     # The same lesions seen through a weave (a cloth's period of 3 px at the model's size) are over it.
     y, x = np.mgrid[0:128, 0:128]
     weave = (0.8 + 0.2 * np.sin(2 * np.pi * x / 3) * np.sin(2 * np.pi * y / 3))[None, ..., None]
     woven = np.clip(pictures * weave, 0, 255).astype(np.uint8)
-    index = input_check.FEATURES.index("periodicity")
-    assert (input_check.batch_features(woven)[:, index] > check.upper[index]).all()
+    index = FEATURES.index("periodicity")
+    assert (batch_features(woven)[:, index] > check.upper[index]).all()
 
 
 def test_every_reason_has_an_english_and_a_french_sentence():
@@ -243,27 +245,64 @@ def test_every_reason_has_an_english_and_a_french_sentence():
 # ---------------------------------------------------------------- fitting and storage
 
 
-def test_bounds_and_threshold_follow_the_data():
+# Patch tokens shaped like production's, (pictures, patches, width): the LeViT's are (N, 64, 192), fewer here so
+# the covariances fit in a second.
+PATCHES, WIDTH = 16, 8
+
+
+def measurements(rng, count: int) -> dict:
+    return {"features": rng.normal(0.5, 0.1, (count, len(FEATURES))),
+            "embeddings": rng.normal(0, 1, (count, PATCHES, WIDTH)).astype(np.float16), "labels": np.arange(count) % 2}
+
+
+def test_bounds_and_thresholds_follow_the_data():
     rng = np.random.default_rng(0)
-    train = {"features": rng.normal(0.5, 0.1, (2000, len(input_check.FEATURES))),
-             "embeddings": rng.normal(0, 1, (2000, 8)), "labels": np.arange(2000) % 2}
-    validation = {"features": rng.normal(0.5, 0.1, (500, len(input_check.FEATURES))),
-                  "embeddings": rng.normal(0, 1, (500, 8)), "labels": np.arange(500) % 2}
-    check, report = input_check.fit(train, validation, alpha=0.001, target_acceptance=0.98)
-    assert check.uses_features
-    assert report["validation_acceptance"] >= 0.98
-    index = input_check.FEATURES.index("highlights")
+    train, validation = measurements(rng, 2000), measurements(rng, 500)
+    check, report = fit(train, validation, alpha=0.001, target_acceptance=0.98)
+    assert check.uses_features and check.uses_spread
+    assert 0.98 <= report["validation_acceptance"] < 0.99
+    assert report["distance_threshold"] == check.threshold and report["spread_threshold"] == check.spread_threshold
+    index = FEATURES.index("highlights")
     assert check.lower[index] == pytest.approx(np.sort(train["features"][:, index])[1])  # floor(0.001 * 2001) = 2nd
-    far = validation["embeddings"][:1] + 100
-    assert check.judge(validation["features"][:1], far)[0].reason == "unfamiliar"
+    one = validation["embeddings"][:1].astype(np.float32)
+    assert check.judge(validation["features"][:1], one)[0].ok
+    assert check.judge(validation["features"][:1], one + 100)[0].details["statistic"] == "distance"
+    # The same mean token, its patches scattered ten times wider: only the spread tells it from a lesion.
+    scattered = one.mean(axis=1, keepdims=True) + 10 * (one - one.mean(axis=1, keepdims=True))
+    verdict = check.judge(validation["features"][:1], scattered)[0]
+    assert verdict.reason == "unfamiliar" and verdict.details["statistic"] == "spread"
+    assert verdict.details["distance"] <= check.threshold
+
+
+def test_the_two_thresholds_share_one_rank_and_spend_only_what_the_statistics_left():
+    # 100 validation pictures at 95%: a budget of 5 refusals, 2 of them spent by the statistics.
+    stats_ok = np.ones(100, dtype=bool)
+    stats_ok[:2] = False
+    distances = np.arange(100, dtype=float)
+    # The same pictures furthest by both: each rank refuses one more, so rank 3 (refusing 3) is kept.
+    assert choose_thresholds(distances, distances * 2, stats_ok, 0.95) == (96.0, 192.0)
+    # Different pictures furthest by each: each rank refuses two more, so rank 1 (refusing 2) is the last within 3.
+    assert choose_thresholds(distances, distances[::-1].copy(), stats_ok, 0.95) == (98.0, 96.0)
+    # Statistics that spent the whole budget leave the thresholds at the furthest accepted picture: no more refusals.
+    stats_ok[:10] = False
+    assert choose_thresholds(distances, distances * 2, stats_ok, 0.95) == (99.0, 198.0)
+    # 10 pictures cannot promise 95%.
+    assert choose_thresholds(distances[:10], distances[:10], np.ones(10, dtype=bool), 0.95) == (None, None)
+
+
+def test_one_embedding_per_picture_is_refused_since_the_spread_needs_the_patches():
+    rng = np.random.default_rng(0)
+    train = measurements(rng, 200)
+    train["embeddings"] = train["embeddings"].mean(axis=1)
+    with pytest.raises(ValueError, match="patch tokens"):
+        fit(train, measurements(rng, 100))
 
 
 def test_too_few_images_give_no_bounds_and_no_threshold():
-    rng = np.random.default_rng(0)
-    few = {"features": rng.normal(size=(20, len(input_check.FEATURES))), "embeddings": rng.normal(size=(20, 4)),
-           "labels": np.arange(20) % 2}
-    check, _ = input_check.fit(few, few, alpha=0.002)
+    few = measurements(np.random.default_rng(0), 20)
+    check, _ = fit(few, few, alpha=0.002)
     assert np.isnan(check.lower).all() and np.isnan(check.upper).all() and check.threshold is None
+    assert not check.uses_spread
     assert all(verdict.ok for verdict in check.judge(few["features"], few["embeddings"]))
 
 
@@ -309,12 +348,6 @@ def test_the_framing_benchmark_has_help():
     result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "input_check_framing.py"), "--help"],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "--json" in result.stdout and "half out of the frame" in result.stdout
-
-
-def test_the_old_module_command_line_names_the_new_one():
-    result = subprocess.run([sys.executable, "-m", "melanoma_screen.input_check", "fit", "--model", "model"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "python fit_input_check.py fit" in result.stderr
 
 
 # ---------------------------------------------------------------- where the check is used
