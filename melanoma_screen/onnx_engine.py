@@ -39,7 +39,6 @@ import numpy as np
 
 from .architectures import adapter_for, logits_and_patch_tokens
 # Re-exported: melanoma_screen.site_adaptation imports it from here.
-from .model_folder import SOURCE_STATISTICS_FILE  # noqa: F401
 
 OPSET = 17
 # Names the graph's inputs and outputs; a stored graph with another one is rebuilt.

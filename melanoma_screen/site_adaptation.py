@@ -394,7 +394,8 @@ def write_adapted_model(source_dir, out_dir, screening_model, network, pictures:
 
     from .identity import stamp
     from .model_card import AT_END, UNDER_TITLE, upsert_card_section
-    from .onnx_engine import SOURCE_STATISTICS_FILE, build_graph
+    from .model_folder import SOURCE_STATISTICS_FILE
+    from .onnx_engine import build_graph
     from .weights import weights_version
 
     source_dir, out_dir = Path(source_dir), Path(out_dir).expanduser()
@@ -405,7 +406,7 @@ def write_adapted_model(source_dir, out_dir, screening_model, network, pictures:
         # An adapted source keeps its own source for the check: the statistics the check was fitted with.
         source_network = getattr(screening_model.model, "input_check_model", screening_model.model)
         network.save_pretrained(staging)  # safetensors; its config.json is replaced by the source's below
-        # The graph's input-check tokens, as onnx_engine.attach_source_statistics gives them on load.
+        # The graph's input-check tokens, as model_folder.attach_source_statistics gives them on load.
         object.__setattr__(network, "input_check_model", copy.deepcopy(source_network).eval().requires_grad_(False))
         version = weights_version(staging)
         graph = build_graph(network, "int8", version)
@@ -419,7 +420,7 @@ def write_adapted_model(source_dir, out_dir, screening_model, network, pictures:
                                   onnx_int8_parity_max_difference=difference)
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         # The input check was fitted on the source's tokens: the folder keeps the source's statistics for them
-        # (onnx_engine.attach_source_statistics), and the graph above computes them beside the adapted ones.
+        # (model_folder.attach_source_statistics), and the graph above computes them beside the adapted ones.
         # Judged on the adapted tokens instead, it refused 97% of the 10k test split after adapting to derm7pt.
         save_file({key: tensor.contiguous() for key, tensor in source_network.state_dict().items()
                    if key in statistics_keys(source_network)}, str(staging / SOURCE_STATISTICS_FILE),
