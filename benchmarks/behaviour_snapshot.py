@@ -3,7 +3,8 @@
     python benchmarks/behaviour_snapshot.py --out /tmp/snapshot-new
     diff -r /tmp/snapshot-old /tmp/snapshot-new       # the same files, no difference: same behaviour
 
-Run it from each commit's own checkout (it scores that checkout's code). It writes:
+Run it from each commit's own checkout (it scores that checkout's code; an older checkout needs this file and
+tests/odd_uploads.py copied in). It writes:
 
   predict/*.json     the app's /predict answer (over HTTP, through gradio_client) for the 8 examples,
                      the bad inputs and the odd but valid files the app tests use
@@ -18,15 +19,12 @@ Run it from each commit's own checkout (it scores that checkout's code). It writ
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
-import zlib
 from pathlib import Path
 
 from common import DATASET, REPO_ROOT, SHARED_DATA  # noqa: F401  (puts the repository on sys.path)
@@ -37,39 +35,15 @@ EXAMPLES = REPO_ROOT / "examples"
 
 
 def odd_files(folder: Path, good_image: Path) -> list[Path]:
-    """The bad and odd uploads of tests/test_app.py, written afresh (the same bytes on every run)."""
-    import numpy as np
+    """The bad and odd uploads of tests/test_app.py (tests/odd_uploads.py), and a plain field the input check refuses."""
     from PIL import Image
 
-    files = []
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from odd_uploads import write_odd_uploads
 
-    def path(name):
-        files.append(folder / name)
-        return folder / name
-
-    path("not_an_image.txt").write_text("hello, this is not an image\n")
-    path("text_named_jpg.jpg").write_text("text pretending to be a JPEG\n")
-    data = good_image.read_bytes()
-    path("truncated.jpg").write_bytes(data[: len(data) // 2])
-    path("empty.png").write_bytes(b"")
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    png = bytearray(buffer.getvalue())
-    png[16:24] = struct.pack(">II", 40000, 40000)  # a decompression bomb's header
-    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF)
-    path("bomb.png").write_bytes(bytes(png))
-    Image.new("RGB", (1, 1), (200, 120, 90)).save(path("one_pixel.png"))
-    photo = Image.open(good_image).convert("RGB")
-    photo.convert("L").save(path("grayscale.jpg"))
-    rgba = photo.convert("RGBA")
-    rgba.putalpha(Image.new("L", photo.size, 128))
-    rgba.save(path("transparent.png"))
-    photo.convert("CMYK").save(path("cmyk.jpg"))
-    Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257).save(path("sixteen_bit.png"))
-    photo.transpose(Image.Transpose.ROTATE_90).save(path("rotated.png"))
-    # A plain field of one colour: the input check refuses it.
-    Image.new("RGB", (300, 300), (30, 160, 40)).save(path("green_field.png"))
-    return files
+    files = list(write_odd_uploads(folder, good_image).values())
+    Image.new("RGB", (300, 300), (30, 160, 40)).save(folder / "green_field.png")
+    return files + [folder / "green_field.png"]
 
 
 def app_answers(model: str, files: list[Path], out: Path) -> None:

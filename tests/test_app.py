@@ -13,12 +13,10 @@ import io
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from conftest import REPO_ROOT, SHARED_DATASET, free_port, wait_for_app
+from odd_uploads import write_odd_uploads
 
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
@@ -102,42 +101,7 @@ def good_image() -> str:
 @pytest.fixture(scope="module")
 def odd_files(tmp_path_factory, good_image) -> dict[str, Path]:
     """Inputs people upload by accident or on purpose, made from a real dermoscopic image."""
-    folder = tmp_path_factory.mktemp("odd_inputs")
-    photo = Image.open(good_image).convert("RGB")
-    files = {}
-
-    def path(name):
-        files[name.split(".")[0]] = folder / name
-        return folder / name
-
-    path("not_an_image.txt").write_text("hello, this is not an image\n")
-    path("text_named_jpg.jpg").write_text("text pretending to be a JPEG\n")
-    data = Path(good_image).read_bytes()
-    path("truncated.jpg").write_bytes(data[: len(data) // 2])
-    path("empty.png").write_bytes(b"")
-    # A decompression bomb: a valid PNG header that announces 40000x40000 pixels.
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    png = bytearray(buffer.getvalue())
-    png[16:24] = struct.pack(">II", 40000, 40000)
-    png[29:33] = struct.pack(">I", zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF)
-    path("bomb.png").write_bytes(bytes(png))
-    Image.new("RGB", (1, 1), (200, 120, 90)).save(path("one_pixel.png"))
-
-    photo.convert("L").save(path("grayscale.jpg"))
-    rgba = photo.convert("RGBA")
-    rgba.putalpha(Image.new("L", photo.size, 128))
-    rgba.save(path("transparent.png"))
-    photo.convert("CMYK").save(path("cmyk.jpg"))
-    Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257).save(path("sixteen_bit.png"))
-    # Lossless, so the EXIF-rotated file and the upright one hold the same pixels.
-    photo.save(path("upright.png"))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    exif[0x010F] = "PhoneMaker"  # camera make: must not reach the feedback folder
-    photo.transpose(Image.Transpose.ROTATE_90).save(path("exif_rotated.png"), exif=exif)
-    photo.save(path("animated.gif"), save_all=True, duration=200, loop=0,
-               append_images=[photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
+    files = write_odd_uploads(tmp_path_factory.mktemp("odd_inputs"), Path(good_image))
     assert Image.open(files["sixteen_bit"]).mode == "I;16"
     assert Image.open(files["cmyk"]).mode == "CMYK"
     assert Image.open(files["animated"]).is_animated
