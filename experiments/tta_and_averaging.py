@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from melanoma_screen.model_folder import load_network
+from melanoma_screen.modeling import averaged_state_dict
 
 from data_prep import SplitSettings, training_data
 from melanoma_screen import calibration, metrics
@@ -61,11 +62,9 @@ def p_malignant(network, batches: list[torch.Tensor], flips: list[tuple]) -> np.
 
 
 def averaged_network(checkpoints: list[Path]):
-    # load_network (from_pretrained), not the raw safetensors: transformers renames the stored keys on load.
-    networks = [load_network(folder) for folder in checkpoints]
-    states = [network.state_dict() for network in networks]
-    networks[0].load_state_dict({key: sum(state[key].float() for state in states) / len(states) for key in states[0]})
-    return networks[0].eval()
+    network = load_network(checkpoints[0])
+    network.load_state_dict(averaged_state_dict(type(network), checkpoints))
+    return network.eval()
 
 
 def interpolated_network(run_network, base_folder: Path, alpha: float):
