@@ -404,6 +404,7 @@ def build_model(model_args: ModelArguments, seed: int):
             return model, processor, None, f"ViT-{model_args.scratch_config} trained from mimetic initialisation (Trockman & Kolter 2023)"
         return model, processor, None, f"ViT-{model_args.scratch_config} trained from random initialisation"
     source = model_args.init_from or model_args.model_name_or_path
+    resized = ""
     if model_args.init_from and not Path(source).is_dir():
         raise SystemExit(f"--init-from {source} is not a folder with ViT encoder weights.")
     try:
@@ -422,6 +423,7 @@ def build_model(model_args: ModelArguments, seed: int):
             if model.config.model_type != "levit":
                 raise SystemExit(f"--image-size changes the resolution of a LeViT only; {source} is a {model.config.model_type}.")
             model = levit_at_resolution(model, model_args.image_size)
+            resized = f", resized to {model_args.image_size} px"
             processor = build_image_processor(model_args.image_size, processor.image_mean, processor.image_std)
     except OSError as error:
         raise SystemExit(
@@ -430,8 +432,7 @@ def build_model(model_args: ModelArguments, seed: int):
         ) from error
     how = "initialised from our self-supervised encoder" if model_args.init_from else "fine-tuned from"
     name = display_name(model.config.model_type)
-    resolution = f", resized to {model_args.image_size} px" if model_args.image_size and model.config.model_type == "levit" else ""
-    return model, processor, (None if Path(source).is_dir() else source), f"{name} {how} {source}{resolution}"
+    return model, processor, (None if Path(source).is_dir() else source), f"{name} {how} {source}{resized}"
 
 
 # ----------------------------------------------------------------------------- metrics
