@@ -49,6 +49,8 @@
 #   ft-ham-balance-skin  ft-ham-balance with the skin recoloured at random (p = 0.5) and the vignette drawn per class
 #   ft-ham-balance-160   ft-ham-balance at 160 px instead of 128 (the LeViT's attention biases resized)
 #   ft-ham-dro-160       ft-ham-dro at 160 px
+#   ft-ham-dro-160-seed7 ft-ham-dro-160 with another seed: the spread between seeds, and a second run to average
+#   ft-ham-dro-192       ft-ham-dro at 192 px: is more resolution still worth it for keratoses
 #   ft-ham-mimics-lodo   ft-ham-mimics with ham10000's vienna_dias acquisition left out of training and
 #                        validation, scored at the end like an external set (leave one source out)
 # derm7pt is scored after training to compare recipes, never to fit anything; choosing a
@@ -106,6 +108,8 @@ recipe_args() {
         ft-ham-balance-skin)  echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --augment-vignette-balanced --crop-scale-min 0.25 --average_last 3 $MIMICS --augment-skin-recolour 0.5" ;;
         ft-ham-balance-160)   echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --image-size 160" ;;
         ft-ham-dro-160)       echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --image-size 160" ;;
+        ft-ham-dro-160-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --image-size 160 --seed 7" ;;
+        ft-ham-dro-192)       echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --image-size 192" ;;
         ft-ham-mimics-lodo)   echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5 --hold-out-source ham10000/vienna_dias" ;;
         levit-ham-mimics)     echo "--scratch-config levit --image-size 128 ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5" ;;
         mobilevitv2)          echo "--scratch-config mobilevitv2 --image-size 128 ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25" ;;
