@@ -25,7 +25,7 @@ from common import DATASET, SHARED_DATA, list_images, write_json  # and the repo
 from not_lesion_set import CATEGORIES, build_not_lesion_set
 
 from melanoma_screen.input_check import REPORT_FILE, STATS_FILE  # noqa: E402
-from melanoma_screen.input_check_fitting import measure  # noqa: E402
+from melanoma_screen.picture_statistics import measure  # noqa: E402
 from melanoma_screen.metrics import refusal_report  # noqa: E402
 from melanoma_screen.model_card import (AT_END, INPUT_CHECK_HEADING, INPUT_CHECK_SECTION,  # noqa: E402
                                         input_check_markdown, upsert_card_section)

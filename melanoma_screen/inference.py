@@ -44,7 +44,7 @@ from .images import decode_batches, load_rgb_image
 from .input_check import InputCheck, Verdict
 from .picture_statistics import batch_features
 from .labels import malignant_index
-from .model_folder import ModelFolder, load_processor
+from .model_folder import ModelFolder, load_processor, onnx_graph_paths
 # Re-exported: app.py, predict.py, calibrate_site.py and the benchmarks import them from here.
 from .model_folder import default_model_source  # noqa: F401
 from .weights import ModelLoadError, weights_version  # noqa: F401
@@ -182,7 +182,7 @@ class ScreeningModel:
         self.model_id = model_id
         self.version = version
         self.eval_results = eval_results
-        # The model folder: where the ONNX graph built for these weights is kept (melanoma_screen.onnx_engine).
+        # The model folder: where the ONNX graph built for these weights is kept (model_folder.onnx_graph_paths).
         self.folder = folder
         # None: the folder has no fitted check, and every decodable picture is scored.
         self.input_check = input_check
@@ -270,8 +270,8 @@ class ScreeningModel:
             try:
                 from .onnx_engine import OnnxClassifier
 
-                self._onnx = OnnxClassifier(lambda: self.model, precision, folder=self.folder,
-                                            weights_version=self.version)
+                graphs = onnx_graph_paths(self.folder, self.version, precision) if self.folder is not None else ()
+                self._onnx = OnnxClassifier(lambda: self.model, precision, graphs, weights_version=self.version)
             except Exception as error:  # no onnxruntime, or an exporter that changed: slower, still right
                 logger.warning("ONNX Runtime unavailable (%s: %s); predicting with PyTorch.", type(error).__name__, error)
                 engine = "torch"
@@ -307,7 +307,7 @@ class ScreeningModel:
             try:
                 from .onnx_engine import OnnxClassifier
 
-                onnx = OnnxClassifier.stored(folder.path, folder.version, precision)
+                onnx = OnnxClassifier.stored(folder.onnx_graphs(precision), folder.version, precision)
             except ImportError:
                 onnx = None
         if onnx is not None:
@@ -372,6 +372,7 @@ class ScreeningModel:
                           self.field_of_view_mask, self.skin_reference)
 
     def _torch_forward(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The PyTorch engine: (N, 2) logits and (N, P, D) patch tokens, as OnnxClassifier.with_patch_tokens."""
         from .architectures import logits_and_patch_tokens
 
         torch = _import_torch()
@@ -379,15 +380,21 @@ class ScreeningModel:
             logits, tokens = logits_and_patch_tokens(self.model, torch.from_numpy(np.ascontiguousarray(pixel_values)))
         return logits.float().numpy(), tokens.float().numpy()
 
-    def logits_and_patch_tokens(self, pixel_values) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 2) logits and the (N, P, D) patch tokens the input check measures, from one forward pass."""
+    def forward(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One pass over decoded pictures: what the input check measures and what the model answers.
+
+        (N, len(FEATURES)) picture statistics of the pictures as the model is given them
+        (picture_statistics.batch_features), (N, classes) calibrated probabilities and the
+        (N, P, D) patch tokens, all from one preprocessing and one forward pass.
+        """
+        with self.clock.stage("resize"):
+            pixels, pictures = self._preprocess()(images)
         run = self._onnx.with_patch_tokens if self._onnx is not None else self._torch_forward
 
-        def forward(part):
+        def timed(part):
             with self.clock.stage("model"):
                 return run(part)
 
-        pixels = pixel_values.numpy() if hasattr(pixel_values, "numpy") else np.asarray(pixel_values, dtype=np.float32)
         if self.precision == "int8":
             # Dynamic quantisation picks one activation scale per input tensor: one image
             # at a time, a score never depends on the other images in its batch.
@@ -396,42 +403,31 @@ class ScreeningModel:
             parts = [part for part in np.array_split(np.arange(len(pixels)), self._workers) if len(part)]
             parts = [pixels[part[0]:part[-1] + 1] for part in parts]
         if self._pool is not None and len(parts) > 1:
-            outputs = list(self._pool.map(forward, parts))
+            outputs = list(self._pool.map(timed, parts))
         else:
-            outputs = [forward(part) for part in parts]
-        return (np.concatenate([logits for logits, _ in outputs]),
-                np.concatenate([tokens for _, tokens in outputs]))
-
-    def _forward(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One pass: the (N, H, W, 3) uint8 pictures the model was given (what the input check measures),
-        its logits and its patch tokens."""
-        with self.clock.stage("resize"):
-            pixel_values, pictures = self._preprocess()(images)
-        logits, tokens = self.logits_and_patch_tokens(pixel_values)
-        return pictures, logits, tokens
+            outputs = [timed(part) for part in parts]
+        logits = np.concatenate([logits for logits, _ in outputs])
+        tokens = np.concatenate([tokens for _, tokens in outputs])
+        with self.clock.stage("statistics"):
+            features = batch_features(pictures)
+        return features, softmax_probs(logits, self.temperature), tokens
 
     def measure_decoded(self, images: list[Image.Image]) -> dict:
         """What the input check looks at, with P(malignant): {"features", "embeddings", "probabilities"} arrays.
 
         "embeddings" are the (N, P, D) patch tokens, in float16 to keep a training split's in memory.
         """
-        pictures, logits, tokens = self._forward(images)
-        return {
-            "features": batch_features(pictures),
-            "embeddings": tokens.astype(np.float16),
-            "probabilities": softmax_probs(logits, self.temperature)[:, self.malignant_index],
-        }
+        features, probabilities, tokens = self.forward(images)
+        return {"features": features, "embeddings": tokens.astype(np.float16),
+                "probabilities": probabilities[:, self.malignant_index]}
 
     def predict_decoded(self, images: list[Image.Image]) -> list[Prediction]:
         """One forward pass over images already decoded by `decode` (or load_rgb_image)."""
         if not images:
             return []
-        pictures, logits, tokens = self._forward(images)
-        probs = softmax_probs(logits, self.temperature)
+        features, probs, tokens = self.forward(images)
         self.clock.count(len(images))
         if self.input_check is not None:
-            with self.clock.stage("statistics"):
-                features = batch_features(pictures)
             with self.clock.stage("feature space"):
                 verdicts = self.input_check.judge(features, tokens)
         else:

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .images import decode_batches
 from .input_check import REASONS, REPORT_FILE, RULES, STATS_FILE, InputCheck
 from .model_card import AT_END, INPUT_CHECK_HEADING, INPUT_CHECK_SECTION, input_check_markdown, upsert_card_section
-from .picture_statistics import FEATURES
+from .picture_statistics import FEATURES, measure
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +126,7 @@ def fit(train: dict, validation: dict, model_version: str | None = None, alpha: 
     """Fit the check from measurements of the training and validation splits.
 
     train, validation: {"features": (N, F), "embeddings": (N, P, D) patch tokens, "labels": (N,)}, as
-    `measure` gives them. alpha: the share of training pictures each statistic's bound may leave out.
+    picture_statistics.measure gives them. alpha: the share of training pictures each statistic's bound may leave out.
     The distance and spread thresholds then refuse validation pictures until, with the
     statistics, target_acceptance of them is still accepted.
     """
@@ -166,34 +164,6 @@ def fit(train: dict, validation: dict, model_version: str | None = None, alpha: 
     check.meta = {key: report[key] for key in ("alpha", "target_acceptance", "n_train", "n_validation",
                                                "validation_acceptance")}
     return check, report
-
-
-def measure(model, sources, batch_size: int = 64, desc: str = "measuring", progress: bool = True) -> dict:
-    """Statistics, embeddings and P(malignant) of each picture, through the model's own decoding.
-
-    sources: paths or images. Pictures that cannot be decoded are skipped and counted.
-    """
-    from tqdm import tqdm
-
-    features, embeddings, probabilities, kept = [], [], [], []
-    sources = list(sources)
-    with tqdm(total=len(sources), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
-        for batch in decode_batches(sources, batch_size, model.decode_each):
-            if batch.images:
-                measured = model.measure_decoded(batch.images)
-                features.append(measured["features"])
-                embeddings.append(measured["embeddings"])
-                probabilities.append(measured["probabilities"])
-                kept += batch.positions
-            bar.update(len(batch.sources))
-    width = len(FEATURES)
-    return {
-        "features": np.concatenate(features) if features else np.empty((0, width)),
-        "embeddings": np.concatenate(embeddings) if embeddings else np.empty((0, 0)),
-        "probabilities": np.concatenate(probabilities) if probabilities else np.empty(0),
-        "kept": np.asarray(kept, dtype=int),
-        "skipped": len(sources) - len(kept),
-    }
 
 
 def fit_screening_model(screening_model, train_records, validation_records, output_dir=None, alpha: float = DEFAULT_ALPHA,

@@ -1,12 +1,14 @@
 """A model folder, read in one place: where it is, its config and processor settings, weights, version,
-eval results and input check.
+eval results, input check and stored ONNX graph.
 
 A folder is what train_vit.py writes (or a Hub repository holding the same
 files). Everything that loads one, ScreeningModel (the app, predict.py,
 evaluate_model.py, calibrate_site.py, the benchmarks), the ONNX builder, site
 calibration, training's fine-tuning and the experiments, goes through this
 module, which is the only caller of `from_pretrained` on a folder
-(tests/test_structure.py checks it). Weights are read from safetensors only: no
+(tests/test_structure.py checks it), and which says where the ONNX graph built
+for the folder's weights is kept (`onnx_graph_paths`; melanoma_screen.onnx_engine
+opens it, checks its stamp, and builds it when it is missing or stale). Weights are read from safetensors only: no
 pickle is ever unpickled, and no remote code runs.
 
 Reading the JSON files, the version and the input check imports neither
@@ -113,6 +115,13 @@ def read_model_json(folder: Path):
     return SimpleNamespace(**config), SimpleNamespace(**processor)
 
 
+def onnx_graph_paths(folder, weights_version: str, precision: str) -> list[Path]:
+    """Where the ONNX graph of these weights is looked for, and written when built: in the model folder
+    (MODEL/model.int8.onnx), then in the user's cache, for a folder that cannot be written."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "melanoma_screen"
+    return [Path(folder) / f"model.{precision}.onnx", cache / f"{weights_version}.{precision}.onnx"]
+
+
 def load_error(source: str, error: Exception) -> ModelLoadError:
     """What transformers raised while reading a model folder, as one sentence for people."""
     detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -207,6 +216,10 @@ class ModelFolder:
             return load_processor(self.path)
         except Exception as error:
             raise load_error(self.source, error) from error
+
+    def onnx_graphs(self, precision: str) -> list[Path]:
+        """Where the stored ONNX graph of these weights is, or will be written (onnx_graph_paths)."""
+        return onnx_graph_paths(self.path, self.version, precision)
 
     @cached_property
     def eval_results(self) -> dict | None:

@@ -6,7 +6,9 @@ model.safetensors it was exported from: exporting and quantising take seconds,
 which every start-up paid before. A stamp that does not match the weights, or a
 graph written by another version of this code, is rebuilt on load, and written
 back when the folder is writable (else into ~/.cache/melanoma_screen), so the
-file always holds exactly the weights of model.safetensors. To rebuild it by hand:
+file always holds exactly the weights of model.safetensors. Where these files are
+is the model folder's to say (melanoma_screen.model_folder.onnx_graph_paths);
+this module opens, checks and builds them. To rebuild it by hand:
 
     python -m melanoma_screen.onnx_engine --model model
 
@@ -38,7 +40,6 @@ from pathlib import Path
 import numpy as np
 
 from .architectures import adapter_for, logits_and_patch_tokens
-# Re-exported: melanoma_screen.site_adaptation imports it from here.
 
 OPSET = 17
 # Names the graph's inputs and outputs; a stored graph with another one is rebuilt.
@@ -115,12 +116,6 @@ def build_graph(model, precision: str, weights_version: str = "") -> bytes:
     return _stamped(graph, weights_version, precision)
 
 
-def graph_paths(folder, weights_version: str, precision: str) -> list[Path]:
-    """Where a stored graph is looked for: in the model folder, then in the user's cache."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "melanoma_screen"
-    return [Path(folder) / f"model.{precision}.onnx", cache / f"{weights_version}.{precision}.onnx"]
-
-
 def _session(graph, options):
     import onnxruntime
 
@@ -166,10 +161,11 @@ class OnnxClassifier:
 
     `with_patch_tokens` also returns the (N, P, D) patch tokens of the input check, from the same run.
     model: the PyTorch model, or a callable returning it (loaded only when the graph must be built).
-    folder and weights_version: where a stored graph is looked for, and the weights it must hold.
+    graphs and weights_version: where a stored graph is looked for and written (the model folder says
+    where: ModelFolder.onnx_graphs), and the weights it must hold.
     """
 
-    def __init__(self, model, precision: str = "fp32", folder=None, weights_version: str | None = None,
+    def __init__(self, model, precision: str = "fp32", graphs=(), weights_version: str | None = None,
                  _stored=None):
         self.precision = precision
         self.session = self.source = None
@@ -177,7 +173,7 @@ class OnnxClassifier:
             self.session, self.source = _stored
             return
         options = _options()
-        candidates = graph_paths(folder, weights_version, precision) if folder is not None and weights_version else []
+        candidates = [Path(path) for path in graphs] if weights_version else []
         stored = _find_stored(candidates, weights_version, precision, options)
         if stored is not None:
             self.session, self.source = stored
@@ -197,9 +193,11 @@ class OnnxClassifier:
                 continue
 
     @classmethod
-    def stored(cls, folder, weights_version: str, precision: str) -> "OnnxClassifier | None":
-        """The classifier from a graph stored for exactly these weights, or None: no PyTorch needed."""
-        found = _find_stored(graph_paths(folder, weights_version, precision), weights_version, precision, _options())
+    def stored(cls, graphs, weights_version: str, precision: str) -> "OnnxClassifier | None":
+        """The classifier from a graph stored for exactly these weights, or None: no PyTorch needed.
+
+        graphs: where to look, in order (ModelFolder.onnx_graphs)."""
+        found = _find_stored([Path(path) for path in graphs], weights_version, precision, _options())
         return None if found is None else cls(None, precision, _stored=found)
 
     def __call__(self, pixel_values):
@@ -219,15 +217,13 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="model", help="model folder (default: model)")
     parser.add_argument("--precision", choices=["int8", "fp32"], default="int8", help="default: int8, the app's")
     args = parser.parse_args(argv)
-    from .model_folder import load_network
-    from .weights import weights_version
+    from .model_folder import ModelFolder
 
-    folder = Path(args.model)
-    model = load_network(folder)
-    graph = build_graph(model, args.precision, weights_version(folder))
-    target = folder / f"model.{args.precision}.onnx"
+    folder = ModelFolder(args.model)
+    graph = build_graph(folder.network(), args.precision, folder.version)
+    target = folder.onnx_graphs(args.precision)[0]  # the one in the folder
     target.write_bytes(graph)
-    print(f"wrote {target} ({len(graph) / 1e6:.1f} MB) for weights {weights_version(folder)}")
+    print(f"wrote {target} ({len(graph) / 1e6:.1f} MB) for weights {folder.version}")
     return 0
 
 

@@ -4,14 +4,18 @@ grainless surfaces and repeated patterns, measured on a whole batch at once.
 They catch far too dark or bright pictures, heavy blur, empty frames and plain skin, pictures
 without colour (a lesion saved in grayscale: its own reason, since the model judges colour), and
 pictures whose colours no dermoscopic image has (grey pages, screenshots, scenery, noise).
-melanoma_screen.input_check holds the bounds that turn them into verdicts.
+melanoma_screen.input_check holds the bounds that turn them into verdicts. `measure` takes them, with
+the model's patch tokens and P(malignant), for many pictures at once, through a ScreeningModel: what
+the input check is fitted on (melanoma_screen.input_check_fitting) and what the benchmarks judge.
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
-from .images import LUMA_WEIGHTS
+from .images import LUMA_WEIGHTS, decode_batches
 from .images import luminance as image_luminance
 
 # The statistics are computed on the picture exactly as the model is given it
@@ -169,3 +173,31 @@ def batch_features(pixels: np.ndarray) -> np.ndarray:
         flatness,
         _periodicity(full),
     ], axis=1).astype(np.float64)
+
+
+def measure(model, sources, batch_size: int = 64, desc: str = "measuring", progress: bool = True) -> dict:
+    """Statistics, embeddings and P(malignant) of each picture, through the model's own decoding.
+
+    sources: paths or images. Pictures that cannot be decoded are skipped and counted.
+    """
+    from tqdm import tqdm
+
+    features, embeddings, probabilities, kept = [], [], [], []
+    sources = list(sources)
+    with tqdm(total=len(sources), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
+        for batch in decode_batches(sources, batch_size, model.decode_each):
+            if batch.images:
+                measured = model.measure_decoded(batch.images)
+                features.append(measured["features"])
+                embeddings.append(measured["embeddings"])
+                probabilities.append(measured["probabilities"])
+                kept += batch.positions
+            bar.update(len(batch.sources))
+    width = len(FEATURES)
+    return {
+        "features": np.concatenate(features) if features else np.empty((0, width)),
+        "embeddings": np.concatenate(embeddings) if embeddings else np.empty((0, 0)),
+        "probabilities": np.concatenate(probabilities) if probabilities else np.empty(0),
+        "kept": np.asarray(kept, dtype=int),
+        "skipped": len(sources) - len(kept),
+    }

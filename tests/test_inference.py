@@ -295,8 +295,8 @@ def test_the_int8_graph_is_stored_with_the_weights_hash_and_rebuilt_when_they_ch
     stamp = onnxruntime.InferenceSession(str(stored)).get_modelmeta().custom_metadata_map
     assert stamp["weights_version"] == changed.version
     # The rebuilt graph holds the new weights: the malignant logit is 2 higher, the other unchanged.
-    pixels = first.preprocess([load_rgb_image(images[0])])
-    shift = (changed.logits_and_patch_tokens(pixels)[0] - first.logits_and_patch_tokens(pixels)[0])[0]
+    pixels = first.preprocess([load_rgb_image(images[0])]).numpy()
+    shift = (changed._onnx.with_patch_tokens(pixels)[0] - first._onnx.with_patch_tokens(pixels)[0])[0]
     assert abs(float(shift[changed.malignant_index]) - 2.0) < 1e-3 and abs(float(shift[1 - changed.malignant_index])) < 1e-3
     # A damaged file is rebuilt, not a failure.
     stored.write_bytes(b"not an onnx graph")

@@ -24,8 +24,8 @@ from conftest import REPO_ROOT, SHARED_DATASET, real_images
 from not_lesion_set import CATEGORIES, build_not_lesion_set
 
 from melanoma_screen import input_check
-from melanoma_screen.input_check_fitting import choose_thresholds, fit, measure
-from melanoma_screen.picture_statistics import FEATURES, batch_features
+from melanoma_screen.input_check_fitting import choose_thresholds, fit
+from melanoma_screen.picture_statistics import FEATURES, batch_features, measure
 from melanoma_screen.inference import FAST, ScreeningModel
 from melanoma_screen.messages import render
 

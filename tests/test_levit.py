@@ -12,6 +12,7 @@ from melanoma_screen import architectures, onnx_engine
 from melanoma_screen.explain import heatmap_grid, token_attribution
 from melanoma_screen.inference import FAST, ScreeningModel
 from melanoma_screen.labels import malignant_index
+from melanoma_screen.model_folder import ModelFolder
 from melanoma_screen.modeling import build_other_architecture
 from melanoma_screen.modeling import ID2LABEL, LABEL2ID
 
@@ -111,7 +112,7 @@ def test_trained_levit_folder_is_served_on_the_fast_path_with_check_and_heatmap(
     assert heatmap.min() == 0 and heatmap.max() == pytest.approx(1)
     # Reloaded, the graph stored beside the weights is found: no PyTorch export again.
     assert (tiny_levit_dir / "model.int8.onnx").is_file()
-    stored = onnx_engine.OnnxClassifier.stored(tiny_levit_dir, screening.version, "int8")
+    stored = onnx_engine.OnnxClassifier.stored(ModelFolder(tiny_levit_dir).onnx_graphs("int8"), screening.version, "int8")
     assert stored is not None
 
 

@@ -134,10 +134,11 @@ def test_block_counts_and_stores_no_picture_or_name(adapted, site):
 
 
 def test_int8_graph_is_rebuilt_for_the_adapted_weights_and_matches_pytorch(adapted, held_out_pictures):
+    from melanoma_screen.model_folder import onnx_graph_paths
     from melanoma_screen.onnx_engine import OnnxClassifier
 
     version = weights_version(adapted)
-    assert OnnxClassifier.stored(adapted, version, "int8") is not None  # the stored graph holds these weights
+    assert OnnxClassifier.stored(onnx_graph_paths(adapted, version, "int8"), version, "int8") is not None  # the stored graph holds these weights
     assert config_of(adapted)["site_adaptation"]["onnx_int8_parity_max_difference"] <= site_adaptation.PARITY_TOLERANCE
     fast, exact = ScreeningModel.load(str(adapted), **FAST), ScreeningModel.load(str(adapted))
     assert fast._onnx is not None and Path(fast._onnx.source) == adapted / "model.int8.onnx"

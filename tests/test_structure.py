@@ -171,3 +171,135 @@ def test_app_is_shaped_like_a_gradio_demo():
     # analysis, the layout and the wiring, readable top to bottom.
     lines = (REPO_ROOT / "app.py").read_text(encoding="utf-8").count("\n")
     assert lines < 350, f"app.py has {lines} lines: move views or routes into melanoma_screen"
+
+
+# ------------------------------------------------------------------ one upload, page to JSON
+
+# What tests/test_structure.py's upload trace runs, in a process of its own (importing app.py loads a model and
+# builds the page). It prints the project functions one real upload crosses, as JSON; see test_one_upload_... below.
+UPLOAD_TRACE = r'''
+import inspect, json, os, sys
+from pathlib import Path
+
+sys.path.insert(0, os.getcwd())
+import app
+
+app.heatmap = lambda picture: None  # after the JSON, and it would wait for PyTorch: not part of the path
+calls, stack, marks = [], [], {}
+state = {"done": False, "depth": 0, "deepest": []}
+
+
+def name_of(frame):
+    """module.qualname of a function written in app.py or melanoma_screen/, else None.
+
+    Comprehensions and lambdas are expressions read in their function; a dataclass's __init__ is written by
+    Python (its code comes from no file of the project).
+    """
+    module, code = frame.f_globals.get("__name__", ""), frame.f_code
+    if not (module == "app" or module.startswith("app_") or module.startswith("melanoma_screen.")):
+        return None
+    if code.co_name.startswith("<") or not os.path.isfile(code.co_filename):
+        return None
+    return module.rpartition(".")[2] + "." + frame.f_code.co_qualname
+
+
+def is_property(frame):
+    owner, _, attribute = frame.f_code.co_qualname.rpartition(".")
+    cls = frame.f_globals.get(owner)
+    found = inspect.getattr_static(cls, attribute, None) if isinstance(cls, type) else None
+    return isinstance(found, property) or type(found).__name__ == "cached_property"
+
+
+def profile(frame, event, arg):
+    if state["done"]:
+        return
+    if event == "call":
+        name = name_of(frame)
+        if name is None:
+            return
+        caller = stack[-1][1] if stack else None
+        calls.append({"name": name, "caller": caller, "property": is_property(frame)})
+        stack.append((frame, name))
+        if len(stack) > state["depth"]:
+            state["depth"], state["deepest"] = len(stack), [entry[1] for entry in stack]
+        if name in ("calibration.risk_level", "inference.Prediction.to_json"):
+            marks[name] = [entry[1] for entry in stack[:-1]]
+    elif event == "return" and stack and stack[-1][0] is frame:
+        stack.pop()
+        if frame.f_code.co_qualname == "Prediction.to_json":
+            state["done"] = True  # the JSON answer is made
+
+
+picture = str(sorted(Path("examples").glob("*.jpg"))[0])
+app.show_analysis(picture, "en")  # once before: first-call work (BLAS set-up, caches) is not the path
+sys.setprofile(profile)
+app.show_analysis(picture, "en")
+sys.setprofile(None)
+print(json.dumps({"calls": calls, "marks": marks, "depth": state["depth"], "deepest": state["deepest"]}))
+'''
+
+# The functions one upload crosses, from the page handler to its JSON (docs/app.md lists them):
+#   the route: the functions on the call stack when the risk level is chosen and when the JSON is made
+#   (calibration.risk_level, Prediction.to_json), the ones a reader reads line by line;
+#   and every function a route function calls. What those call in turn is theirs, as a library's
+#   insides would be (Preprocess's resizing, the input check's distances).
+# Not counted: properties (attribute reads), StageClock (the CPU-time accounting of /api/timings), comprehensions
+# and lambdas (expressions inside their function), and code Python writes (a dataclass's __init__).
+# The trace stops when the JSON is made: the page's view and heat-map come after it.
+MAX_UPLOAD_FUNCTIONS = 9
+# And no call nests deeper than this under the page handler, so that layers cannot hide inside a step.
+MAX_UPLOAD_DEPTH = 8
+
+
+def crossed_functions(trace: dict) -> list[str]:
+    route = {"app.show_analysis"} | {name for stack in trace["marks"].values() for name in stack}
+    crossed = []
+    for call in trace["calls"]:
+        name = call["name"]
+        counted = name in route or call["caller"] in route
+        if counted and not call["property"] and ".StageClock." not in name and name not in crossed:
+            crossed.append(name)
+    return crossed
+
+
+@pytest.fixture(scope="module")
+def upload_trace() -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    if not (REPO_ROOT / "model" / "model.safetensors").is_file():
+        pytest.skip("the shipped model is not in model/")
+    env = {**os.environ, "MODEL_ID": str(REPO_ROOT / "model"), "HF_HUB_OFFLINE": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    done = subprocess.run([sys.executable, "-c", UPLOAD_TRACE], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_crossed_functions_follow_the_route_and_stop_at_its_steps():
+    trace = {"marks": {"calibration.risk_level": ["app.show_analysis", "app.analyse", "m.predict"]},
+             "calls": [{"name": "app.analyse", "caller": "app.show_analysis", "property": False},
+                       {"name": "m.predict", "caller": "app.analyse", "property": False},
+                       {"name": "m.step", "caller": "m.predict", "property": False},
+                       {"name": "m.inside_the_step", "caller": "m.step", "property": False},
+                       {"name": "m.Result.ok", "caller": "m.predict", "property": True},
+                       {"name": "inference.StageClock.stage", "caller": "m.predict", "property": False}]}
+    assert crossed_functions(trace) == ["app.analyse", "m.predict", "m.step"]
+
+
+def test_one_upload_crosses_few_functions_from_the_page_to_its_json(upload_trace):
+    crossed = crossed_functions(upload_trace)
+    # The trace saw the whole way: the page handler, the shared analysis, the model, the JSON.
+    assert {"app.analyse", "inference.ScreeningModel.predict_decoded", "inference.Prediction.to_json"} <= set(crossed)
+    assert len(crossed) <= MAX_UPLOAD_FUNCTIONS, (
+        f"one upload crosses {len(crossed)} functions (at most {MAX_UPLOAD_FUNCTIONS}): " + " -> ".join(crossed))
+    deepest = " -> ".join(upload_trace["deepest"])
+    assert upload_trace["depth"] <= MAX_UPLOAD_DEPTH, (
+        f"project calls nest {upload_trace['depth']} deep under the page handler: {deepest}")
+    # docs/app.md lists the functions; a list that no longer matches the code says so here.
+    documented = (REPO_ROOT / "docs" / "app.md").read_text(encoding="utf-8")
+    missing = [name for name in crossed if f"`{name.split('.', 1)[1]}`" not in documented]
+    assert not missing, f"docs/app.md does not list {missing} among the functions one upload crosses"
