@@ -27,19 +27,21 @@ import argparse
 import copy
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from melanoma_screen.model_folder import load_network
-from melanoma_screen.modeling import averaged_state_dict
 
-from data_prep import SplitSettings, training_data
-from melanoma_screen import calibration, metrics
-from melanoma_screen.images import load_rgb_image
-from melanoma_screen.labels import malignant_index
-from melanoma_screen.inference import ScreeningModel
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python experiments/x.py` puts experiments/ on the path
+from data_prep import SplitSettings, training_data  # noqa: E402
+from melanoma_screen import calibration, metrics  # noqa: E402
+from melanoma_screen.images import load_rgb_image  # noqa: E402
+from melanoma_screen.inference import ScreeningModel  # noqa: E402
+from melanoma_screen.labels import malignant_index  # noqa: E402
+from melanoma_screen.model_folder import load_network  # noqa: E402
+from melanoma_screen.modeling import averaged_state_dict  # noqa: E402
 
 FLIPS = {"none": [()], "hflip": [(), (3,)], "4 flips": [(), (3,), (2,), (2, 3)]}
 

@@ -303,3 +303,27 @@ def test_one_upload_crosses_few_functions_from_the_page_to_its_json(upload_trace
     documented = (REPO_ROOT / "docs" / "app.md").read_text(encoding="utf-8")
     missing = [name for name in crossed if f"`{name.split('.', 1)[1]}`" not in documented]
     assert not missing, f"docs/app.md does not list {missing} among the functions one upload crosses"
+
+
+def _puts_the_root_on_the_path(node: ast.stmt) -> bool:
+    """sys.path.insert(...) itself, or benchmarks' `import common`/`from common import`, which does it."""
+    if isinstance(node, ast.Import) and any(alias.name == "common" for alias in node.names):
+        return True
+    if isinstance(node, ast.ImportFrom) and node.module == "common" and not node.level:
+        return True
+    return "sys.path.insert" in ast.unparse(node)
+
+
+@pytest.mark.parametrize("script", sorted(str(path.relative_to(REPO_ROOT)) for folder in ("experiments", "benchmarks")
+                                          for path in (REPO_ROOT / folder).glob("*.py")))
+def test_a_script_below_the_root_can_be_run_as_its_docstring_says(script):
+    """`python experiments/x.py` puts experiments/, not the root, on sys.path: a module-level import of
+    the project's packages must come after the line that adds the root."""
+    body = ast.parse((REPO_ROOT / script).read_text(encoding="utf-8")).body
+    for node in body:
+        if _puts_the_root_on_the_path(node):
+            return
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            assert not any(name.split(".")[0] in PACKAGES for name in names), \
+                f"{script}:{node.lineno} imports {names} before adding the repository root to sys.path"
