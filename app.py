@@ -268,6 +268,10 @@ with gr.Blocks(title="Melanoma screening aid", analytics_enabled=False) as demo:
                            cache_examples=False, examples_per_page=8, elem_id="examples")
     examples.dataset.headers = static_text(("example", "true_diagnosis"))  # short: fits a phone's width
     LOCALISED.append((examples.dataset, {"label": "examples", "headers": ("example", "true_diagnosis")}))
+    # An example's click re-sends its inputs' constructor props (English labels): drop those the language switch owns.
+    for component, props in zip(examples.inputs_with_examples, examples.input_component_props):
+        for prop in dict(LOCALISED).get(component, {}):
+            props.pop(prop, None)
 
     with localised(gr.Accordion, {"label": "feedback_title"}, open=False, elem_id="feedback"):
         localised(gr.Markdown, {"value": "feedback_intro"})

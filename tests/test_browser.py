@@ -173,6 +173,7 @@ def test_a_french_browser_gets_every_text_in_french(browser, app_url):
     wait_for_result(page)
     expect(page.locator("#risk")).to_contain_text("Niveau de risque")
     expect(page.locator("#probabilities")).to_contain_text("malin (mélanome)")
+    expect(page.locator("#lesion-image")).to_contain_text("Image de la lésion")  # an example keeps the label French
     # The live tab: Gradio's own camera button in French too, and no trace of the upload's result
     # under it; back on the upload tab, that result is one click away again.
     page.locator("#modes [role=tab]").nth(1).click()
