@@ -75,15 +75,16 @@ def main(argv=None) -> int:
                                    "validation": metrics.by_source(labels, probs, sources, every_source, high_risk)}
 
     print(f"thresholds: screening {screening:.4f}, high risk {high_risk:.4f} (fitted on the pooled validation split)")
-    print(f"{'set':28s} {'malig':>6s} {'benign':>7s} {'sens@scr':>9s} {'spec@scr':>9s} {'sens@high':>10s} {'spec@high':>10s} {'mean P(mal) benign':>19s}")
+    rows = [(f"validation: {name}", row) for name, row in report["validation"].items()] + \
+           [(f"external: {name}", row) for name, row in report["external"].items()]
+    width = max(len(name) for name, _ in rows)  # whole names: two sources can share their first 28 letters
+    print(f"{'set':{width}s} {'malig':>6s} {'benign':>7s} {'sens@scr':>9s} {'spec@scr':>9s} {'sens@high':>10s} {'spec@high':>10s} {'mean P(mal) benign':>19s}")
 
     def cell(value, width):
         return f"{'–':>{width}s}" if value is None else f"{value:{width}.3f}"
 
-    rows = [(f"validation: {name}", row) for name, row in report["validation"].items()] + \
-           [(f"external: {name}", row) for name, row in report["external"].items()]
     for name, row in rows:
-        print(f"{name[:28]:28s} {row['n_malignant']:6d} {row['n_benign']:7d} {cell(row['sensitivity_at_screening'], 9)} "
+        print(f"{name:{width}s} {row['n_malignant']:6d} {row['n_benign']:7d} {cell(row['sensitivity_at_screening'], 9)} "
               f"{cell(row['specificity_at_screening'], 9)} {cell(row['sensitivity_at_high_risk'], 10)} "
               f"{cell(row['specificity_at_high_risk'], 10)} {cell(row['mean_p_malignant_benign'], 19)}")
     print(f"every-source rule (sensitivity ≥ {target:g} on each source with melanomas): screening threshold "

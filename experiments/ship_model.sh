@@ -32,7 +32,6 @@ for file in "$RUN"/*; do
         *) cp "$file" model/ ;;
     esac
 done
-chmod 644 model/*  # Trainer writes some files private; a model folder is for everyone to read
 
 # Cards written before the template named the architecture call every model a ViT.
 python - <<'PY'
@@ -55,4 +54,5 @@ step python evaluate_model.py --model model --data-dir "$DATA/melanoma_cancer_da
 step python experiments/compare_runs.py "$previous" model ${COMPARE_ALSO:-} --card model/README.md
 step python experiments/operating_points_by_source.py model --external-dir "$DATA/derm7pt"
 step python benchmarks/check_accuracy.py
+chmod 644 model/*  # Trainer and the input-check fit write some files private; a model folder is for everyone to read
 echo "[$(date +%T)] model/ is now $(python -c "from melanoma_screen.weights import weights_version; from pathlib import Path; print(weights_version(Path('model')))")"
