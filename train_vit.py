@@ -54,6 +54,7 @@ from melanoma_screen.modeling import (
     ID2LABEL, LABEL2ID, OTHER_ARCHITECTURES, SCRATCH_CONFIGS, build_other_architecture, CheckpointSafeTrainer, TimeLimitCallback, add_diagnosis_outputs,
     averaged_state_dict, levit_at_resolution, mimetic_initialisation, strip_diagnosis_outputs, trainer_checkpoints,
 )
+from melanoma_screen.weights import weights_version
 from melanoma_screen.transforms import (
     AUGMENTATION_DEFAULTS,
     COLOR_CONSTANCY_METHODS, COLOR_CONSTANCY_NAMES, DermoscopyAugmentation, Preprocess, augmentation_rng,
@@ -432,7 +433,11 @@ def build_model(model_args: ModelArguments, seed: int):
         ) from error
     how = "initialised from our self-supervised encoder" if model_args.init_from else "fine-tuned from"
     name = display_name(model.config.model_type)
-    return model, processor, (None if Path(source).is_dir() else source), f"{name} {how} {source}{resized}"
+    local = Path(source).is_dir()
+    # A folder's name says little once it is replaced (model/ is): its weights' version names it for good.
+    has_weights = local and (Path(source) / "model.safetensors").is_file()
+    origin = f"{source} (weights {weights_version(Path(source))})" if has_weights else source
+    return model, processor, (None if local else source), f"{name} {how} {origin}{resized}"
 
 
 # ----------------------------------------------------------------------------- metrics

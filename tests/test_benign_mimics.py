@@ -24,6 +24,7 @@ from melanoma_screen.labels import benign_diagnosis_group
 from melanoma_screen.model_folder import load_network, load_processor
 from melanoma_screen.modeling import add_diagnosis_outputs, build_other_architecture, strip_diagnosis_outputs
 from melanoma_screen.transforms import DermoscopyAugmentation
+from melanoma_screen.weights import weights_version
 
 
 def _records(groups: dict) -> list[ImageRecord]:
@@ -208,10 +209,12 @@ def test_the_shipped_levit_folder_fine_tunes_through_the_auto_class():
 
 
 def test_the_shipped_levit_fine_tunes_at_another_resolution_and_still_ranks_the_lesions(tiny_model_dir):
-    arguments = train_vit.ModelArguments(model_name_or_path=str(REPO_ROOT / "model"), image_size=160)
+    size = json.loads((REPO_ROOT / "model" / "config.json").read_text())["image_size"] + 32  # not the shipped size
+    arguments = train_vit.ModelArguments(model_name_or_path=str(REPO_ROOT / "model"), image_size=size)
     model, processor, _, description = train_vit.build_model(arguments, seed=0)
-    assert model.config.image_size == 160 and processor.size == {"height": 160, "width": 160}
-    assert description.endswith("resized to 160 px")
+    assert model.config.image_size == size and processor.size == {"height": size, "width": size}
+    assert description.endswith(f"resized to {size} px")
+    assert f"(weights {weights_version(REPO_ROOT / 'model')})" in description  # which model/, once it is replaced
     shipped = load_network(REPO_ROOT / "model").eval()
     shipped_processor = load_processor(REPO_ROOT / "model")
     images = [Image.open(path).convert("RGB") for label in ("benign", "malignant") for path in real_images("test", label, 12)]
