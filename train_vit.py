@@ -242,6 +242,17 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- data
 
 
+def base_split_settings(model_args: ModelArguments) -> Optional[str]:
+    """The split settings stored by the run folder being fine-tuned, as JSON; None for a Hub id or a folder without them."""
+    results = Path(model_args.model_name_or_path or "") / "eval_results.json"
+    if model_args.scratch_config or model_args.init_from or not results.is_file():
+        return None
+    settings = json.loads(results.read_text()).get("settings") or {}
+    if "data" not in settings:
+        return None
+    return json.dumps({"data": settings["data"], "training": {"seed": (settings.get("training") or {}).get("seed")}})
+
+
 def load_records(data_args: DataArguments):
     try:
         data = data_prep.training_data(data_args, external_dirs=data_args.external_dir)
@@ -255,6 +266,12 @@ def load_records(data_args: DataArguments):
     if data["extra_counts"]:
         logger.info("extra training images dropped as copies of the main dataset's images or of each other: %d",
                     data["extra_dropped"])
+    if data["base_split"]:
+        summary = data["base_split"]
+        logger.info("the base model's split kept: it trained on %d of the %d validation images a fresh split drew; "
+                    "validation is now %d of its validation images and %d from sources it never saw",
+                    summary["base_trained_on_fresh_validation"], summary["fresh_validation"],
+                    summary["validation_from_base"], summary["validation_new"])
     logger.info("images per source and split after the audit: %s", data["sources"])
     logger.info("class counts used for training: %s (weights %s)", data["class_counts"], data["class_weights"])
     # Acquisition cues (a dermoscope's vignette, the skin's colour, image size)
@@ -665,6 +682,7 @@ def calibrate_and_report(trainer, data, val_dataset, test_dataset, eval_transfor
         for name, records in data["external"].items()
     }
     report["sources"] = data["sources"]
+    report["base_split"] = data["base_split"]
     # The seed sits under "training" with TrainingArguments', where SplitSettings.from_stored reads it.
     report["settings"] = {"data": data_args.stored(), "model": asdict(model_args), "screening": asdict(screening_args),
                           "training": training_args.to_dict()}
@@ -709,6 +727,8 @@ def main(argv=None):
     if screening_args.select_on != "pooled":
         training_args.metric_for_best_model = SELECTION_METRICS[screening_args.select_on]
 
+    if data_args.keep_split_of is None:
+        data_args.keep_split_of = base_split_settings(model_args)
     data = load_records(data_args)
     if not data["train"] or not data["validation"]:
         raise SystemExit("Not enough valid training images to carve a validation split.")

@@ -60,6 +60,12 @@ class SplitSettings:
                           "`python -m data_prep split` names it) and score it at the end like an external set: does the "
                           "recipe hold on an acquisition it never saw?"})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (for quick runs)."})
+    keep_split_of: Optional[str] = field(
+        default=None,
+        metadata={"help": "The stored split settings (eval_results.json's settings, as JSON) of the model this run "
+                          "fine-tunes: its validation images stay in validation and the images it trained on stay in "
+                          "training, so a fine-tune never validates on what its base learnt. train_vit.py sets it when "
+                          "--model-name-or-path is a local run folder."})
 
     @classmethod
     def from_namespace(cls, namespace, **overrides) -> "SplitSettings":

@@ -125,6 +125,7 @@ def training_data(settings: SplitSettings, external_dirs=(), progress: bool = Tr
     else:
         audit = audit_duplicates(records, progress=progress)
         if audit_file:
+            Path(audit_file).parent.mkdir(parents=True, exist_ok=True)
             Path(audit_file).write_text(json.dumps(audit, indent=1))
     drop_reasons = duplicates_to_drop(audit, settings.drop_duplicates, extra_paths)
     dropped = set(drop_reasons)
@@ -138,7 +139,11 @@ def training_data(settings: SplitSettings, external_dirs=(), progress: bool = Tr
     test_records = [r for r in records if r.split == "test"]
     # Duplicates of one image must sit on one side of the validation split,
     # or validation turns into a memory test and thresholds come out too rosy.
-    train, validation = train_val_split(train_pool, val_fraction=settings.val_fraction, seed=seed, groups=group_ids(train_pool, audit))
+    groups = group_ids(train_pool, audit)
+    train, validation = train_val_split(train_pool, val_fraction=settings.val_fraction, seed=seed, groups=groups)
+    base_split = None
+    if settings.keep_split_of:
+        train, validation, base_split = keep_base_split(train_pool, groups, validation, settings.keep_split_of, progress)
     if settings.max_train_samples:
         train = random.Random(seed).sample(train, min(settings.max_train_samples, len(train)))
     train, class_weights, class_counts_used = balance(train, method=settings.balance, seed=seed)
@@ -154,8 +159,44 @@ def training_data(settings: SplitSettings, external_dirs=(), progress: bool = Tr
         class_weights=class_weights, class_counts=class_counts_used,
         sample_weights=weights, weight_summary=weight_summary(train, weights) if weights else None,
         diagnoses=diagnosis_counts(train + validation),
-        sources=source_counts(train=train, validation=validation, test=test_records),
+        sources=source_counts(train=train, validation=validation, test=test_records), base_split=base_split,
     )
+
+
+def keep_base_split(pool, groups, validation, base_settings: str, progress: bool = True):
+    """(train, validation, summary): the fresh split, with the base model's own split kept where it had one.
+
+    The split deals one seeded stream over the (source, class) strata, so a new source
+    redraws every other source's validation images: about nine in ten would be images
+    the base model trained on, and a fine-tune would choose its checkpoint and fit its
+    thresholds on them. Here a duplicate group with an image in the base's validation
+    goes to validation, one with an image the base trained on goes to training, and
+    the rest (new sources) keep the fresh draw.
+    """
+    base = training_data(SplitSettings.from_stored(json.loads(base_settings)), progress=progress)
+    base_validation = {record.path for record in base["validation"]}
+    base_training = {record.path for record in base["train"]}
+    fresh_validation = {record.path for record in validation}
+    members: dict[int, list] = {}
+    for record, group in zip(pool, groups):
+        members.setdefault(group, []).append(record)
+    in_validation = {}
+    for group in members.values():
+        paths = {record.path for record in group}
+        if paths & base_validation:
+            side = True
+        elif paths & base_training:
+            side = False
+        else:
+            side = bool(paths & fresh_validation)
+        in_validation.update((path, side) for path in paths)
+    kept_train = [record for record in pool if not in_validation[record.path]]
+    kept_validation = [record for record in pool if in_validation[record.path]]
+    summary = {"base_trained_on_fresh_validation": len(fresh_validation & base_training),
+               "fresh_validation": len(fresh_validation),
+               "validation_from_base": sum(record.path in base_validation for record in kept_validation),
+               "validation_new": sum(record.path not in base_validation for record in kept_validation)}
+    return kept_train, kept_validation, summary
 
 
 def to_dataset(records, **columns):

@@ -323,3 +323,12 @@ def test_evaluate_model_prints_and_cards_melanoma_against_each_benign_diagnosis(
     with pytest.raises(SystemExit) as refused:
         evaluate_model.main(["--model", str(REPO_ROOT / "model"), "--data-dir", str(plain), "--card", str(card)])
     assert refused.value.code == 2 and "neither" in capsys.readouterr().err
+
+
+def test_fine_tuning_a_run_folder_keeps_its_split_and_a_hub_id_does_not(tiny_model_dir):
+    stored = json.loads((tiny_model_dir / "eval_results.json").read_text())["settings"]
+    kept = json.loads(train_vit.base_split_settings(train_vit.ModelArguments(model_name_or_path=str(tiny_model_dir))))
+    assert kept["data"] == stored["data"] and kept["training"]["seed"] == stored["training"]["seed"]
+    assert train_vit.base_split_settings(train_vit.ModelArguments(model_name_or_path="google/vit-base-patch16-224-in21k")) is None
+    assert train_vit.base_split_settings(train_vit.ModelArguments(model_name_or_path=str(tiny_model_dir),
+                                                                  scratch_config="tiny")) is None

@@ -377,3 +377,35 @@ def test_resize_writes_the_same_layout_with_the_shorter_side_given(tmp_path, ima
     before, after = scan_image_folder(source, progress=False), scan_image_folder(target, progress=False)
     assert after.counts == before.counts == {"train": {"benign": 3, "malignant": 3}, "test": {"benign": 2, "malignant": 2}}
     assert after.skipped == []
+
+
+def test_a_fine_tune_keeps_its_base_models_split(tmp_path):
+    """A new source must not redraw the validation split of the sources the base model saw."""
+    main, new = tmp_path / "tenk", tmp_path / "aaa_new"  # the new source's name sorts first, as ham10000's does
+    for label in ("benign", "malignant"):
+        copy_into(shared_images("melanoma_cancer_dataset", label, 30, "train"), main / "train" / label)
+        copy_into(shared_images("melanoma_cancer_dataset", label, 2, "test"), main / "test" / label)
+    copy_into(shared_images("isic2017", "benign", 10), new / "benign")
+    copy_into(shared_images("isic2017", "malignant", 4), new / "malignant")
+    base_settings = SplitSettings(data_dir=str(main), val_fraction=0.2)
+    base = training_data(base_settings, progress=False)
+    stored = json.dumps({"data": base_settings.stored(), "training": {"seed": base_settings.seed}})
+
+    def main_validation(data):
+        return {record.path for record in data["validation"] if record.source == "tenk"}
+
+    fresh = training_data(SplitSettings(data_dir=str(main), extra_train_dir=[str(new)], val_fraction=0.2), progress=False)
+    # Without it: the main source's validation is redrawn, onto images the base model trained on.
+    assert main_validation(fresh) & paths(base["train"])
+
+    settings = SplitSettings(data_dir=str(main), extra_train_dir=[str(new)], val_fraction=0.2, keep_split_of=stored)
+    kept = training_data(settings, progress=False)
+    assert main_validation(kept) == paths(base["validation"])
+    assert not paths(kept["validation"]) & paths(base["train"])
+    assert {record.source for record in kept["validation"]} == {"tenk", "aaa_new"}  # the new source still validates
+    assert paths(kept["train"]) | paths(kept["validation"]) == paths(fresh["train"]) | paths(fresh["validation"])
+    assert kept["base_split"]["validation_from_base"] == len(base["validation"])
+    assert kept["base_split"]["base_trained_on_fresh_validation"] == len(main_validation(fresh) & paths(base["train"]))
+    # Stored with the fine-tune's settings, the same split is rebuilt (fit_input_check and the reports do that).
+    again = training_data(SplitSettings.from_stored({"data": settings.stored(), "training": {"seed": 42}}), progress=False)
+    assert paths(again["validation"]) == paths(kept["validation"])
