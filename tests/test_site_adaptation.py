@@ -304,3 +304,34 @@ def test_help_names_the_unlabeled_mode(capsys):
     with pytest.raises(SystemExit):
         calibrate_site.main(["--help"])
     assert "--unlabeled-dir" in capsys.readouterr().out
+
+
+def test_thresholds_fitted_under_adaptation_reach_the_folders_calibrate_site_adapts(tmp_path, capsys):
+    """A model that carries adapted_operating_points gives them to every folder adapted from it."""
+    model = ScreeningModel.load(str(SHIPPED), **FAST)
+    tenk = [path for label in ("benign", "malignant")
+            for path in sorted((SHARED_DATASET / "test" / label).glob("*.jpg"))[::10][:20]]
+    picked = {"10k": tenk, "derm7pt": derm7pt_pictures(24, 16, offset=400), "too small": derm7pt_pictures(5, 5, offset=500)}
+    sources = {}
+    for name, paths in picked.items():
+        pixels, _, _, accepted = site_adaptation.gather_pixels(model, paths, progress=False)
+        sources[name] = (pixels, np.asarray([path.parent.name == "malignant" for path in paths], dtype=int)[accepted])
+    points = site_adaptation.fit_adapted_operating_points(model, sources, progress=False)
+    assert "left_out" in points["sources"]["too small"] and "rule" in points["sources"]["10k"]
+    assert 0 < points["screening_threshold"] <= points["high_risk_threshold"] < 1
+    assert points["validation_sensitivity_at_screening"] >= 0.95
+
+    source = tmp_path / "source"
+    shutil.copytree(SHIPPED, source)
+    config = config_of(source)
+    config[site_adaptation.ADAPTED_POINTS_KEY] = points
+    (source / "config.json").write_text(__import__("json").dumps(config, indent=2))
+    site = copy_pictures(derm7pt_pictures(30, 10, offset=600), tmp_path / "pictures")
+    status, err = run_cli(capsys, "--model", source, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
+    assert status == 0, err
+    adapted = config_of(tmp_path / "out")
+    assert adapted["screening_threshold"] == points["screening_threshold"] != config["screening_threshold"]
+    assert adapted["high_risk_threshold"] == points["high_risk_threshold"]
+    assert adapted["site_adaptation"]["thresholds"] == "fitted under adaptation"
+    assert ScreeningModel.load(str(tmp_path / "out")).screening_threshold == points["screening_threshold"]
+    assert "adapted_operating_points" in (tmp_path / "out" / "README.md").read_text()

@@ -1,0 +1,73 @@
+"""Fit the thresholds a model's site-adapted folders get: each validation source adapted on its own pictures.
+
+    python experiments/fit_adapted_thresholds.py model
+
+Rebuilds the model's validation split from its eval_results.json (with
+data_prep, as fit_input_check.py does; the stored paths are relative to where
+training ran), keeps the pictures its input check accepts, groups them by
+source, and writes melanoma_screen.site_adaptation.fit_adapted_operating_points'
+result into the folder's config.json under "adapted_operating_points".
+calibrate_site.py --unlabeled-dir then gives those thresholds to the folders it
+adapts from this model; without them an adapted folder keeps the source
+model's thresholds. Nothing else in the folder changes. Why a model trained on
+several sources needs it: docs/site_calibration.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python experiments/x.py` puts experiments/ on the path
+import data_prep  # noqa: E402
+from data_prep import SplitSettings  # noqa: E402
+from melanoma_screen.inference import FAST, ScreeningModel  # noqa: E402
+from melanoma_screen.site_adaptation import (ADAPTED_POINTS_KEY, fit_adapted_operating_points,  # noqa: E402
+                                             gather_pixels, require_batchnorm)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="model folder with eval_results.json (its config.json is updated)")
+    parser.add_argument("--max-per-source", type=int, default=None,
+                        help="at most this many validation pictures of each source, every k-th (a quick run)")
+    args = parser.parse_args(argv)
+    folder = Path(args.model)
+    results = json.loads((folder / "eval_results.json").read_text())
+    validation = data_prep.training_data(SplitSettings.from_stored(results["settings"]))["validation"]
+    by_source = defaultdict(list)
+    for record in validation:
+        by_source[record.source].append(record)
+    model = ScreeningModel.load(str(folder), **FAST)
+    require_batchnorm(model.model, model.model_id)
+    sources = {}
+    for name, records in sorted(by_source.items()):
+        if args.max_per_source and len(records) > args.max_per_source:
+            records = records[:: len(records) // args.max_per_source][: args.max_per_source]
+        pixels, _, _, accepted = gather_pixels(model, [record.path for record in records], desc=name)
+        sources[name] = (pixels, np.asarray([record.label for record in records])[accepted])
+    points = fit_adapted_operating_points(model, sources, float(model.config.min_sensitivity or 0.95),
+                                          float(model.config.min_specificity or 0.95))
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config[ADAPTED_POINTS_KEY] = points
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    print(f"source model: screening {model.screening_threshold:.4f}, high risk {model.high_risk_threshold:.4f}")
+    print(f"adapted folders: screening {points['screening_threshold']:.4f}, high risk {points['high_risk_threshold']:.4f} "
+          f"(validation, each source adapted on its own: sensitivity {points['validation_sensitivity_at_screening']:.3f}, "
+          f"specificity at high risk {points['validation_specificity_at_high_risk']:.3f})")
+    for name, entry in points["sources"].items():
+        print(f"  {name}: {entry['n']} pictures, {entry['n_malignant']} melanomas; "
+              + (f"left out: {entry['left_out']}" if "left_out" in entry else
+                 f"adapted with mix {entry['rule']['mix']:g}{'' if entry['rule']['variances'] else ', means only'}"))
+    print(f"wrote {ADAPTED_POINTS_KEY} into {config_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
