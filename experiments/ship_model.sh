@@ -53,6 +53,8 @@ step python evaluate_model.py --model model --data-dir "$DATA/melanoma_cancer_da
 # COMPARE_ALSO: more runs for the card's comparison table (another seed of the same recipe, say).
 step python experiments/compare_runs.py "$previous" model ${COMPARE_ALSO:-} --card model/README.md
 step python experiments/operating_points_by_source.py model --external-dir "$DATA/derm7pt"
+# The thresholds the folders calibrate_site.py --unlabeled-dir adapts from this model get (docs/site_calibration.md).
+step python experiments/fit_adapted_thresholds.py model
 step python benchmarks/check_accuracy.py
 chmod 644 model/*  # Trainer and the input-check fit write some files private; a model folder is for everyone to read
 echo "[$(date +%T)] model/ is now $(python -c "from melanoma_screen.weights import weights_version; from pathlib import Path; print(weights_version(Path('model')))")"
