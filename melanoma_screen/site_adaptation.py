@@ -311,11 +311,16 @@ def adapt_to_site(screening_model, pictures: np.ndarray, rule: dict = ADAPTATION
     network = screening_model.model
     require_batchnorm(network, screening_model.model_id)
 
+    done = {}  # the full rule's means-only comparison is also the first fallback: scored once
+
     def scored(candidate):
-        adapted = copy.deepcopy(network)
-        adapt(adapted, statistics, candidate)
-        return adapted, malignant_probabilities(adapted, pictures, screening_model.temperature,
-                                                screening_model.malignant_index)
+        key = tuple(sorted(candidate.items()))
+        if key not in done:
+            adapted = copy.deepcopy(network)
+            adapt(adapted, statistics, candidate)
+            done[key] = adapted, malignant_probabilities(adapted, pictures, screening_model.temperature,
+                                                         screening_model.malignant_index)
+        return done[key]
 
     source_scores = malignant_probabilities(network, pictures, screening_model.temperature,
                                             screening_model.malignant_index)
@@ -360,12 +365,11 @@ def fit_adapted_operating_points(screening_model, sources: dict, min_sensitivity
             by_source[name] = dict(entry, left_out=f"fewer than {MIN_PICTURES} pictures")
             continue
         try:
-            network, rule, _ = adapt_to_site(screening_model, pixels)
+            _, rule, guard = adapt_to_site(screening_model, pixels)
         except SiteAdaptationError:
             by_source[name] = dict(entry, left_out="the guard refused every rule")
             continue
-        scores.append(malignant_probabilities(network, pixels, screening_model.temperature,
-                                              screening_model.malignant_index))
+        scores.append(guard["scores"])
         labels.append(source_labels)
         by_source[name] = dict(entry, rule={"mix": rule["mix"], "variances": rule.get("variances", True)})
     pooled = np.concatenate(labels) if labels else np.zeros(0, dtype=int)
