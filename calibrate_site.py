@@ -43,6 +43,7 @@ import tempfile
 from pathlib import Path
 
 from data_prep import scan_label_folder
+from melanoma_screen.calibration import stored_targets
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError, ScreeningModel
 from melanoma_screen.site_calibration import (MIN_BENIGN, MIN_MALIGNANT, SiteCalibrationError, check_output_folder,
                                               fit_site, score_site, shortfall, site_report,
@@ -168,8 +169,9 @@ def refit_thresholds(args, source: Path, out_dir: Path) -> dict:
         raise SiteCalibrationError(problem)
     model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
     scores = score_site(model, scan.records, skipped=scan.skipped, batch_size=args.batch_size)
-    min_sensitivity = args.min_sensitivity or float(getattr(model.config, "min_sensitivity", None) or 0.95)
-    min_specificity = args.min_specificity or float(getattr(model.config, "min_specificity", None) or 0.95)
+    stored_sensitivity, stored_specificity = stored_targets(model.config)
+    min_sensitivity = args.min_sensitivity or stored_sensitivity
+    min_specificity = args.min_specificity or stored_specificity
     fit = fit_site(scores, min_sensitivity, min_specificity, fit_temperature=args.fit_temperature)
     report = site_report(scores, fit, model, site_name=args.site_name)
     print_report(report)

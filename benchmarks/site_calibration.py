@@ -331,8 +331,8 @@ def main(argv=None) -> int:
     if args.mode != "thresholds":
         return adaptation_main(args)
     model = ScreeningModel.load(args.model, engine=args.engine, precision=args.precision)
-    targets = (args.min_sensitivity or float(getattr(model.config, "min_sensitivity", None) or 0.95),
-               args.min_specificity or float(getattr(model.config, "min_specificity", None) or 0.95))
+    stored = calibration.stored_targets(model.config)
+    targets = (args.min_sensitivity or stored[0], args.min_specificity or stored[1])
     source_points = {"screening_threshold": model.screening_threshold, "high_risk_threshold": model.high_risk_threshold}
     try:
         site = score_folder(model, args.site_dir, "site")

@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python experiments/x.py` puts experiments/ on the path
 import data_prep  # noqa: E402
 from data_prep import SplitSettings  # noqa: E402
+from melanoma_screen.calibration import stored_targets  # noqa: E402
 from melanoma_screen.inference import FAST, ScreeningModel  # noqa: E402
 from melanoma_screen.site_adaptation import (ADAPTED_POINTS_KEY, fit_adapted_operating_points,  # noqa: E402
                                              gather_pixels, require_batchnorm)
@@ -51,8 +52,7 @@ def main(argv=None) -> int:
             records = records[:: len(records) // args.max_per_source][: args.max_per_source]
         pixels, _, _, accepted = gather_pixels(model, [record.path for record in records], desc=name)
         sources[name] = (pixels, np.asarray([record.label for record in records])[accepted])
-    points = fit_adapted_operating_points(model, sources, float(model.config.min_sensitivity or 0.95),
-                                          float(model.config.min_specificity or 0.95))
+    points = fit_adapted_operating_points(model, sources, *stored_targets(model.config))
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     config[ADAPTED_POINTS_KEY] = points

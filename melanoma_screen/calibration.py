@@ -166,6 +166,12 @@ def choose_operating_points(y_true, prob_malignant, min_sensitivity: float = 0.9
     }
 
 
+def stored_targets(config) -> tuple[float, float]:
+    """(min_sensitivity, min_specificity) a model's thresholds were chosen for, from its config; 0.95 each if unsaid."""
+    return (float(getattr(config, "min_sensitivity", None) or 0.95),
+            float(getattr(config, "min_specificity", None) or 0.95))
+
+
 def operating_point_config(operating_points: dict, temperature: float | None = None) -> dict:
     """The config.json entries a model's operating points are stored in (train_vit.py, calibrate_site.py).
 
