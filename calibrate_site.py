@@ -45,9 +45,8 @@ from pathlib import Path
 from data_prep import scan_label_folder
 from melanoma_screen.calibration import stored_targets
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError, ScreeningModel
-from melanoma_screen.site_calibration import (MIN_BENIGN, MIN_MALIGNANT, SiteCalibrationError, check_output_folder,
-                                              fit_site, score_site, shortfall, site_report,
-                                              write_site_model)
+from melanoma_screen.site_calibration import (SiteCalibrationError, check_output_folder, fit_site, score_site,
+                                              shortfall, site_report, write_site_model)
 from melanoma_screen.site_adaptation import (adaptation_block, adapt_to_site, find_pictures, gather_pixels,
                                              require_batchnorm, too_few,
                                              write_adapted_model)

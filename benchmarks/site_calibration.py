@@ -305,7 +305,6 @@ def adaptation_main(args) -> int:
               + (f"; refused: {cell['folds_refused']}" if cell["folds_refused"] else "")
               + (f"; best specificity any threshold gives per held-out half: {oracle}" if oracle else ""), flush=True)
 
-    base_auc = results["input_model"]["roc_auc"]
     print(f"{name}: {int(labels.sum())} melanomas, {int((labels == 0).sum())} benign; {args.mode} mode, held-out halves "
           "pooled, at each folder's screening threshold (bootstrap 95% CI)")
     print(f"{'':34s} {'sensitivity':>20s} {'specificity':>20s} ROC AUC")
