@@ -46,7 +46,7 @@ from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.labels import benign_diagnosis_group, malignant_index
-from melanoma_screen.architectures import display_name
+from melanoma_screen.architectures import ADAPTERS, display_name, resizable
 from melanoma_screen.model_card import write_model_card
 from melanoma_screen.model_folder import load_network, load_processor
 from melanoma_screen.skin import lesion_extent, reference_skin_colour
@@ -438,8 +438,10 @@ def build_model(model_args: ModelArguments, seed: int):
         except OSError:
             processor = build_image_processor(int(model.config.image_size))
         if model_args.image_size and model_args.image_size != int(model.config.image_size):
-            if model.config.model_type != "levit":
-                raise SystemExit(f"--image-size changes the resolution of a LeViT only; {source} is a {model.config.model_type}.")
+            if not resizable(model):
+                allowed = " or ".join(adapter.model_type for adapter in ADAPTERS.values() if adapter.resizable)
+                raise SystemExit(f"--image-size changes the input size of a {allowed} only; "
+                                 f"{source} is a {model.config.model_type}.")
             model = levit_at_resolution(model, model_args.image_size)
             resized = f", resized to {model_args.image_size} px"
             processor = build_image_processor(model_args.image_size, processor.image_mean, processor.image_std)

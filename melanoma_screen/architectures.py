@@ -30,6 +30,10 @@ class Architecture:
     # (config class, model class, settings) in transformers for train_vit.py --scratch-config MODEL_TYPE;
     # None: trained from random weights by its own recipe (ViT's sizes: modeling.SCRATCH_CONFIGS).
     scratch: tuple | None = None
+    # Whether a trained model can be given another input size (train_vit.py --image-size): a LeViT's attention
+    # biases are resized over the new grid of offsets (modeling.levit_at_resolution). A ViT's position embeddings
+    # would need the same and have no code for it here.
+    resizable: bool = False
 
     @property
     def servable(self) -> bool:
@@ -108,7 +112,7 @@ ADAPTERS = {architecture.model_type: architecture for architecture in (
     Architecture("vit", "Vision Transformer (ViT)", "ViT", "vit", vit_logits_and_tokens, "attention_rollout",
                  export_attention="eager"),
     Architecture("levit", "LeViT (a vision transformer with a convolutional stem, Graham et al. 2021)", "LeViT-128S",
-                 "levit", levit_logits_and_tokens, "token_attribution",
+                 "levit", levit_logits_and_tokens, "token_attribution", resizable=True,
                  scratch=("LevitConfig", "LevitForImageClassification",
                           dict(hidden_sizes=[128, 256, 384], num_attention_heads=[4, 6, 8], depths=[2, 3, 3],
                                key_dim=[16, 16, 16]))),
@@ -127,6 +131,11 @@ def adapter_for(model_or_config) -> Architecture | None:
 def servable(model_type) -> bool:
     adapter = adapter_for(model_type)
     return adapter is not None and adapter.servable
+
+
+def resizable(model_type) -> bool:
+    adapter = adapter_for(model_type)
+    return adapter is not None and adapter.resizable
 
 
 def display_name(model_type) -> str:

@@ -122,6 +122,9 @@ def test_the_architecture_registry_decides_tokens_heatmap_and_what_is_served():
     assert architectures.adapter_for(levit).heatmap == "token_attribution"
     assert architectures.adapter_for(levit.config) is architectures.adapter_for("levit")
     assert [architectures.servable(name) for name in ("vit", "levit", "mobilevitv2", "resnet")] == [True, True, False, False]
+    # Only a LeViT takes another input size (its attention biases are resized): train_vit.py --image-size asks this.
+    assert [architectures.resizable(name) for name in ("vit", "levit", "mobilevitv2", "resnet")] == [False, True, False, False]
+    assert architectures.resizable(levit) and not architectures.resizable(mobile.config)
     with torch.no_grad():
         logits, tokens = architectures.logits_and_patch_tokens(mobile, torch.zeros(2, 3, 64, 64))
     assert logits.shape == (2, 2) and tokens.shape == (2, 0, 1)  # scored, but nothing for the input check
