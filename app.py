@@ -31,7 +31,7 @@ import gradio as gr  # noqa: E402
 from gradio import FileData  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from melanoma_screen.app_routes import API_DESCRIPTION, MAX_UPLOAD_BYTES, image_source, server_routes  # noqa: E402
+from melanoma_screen.app_routes import API_DESCRIPTION, MAX_UPLOAD_BYTES, open_upload, server_routes  # noqa: E402
 from melanoma_screen.app_views import (  # noqa: E402
     PAGE_CSS, TRAIN_COMMAND, WEBCAM_TEXT_JS, about_markdown, disclaimer_html, no_model_message, no_model_reason,
     page_language, read_examples, render_result, static_text,
@@ -96,11 +96,10 @@ def analyse(image, *, uploads_only: bool = False) -> Analysis:
         return Analysis({"error": no_model_message(MODEL_ERROR, markup=False), "reason": "no_model"},
                         {"kind": "no_model", "reason": MODEL_ERROR})
     try:
-        source = image_source(image, uploads_only=uploads_only)
-        if source is None:
+        upload = open_upload(image, MODEL.decode, uploads_only=uploads_only)
+        if upload is None:
             return Analysis({"error": TEXT["en"]["no_image"], "reason": "no_image"}, {"kind": "no_image"})
-        picture = MODEL.decode(source)
-        prediction = MODEL.predict_decoded([picture])[0]
+        prediction = MODEL.predict_decoded([upload.picture])[0]
     except ImageLoadError as error:
         return Analysis({"error": str(error), "reason": error.reason},
                         {"kind": "bad_image", "code": error.code, "params": error.params})
@@ -110,7 +109,7 @@ def analyse(image, *, uploads_only: bool = False) -> Analysis:
     answer = prediction.to_json()  # a refused picture: {"error", "reason", "model_id", "model_version"}
     if prediction.refused:
         return Analysis(answer, {"kind": "refused", "reason": prediction.input_check.reason})
-    return Analysis(answer, {"kind": "result", "prediction": answer, "source": source}, picture)
+    return Analysis(answer, {"kind": "result", "prediction": answer, "source": upload.file}, upload.picture)
 
 
 def predict(image: FileData | None) -> dict:
@@ -148,15 +147,12 @@ def live_frame(frame, live, lang):
     if MODEL is None:
         return (guidance_html("no_model", lang), live) + (keep,) * 8
     try:
-        source = image_source(frame)
-        if source is None:
-            return (keep,) * 10
-        judged, verdict = LIVE_GATE.try_run(judge_frame, MODEL, source, live)
+        judged, verdict = LIVE_GATE.try_run(judge_frame, MODEL, frame, live)
     except Exception as error:
         if not isinstance(error, ImageLoadError):
             logger.exception("judging a live frame failed")  # the frame itself is never logged
         return (guidance_html("unreadable", lang), live) + (keep,) * 8
-    if not judged:
+    if not judged or verdict is None:  # dropped, or a payload without a picture
         return (keep,) * 10
     guidance = guidance_html(verdict.state["guidance"], lang)
     if verdict.capture is None:

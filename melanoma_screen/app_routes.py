@@ -1,4 +1,4 @@
-"""The app's doors besides the page: what an upload arrives as, and the plain Starlette routes.
+"""The app's doors besides the page: an upload opened into its file and picture, and the plain Starlette routes.
 
 `POST /api/screen` gives /predict's JSON for an image sent as the body (or a multipart file
 field) without Gradio's upload, queue and event stream, which cost most of the CPU of a
@@ -12,6 +12,7 @@ import base64
 import binascii
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -19,6 +20,9 @@ from starlette.routing import Route
 from .images import ImageLoadError
 from .input_check import REASONS as REFUSALS
 from .messages import render
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SCREEN_ROUTE = "/api/screen"
 TIMINGS_ROUTE = "/api/timings"
@@ -30,8 +34,14 @@ API_DESCRIPTION = ("Screen one dermoscopic image. Returns {label, probabilities:
                    f"({', '.join(REFUSALS)}).")
 
 
-def image_source(payload, *, uploads_only: bool = False):
-    """The uploaded file behind an image payload: a path, bytes (data URL) or None.
+class Upload(NamedTuple):
+    """An upload opened: the file behind it (what a report stores, what a live capture keeps) and its picture."""
+    file: str | bytes
+    picture: Image.Image
+
+
+def open_upload(payload, decode: Callable[[str | bytes], Image.Image], *, uploads_only: bool = False) -> Upload | None:
+    """What the browser sent, decoded once by `decode` (ScreeningModel.decode); None when it holds no image.
 
     The events take raw payloads (preprocess=False) so that Gradio never decodes the
     file itself: a non-image, truncated file or decompression bomb reaches
@@ -43,22 +53,24 @@ def image_source(payload, *, uploads_only: bool = False):
     if payload is None or payload == "":
         return None
     if isinstance(payload, (str, os.PathLike)) and not uploads_only:
-        return str(payload)
-    if isinstance(payload, (bytes, bytearray)):  # the lean route's request body
-        return bytes(payload) or None
-    if isinstance(payload, dict):
-        if payload.get("path"):
-            if uploads_only and (payload.get("meta") or {}).get("_type") != "gradio.FileData":
-                raise ImageLoadError("bad_upload")
-            return str(payload["path"])
+        file = str(payload)
+    elif isinstance(payload, (bytes, bytearray)):  # the lean route's request body
+        file = bytes(payload) or None
+    elif isinstance(payload, dict) and payload.get("path"):
+        if uploads_only and (payload.get("meta") or {}).get("_type") != "gradio.FileData":
+            raise ImageLoadError("bad_upload")
+        file = str(payload["path"])
+    elif isinstance(payload, dict):
         url = payload.get("url") or ""
-        if url.startswith("data:"):
-            try:
-                return base64.b64decode(url.partition(",")[2], validate=False)
-            except (binascii.Error, ValueError) as error:
-                raise ImageLoadError("bad_data_url") from error
-        return None
-    raise ImageLoadError("bad_upload")
+        if not url.startswith("data:"):
+            return None
+        try:  # a live camera frame
+            file = base64.b64decode(url.partition(",")[2], validate=False)
+        except (binascii.Error, ValueError) as error:
+            raise ImageLoadError("bad_data_url") from error
+    else:
+        raise ImageLoadError("bad_upload")
+    return None if file is None else Upload(file, decode(file))
 
 
 def server_routes(predict: Callable[[bytes], dict], timings: Callable[[], dict],

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .app_routes import open_upload
 from .images import luminance
 
 # Seconds between two frames the browser sends: a few a second, as many as two cores
@@ -131,24 +132,26 @@ class FrameVerdict:
     capture: bytes | None = None
 
 
-def judge_frame(model, frame: bytes, state: dict | None) -> FrameVerdict:
-    """Judge one frame (the JPEG bytes the browser sent) and advance the run.
+def judge_frame(model, frame, state: dict | None) -> FrameVerdict | None:
+    """Judge one frame (as the browser sent it: a data URL, or the JPEG's bytes) and advance the run.
 
     A refused frame breaks the run of passing frames; the PASSES_TO_CAPTURE-th
     passing frame in a row completes it, and the sharpest of the run is the capture.
-    Raises ImageLoadError for bytes that are not a picture.
+    None for a payload that holds no picture; raises ImageLoadError for one that is not a picture.
     """
     state = dict(state or new_state())
     if state.get("captured"):
         return FrameVerdict(state)
-    image = model.decode(frame)
-    prediction = model.predict_decoded([image])[0]
+    upload = open_upload(frame, model.decode)
+    if upload is None:
+        return None
+    prediction = model.predict_decoded([upload.picture])[0]
     reason = prediction.input_check.reason
     state["guidance"] = GUIDANCE.get(reason, "not_lesion")
     if reason is not None:
         state["streak"] = []
         return FrameVerdict(state)
-    streak = [*state.get("streak", []), (sharpness(image), frame)][-PASSES_TO_CAPTURE:]
+    streak = [*state.get("streak", []), (sharpness(upload.picture), upload.file)][-PASSES_TO_CAPTURE:]
     state["streak"] = streak
     if len(streak) < PASSES_TO_CAPTURE:
         return FrameVerdict(state)

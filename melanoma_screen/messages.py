@@ -63,7 +63,7 @@ CATALOGUE: dict[str, Message] = {
     "too_large_upload": Message(
         "The upload is larger than 30 MB. Please upload a smaller image.",
         "l'envoi dépasse 30 Mo. Importez une image plus petite.", reason="too_large"),
-    # app_routes.image_source: an upload that is not a file
+    # app_routes.open_upload: an upload that is not a file
     "bad_data_url": Message(
         "The uploaded data is not a valid image.",
         "les données importées ne sont pas une image valide.", reason="unreadable"),

@@ -31,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from melanoma_screen import app_views as views  # noqa: E402
-from melanoma_screen.app_routes import HEALTH_ROUTE, SCREEN_ROUTE, TIMINGS_ROUTE, image_source  # noqa: E402
+from melanoma_screen.app_routes import HEALTH_ROUTE, SCREEN_ROUTE, TIMINGS_ROUTE, open_upload  # noqa: E402
 from melanoma_screen.calibration import risk_level  # noqa: E402
 from melanoma_screen.images import ImageLoadError  # noqa: E402
 from melanoma_screen.ui_text import TEXT  # noqa: E402
@@ -197,9 +197,24 @@ def test_empty_submit(client, server, good_image, app):
 @pytest.mark.parametrize("payload, code", [({"url": "data:image/png;base64,abc"}, "bad_data_url"), (42, "bad_upload")])
 def test_an_upload_that_is_not_a_file_is_unreadable(app, payload, code):
     with pytest.raises(ImageLoadError) as caught:
-        image_source(payload)
+        open_upload(payload, app.MODEL.decode)
     assert caught.value.code == code
     assert app.predict(payload) == {"error": str(caught.value), "reason": "unreadable"}
+
+
+def test_an_upload_opens_into_its_file_and_its_picture_decoded_once(good_image):
+    decoded = []
+
+    def decode(file):
+        decoded.append(file)
+        return f"picture of {file!r}"
+
+    upload = open_upload({"path": good_image, "meta": {"_type": "gradio.FileData"}}, decode, uploads_only=True)
+    assert upload == (good_image, f"picture of {good_image!r}")
+    assert open_upload({"url": "data:image/jpeg;base64,QUJD"}, decode) == (b"ABC", "picture of b'ABC'")
+    for nothing in (None, "", b"", {}, {"url": ""}):
+        assert open_upload(nothing, decode) is None
+    assert decoded == [good_image, b"ABC"]
 
 
 def test_the_api_reads_no_file_it_was_not_sent(app, good_image):

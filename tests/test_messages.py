@@ -15,7 +15,7 @@ from melanoma_screen import input_check
 from melanoma_screen.images import ImageLoadError, load_rgb_image
 from melanoma_screen.messages import CATALOGUE, LANGUAGES, CodedError, reason, render, template_fields
 
-# Raised by melanoma_screen.app_routes.image_source; tests/test_app.py reaches them.
+# Raised by melanoma_screen.app_routes.open_upload; tests/test_app.py reaches them.
 UPLOAD_CODES = {"bad_data_url", "bad_upload", "too_large_upload"}
 
 

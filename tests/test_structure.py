@@ -246,7 +246,7 @@ print(json.dumps({"calls": calls, "marks": marks, "depth": state["depth"], "deep
 # Not counted: properties (attribute reads), StageClock (the CPU-time accounting of /api/timings), comprehensions
 # and lambdas (expressions inside their function), and code Python writes (a dataclass's __init__).
 # The trace stops when the JSON is made: the page's view and heat-map come after it.
-MAX_UPLOAD_FUNCTIONS = 9
+MAX_UPLOAD_FUNCTIONS = 8
 # And no call nests deeper than this under the page handler, so that layers cannot hide inside a step.
 MAX_UPLOAD_DEPTH = 8
 
