@@ -32,6 +32,16 @@ GREY_CHROMA = 0.04
 # catches photographs of people and things; at 0.1% each they leave it about a third.
 DEFAULT_ALPHA = 0.001
 
+# Statistics bounded at the training split's extreme instead of its alpha quantile. The streak of a
+# camera shake (picture_statistics.STREAK_QUEFRENCIES): its training tail is small, sharp lesions on
+# very smooth skin, not shaken pictures (a contact sheet of the eight highest), and at the 0.1%
+# quantile it refused one such validation picture, which the rule of choose_thresholds then took
+# from the feature space's budget: the distance and spread thresholds rose from 22.3 and 42.6 to
+# 25.0 and 42.7, and a portrait and a drawn finger passed (session measurement). At the training
+# maximum it refuses no validation picture, and catches the same shaken lesions (a shake's streak
+# is far above any training picture's).
+EXTREME_BOUNDS = ("streak",)
+
 
 def _order_statistic(values: np.ndarray, alpha: float, side: str) -> float:
     """The bound that a fraction alpha of exchangeable new values falls outside (split conformal).
@@ -50,14 +60,19 @@ def fit_bounds(train_features: np.ndarray, alpha: float) -> tuple[np.ndarray, np
 
     "no colour" is the one bound that is a definition as well: it is never set above
     GREY_CHROMA, so that a dermoscopic picture merely paler than the training
-    pictures is not told that it has no colour.
+    pictures is not told that it has no colour. The statistics in EXTREME_BOUNDS are bounded at the
+    training extreme instead.
     """
     lower = np.full(len(FEATURES), np.nan)
     upper = np.full(len(FEATURES), np.nan)
     for _, name, side in RULES:
         index = FEATURES.index(name)
         target = lower if side == "low" else upper
-        target[index] = _order_statistic(train_features[:, index], alpha, side)
+        # Rank 1, the extreme, only where alpha's own rank exists: with too few pictures the extreme
+        # promises nothing, and there is no bound, as for the others.
+        enough = alpha * (len(train_features) + 1) >= 1
+        share = 1 / (len(train_features) + 1) if name in EXTREME_BOUNDS and enough else alpha
+        target[index] = _order_statistic(train_features[:, index], share, side)
     colour_range = FEATURES.index("colour_range")
     lower[colour_range] = np.minimum(lower[colour_range], GREY_CHROMA)  # NaN (too few pictures) stays no bound
     return lower, upper

@@ -236,6 +236,23 @@ def test_flat_surfaces_and_woven_cloth_are_refused_as_not_skin_and_real_lesions_
     assert (batch_features(woven)[:, index] > check.upper[index]).all()
 
 
+def test_a_straight_camera_shake_leaves_a_streak_that_real_lesions_do_not(shipped, lesions):
+    from scipy.ndimage import uniform_filter1d
+
+    check = shipped.input_check
+    index = FEATURES.index("streak")
+    pictures = np.stack([np.asarray(image.resize((128, 128), Image.Resampling.BILINEAR)) for image in lesions])
+    assert (batch_features(pictures)[:, index] < check.upper[index]).all()
+    # Shaken along each axis by 8% of the frame, before the resize as a camera would: the sinc's evenly
+    # spaced zeros make the cepstrum's dip, whatever detail the lesion has (the smear needs detail).
+    for axis in (0, 1):
+        shaken = [Image.fromarray(np.clip(uniform_filter1d(np.asarray(image, np.float32), size=int(0.08 * image.size[0]),
+                                                           axis=axis, mode="reflect"), 0, 255).astype(np.uint8))
+                  for image in lesions]
+        shaken = np.stack([np.asarray(image.resize((128, 128), Image.Resampling.BILINEAR)) for image in shaken])
+        assert (batch_features(shaken)[:, index] > check.upper[index]).mean() >= 0.75, batch_features(shaken)[:, index]
+
+
 def test_every_reason_has_an_english_and_a_french_sentence():
     for reason in input_check.REASONS:
         english, french = render(reason, lang="en"), render(reason, lang="fr")
