@@ -41,6 +41,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import data_prep
 from data_prep import SplitSettings, source_class_groups, to_dataset
+from data_prep.split import MIN_DIAGNOSIS_GROUP
 from data_prep.shortcut_audit import print_shortcut_audit, shortcut_audit, shortcut_markdown
 from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
@@ -186,6 +187,13 @@ class ScreeningArguments:
                           "each batch a group's weight grows by exp(step x its mean loss), and the loss is the weighted "
                           "mean of the groups' losses, so the group the model does worst on is pushed hardest. Inside "
                           "a group, images keep their --balance-diagnoses weights (0 = off; Sagawa et al. use 0.01)."},
+    )
+    group_dro_by_diagnosis: bool = field(
+        default=False,
+        metadata={"help": "With --group-dro-step: split each source's benign group by diagnosis group where labels.csv "
+                          "names one (nevi; keratosis / lentigo; dermatofibroma / vascular), groups under "
+                          f"{MIN_DIAGNOSIS_GROUP} images staying whole, so that the look-alike the model does worst on "
+                          "is pushed hardest."},
     )
     select_on: str = field(
         default="pooled",
@@ -769,7 +777,7 @@ def main(argv=None):
         logger.info("auxiliary diagnosis outputs (weight %g): %s", screening_args.diagnosis_head_weight, diagnoses)
     packed, group_names = {}, []
     if data["sample_weights"] or diagnoses or screening_args.group_dro_step:
-        group_ids, group_names = source_class_groups(data["train"])
+        group_ids, group_names = source_class_groups(data["train"], by_diagnosis=screening_args.group_dro_by_diagnosis)
         packed = {"sample_weight": data["sample_weights"] or [1.0] * len(data["train"]),
                   "dx_id": [diagnoses.index(record.dx) if record.dx in diagnoses else -1 for record in data["train"]],
                   "group_id": group_ids}

@@ -12,6 +12,8 @@ import random
 from collections import Counter
 
 from .audit import UnionFind
+from melanoma_screen.labels import benign_diagnosis_group
+
 from .folder import LABELS, ImageRecord
 
 
@@ -170,9 +172,24 @@ def balance_sources(records: list[ImageRecord]) -> list[str]:
     return [record.source if record.source in both else host for record in records]
 
 
-def source_class_groups(records: list[ImageRecord]) -> tuple[list[int], list[str]]:
-    """(group id per record, group names): the (balancing source, class) groups that --group-dro weighs."""
+# A benign diagnosis group smaller than this in one source stays in that source's benign group: a
+# group DRO weight over a handful of images follows their noise, not the look-alike they stand for.
+MIN_DIAGNOSIS_GROUP = 20
+
+
+def source_class_groups(records: list[ImageRecord], by_diagnosis: bool = False) -> tuple[list[int], list[str]]:
+    """(group id per record, group names): the (balancing source, class) groups that --group-dro weighs.
+
+    by_diagnosis: each source's benign images are split further by their diagnosis group where labels.csv
+    gives one (keratoses, dermatofibromas and vascular lesions apart from nevi), so that the worst group
+    can be a look-alike and not only a source's class as a whole.
+    """
     keys = [f"{source}/{LABELS[record.label]}" for source, record in zip(balance_sources(records), records)]
+    if by_diagnosis:
+        detailed = [f"{key}/{benign_diagnosis_group(record.dx)}" if record.label == 0 and benign_diagnosis_group(record.dx)
+                    else key for key, record in zip(keys, records)]
+        sizes = Counter(detailed)
+        keys = [fine if sizes[fine] >= MIN_DIAGNOSIS_GROUP else coarse for fine, coarse in zip(detailed, keys)]
     names = sorted(set(keys))
     return [names.index(key) for key in keys], names
 

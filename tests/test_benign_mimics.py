@@ -166,6 +166,25 @@ def test_group_dro_groups_are_sources_by_class_with_benign_only_sources_folded_i
     assert {names[i] for i, record in zip(ids, records) if record.source == "isic2017"} == {"10k/benign"}
 
 
+def test_group_dro_by_diagnosis_splits_benign_groups_into_look_alikes_large_enough_to_weigh():
+    records = _records(MIX)
+    ids, names = source_class_groups(records, by_diagnosis=True)
+    nevi, keratoses = "nevi (all kinds)", "keratosis / lentigo / melanosis"
+    assert names == sorted(["10k/benign", f"10k/benign/{nevi}", f"10k/benign/{keratoses}", "10k/malignant",
+                            "ham/modern/benign", f"ham/modern/benign/{nevi}", f"ham/modern/benign/{keratoses}",
+                            "ham/modern/malignant", "ham/molemax/benign", f"ham/molemax/benign/{nevi}",
+                            "ham/molemax/malignant"])
+    group_of = defaultdict(set)
+    for i, record in zip(ids, records):
+        group_of[(record.source, record.label, record.dx)].add(names[i])
+    # isic2017's keratoses weigh as the 10k source's own look-alike group; the 10k benign images have no dx.
+    assert group_of[("isic2017", 0, "bkl")] == {f"10k/benign/{keratoses}"} and group_of[("10k", 0, "")] == {"10k/benign"}
+    # 9 MoleMax keratoses and 2-3 dermatofibromas are too few for a weight of their own: their source's benign group.
+    assert group_of[("ham/molemax", 0, "bkl")] == group_of[("ham/molemax", 0, "df")] == {"ham/molemax/benign"}
+    assert group_of[("ham/modern", 0, "df")] == {"ham/modern/benign"}
+    assert group_of[("ham/modern", 1, "mel")] == {"ham/modern/malignant"}
+
+
 def test_group_dro_pushes_the_worst_group_and_mixes_the_group_losses_by_their_weights():
     # Group 0 (benign) is fitted, group 1 (malignant) is not: group 1's weight must grow batch after batch.
     logits = torch.tensor([[3.0, -3.0], [2.5, -2.0], [1.0, 0.5], [0.2, 0.0]])
