@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from .audit import UnionFind
 from melanoma_screen.labels import benign_diagnosis_group
 
+from .audit import UnionFind
 from .folder import LABELS, ImageRecord
 
 
@@ -186,8 +186,8 @@ def source_class_groups(records: list[ImageRecord], by_diagnosis: bool = False) 
     """
     keys = [f"{source}/{LABELS[record.label]}" for source, record in zip(balance_sources(records), records)]
     if by_diagnosis:
-        detailed = [f"{key}/{benign_diagnosis_group(record.dx)}" if record.label == 0 and benign_diagnosis_group(record.dx)
-                    else key for key, record in zip(keys, records)]
+        groups = [benign_diagnosis_group(record.dx) if record.label == 0 else None for record in records]
+        detailed = [f"{key}/{group}" if group else key for key, group in zip(keys, groups)]
         sizes = Counter(detailed)
         keys = [fine if sizes[fine] >= MIN_DIAGNOSIS_GROUP else coarse for fine, coarse in zip(detailed, keys)]
     names = sorted(set(keys))
