@@ -6,7 +6,10 @@
     python calibrate_site.py --model model --data-dir SITE --out-dir model-site --fit-temperature --overwrite
 
 PICTURES is any folder of the site's dermoscopic pictures, flat or nested,
-undiagnosed and with any names. The BatchNorm statistics of the model are
+undiagnosed and with any names. A site whose pictures look as familiar to the
+model as its own training sources' (the input check's distance; the bound is
+stored by experiments/fit_adapted_thresholds.py) has no device shift to undo:
+it is not adapted, and says so. Otherwise the BatchNorm statistics of the model are
 re-estimated on the ones its input check accepts (AdaBN; the rule and why are in
 melanoma_screen/site_adaptation.py and docs/site_calibration.md);
 no weight is trained and no label is used. A guard checks that the adapted model
@@ -47,8 +50,8 @@ from melanoma_screen.calibration import stored_targets
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError, ScreeningModel
 from melanoma_screen.site_calibration import (SiteCalibrationError, check_output_folder, fit_site, score_site,
                                               shortfall, site_report, write_site_model)
-from melanoma_screen.site_adaptation import (adaptation_block, adapt_to_site, find_pictures, gather_pixels,
-                                             require_batchnorm, too_few,
+from melanoma_screen.site_adaptation import (NothingToAdapt, adaptation_block, adapt_to_site, find_pictures,
+                                             gather_pixels, require_batchnorm, require_unfamiliar, too_few,
                                              write_adapted_model)
 
 
@@ -130,6 +133,10 @@ def print_adaptation(block: dict) -> None:
     refused = block["n_refused_by_input_check"]
     print(f"pictures found: {block['n_found']}; unreadable: {block['n_unreadable']}; refused by the input check: "
           + (", ".join(f"{reason} {n}" for reason, n in refused.items()) or "none"))
+    familiar = block.get("familiarity")
+    if familiar:
+        print(f"median input-check distance {familiar['median_distance']:.2f}, above {familiar['bound']:.2f} for a "
+              "training source: adapted")
     guard = block["guard"]
     for item in guard["tried"]:
         with_means = item.get("variance_rank_correlation")
@@ -149,12 +156,13 @@ def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path
         raise SiteCalibrationError(problem)
     model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
     require_batchnorm(model.model, model.model_id)  # before minutes of reading pictures
-    pixels, refused, unreadable, _ = gather_pixels(model, paths, batch_size=args.batch_size)
+    pixels, refused, unreadable, _, distances = gather_pixels(model, paths, batch_size=args.batch_size)
     problem = too_few(len(pixels), "accepted by the input check")
     if problem:
         raise SiteCalibrationError(problem)
+    familiar = require_unfamiliar(model.config, distances)
     network, rule, guard = adapt_to_site(model, pixels)
-    block = adaptation_block(model, len(paths), unreadable, refused, len(pixels), rule, guard)
+    block = dict(adaptation_block(model, len(paths), unreadable, refused, len(pixels), rule, guard), familiarity=familiar)
     written = write_adapted_model(source, out_dir, model, network, pixels, block, overwrite=overwrite, name=name)
     print_adaptation(json.loads((written / "config.json").read_text(encoding="utf-8"))["site_adaptation"])
     return written
@@ -193,7 +201,11 @@ def main(argv=None) -> int:
             # The adapted folder is the thresholds' input model; it lives beside out_dir until they are refitted.
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             workspace = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-adapted-", dir=out_dir.parent))
-            adapted = adapt(args, source, workspace / "adapted", False, args.name or out_dir.name)
+            try:
+                adapted = adapt(args, source, workspace / "adapted", False, args.name or out_dir.name)
+            except NothingToAdapt as reason:
+                print(f"{reason} The thresholds are refitted on the source model.")
+                adapted = source
             report = refit_thresholds(args, adapted, out_dir)
         elif args.unlabeled_dir:
             adapt(args, source, out_dir, args.overwrite, args.name or out_dir.name)

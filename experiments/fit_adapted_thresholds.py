@@ -6,7 +6,10 @@ Rebuilds the model's validation split from its eval_results.json (with
 data_prep, as fit_input_check.py does; the stored paths are relative to where
 training ran), keeps the pictures its input check accepts, groups them by
 source, and writes melanoma_screen.site_adaptation.fit_adapted_operating_points'
-result into the folder's config.json under "adapted_operating_points".
+result into the folder's config.json under "adapted_operating_points", and
+under "site_familiarity" how far from the training pictures (the input check's
+distance) a sample of each source's validation pictures lies: a site no farther
+is not adapted (melanoma_screen.site_adaptation.require_unfamiliar).
 calibrate_site.py --unlabeled-dir then gives those thresholds to the folders it
 adapts from this model; without them an adapted folder keeps the source
 model's thresholds. Nothing else in the folder changes. Why a model trained on
@@ -28,8 +31,9 @@ import data_prep  # noqa: E402
 from data_prep import SplitSettings  # noqa: E402
 from melanoma_screen.calibration import stored_targets  # noqa: E402
 from melanoma_screen.inference import FAST, ScreeningModel  # noqa: E402
-from melanoma_screen.site_adaptation import (ADAPTED_POINTS_KEY, fit_adapted_operating_points,  # noqa: E402
-                                             gather_pixels, require_batchnorm)
+from melanoma_screen.site_adaptation import (ADAPTED_POINTS_KEY, FAMILIARITY_KEY,  # noqa: E402
+                                             fit_adapted_operating_points, familiarity_bounds, gather_pixels,
+                                             require_batchnorm)
 
 
 def main(argv=None) -> int:
@@ -46,16 +50,19 @@ def main(argv=None) -> int:
         by_source[record.source].append(record)
     model = ScreeningModel.load(str(folder), **FAST)
     require_batchnorm(model.model, model.model_id)
-    sources = {}
+    sources, distances = {}, {}
     for name, records in sorted(by_source.items()):
         if args.max_per_source and len(records) > args.max_per_source:
             records = records[:: len(records) // args.max_per_source][: args.max_per_source]
-        pixels, _, _, accepted = gather_pixels(model, [record.path for record in records], desc=name)
-        sources[name] = (pixels, np.asarray([record.label for record in records])[accepted])
+        pictures = gather_pixels(model, [record.path for record in records], desc=name)
+        sources[name] = (pictures.pixels, np.asarray([record.label for record in records])[pictures.accepted])
+        distances[name] = pictures.distances
     points = fit_adapted_operating_points(model, sources, *stored_targets(model.config))
+    familiar = familiarity_bounds(distances)
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     config[ADAPTED_POINTS_KEY] = points
+    config[FAMILIARITY_KEY] = familiar
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     print(f"source model: screening {model.screening_threshold:.4f}, high risk {model.high_risk_threshold:.4f}")
     print(f"adapted folders: screening {points['screening_threshold']:.4f}, high risk {points['high_risk_threshold']:.4f} "
@@ -65,7 +72,11 @@ def main(argv=None) -> int:
         print(f"  {name}: {entry['n']} pictures, {entry['n_malignant']} melanomas; "
               + (f"left out: {entry['left_out']}" if "left_out" in entry else
                  f"adapted with mix {entry['rule']['mix']:g}{'' if entry['rule']['variances'] else ', means only'}"))
-    print(f"wrote {ADAPTED_POINTS_KEY} into {config_path}")
+    print("sites left as they are (median input-check distance at most, by sample size): "
+          + ", ".join(f"{size} pictures {bound:.2f}" for size, bound in familiar["bounds_by_sample_size"].items())
+          + "; training sources' medians: "
+          + ", ".join(f"{name} {median:.2f}" for name, median in familiar["source_medians"].items()))
+    print(f"wrote {ADAPTED_POINTS_KEY} and {FAMILIARITY_KEY} into {config_path}")
     return 0
 
 

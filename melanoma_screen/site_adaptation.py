@@ -1,7 +1,8 @@
 """Adapt a BatchNorm model to a site's device without labels: re-estimate its normalisation statistics (AdaBN).
 
     model = ScreeningModel.load("model", **FAST)
-    pixels, refused, unreadable, _ = gather_pixels(model, paths)   # what the input check accepts, no label
+    pixels, refused, unreadable, _, distances = gather_pixels(model, paths)   # what the input check accepts, no label
+    require_unfamiliar(model.config, distances)                    # NothingToAdapt for a training-like site
     network, rule, guard = adapt_to_site(model, pixels)            # ADAPTATION_RULE, or a fallback; else refused
     write_adapted_model("model", "model-site", model, network, pixels, adaptation_block(...))
 
@@ -25,6 +26,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,6 +56,16 @@ MIN_RANK_CORRELATION = 0.80
 MIN_VARIANCE_RANK_CORRELATION = 0.92
 
 
+# The familiarity gate: a site whose pictures lie no farther from the training pictures (the input check's
+# feature-space distance, median over the site) than a sample of a training source's own validation pictures
+# would, at this quantile of such samples' medians, shows no shift to undo, and adapting a model trained on
+# several sources to one of them costs sensitivity without re-ranking anything (10k test as the site: 0.974 ->
+# 0.946 with the model shipped on 2026-12-05), which the guard is built not to see. docs/site_calibration.md.
+FAMILIAR_QUANTILE = 0.95
+# The sample sizes the bound is stored for; a site uses the largest at or below its own count.
+FAMILIAR_SAMPLE_SIZES = (30, 100, 300, 1000)
+FAMILIARITY_KEY = "site_familiarity"
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 CONFIG_KEY = "site_adaptation"
 # config.json key of the operating points an adapted folder gets (fit_adapted_operating_points), when the source
@@ -66,6 +78,20 @@ PARITY_TOLERANCE = 0.05
 # What the adapted folder rewrites (a stale fp32 graph would be rebuilt on load; it is not carried).
 _REWRITTEN = {"config.json", "model.safetensors", "README.md", "model.int8.onnx", "model.fp32.onnx",
               "input_check_batchnorm.safetensors"}
+
+
+class SitePictures(NamedTuple):
+    """What gather_pixels keeps of a site's pictures: counts, the accepted pictures' inputs and distances."""
+
+    pixels: np.ndarray  # (N, 3, H, W) float32, the pictures the input check accepts
+    refused: dict  # {reason: n}
+    unreadable: int
+    accepted: np.ndarray  # bool mask over the paths given
+    distances: np.ndarray  # (N,) the input check's feature-space distance of each accepted picture (NaN without one)
+
+
+class NothingToAdapt(SiteCalibrationError):
+    """The site's pictures are as familiar to the model as its training sources' own: no shift to undo."""
 
 
 class SiteAdaptationError(SiteCalibrationError):
@@ -227,15 +253,14 @@ def sensitivity_guard(source_scores, adapted_scores, means_only_scores=None, min
 def gather_pixels(screening_model, paths, batch_size: int = 32, progress: bool = True, desc: str = "Reading site pictures"):
     """The model inputs of the pictures the input check accepts, decoded and checked as the app does.
 
-    Returns (pixels (N, 3, H, W) float32, refused {reason: n}, unreadable n, accepted mask over paths).
-    Only counts leave this function besides the pixels: no name is kept.
+    Only counts, inputs and distances leave this function: no name is kept.
     """
     from tqdm import tqdm
 
     from .images import ImageLoadError
 
     paths = list(paths)
-    kept, refused, unreadable = [], {}, 0
+    kept, distances, refused, unreadable = [], [], {}, 0
     accepted = np.zeros(len(paths), dtype=bool)
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), batch_size):
@@ -254,10 +279,62 @@ def gather_pixels(screening_model, paths, batch_size: int = 32, progress: bool =
                         refused[reason] = refused.get(reason, 0) + 1
                     else:
                         kept.append(row)
+                        distance = prediction.input_check.details.get("distance") if prediction.input_check else None
+                        distances.append(np.nan if distance is None else distance)
                         accepted[index] = True
             bar.update(min(batch_size, len(paths) - start))
     pixels = np.stack(kept).astype(np.float32) if kept else np.zeros((0, 3, 1, 1), dtype=np.float32)
-    return pixels, refused, unreadable, accepted
+    return SitePictures(pixels, refused, unreadable, accepted, np.asarray(distances, dtype=np.float64))
+
+
+def familiarity_bounds(distances_by_source: dict, draws: int = 2000, seed: int = 0) -> dict:
+    """config.json's site_familiarity block: per sample size, the largest median distance a training source gives.
+
+    distances_by_source: {source: the input check's distances of its accepted validation pictures}. For each
+    size in FAMILIAR_SAMPLE_SIZES, samples of that many pictures are drawn from each source (with replacement),
+    and the bound is the FAMILIAR_QUANTILE of their medians, the largest over the sources. Sources with fewer
+    than MIN_PICTURES pictures are left out, as fit_adapted_operating_points leaves them out.
+    """
+    rng = np.random.default_rng(seed)
+    usable = {name: np.asarray(values, dtype=np.float64) for name, values in distances_by_source.items()}
+    usable = {name: values[np.isfinite(values)] for name, values in usable.items()}
+    usable = {name: values for name, values in usable.items() if len(values) >= MIN_PICTURES}
+    if not usable:
+        raise SiteAdaptationError("No source has enough pictures with an input-check distance to bound familiarity.")
+    bounds = {}
+    for size in FAMILIAR_SAMPLE_SIZES:
+        bounds[str(size)] = max(
+            float(np.quantile(np.median(rng.choice(values, size=(draws, size)), axis=1), FAMILIAR_QUANTILE))
+            for values in usable.values())
+    return {"measure": "median of the input check's feature-space distance over the site's accepted pictures",
+            "quantile": FAMILIAR_QUANTILE, "bounds_by_sample_size": bounds,
+            "source_medians": {name: float(np.median(values)) for name, values in sorted(usable.items())}}
+
+
+def familiarity(config, distances) -> dict | None:
+    """The site's median distance against the stored bound for its size; None when the model stores no bound.
+
+    config: the model's config (a transformers config, or config.json read as a dict).
+    """
+    block = config.get(FAMILIARITY_KEY) if isinstance(config, dict) else getattr(config, FAMILIARITY_KEY, None)
+    distances = np.asarray(distances, dtype=np.float64)
+    distances = distances[np.isfinite(distances)]
+    if not block or len(distances) < MIN_PICTURES:
+        return None
+    size = max(int(key) for key in block["bounds_by_sample_size"] if int(key) <= len(distances))
+    median, bound = float(np.median(distances)), float(block["bounds_by_sample_size"][str(size)])
+    return {"median_distance": median, "bound": bound, "bound_sample_size": size, "familiar": median <= bound}
+
+
+def require_unfamiliar(config, distances) -> dict | None:
+    """The familiarity figures, or NothingToAdapt when the site looks like a training source."""
+    figures = familiarity(config, distances)
+    if figures and figures["familiar"]:
+        raise NothingToAdapt(
+            f"Not adapted: the site's pictures are as familiar to the model as its own training sources' (median "
+            f"distance {figures['median_distance']:.2f}, at most {figures['bound']:.2f} for {figures['bound_sample_size']} "
+            "pictures of a training source), so there is no device shift to undo; use the model as it is.")
+    return figures
 
 
 def batches(pixels: np.ndarray, batch_size: int = 64):
@@ -425,7 +502,11 @@ def card_markdown(block: dict) -> str:
         "scores back where the thresholds expect them; it cannot make the model rank a site's lesions better, and "
         "the site's own figures are unknown without diagnosed cases: refit the thresholds on them with `--data-dir` "
         "when the site has them. No picture and no file name was stored; only the counts above.",
-    ])
+    ] + ([] if not block.get("familiarity") else [
+        "",
+        f"Adapted because the site's pictures lie farther from the training pictures than a training source's own "
+        f"(median input-check distance {block['familiarity']['median_distance']:.2f}, above "
+        f"{block['familiarity']['bound']:.2f}, the bound for {block['familiarity']['bound_sample_size']} pictures)."]))
 
 
 def variance_guard(guard: dict) -> str:
@@ -526,7 +607,7 @@ def measure_reference(screening_model, data_dir, n_pictures: int = 2000, seed: i
         found = find_pictures(Path(data_dir) / label)
         chosen = [found[i] for i in sorted(rng.permutation(len(found))[: n_pictures // 2])]
         paths += chosen
-    pixels, _, _, accepted = gather_pixels(screening_model, paths, desc="Reading training pictures")
+    pixels, _, _, accepted, _ = gather_pixels(screening_model, paths, desc="Reading training pictures")
     n_benign = int(accepted[: len(paths) - len(chosen)].sum())
     counts = {"benign": n_benign, "malignant": int(accepted.sum()) - n_benign}
     require_batchnorm(screening_model.model, screening_model.model_id)

@@ -100,8 +100,12 @@ def test_only_the_batchnorm_statistics_change(adapted):
         assert (adapted / name).is_file()
     assert (adapted / "preprocessor_config.json").read_bytes() == (SHIPPED / "preprocessor_config.json").read_bytes()
     source_config, config = config_of(SHIPPED), config_of(adapted)
-    for key in ("screening_threshold", "high_risk_threshold", "calibration_temperature", "id2label"):
+    for key in ("calibration_temperature", "id2label"):
         assert config[key] == source_config[key]
+    # The thresholds are those the source model carries for its adapted folders, when it carries them.
+    thresholds = source_config.get(site_adaptation.ADAPTED_POINTS_KEY, source_config)
+    for key in ("screening_threshold", "high_risk_threshold"):
+        assert config[key] == thresholds[key]
 
 
 def test_statistics_are_tied_to_the_source_weights(adapted):
@@ -157,7 +161,8 @@ def test_pipeline_loads_the_folder_and_scores_as_the_app(adapted, held_out_pictu
     np.testing.assert_allclose(piped, ours, atol=1e-5)
     # And adaptation did move the scores: the source model gives other ones on the same pictures.
     source = [p.malignant_probability for p in ScreeningModel.load(str(SHIPPED)).predict_batch(held_out_pictures)]
-    assert np.mean(source) - np.mean(ours) > 0.05  # another dermatoscope moves every score up; adapting brings them down
+    # Another dermatoscope moves every score up; adapting brings them down on average, some by a lot.
+    assert np.mean(source) > np.mean(ours) and np.max(np.subtract(source, ours)) > 0.1
 
 
 def test_input_check_still_refuses_what_it_refused(adapted, held_out_pictures):
@@ -189,19 +194,42 @@ def test_about_panel_says_adapted(adapted):
     assert "Adapted" not in about_markdown(ScreeningModel.load(str(SHIPPED), **FAST), "en")
 
 
-def test_training_source_as_the_site_keeps_sensitivity(tmp_path, capsys):
-    """300 pictures of the 10k test split as the site: sensitivity on the whole split moves by at most 0.02."""
+def ten_k_test_site(tmp_path) -> tuple[Path, list[Path]]:
+    """300 pictures of the 10k test split, half of them melanomas, as a site; and every melanoma of the split."""
     benign = sorted((SHARED_DATASET / "test" / "benign").glob("*.jpg"))
     malignant = sorted((SHARED_DATASET / "test" / "malignant").glob("*.jpg"))
-    site = copy_pictures(benign[::3][:150] + malignant[::3][:150], tmp_path / "pictures")
+    return copy_pictures(benign[::3][:150] + malignant[::3][:150], tmp_path / "pictures"), malignant
+
+
+def test_training_source_as_the_site_is_left_as_it_is(tmp_path, capsys):
+    """A site that looks like a training source is not adapted: its sensitivity stays the source model's.
+
+    Adapted, the model shipped on 2026-12-05 lost 0.028 of sensitivity on the 10k test split (0.974 -> 0.946, at
+    the thresholds fitted under adaptation) with no re-ranking for the guard to see; the familiarity gate is why
+    it is left alone. The derm7pt site of the other tests lies farther out and is adapted (the `adapted` fixture).
+    """
+    if site_adaptation.FAMILIARITY_KEY not in config_of(SHIPPED):
+        pytest.skip("the shipped model stores no familiarity bound (experiments/fit_adapted_thresholds.py)")
+    site, _ = ten_k_test_site(tmp_path)
     status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
-    assert status == 0, err
-    threshold = config_of(tmp_path / "out")["screening_threshold"]
-    sensitivity = {}
-    for name, folder in (("source", SHIPPED), ("adapted", tmp_path / "out")):
-        scores = [p.malignant_probability for p in ScreeningModel.load(str(folder)).predict_batch(malignant)]
-        sensitivity[name] = float(np.mean(np.asarray(scores) >= threshold))
-    assert abs(sensitivity["adapted"] - sensitivity["source"]) <= 0.02, sensitivity
+    assert status == 2 and "Not adapted" in err and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if "Not adapted" in line][0].startswith("error: Not adapted")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_derm7pt_site_is_adapted_because_it_lies_farther_out_than_a_training_source(adapted):
+    familiar = config_of(adapted)["site_adaptation"]["familiarity"]
+    if familiar is None:
+        pytest.skip("the shipped model stores no familiarity bound (experiments/fit_adapted_thresholds.py)")
+    assert familiar["median_distance"] > familiar["bound"] and not familiar["familiar"]
+    assert familiar["bound_sample_size"] == 100  # 120 found; the bound stored for the largest size at or below it
+    assert "median input-check distance" in (adapted / "README.md").read_text()
+
+
+def gate_off(monkeypatch):
+    """ham10000's acquisitions are training sources of the shipped model, which the familiarity gate leaves alone;
+    the guard is what these tests are about, so the gate is switched off."""
+    monkeypatch.setattr(site_adaptation, "familiarity", lambda config, distances: None)
 
 
 def ham10000_pictures(source: str, n: int, step: int = 1) -> list[Path]:
@@ -214,6 +242,7 @@ def ham10000_pictures(source: str, n: int, step: int = 1) -> list[Path]:
 
 def test_guard_trips_on_a_source_the_adaptation_reorders(tmp_path, capsys, monkeypatch):
     """ham10000's MoleMax acquisition (nevi from a digital-dermoscopy system): adapting fully re-ranks it."""
+    gate_off(monkeypatch)
     site = copy_pictures(ham10000_pictures("vidir_molemax", 200), tmp_path / "pictures")
     status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
     assert status == 0, err
@@ -229,13 +258,14 @@ def test_guard_trips_on_a_source_the_adaptation_reorders(tmp_path, capsys, monke
     assert not (tmp_path / "strict").exists()
 
 
-def test_guard_keeps_the_variances_where_they_reorder_a_poorly_ranked_site(tmp_path, capsys):
+def test_guard_keeps_the_variances_where_they_reorder_a_poorly_ranked_site(tmp_path, capsys, monkeypatch):
     """ham10000's vidir_modern, the model's worst-ranked source: the means alone are moved, the variances kept.
 
     There the full rule keeps the source's order as well as on derm7pt (rank correlation 0.87), but its variances
     re-rank the pictures against the means moved alone, and they cost 0.09 of sensitivity (docs/site_calibration.md).
     600 pictures (every other one), so the figure is near the acquisition's own (0.87 on each half), not a sample's.
     """
+    gate_off(monkeypatch)
     site = copy_pictures(ham10000_pictures("vidir_modern", 600, step=2), tmp_path / "pictures")
     status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
     assert status == 0, err
@@ -252,7 +282,8 @@ def test_guard_keeps_the_variances_where_they_reorder_a_poorly_ranked_site(tmp_p
     assert "means (the variances kept) replaced by the site's" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_combined_adapts_then_refits_the_thresholds(tmp_path, capsys):
+def test_combined_adapts_then_refits_the_thresholds(tmp_path, capsys, monkeypatch):
+    gate_off(monkeypatch)  # 85 pictures: the gate's bound is loose at that size, and adapting is the point here
     pictures = derm7pt_pictures(60, 25, offset=300, malignant_offset=100)
     site = copy_pictures(pictures, tmp_path / "pictures")
     diagnosed = tmp_path / "diagnosed"
@@ -306,7 +337,7 @@ def test_help_names_the_unlabeled_mode(capsys):
     assert "--unlabeled-dir" in capsys.readouterr().out
 
 
-def test_thresholds_fitted_under_adaptation_reach_the_folders_calibrate_site_adapts(tmp_path, capsys):
+def test_thresholds_fitted_under_adaptation_reach_the_folders_calibrate_site_adapts(tmp_path, capsys, monkeypatch):
     """A model that carries adapted_operating_points gives them to every folder adapted from it."""
     model = ScreeningModel.load(str(SHIPPED), **FAST)
     tenk = [path for label in ("benign", "malignant")
@@ -314,7 +345,7 @@ def test_thresholds_fitted_under_adaptation_reach_the_folders_calibrate_site_ada
     picked = {"10k": tenk, "derm7pt": derm7pt_pictures(24, 16, offset=400), "too small": derm7pt_pictures(5, 5, offset=500)}
     sources = {}
     for name, paths in picked.items():
-        pixels, _, _, accepted = site_adaptation.gather_pixels(model, paths, progress=False)
+        pixels, _, _, accepted, _ = site_adaptation.gather_pixels(model, paths, progress=False)
         sources[name] = (pixels, np.asarray([path.parent.name == "malignant" for path in paths], dtype=int)[accepted])
     points = site_adaptation.fit_adapted_operating_points(model, sources, progress=False)
     assert "left_out" in points["sources"]["too small"] and "rule" in points["sources"]["10k"]
@@ -327,6 +358,7 @@ def test_thresholds_fitted_under_adaptation_reach_the_folders_calibrate_site_ada
     config[site_adaptation.ADAPTED_POINTS_KEY] = points
     (source / "config.json").write_text(__import__("json").dumps(config, indent=2))
     site = copy_pictures(derm7pt_pictures(30, 10, offset=600), tmp_path / "pictures")
+    gate_off(monkeypatch)  # 40 pictures: the gate's bound is loose at that size, and the thresholds are the point here
     status, err = run_cli(capsys, "--model", source, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
     assert status == 0, err
     adapted = config_of(tmp_path / "out")
