@@ -235,13 +235,23 @@ def test_the_shipped_levit_fine_tunes_at_another_resolution_and_still_ranks_the_
     assert description.endswith(f"resized to {size} px")
     assert f"(weights {weights_version(REPO_ROOT / 'model')})" in description  # which model/, once it is replaced
     shipped = load_network(REPO_ROOT / "model").eval()
+    # Every bias table is resized, not re-initialised: the bias of a position to itself (offset 0, 0) is kept
+    # exactly, and the rest follow the learnt table. Ranking alone cannot show it: on the shipped model,
+    # zeroing every table moves the scores of real lesions no more than resizing them does.
+    learnt, resized = shipped.state_dict(), model.state_dict()
+    tables = [name for name in learnt if name.endswith("attention_biases")]
+    grown = [name for name in tables if resized[name].shape[1] > learnt[name].shape[1]]
+    assert grown and all(resized[name].shape[1] >= learnt[name].shape[1] for name in tables)
+    for name in grown:
+        assert torch.equal(resized[name][:, 0], learnt[name][:, 0])
+        assert resized[name].std() == pytest.approx(learnt[name].std().item(), rel=0.15)
     shipped_processor = load_processor(REPO_ROOT / "model")
     images = [Image.open(path).convert("RGB") for label in ("benign", "malignant") for path in real_images("test", label, 12)]
     with torch.no_grad():
         before = torch.softmax(shipped(**shipped_processor(images, return_tensors="pt")).logits, -1)[:, 1]
         after = torch.softmax(model.eval()(**processor(images, return_tensors="pt")).logits, -1)[:, 1]
-    # The resized bias tables keep what the model learnt: before any training, it still ranks the lesions alike.
-    assert np.corrcoef(before.numpy(), after.numpy())[0, 1] > 0.9
+    # Before any training, the resized model still scores real lesions much as the shipped one does.
+    assert np.corrcoef(before.numpy(), after.numpy())[0, 1] > 0.8
     with pytest.raises(SystemExit, match="input size of a levit only; .* is a vit"):
         train_vit.build_model(train_vit.ModelArguments(model_name_or_path=str(tiny_model_dir), image_size=96), seed=0)
 
