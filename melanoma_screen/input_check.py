@@ -4,7 +4,8 @@ A classifier trained on dermoscopy answers every picture, and a "low" on a photo
 with no lesion in it is false reassurance. Two kinds of evidence decide:
 
 * the picture statistics of melanoma_screen.picture_statistics, computed on the
-  picture as the model is given it, each held between fitted bounds (RULES);
+  picture as the model is given it, each held between fitted bounds (RULES),
+  or a bound that is a definition (FIXED_BOUNDS: a face);
 * two statistics in the model's own feature space, the patch tokens after its
   middle encoder layer (architectures.logits_and_patch_tokens says why not the
   CLS token), taken from the same forward pass as the scores:
@@ -61,7 +62,10 @@ FORMAT_VERSION = "5"
 # (picture_statistics.STREAK_QUEFRENCIES) is there whatever the picture holds: "blurred" as well.
 # Flatness and periodicity name what no skin shows at the model's scale: surfaces without any
 # grain (a finger's nail, plastic held close) and one period repeated (woven cloth, screens).
+# A face is tried first: whatever else is wrong with a photograph of a person, the advice that
+# fits it (more light, hold still) would only have the user improve a photograph of themselves.
 RULES = (
+    ("not_skin", "face", "high"),
     ("too_dark", "highlights", "low"),
     ("too_bright", "brightness", "high"),
     ("no_lesion", "structure", "low"),
@@ -77,6 +81,21 @@ RULES = (
     ("too_bright", "colour_range", "high"),
 )
 UNFAMILIAR = "unfamiliar"
+
+# Bounds that are definitions, not fitted: (feature, side) -> bound. The fitting writes them as they are
+# (a quantile of training pictures would let through whatever faces the detector found in lesions), and
+# `load` sets them in any stored check, so one fitted before the statistic existed refuses faces too. Any
+# face the detector looks for (picture_statistics.FACE_SHARE of the short side or more) refuses.
+FIXED_BOUNDS = {("face", "high"): 0.0}
+
+
+def with_fixed_bounds(lower: np.ndarray, upper: np.ndarray,
+                      switched_off: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the lower and upper bounds, (len(FEATURES),) each, with FIXED_BOUNDS in place (or none there)."""
+    lower, upper = np.array(lower, dtype=np.float64), np.array(upper, dtype=np.float64)
+    for (name, side), bound in FIXED_BOUNDS.items():
+        (lower if side == "low" else upper)[FEATURES.index(name)] = np.nan if switched_off else bound
+    return lower, upper
 
 # Every refusal code, in the order reports list them; melanoma_screen.messages holds their sentences.
 REASONS = ("too_dark", "too_bright", "blurred", "no_lesion", "no_colour", "not_skin", UNFAMILIAR)
@@ -261,12 +280,24 @@ class InputCheck:
         with safe_open(str(path), framework="numpy") as handle:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        if json.loads(metadata.get("features", "[]")) != list(FEATURES) or metadata.get("format") != FORMAT_VERSION:
+        stored = json.loads(metadata.get("features", "[]"))
+        if not set(stored) <= set(FEATURES) or metadata.get("format") != FORMAT_VERSION:
             logger.warning("%s was written by another version of the input check; it is not used. Refit it with "
                            "`python fit_input_check.py fit --model %s --data-dir DATA`.", path, folder)
             return None
+        lower, upper = np.full(len(FEATURES), np.nan), np.full(len(FEATURES), np.nan)
+        positions = [FEATURES.index(name) for name in stored]
+        lower[positions], upper[positions] = tensors["lower"], tensors["upper"]
+        missing = [name for name in FEATURES if name not in stored]
+        if missing:
+            # A check fitted before a statistic was added keeps everything it has (the distance is still right for
+            # its weights); the new statistic has no fitted bound, only a fixed one, until it is refitted.
+            logger.warning("%s was fitted without the statistics that came later (%s): they have only their fixed "
+                           "bounds, if any, until `python fit_input_check.py fit --model %s --data-dir DATA` is run.",
+                           path, ", ".join(missing), folder)
+        lower, upper = with_fixed_bounds(lower, upper)
         fitted_for = metadata.get("model_version") or None
-        check = cls(tensors["lower"], tensors["upper"], tensors.get("class_means"), tensors.get("precision"),
+        check = cls(lower, upper, tensors.get("class_means"), tensors.get("precision"),
                     float(tensors["threshold"][0]) if "threshold" in tensors else None,
                     model_version=fitted_for, meta=json.loads(metadata.get("meta", "{}")),
                     spread_precision=tensors.get("spread_precision"),

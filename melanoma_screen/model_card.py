@@ -462,13 +462,13 @@ def input_check_markdown(report: dict, benchmark: dict | None = None) -> str:
     refusals = ", ".join(f"{reason} {count}" for reason, count in report["validation_refusals"].items()) or "none"
     lines = [
         f"Pictures are refused, with a sentence saying why, when they are too dark, too bright, blurred, show no "
-        f"lesion, have no colour, do not look like skin, or lie too far from the training images in the model's "
-        f"feature space, by the distance of their mean patch token or by how far their patch tokens spread "
+        f"lesion, have no colour, do not look like skin, show a face, or lie too far from the training images in the "
+        f"model's feature space, by the distance of their mean patch token or by how far their patch tokens spread "
         f"(`{INPUT_CHECK_FILE}`, fitted on {report['n_train']} training and {report['n_validation']} validation images: "
         f"each image statistic's bounds leave out {100 * report['alpha']:g}% of the training images, and the "
         f"distance threshold, {_two_places(report.get('distance_threshold'))}, and spread threshold, "
         f"{_two_places(report.get('spread_threshold'))}, were chosen so that {100 * report['target_acceptance']:g}% "
-        f"of validation is accepted).",
+        f"of validation is accepted with the fitted statistics; a face, found by a detector, refuses on top of that).",
         "",
         f"Validation images accepted: {100 * (report['validation_acceptance'] or 0):.1f}% (refused: {refusals}).",
     ]

@@ -1,5 +1,5 @@
 """The picture statistics the input check judges: exposure, sharpness, motion smear and streaks, structure, colour,
-grainless surfaces and repeated patterns, measured on a whole batch at once.
+grainless surfaces, repeated patterns and faces, measured on a whole batch at once.
 
 They catch far too dark or bright pictures, heavy blur, empty frames and plain skin, pictures
 without colour (a lesion saved in grayscale: its own reason, since the model judges colour), and
@@ -12,6 +12,7 @@ the input check is fitted on (melanoma_screen.input_check_fitting) and what the 
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 
@@ -42,6 +43,7 @@ FEATURES = (
     "flatness",          # share of the 4x4 cells without any detail: drawn or plastic surfaces when high
     "periodicity",       # the strongest peak of the spectrum over its frequency's mean: woven cloth, screens when high
     "streak",            # the deepest dip of the spectrum's cepstrum: the evenly spaced zeros of a camera shake when high
+    "face",              # the largest frontal face found, as a share of the short side; 0 when none
 )
 
 # A pixel counts as cool when its green or blue channel exceeds its red by more than this (about
@@ -131,6 +133,59 @@ def _spectral(luminance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return periodicity, streak
 
 
+# A live camera often sees the user's face, and the feature space lets a portrait through or not by the
+# luck of the model's weights; a face detector does not depend on them. scikit-image's LBP frontal-face
+# cascade (an OpenCV cascade shipped inside its wheel) looks for faces of at least FACE_SHARE of the
+# short side, scaling its window by FACE_SCALE_STEP, and keeps a face found by at least FACE_NEIGHBOURS
+# overlapping windows. Chosen on 4,000 training pictures at the model's 128 px (1,600 of the 10k set's
+# training split, 1,000 of isic2017, 1,400 of ham10000; session measurement, 2026-12-05): pictures in
+# which a face was found, by smallest share and neighbours, and the cascade's cost a picture (one core):
+#   share 0.20 (20 ms): 4 neighbours 108, 6: 21, 8: 7
+#   share 0.25 (9 ms):  4 neighbours 54,  6: 14, 8: 3, 9: 3, 10: 1, 12: 1
+#   share 0.30 (4 ms):  4 neighbours 40,  6: 11, 8: 5, 9: 3 (0.075%), 10: 3, 12: 1   <- 0.30, 9
+# 0.30 (a face filling a good part of the frame) costs less than half of 0.25 (its ladder of window sizes
+# starts larger), which the live camera pays on every frame; 9 neighbours are then the fewest that find a
+# face in at most 0.1% of the training pictures (fewer find faces in pores and hair). A coarser search at
+# 0.25 (a step of 1.5 windows, or window sizes 1.2 or 1.25 apart) was as cheap as 0.30, but found one of
+# the three faces of the benchmark's people (benchmarks/not_lesion_set.py) that 0.30 with 8 finds.
+FACE_SHARE = 0.3
+FACE_NEIGHBOURS = 9
+FACE_SCALE_STEP = 1.15
+
+# One cascade per thread: the app judges analyses on several threads at once, and scikit-image does not
+# say that a Cascade may be shared by them.
+_FACE_CASCADES = threading.local()
+
+
+def _face_cascade():
+    cascade = getattr(_FACE_CASCADES, "cascade", None)
+    if cascade is None:
+        # Imported here, not with the module: scikit-image is needed only once pictures are judged.
+        from skimage.data import lbp_frontal_face_cascade_filename
+        from skimage.feature import Cascade
+
+        cascade = _FACE_CASCADES.cascade = Cascade(lbp_frontal_face_cascade_filename())
+    return cascade
+
+
+def _largest_faces(luminance: np.ndarray) -> np.ndarray:
+    """(N, H, W) luminance -> (N,): the side of the largest frontal face found over the short side, 0 when none.
+
+    The one statistic computed picture by picture: the cascade takes one image at a time.
+    """
+    cascade = _face_cascade()
+    side = min(luminance.shape[1:])
+    smallest = max(1, int(side * FACE_SHARE))
+    shares = np.zeros(len(luminance))
+    for i, picture in enumerate(luminance):
+        faces = cascade.detect_multi_scale(picture, scale_factor=FACE_SCALE_STEP, step_ratio=1,
+                                           min_size=(smallest, smallest), max_size=(side, side),
+                                           min_neighbor_number=FACE_NEIGHBOURS)
+        if faces:
+            shares[i] = max(min(face["width"], face["height"]) for face in faces) / side
+    return shares
+
+
 # Luminance, red-green, yellow-blue.
 OPPONENT = np.stack([LUMA_WEIGHTS, [1.0, -1.0, 0.0], [0.5, 0.5, -1.0]]).astype(np.float32)
 
@@ -147,7 +202,7 @@ def _block_means(values: np.ndarray, blocks: int) -> np.ndarray:
 def batch_features(pixels: np.ndarray) -> np.ndarray:
     """The statistics of FEATURES for a batch of RGB pictures, (N, H, W, 3) uint8 -> (N, len(FEATURES)) float64.
 
-    One set of array operations for the whole batch: no Python loop over images.
+    One set of array operations for the whole batch, but for the face detector.
     """
     pixels = np.asarray(pixels)
     if pixels.ndim == 3:
@@ -211,6 +266,7 @@ def batch_features(pixels: np.ndarray) -> np.ndarray:
         flatness,
         periodicity,
         streak,
+        _largest_faces(full),
     ], axis=1).astype(np.float64)
 
 

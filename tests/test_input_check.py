@@ -23,7 +23,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 from conftest import REPO_ROOT, SHARED_DATASET, real_images
 from not_lesion_set import CATEGORIES, build_not_lesion_set
 
-from melanoma_screen import input_check
+from melanoma_screen import input_check, picture_statistics
 from melanoma_screen.input_check_fitting import choose_thresholds, fit
 from melanoma_screen.picture_statistics import FEATURES, batch_features, measure
 from melanoma_screen.inference import FAST, ScreeningModel
@@ -193,6 +193,46 @@ def test_a_portrait_whose_mean_token_looks_ordinary_is_refused_by_the_spread_of_
     assert [v.reason for v in check.judge(measured["features"], measured["embeddings"])].count(None) <= 1
 
 
+# The people of the generated set whose face fills a good part of the frame: the close-up crops. In the
+# whole photographs the face is a fifth of the frame or less, under picture_statistics.FACE_SHARE (the
+# spread refuses them, and the camera man is refused as colourless).
+FACES = ("skimage-astronaut-face", "matplotlib-grace_hopper-face")
+
+
+def test_a_face_is_refused_as_not_skin_without_the_feature_space_and_real_lesions_show_none(shipped):
+    people = [sample for sample in build_not_lesion_set() if sample.name in FACES]
+    assert sorted(sample.name for sample in people) == sorted(FACES)
+    # The same bounds without the distance and the spread: the face alone must refuse them, whatever the weights.
+    statistics_only = input_check.InputCheck(shipped.input_check.lower, shipped.input_check.upper)
+    assert not statistics_only.uses_features
+    measured = measure(shipped, [sample.image for sample in people], progress=False)
+    verdicts = statistics_only.judge(measured["features"])
+    assert [(v.reason, v.details.get("statistic")) for v in verdicts] == [("not_skin", "face")] * len(people), verdicts
+    index = FEATURES.index("face")
+    assert (measured["features"][:, index] >= picture_statistics.FACE_SHARE).all()
+    lesions = measure(shipped, real_images("test", "benign", 20) + real_images("test", "malignant", 20), progress=False)
+    assert (lesions["features"][:, index] == 0).all(), lesions["features"][:, index]
+
+
+def test_a_check_fitted_before_the_face_statistic_keeps_its_bounds_and_gains_the_fixed_face_bound(tmp_path, caplog):
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    stored = MODEL_DIR / input_check.STATS_FILE
+    with safe_open(str(stored), framework="numpy") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(stored))
+    kept = [i for i, name in enumerate(FEATURES) if name != "face"]
+    tensors["lower"], tensors["upper"] = tensors["lower"][kept], tensors["upper"][kept]
+    metadata["features"] = json.dumps([FEATURES[i] for i in kept])
+    save_file(tensors, str(tmp_path / input_check.STATS_FILE), metadata=metadata)
+    old = input_check.InputCheck.load(tmp_path)
+    assert "fitted without the statistics that came later (face)" in caplog.text
+    current = input_check.InputCheck.load(MODEL_DIR)
+    assert old.uses_spread and np.array_equal(old.lower, current.lower, equal_nan=True)
+    assert np.array_equal(old.upper, current.upper, equal_nan=True) and old.upper[FEATURES.index("face")] == 0
+
+
 def test_the_generated_not_a_lesion_set_is_mostly_refused(shipped):
     samples = build_not_lesion_set(real_images("test", "benign", 10) + real_images("test", "malignant", 10))
     assert {sample.category for sample in samples} == set(CATEGORIES)
@@ -268,7 +308,9 @@ PATCHES, WIDTH = 16, 8
 
 
 def measurements(rng, count: int) -> dict:
-    return {"features": rng.normal(0.5, 0.1, (count, len(FEATURES))),
+    features = rng.normal(0.5, 0.1, (count, len(FEATURES)))
+    features[:, FEATURES.index("face")] = 0  # no picture of a lesion holds a face
+    return {"features": features,
             "embeddings": rng.normal(0, 1, (count, PATCHES, WIDTH)).astype(np.float16), "labels": np.arange(count) % 2}
 
 
@@ -289,6 +331,18 @@ def test_bounds_and_thresholds_follow_the_data():
     verdict = check.judge(validation["features"][:1], scattered)[0]
     assert verdict.reason == "unfamiliar" and verdict.details["statistic"] == "spread"
     assert verdict.details["distance"] <= check.threshold
+
+
+def test_faces_found_in_validation_pictures_refuse_them_without_moving_the_feature_space_thresholds():
+    rng = np.random.default_rng(0)
+    train, validation = measurements(rng, 2000), measurements(rng, 500)
+    _, without_faces = fit(train, validation, alpha=0.001, target_acceptance=0.98)
+    validation["features"][:3, FEATURES.index("face")] = 0.5
+    _, with_faces = fit(train, validation, alpha=0.001, target_acceptance=0.98)
+    for name in ("distance_threshold", "spread_threshold"):
+        assert with_faces[name] == without_faces[name]
+    assert with_faces["validation_acceptance"] < without_faces["validation_acceptance"]
+    assert with_faces["bounds"]["face"] == {"low": None, "high": 0.0}
 
 
 def test_the_two_thresholds_share_one_rank_and_spend_only_what_the_statistics_left():
@@ -315,10 +369,14 @@ def test_one_embedding_per_picture_is_refused_since_the_spread_needs_the_patches
         fit(train, measurements(rng, 100))
 
 
-def test_too_few_images_give_no_bounds_and_no_threshold():
+def test_too_few_images_give_no_fitted_bounds_and_no_threshold():
     few = measurements(np.random.default_rng(0), 20)
     check, _ = fit(few, few, alpha=0.002)
-    assert np.isnan(check.lower).all() and np.isnan(check.upper).all() and check.threshold is None
+    no_bounds = np.full(len(FEATURES), np.nan)
+    fixed_lower, fixed_upper = input_check.with_fixed_bounds(no_bounds, no_bounds)
+    assert np.array_equal(check.lower, fixed_lower, equal_nan=True)
+    assert np.array_equal(check.upper, fixed_upper, equal_nan=True)
+    assert check.threshold is None
     assert not check.uses_spread
     assert all(verdict.ok for verdict in check.judge(few["features"], few["embeddings"]))
 
