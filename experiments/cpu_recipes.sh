@@ -35,7 +35,8 @@
 #   levit, mobilevitv2   vig-isic-scale (the shipped recipe) on those architectures (modeling.OTHER_ARCHITECTURES)
 #   levit-seed7          levit with another seed: does LeViT's lead over ViT-tiny outlast the seed?
 # and, for the benign-mimics issue, with ham10000 (both classes, diagnoses, three acquisitions) added,
-# fine-tuned from FT_FROM (the shipped LeViT):
+# fine-tuned from FT_FROM (the LeViT shipped until 2026-12-05, 8f561268f2b5: FT_FROM=runs/compare/shipped-8f561268f2b5
+# to rerun them now that model/ is the run these recipes chose):
 #   ft-ham               ham10000 as one more extra folder, nothing else changed (the control)
 #   ft-ham-balance       + every (source, class) group balanced, benign diagnoses balanced,
 #                        the checkpoint chosen on the mean per-source validation AUC
