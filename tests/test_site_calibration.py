@@ -325,7 +325,7 @@ def test_site_folder_of_ten_k_test_images_gives_thresholds_close_to_the_shipped_
     # Refitted on the split itself, sensitivity lands on the training target; the source thresholds may give more
     # there (0.972 for the model shipped on 2026-12-05), never much more.
     assert after["sensitivity"] >= site["min_sensitivity"] and abs(after["sensitivity"] - before["sensitivity"]) <= 0.03
-    assert abs(after["specificity"] - before["specificity"]) <= 0.03
+    assert after["specificity"] >= before["specificity"] - 0.03  # what sensitivity gives back, specificity gains
     # The high-risk threshold sits on the benign tail, so it moves more; it stays in the upper half of the scale.
     assert 0.5 <= config["high_risk_threshold"] <= shipped["high_risk_threshold"] + 0.1
 
