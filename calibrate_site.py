@@ -17,8 +17,9 @@ still orders the site's pictures as the source model did, and as the same
 adaptation of the means alone does; when it trips, the means alone are moved,
 then a half mix is tried, then adaptation is refused. At least 30 accepted pictures
 are needed. A model without BatchNorm (a ViT) cannot be adapted: refit its
-thresholds with --data-dir. With --data-dir too, the model is adapted first and
-the thresholds are then refitted through the adapted model.
+thresholds with --data-dir. With --data-dir too, the model is adapted first, the
+diagnosed images decide whether the adapted model or the source ranks them better
+(ROC AUC), and the thresholds are then refitted through that one.
 
 SITE holds benign/ and malignant/ folders of images diagnosed at the site (by
 histology or follow-up), taken with the site's own device. Each image is decoded
@@ -186,6 +187,31 @@ def refit_thresholds(args, source: Path, out_dir: Path) -> dict:
     return report
 
 
+def better_ranking(args, source: Path, adapted: Path) -> Path:
+    """Of the source and the adapted folder, the one that ranks the site's diagnosed images better (ROC AUC).
+
+    Adaptation moves the scores and can re-rank them; thresholds refitted on diagnosed images undo the move but
+    not the re-ranking. On the model shipped on 2026-12-05 it cost derm7pt 0.07 of ROC AUC
+    (docs/site_calibration.md), so the diagnosed images, which the combined mode has, decide.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    scan = scan_site_folder(args.data_dir)
+    problem = shortfall(scan.counts["site"])
+    if problem:
+        raise SiteCalibrationError(problem)
+    records, auc = scan.records, {}
+    for name, folder in (("source", source), ("adapted", adapted)):
+        model = ScreeningModel.load(str(folder), engine=args.engine, precision=args.precision)
+        scores = score_site(model, records, batch_size=args.batch_size)
+        auc[name] = float(roc_auc_score(scores.labels, scores.probabilities))
+    keep = "adapted" if auc["adapted"] >= auc["source"] else "source"
+    print(f"ROC AUC on the diagnosed images: source model {auc['source']:.3f}, adapted {auc['adapted']:.3f}; the "
+          + ("adapted model is kept" if keep == "adapted" else "adaptation re-ranks them, so it is dropped and the "
+             "thresholds are refitted on the source model"))
+    return adapted if keep == "adapted" else source
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out_dir = Path(args.out_dir).expanduser()
@@ -203,6 +229,7 @@ def main(argv=None) -> int:
             workspace = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-adapted-", dir=out_dir.parent))
             try:
                 adapted = adapt(args, source, workspace / "adapted", False, args.name or out_dir.name)
+                adapted = better_ranking(args, source, adapted)
             except NothingToAdapt as reason:
                 print(f"{reason} The thresholds are refitted on the source model.")
                 adapted = source

@@ -206,7 +206,12 @@ def run_calibrate_site(args, fit_items, out_dir: Path, combined: bool) -> tuple[
     shutil.rmtree(work, ignore_errors=True)
     if status != 0:
         return {"refused": printed.getvalue().strip().splitlines()[-1]}, status
-    return json.loads((out_dir / "config.json").read_text()), status
+    config = json.loads((out_dir / "config.json").read_text())
+    # Combined, a folder without an adaptation block says why: the familiarity gate, or the diagnosed images.
+    config["_not_adapted_because"] = ("the diagnosed images ranked better unadapted"
+                                      if "adaptation re-ranks them" in printed.getvalue() else
+                                      "as familiar as a training source")
+    return config, status
 
 
 def sample(items, size: int, share: float, rng) -> list:
@@ -252,12 +257,12 @@ def adaptation_cell(args, items, first, samples, combined: bool, seed: int) -> d
         if status != 0 and "Not adapted" in config["refused"]:
             # The familiarity gate left the site alone: the clinic goes on with the input model as it is.
             folder, config = Path(args.model), json.loads((Path(args.model) / "config.json").read_text())
-            guards.append({"not_adapted": True})
+            guards.append({"not_adapted": "as familiar as a training source"})
         elif status != 0:
             refused.append(config["refused"])
             continue
-        elif "site_adaptation" not in config:  # combined, and the gate left the site alone: thresholds refitted only
-            guards.append({"not_adapted": True})
+        elif "site_adaptation" not in config:  # combined, adaptation left out: thresholds refitted on the source
+            guards.append({"not_adapted": config["_not_adapted_because"]})
         else:
             block = config["site_adaptation"]
             guards.append({"rank_correlation": block["guard"]["rank_correlation"], "fell_back": block["fell_back"],
@@ -302,7 +307,7 @@ def adaptation_main(args) -> int:
             print(f"{label:34s} {cell}", flush=True)
             return
         auc = cell["roc_auc"]
-        guards = ", ".join("not adapted (as familiar as a training source)" if g.get("not_adapted") else
+        guards = ", ".join(f"not adapted ({g['not_adapted']})" if g.get("not_adapted") else
                            f"{g['rank_correlation']:.2f}"
                            + (f"/{g['variance_rank_correlation']:.2f}" if g.get("variance_rank_correlation") else "")
                            + (f" fell back to {'means only' if not g['rule'].get('variances', True) else 'statistics'}"

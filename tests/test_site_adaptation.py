@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -292,13 +293,22 @@ def test_combined_adapts_then_refits_the_thresholds(tmp_path, capsys, monkeypatc
         (diagnosed / label).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, diagnosed / label / f"{NAME_MARK}_{path.stem}.jpg")
     out = tmp_path / "out"
-    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--data-dir", diagnosed, "--out-dir", out)
-    assert status == 0, err
+    capsys.readouterr()
+    status = calibrate_site.main([str(arg) for arg in ("--model", SHIPPED, "--unlabeled-dir", site, "--data-dir",
+                                                       diagnosed, "--out-dir", out)])
+    printed = capsys.readouterr()
+    assert status == 0, printed.err
     config = config_of(out)
-    assert "site_adaptation" in config and "site_calibration" in config
+    assert "site_calibration" in config
     assert config["screening_threshold"] != config_of(SHIPPED)["screening_threshold"]
-    # The thresholds were fitted through the adapted model: the weights are the adapted ones.
-    assert config["model_version"] == weights_version(out) != weights_version(SHIPPED)
+    # The diagnosed images decided between the adapted model and the source, by ROC AUC, and the thresholds were
+    # fitted through the one kept: its weights are the folder's.
+    found = re.search(r"ROC AUC on the diagnosed images: source model ([0-9.]+), adapted ([0-9.]+)", printed.out)
+    assert found, printed.out
+    kept_adapted = float(found.group(2)) >= float(found.group(1))
+    assert ("site_adaptation" in config) == kept_adapted
+    assert (config["model_version"] == weights_version(out) != weights_version(SHIPPED)) == kept_adapted
+    assert config["model_version"] == weights_version(out)
     assert not list(tmp_path.glob(".out-adapted-*"))  # the intermediate folder is gone
 
 
