@@ -169,14 +169,27 @@ def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path
     return written
 
 
-def refit_thresholds(args, source: Path, out_dir: Path) -> dict:
-    """--data-dir: the thresholds refitted on the diagnosed images, into out_dir."""
+def diagnosed_images(args):
+    """--data-dir's scan, refused before any model is loaded when it has too few of a class."""
     scan = scan_site_folder(args.data_dir)
     problem = shortfall(scan.counts["site"])
     if problem:  # before loading the model: the input check can only lower these counts
         raise SiteCalibrationError(problem)
-    model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
-    scores = score_site(model, scan.records, skipped=scan.skipped, batch_size=args.batch_size)
+    return scan
+
+
+def scored_by(args, folder: Path, scan):
+    """(the folder's ScreeningModel, its SiteScores on the diagnosed images)."""
+    model = ScreeningModel.load(str(folder), engine=args.engine, precision=args.precision)
+    return model, score_site(model, scan.records, skipped=scan.skipped, batch_size=args.batch_size)
+
+
+def refit_thresholds(args, source: Path, out_dir: Path, scored=None) -> dict:
+    """--data-dir: the thresholds refitted on the diagnosed images, into out_dir.
+
+    scored: (model, scores) of source on them, when already computed (better_ranking).
+    """
+    model, scores = scored or scored_by(args, source, diagnosed_images(args))
     stored_sensitivity, stored_specificity = stored_targets(model.config)
     min_sensitivity = args.min_sensitivity or stored_sensitivity
     min_specificity = args.min_specificity or stored_specificity
@@ -187,8 +200,9 @@ def refit_thresholds(args, source: Path, out_dir: Path) -> dict:
     return report
 
 
-def better_ranking(args, source: Path, adapted: Path) -> Path:
-    """Of the source and the adapted folder, the one that ranks the site's diagnosed images better (ROC AUC).
+def better_ranking(args, source: Path, adapted: Path):
+    """Of the source and the adapted folder, the one that ranks the site's diagnosed images better (ROC AUC),
+    with its (model, scores) on them for refit_thresholds.
 
     Adaptation moves the scores and can re-rank them; thresholds refitted on diagnosed images undo the move but
     not the re-ranking. On the model shipped on 2026-12-05 it cost derm7pt 0.07 of ROC AUC
@@ -196,20 +210,15 @@ def better_ranking(args, source: Path, adapted: Path) -> Path:
     """
     from sklearn.metrics import roc_auc_score
 
-    scan = scan_site_folder(args.data_dir)
-    problem = shortfall(scan.counts["site"])
-    if problem:
-        raise SiteCalibrationError(problem)
-    records, auc = scan.records, {}
-    for name, folder in (("source", source), ("adapted", adapted)):
-        model = ScreeningModel.load(str(folder), engine=args.engine, precision=args.precision)
-        scores = score_site(model, records, batch_size=args.batch_size)
-        auc[name] = float(roc_auc_score(scores.labels, scores.probabilities))
+    scan = diagnosed_images(args)
+    folders = {"source": source, "adapted": adapted}
+    scored = {name: scored_by(args, folder, scan) for name, folder in folders.items()}
+    auc = {name: float(roc_auc_score(scores.labels, scores.probabilities)) for name, (_, scores) in scored.items()}
     keep = "adapted" if auc["adapted"] >= auc["source"] else "source"
     print(f"ROC AUC on the diagnosed images: source model {auc['source']:.3f}, adapted {auc['adapted']:.3f}; the "
           + ("adapted model is kept" if keep == "adapted" else "adaptation re-ranks them, so it is dropped and the "
              "thresholds are refitted on the source model"))
-    return adapted if keep == "adapted" else source
+    return folders[keep], scored[keep]
 
 
 def main(argv=None) -> int:
@@ -229,11 +238,11 @@ def main(argv=None) -> int:
             workspace = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-adapted-", dir=out_dir.parent))
             try:
                 adapted = adapt(args, source, workspace / "adapted", False, args.name or out_dir.name)
-                adapted = better_ranking(args, source, adapted)
+                adapted, scored = better_ranking(args, source, adapted)
             except NothingToAdapt as reason:
                 print(f"{reason} The thresholds are refitted on the source model.")
-                adapted = source
-            report = refit_thresholds(args, adapted, out_dir)
+                adapted, scored = source, None
+            report = refit_thresholds(args, adapted, out_dir, scored)
         elif args.unlabeled_dir:
             adapt(args, source, out_dir, args.overwrite, args.name or out_dir.name)
         else:
