@@ -312,11 +312,8 @@ def familiarity_bounds(distances_by_source: dict, draws: int = 2000, seed: int =
 
 
 def familiarity(config, distances) -> dict | None:
-    """The site's median distance against the stored bound for its size; None when the model stores no bound.
-
-    config: the model's config (a transformers config, or config.json read as a dict).
-    """
-    block = config.get(FAMILIARITY_KEY) if isinstance(config, dict) else getattr(config, FAMILIARITY_KEY, None)
+    """The site's median distance against the stored bound for its size; None when the model stores no bound."""
+    block = getattr(config, FAMILIARITY_KEY, None)
     distances = np.asarray(distances, dtype=np.float64)
     distances = distances[np.isfinite(distances)]
     if not block or len(distances) < MIN_PICTURES:
