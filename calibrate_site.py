@@ -6,20 +6,28 @@
     python calibrate_site.py --model model --data-dir SITE --out-dir model-site --fit-temperature --overwrite
 
 PICTURES is any folder of the site's dermoscopic pictures, flat or nested,
-undiagnosed and with any names. A site whose pictures look as familiar to the
-model as its own training sources' (the input check's distance; the bound is
-stored by experiments/fit_adapted_thresholds.py) has no device shift to undo:
-it is not adapted, and says so. Otherwise the BatchNorm statistics of the model are
-re-estimated on the ones its input check accepts (AdaBN; the rule and why are in
-melanoma_screen/site_adaptation.py and docs/site_calibration.md);
-no weight is trained and no label is used. A guard checks that the adapted model
-still orders the site's pictures as the source model did, and as the same
-adaptation of the means alone does; when it trips, the means alone are moved,
-then a half mix is tried, then adaptation is refused. At least 30 accepted pictures
-are needed. A model without BatchNorm (a ViT) cannot be adapted: refit its
-thresholds with --data-dir. With --data-dir too, the model is adapted first, the
-diagnosed images decide whether the adapted model or the source ranks them better
-(ROC AUC), and the thresholds are then refitted through that one.
+undiagnosed and with any names. By default (--method scores), the pictures its
+input check accepts are scored and their scores placed against the model's
+validation scores of each class (stored by experiments/fit_adapted_thresholds.py):
+the thresholds move by the smallest shift the pictures do not rule out, never
+past the source's high-risk threshold (melanoma_screen/score_shift.py); a site
+whose plausible shifts include zero has no device shift to undo, is not
+adapted, and says so. The weights are untouched, so the model ranks
+the site's lesions as before. --method statistics re-estimates the BatchNorm
+statistics instead (AdaBN; melanoma_screen/site_adaptation.py), unless the site
+looks as familiar to the model as its own training sources (the input check's
+distance, bounded by the same script) are: a guard checks
+that the adapted model still orders the site's pictures as the source model did,
+and as the same adaptation of the means alone does; when it trips, the means
+alone are moved, then a half mix is tried, then adaptation is refused. On the
+model shipped on 2026-12-05 the statistics re-order derm7pt's lesions (ROC AUC
+0.804 -> 0.731) where the shift keeps them: docs/site_calibration.md has both.
+No weight is trained and no label is used either way; at least 30 accepted
+pictures are needed. A model without BatchNorm (a ViT) can only be shifted.
+With --data-dir too, the statistics are adapted first, the diagnosed images
+decide whether the adapted model or the source ranks them better (ROC AUC), and
+the thresholds are then refitted through that one (a shift would be replaced by
+the refitted thresholds, so it is not tried).
 
 SITE holds benign/ and malignant/ folders of images diagnosed at the site (by
 histology or follow-up), taken with the site's own device. Each image is decoded
@@ -51,6 +59,8 @@ from melanoma_screen.calibration import stored_targets
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError, ScreeningModel
 from melanoma_screen.site_calibration import (SiteCalibrationError, check_output_folder, fit_site, score_site,
                                               shortfall, site_report, write_site_model)
+from melanoma_screen.score_shift import (fit_score_shift, require_reference, require_shift, shift_block,
+                                         shifted_thresholds, write_shifted_model)
 from melanoma_screen.site_adaptation import (NothingToAdapt, adaptation_block, adapt_to_site, find_pictures,
                                              gather_pixels, require_batchnorm, require_unfamiliar, too_few,
                                              write_adapted_model)
@@ -73,7 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="model", help="input model folder (default: model)")
     parser.add_argument("--unlabeled-dir", default=None,
-                        help="the site's undiagnosed pictures, flat or nested: adapt the model's BatchNorm statistics")
+                        help="the site's undiagnosed pictures, flat or nested: move the thresholds to them (or adapt "
+                             "the BatchNorm statistics, --method statistics)")
+    parser.add_argument("--method", choices=("scores", "statistics"), default="scores",
+                        help="--unlabeled-dir alone: 'scores' moves the thresholds to where the site's scores lie "
+                             "(default); 'statistics' re-estimates the BatchNorm statistics (AdaBN)")
     parser.add_argument("--data-dir", default=None, help="the site's diagnosed images, in benign/ and malignant/: "
                                                          "refit the thresholds (after adapting, with --unlabeled-dir)")
     parser.add_argument("--out-dir", required=True, help="where the site-calibrated model folder is written")
@@ -157,7 +171,7 @@ def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path
         raise SiteCalibrationError(problem)
     model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
     require_batchnorm(model.model, model.model_id)  # before minutes of reading pictures
-    pixels, refused, unreadable, _, distances = gather_pixels(model, paths, batch_size=args.batch_size)
+    pixels, refused, unreadable, _, distances, _ = gather_pixels(model, paths, batch_size=args.batch_size)
     problem = too_few(len(pixels), "accepted by the input check")
     if problem:
         raise SiteCalibrationError(problem)
@@ -167,6 +181,42 @@ def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path
     written = write_adapted_model(source, out_dir, model, network, pixels, block, overwrite=overwrite, name=name)
     print_adaptation(json.loads((written / "config.json").read_text(encoding="utf-8"))["site_adaptation"])
     return written
+
+
+def shift(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path:
+    """--unlabeled-dir with --method scores: the source folder with its thresholds moved, written to out_dir."""
+    paths = find_pictures(args.unlabeled_dir)
+    problem = too_few(len(paths), "found")
+    if problem:  # before loading the model: the input check can only lower the count
+        raise SiteCalibrationError(problem)
+    model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
+    reference = require_reference(model.config, model.model_id)  # before minutes of reading pictures
+    pictures = gather_pixels(model, paths, batch_size=args.batch_size)
+    problem = too_few(len(pictures.pixels), "accepted by the input check")
+    if problem:
+        raise SiteCalibrationError(problem)
+    fitted = fit_score_shift(pictures.probabilities, reference)
+    require_shift(fitted)
+    thresholds = shifted_thresholds(model.screening_threshold, model.high_risk_threshold, fitted["shift"])
+    block = shift_block(model, len(paths), pictures.unreadable, pictures.refused, len(pictures.pixels), fitted,
+                        thresholds)
+    written = write_shifted_model(source, out_dir, block, overwrite=overwrite, name=name)
+    print_shift(block)
+    return written
+
+
+def print_shift(block: dict) -> None:
+    refused, fit = block["n_refused_by_input_check"], block["fit"]
+    print(f"pictures found: {block['n_found']}; unreadable: {block['n_unreadable']}; refused by the input check: "
+          + (", ".join(f"{reason} {n}" for reason, n in refused.items()) or "none"))
+    print(f"{block['n_adapted']} pictures scored: their scores lie {fit['most_likely_shift']:+.2f} logits from the "
+          f"validation scores at best fit (melanoma share {fit['melanoma_share']:.0%}), {fit['shift']:+.2f} to "
+          f"{fit['largest_shift']:+.2f} by a one-sided 95% bound; "
+          f"thresholds moved by {block['applied_shift']:+.2f}"
+          + (" (stopped at the source's high-risk threshold)" if block["capped_at_source_high_risk"] else ""))
+    source = block["source_thresholds"]
+    print(f"screening threshold {source['screening_threshold']:.4f} -> {block['screening_threshold']:.4f}; "
+          f"high-risk threshold {source['high_risk_threshold']:.4f} -> {block['high_risk_threshold']:.4f}")
 
 
 def diagnosed_images(args):
@@ -244,7 +294,8 @@ def main(argv=None) -> int:
                 adapted, scored = source, None
             report = refit_thresholds(args, adapted, out_dir, scored)
         elif args.unlabeled_dir:
-            adapt(args, source, out_dir, args.overwrite, args.name or out_dir.name)
+            label_free = shift if args.method == "scores" else adapt
+            label_free(args, source, out_dir, args.overwrite, args.name or out_dir.name)
         else:
             report = refit_thresholds(args, source, out_dir)
     except (SiteCalibrationError, ModelLoadError) as error:

@@ -74,7 +74,7 @@ def cached_inputs(model, name, items, cache_dir: Path):
     if path.is_file():
         data = np.load(path)
         return data["pixels"].astype(np.float32), data["labels"]
-    pixels, _, _, accepted, _ = gather_pixels(model, [p for p, _ in items], desc=f"reading {name}")
+    pixels, _, _, accepted, _, _ = gather_pixels(model, [p for p, _ in items], desc=f"reading {name}")
     labels = np.asarray([label for _, label in items])[accepted]
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(path, pixels=pixels.astype(np.float16), labels=labels)

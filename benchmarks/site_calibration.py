@@ -16,7 +16,8 @@ thresholds carried to the test split, where they do not belong. Every figure
 has a stratified bootstrap 95% interval. This is a documented demonstration:
 the shipped model's thresholds are never fitted on derm7pt.
 
---mode unlabeled runs calibrate_site.py --unlabeled-dir itself: each half's
+--mode unlabeled runs calibrate_site.py --unlabeled-dir (--method: the score
+shift by default, or the BatchNorm statistics) itself: each half's
 pictures are copied, renamed and without their labels, into one flat folder, the
 model is adapted on them, and the other half is scored with transformers.pipeline
 on the folder it wrote, at that folder's screening threshold; then the same from
@@ -65,6 +66,8 @@ def parse_args(argv=None):
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     parser.add_argument("--mode", choices=("thresholds", "unlabeled", "combined"), default="thresholds",
                         help="thresholds: --data-dir (default); unlabeled: --unlabeled-dir; combined: both")
+    parser.add_argument("--method", choices=("scores", "statistics"), default="scores",
+                        help="unlabeled mode: calibrate_site.py's --method (default: scores, the threshold shift)")
     parser.add_argument("--sizes", type=int, nargs="*", default=[30, 100, 300],
                         help="unlabeled mode: sample sizes drawn from the adaptation half (default: 30 100 300)")
     parser.add_argument("--shares", type=float, nargs="*", default=[0.02, 0.05, 0.10, 0.30],
@@ -189,6 +192,8 @@ def run_calibrate_site(args, fit_items, out_dir: Path, combined: bool) -> tuple[
     shutil.rmtree(work, ignore_errors=True)
     (work / "pictures").mkdir(parents=True)
     command = ["--model", args.model, "--unlabeled-dir", str(work / "pictures"), "--out-dir", str(out_dir), "--overwrite"]
+    if not combined:
+        command += ["--method", args.method]
     for i, (path, label) in enumerate(fit_items):
         shutil.copy(path, work / "pictures" / f"{i:05d}{path.suffix.lower()}")  # no name, no label
         if combined:
@@ -257,12 +262,17 @@ def adaptation_cell(args, items, first, samples, combined: bool, seed: int) -> d
         if status != 0 and "Not adapted" in config["refused"]:
             # The familiarity gate left the site alone: the clinic goes on with the input model as it is.
             folder, config = Path(args.model), json.loads((Path(args.model) / "config.json").read_text())
-            guards.append({"not_adapted": "as familiar as a training source"})
+            guards.append({"not_adapted": "scores where validation's lie" if "validation scores" in config["refused"]
+                           else "as familiar as a training source"})
         elif status != 0:
             refused.append(config["refused"])
             continue
         elif "site_adaptation" not in config:  # combined, adaptation left out: thresholds refitted on the source
             guards.append({"not_adapted": config["_not_adapted_because"]})
+        elif config["site_adaptation"].get("method") == "score shift":
+            block = config["site_adaptation"]
+            guards.append({"shift": block["fit"]["shift"], "most_likely_shift": block["fit"]["most_likely_shift"],
+                           "melanoma_share": block["fit"]["melanoma_share"], "applied_shift": block["applied_shift"]})
         else:
             block = config["site_adaptation"]
             guards.append({"rank_correlation": block["guard"]["rank_correlation"], "fell_back": block["fell_back"],
@@ -299,7 +309,7 @@ def adaptation_main(args) -> int:
     base_scores = pipeline_scores(Path(args.model), [path for path, _ in items])
     base = operating_point_figures(labels, (base_scores >= model_config["screening_threshold"]).astype(float), 0.5, 0.5,
                                    seed=args.seed)["at_screening_threshold"]
-    results = {"model": args.model, "mode": args.mode, "site": name, "seed": args.seed,
+    results = {"model": args.model, "mode": args.mode, "method": args.method, "site": name, "seed": args.seed,
                "input_model": dict(base, roc_auc=roc_auc_figure(labels, base_scores, seed=args.seed)), "cells": {}}
 
     def show(label, cell):
@@ -308,6 +318,8 @@ def adaptation_main(args) -> int:
             return
         auc = cell["roc_auc"]
         guards = ", ".join(f"not adapted ({g['not_adapted']})" if g.get("not_adapted") else
+                           f"shift {g['applied_shift']:+.2f} (best {g['most_likely_shift']:+.2f}, share "
+                           f"{g['melanoma_share']:.0%})" if "applied_shift" in g else
                            f"{g['rank_correlation']:.2f}"
                            + (f"/{g['variance_rank_correlation']:.2f}" if g.get("variance_rank_correlation") else "")
                            + (f" fell back to {'means only' if not g['rule'].get('variances', True) else 'statistics'}"

@@ -9,7 +9,10 @@ source, and writes melanoma_screen.site_adaptation.fit_adapted_operating_points'
 result into the folder's config.json under "adapted_operating_points", and
 under "site_familiarity" how far from the training pictures (the input check's
 distance) a sample of each source's validation pictures lies: a site no farther
-is not adapted (melanoma_screen.site_adaptation.require_unfamiliar).
+is not adapted (melanoma_screen.site_adaptation.require_unfamiliar), and under
+"score_reference" the validation scores of each class, against which
+calibrate_site.py's default label-free method places a site's scores
+(melanoma_screen.score_shift).
 calibrate_site.py --unlabeled-dir then gives those thresholds to the folders it
 adapts from this model; without them an adapted folder keeps the source
 model's thresholds. Nothing else in the folder changes. Why a model trained on
@@ -31,6 +34,7 @@ import data_prep  # noqa: E402
 from data_prep import SplitSettings  # noqa: E402
 from melanoma_screen.calibration import stored_targets  # noqa: E402
 from melanoma_screen.inference import FAST, ScreeningModel  # noqa: E402
+from melanoma_screen.score_shift import REFERENCE_KEY, score_reference  # noqa: E402
 from melanoma_screen.site_adaptation import (ADAPTED_POINTS_KEY, FAMILIARITY_KEY,  # noqa: E402
                                              fit_adapted_operating_points, familiarity_bounds, gather_pixels,
                                              require_batchnorm)
@@ -50,19 +54,23 @@ def main(argv=None) -> int:
         by_source[record.source].append(record)
     model = ScreeningModel.load(str(folder), **FAST)
     require_batchnorm(model.model, model.model_id)
-    sources, distances = {}, {}
+    sources, distances, scores = {}, {}, ([], [])
     for name, records in sorted(by_source.items()):
         if args.max_per_source and len(records) > args.max_per_source:
             records = records[:: len(records) // args.max_per_source][: args.max_per_source]
         pictures = gather_pixels(model, [record.path for record in records], desc=name)
         sources[name] = (pictures.pixels, np.asarray([record.label for record in records])[pictures.accepted])
         distances[name] = pictures.distances
+        scores[0].append(pictures.probabilities)
+        scores[1].append(sources[name][1])
     points = fit_adapted_operating_points(model, sources, *stored_targets(model.config))
     familiar = familiarity_bounds(distances)
+    reference = score_reference(np.concatenate(scores[0]), np.concatenate(scores[1]))
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     config[ADAPTED_POINTS_KEY] = points
     config[FAMILIARITY_KEY] = familiar
+    config[REFERENCE_KEY] = reference
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     print(f"source model: screening {model.screening_threshold:.4f}, high risk {model.high_risk_threshold:.4f}")
     print(f"adapted folders: screening {points['screening_threshold']:.4f}, high risk {points['high_risk_threshold']:.4f} "
@@ -76,7 +84,9 @@ def main(argv=None) -> int:
           + ", ".join(f"{size} pictures {bound:.2f}" for size, bound in familiar["bounds_by_sample_size"].items())
           + "; training sources' medians: "
           + ", ".join(f"{name} {median:.2f}" for name, median in familiar["source_medians"].items()))
-    print(f"wrote {ADAPTED_POINTS_KEY} and {FAMILIARITY_KEY} into {config_path}")
+    print(f"validation scores kept for the score shift: {reference['benign']['n']} benign, "
+          f"{reference['malignant']['n']} malignant (as {reference['quantiles']} logit quantiles each)")
+    print(f"wrote {ADAPTED_POINTS_KEY}, {FAMILIARITY_KEY} and {REFERENCE_KEY} into {config_path}")
     return 0
 
 

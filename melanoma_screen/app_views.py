@@ -186,7 +186,8 @@ def about_markdown(model: ScreeningModel | None, lang: str) -> str:
         lines += ["", text["about_thresholds"].format(s=_number(screening, lang), h=_number(high, lang))]
     adaptation = getattr(config, "site_adaptation", None)
     if isinstance(adaptation, dict):
-        lines += ["", text["about_site_adaptation"].format(n=adaptation.get("n_adapted", "?"), date=adaptation.get("date", "?"),
+        key = "about_site_shift" if adaptation.get("method") == "score shift" else "about_site_adaptation"
+        lines += ["", text[key].format(n=adaptation.get("n_adapted", "?"), date=adaptation.get("date", "?"),
                                                             source=adaptation.get("source_model", "?"))]
     check = getattr(model, "input_check", None)
     accepted = (check.meta.get("validation_acceptance") if check is not None else None)

@@ -1,7 +1,7 @@
 """Adapt a BatchNorm model to a site's device without labels: re-estimate its normalisation statistics (AdaBN).
 
     model = ScreeningModel.load("model", **FAST)
-    pixels, refused, unreadable, _, distances = gather_pixels(model, paths)   # what the input check accepts, no label
+    pixels, refused, unreadable, _, distances, _ = gather_pixels(model, paths)   # what the input check accepts, no label
     require_unfamiliar(model.config, distances)                    # NothingToAdapt for a training-like site
     network, rule, guard = adapt_to_site(model, pixels)            # ADAPTATION_RULE, or a fallback; else refused
     write_adapted_model("model", "model-site", model, network, pixels, adaptation_block(...))
@@ -88,6 +88,7 @@ class SitePictures(NamedTuple):
     unreadable: int
     accepted: np.ndarray  # bool mask over the paths given
     distances: np.ndarray  # (N,) the input check's feature-space distance of each accepted picture (NaN without one)
+    probabilities: np.ndarray  # (N,) P(malignant) of each accepted picture, as the app scores it
 
 
 class NothingToAdapt(SiteCalibrationError):
@@ -260,7 +261,7 @@ def gather_pixels(screening_model, paths, batch_size: int = 32, progress: bool =
     from .images import ImageLoadError
 
     paths = list(paths)
-    kept, distances, refused, unreadable = [], [], {}, 0
+    kept, distances, probabilities, refused, unreadable = [], [], [], {}, 0
     accepted = np.zeros(len(paths), dtype=bool)
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), batch_size):
@@ -281,10 +282,12 @@ def gather_pixels(screening_model, paths, batch_size: int = 32, progress: bool =
                         kept.append(row)
                         distance = prediction.input_check.details.get("distance") if prediction.input_check else None
                         distances.append(np.nan if distance is None else distance)
+                        probabilities.append(prediction.malignant_probability)
                         accepted[index] = True
             bar.update(min(batch_size, len(paths) - start))
     pixels = np.stack(kept).astype(np.float32) if kept else np.zeros((0, 3, 1, 1), dtype=np.float32)
-    return SitePictures(pixels, refused, unreadable, accepted, np.asarray(distances, dtype=np.float64))
+    return SitePictures(pixels, refused, unreadable, accepted, np.asarray(distances, dtype=np.float64),
+                        np.asarray(probabilities, dtype=np.float64))
 
 
 def familiarity_bounds(distances_by_source: dict, draws: int = 2000, seed: int = 0) -> dict:
@@ -604,7 +607,7 @@ def measure_reference(screening_model, data_dir, n_pictures: int = 2000, seed: i
         found = find_pictures(Path(data_dir) / label)
         chosen = [found[i] for i in sorted(rng.permutation(len(found))[: n_pictures // 2])]
         paths += chosen
-    pixels, _, _, accepted, _ = gather_pixels(screening_model, paths, desc="Reading training pictures")
+    pixels, _, _, accepted, _, _ = gather_pixels(screening_model, paths, desc="Reading training pictures")
     n_benign = int(accepted[: len(paths) - len(chosen)].sum())
     counts = {"benign": n_benign, "malignant": int(accepted.sum()) - n_benign}
     require_batchnorm(screening_model.model, screening_model.model_id)

@@ -110,6 +110,9 @@ TEXT = {
         "about_site_adaptation": ("**Adapted to one site's device:** its normalisation statistics were re-estimated "
                                   "on {n} undiagnosed pictures of that site on {date}, from `{source}`; no weight was "
                                   "trained and no label was used."),
+        "about_site_shift": ("**Adapted to one site's device:** its thresholds were moved to where {n} undiagnosed "
+                             "pictures of that site lie, on {date}, from `{source}`; no weight was changed and no "
+                             "label was used."),
         "about_limits": ("Trained on dermoscopic images from the ISIC archive, mostly of light skin; its "
                          "performance on other skin types, cameras and clinics is not established. Not a "
                          "medical device."),
@@ -219,6 +222,9 @@ TEXT = {
         "about_site_adaptation": ("**Adapté à l'appareil d'un site :** ses statistiques de normalisation ont été "
                                   "réestimées sur {n} images non diagnostiquées de ce site le {date}, à partir de "
                                   "`{source}` ; aucun poids n'a été entraîné et aucun diagnostic n'a été utilisé."),
+        "about_site_shift": ("**Adapté à l'appareil d'un site :** ses seuils ont été déplacés là où se situent {n} "
+                             "images non diagnostiquées de ce site, le {date}, à partir de `{source}` ; aucun poids "
+                             "n'a été modifié et aucun diagnostic n'a été utilisé."),
         "about_limits": ("Entraîné sur des images dermoscopiques de l'archive ISIC, surtout de peaux claires ; "
                          "ses performances sur d'autres types de peau, appareils et cliniques ne sont pas "
                          "établies. Ce n'est pas un dispositif médical."),

@@ -1,4 +1,6 @@
-"""calibrate_site.py --unlabeled-dir on real pictures: what it changes, the folder it writes, its guard and refusals.
+"""calibrate_site.py --unlabeled-dir --method statistics on real pictures: what it changes, the folder, guard, refusals.
+
+(The default method, the score shift, is tested in test_score_shift.py.)
 
 The site is real derm7pt pictures (another clinic's dermatoscope), copied under
 new names into a nested folder with no labels, as a clinic would hand over its
@@ -70,7 +72,8 @@ def site(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def adapted(site, tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("adapted") / "model-site"
-    assert calibrate_site.main(["--model", str(SHIPPED), "--unlabeled-dir", str(site), "--out-dir", str(out_dir)]) == 0
+    assert calibrate_site.main(["--model", str(SHIPPED), "--unlabeled-dir", str(site), "--method", "statistics",
+                                "--out-dir", str(out_dir)]) == 0
     return out_dir
 
 
@@ -212,7 +215,10 @@ def test_training_source_as_the_site_is_left_as_it_is(tmp_path, capsys):
     if site_adaptation.FAMILIARITY_KEY not in config_of(SHIPPED):
         pytest.skip("the shipped model stores no familiarity bound (experiments/fit_adapted_thresholds.py)")
     site, _ = ten_k_test_site(tmp_path)
-    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
+    for method in ("statistics", "scores"):
+        status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--method", method,
+                              "--out-dir", tmp_path / "out")
+        assert status == 2 and "Not adapted" in err and "Traceback" not in err, (method, err)
     assert status == 2 and "Not adapted" in err and "Traceback" not in err, err
     assert [line for line in err.splitlines() if "Not adapted" in line][0].startswith("error: Not adapted")
     assert not (tmp_path / "out").exists()
@@ -245,7 +251,8 @@ def test_guard_trips_on_a_source_the_adaptation_reorders(tmp_path, capsys, monke
     """ham10000's MoleMax acquisition (nevi from a digital-dermoscopy system): adapting fully re-ranks it."""
     gate_off(monkeypatch)
     site = copy_pictures(ham10000_pictures("vidir_molemax", 200), tmp_path / "pictures")
-    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
+    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--method", "statistics",
+                          "--out-dir", tmp_path / "out")
     assert status == 0, err
     block = config_of(tmp_path / "out")["site_adaptation"]
     guard = block["guard"]
@@ -254,7 +261,8 @@ def test_guard_trips_on_a_source_the_adaptation_reorders(tmp_path, capsys, monke
     assert not guard["tried"][-1]["tripped"] and all(item["tripped"] for item in guard["tried"][:-1])
     # With a stricter guard every fallback trips too: refused, with one sentence, and nothing written.
     monkeypatch.setattr(site_adaptation, "MIN_RANK_CORRELATION", 0.999)
-    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "strict")
+    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--method", "statistics",
+                          "--out-dir", tmp_path / "strict")
     assert status == 2 and "Adaptation refused" in err and "Traceback" not in err
     assert not (tmp_path / "strict").exists()
 
@@ -268,7 +276,8 @@ def test_guard_keeps_the_variances_where_they_reorder_a_poorly_ranked_site(tmp_p
     """
     gate_off(monkeypatch)
     site = copy_pictures(ham10000_pictures("vidir_modern", 600, step=2), tmp_path / "pictures")
-    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
+    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--method", "statistics",
+                          "--out-dir", tmp_path / "out")
     assert status == 0, err
     block = config_of(tmp_path / "out")["site_adaptation"]
     first = block["guard"]["tried"][0]
@@ -316,8 +325,8 @@ def test_refusals(tmp_path, capsys, site, adapted):
     few = copy_pictures(derm7pt_pictures(10, 5), tmp_path / "few")
     checks = [
         (["--unlabeled-dir", few, "--out-dir", tmp_path / "a"], "Too few pictures to adapt"),
-        (["--unlabeled-dir", site, "--out-dir", adapted], "already exists; pass --overwrite"),
-        (["--unlabeled-dir", site, "--out-dir", SHIPPED], "would overwrite the input model"),
+        (["--unlabeled-dir", site, "--method", "statistics", "--out-dir", adapted], "already exists; pass --overwrite"),
+        (["--unlabeled-dir", site, "--method", "statistics", "--out-dir", SHIPPED], "would overwrite the input model"),
         (["--unlabeled-dir", tmp_path / "nowhere", "--out-dir", tmp_path / "b"], "is not a folder"),
     ]
     for args, sentence in checks:
@@ -336,7 +345,8 @@ def test_refuses_a_model_without_batchnorm(tmp_path, capsys, site):
                        label2id={"benign": 0, "malignant": 1})
     ViTForImageClassification(config).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    status, err = run_cli(capsys, "--model", folder, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
+    status, err = run_cli(capsys, "--model", folder, "--unlabeled-dir", site, "--method", "statistics",
+                          "--out-dir", tmp_path / "out")
     assert status == 2 and "no BatchNorm layer" in err and "--data-dir" in err, err
     assert not (tmp_path / "out").exists()
 
@@ -355,7 +365,7 @@ def test_thresholds_fitted_under_adaptation_reach_the_folders_calibrate_site_ada
     picked = {"10k": tenk, "derm7pt": derm7pt_pictures(24, 16, offset=400), "too small": derm7pt_pictures(5, 5, offset=500)}
     sources = {}
     for name, paths in picked.items():
-        pixels, _, _, accepted, _ = site_adaptation.gather_pixels(model, paths, progress=False)
+        pixels, _, _, accepted, _, _ = site_adaptation.gather_pixels(model, paths, progress=False)
         sources[name] = (pixels, np.asarray([path.parent.name == "malignant" for path in paths], dtype=int)[accepted])
     points = site_adaptation.fit_adapted_operating_points(model, sources, progress=False)
     assert "left_out" in points["sources"]["too small"] and "rule" in points["sources"]["10k"]
@@ -369,7 +379,8 @@ def test_thresholds_fitted_under_adaptation_reach_the_folders_calibrate_site_ada
     (source / "config.json").write_text(__import__("json").dumps(config, indent=2))
     site = copy_pictures(derm7pt_pictures(30, 10, offset=600), tmp_path / "pictures")
     gate_off(monkeypatch)  # 40 pictures: the gate's bound is loose at that size, and the thresholds are the point here
-    status, err = run_cli(capsys, "--model", source, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
+    status, err = run_cli(capsys, "--model", source, "--unlabeled-dir", site, "--method", "statistics",
+                          "--out-dir", tmp_path / "out")
     assert status == 0, err
     adapted = config_of(tmp_path / "out")
     assert adapted["screening_threshold"] == points["screening_threshold"] != config["screening_threshold"]
