@@ -163,42 +163,44 @@ def print_adaptation(block: dict) -> None:
           f"{block['onnx_int8_parity_max_difference']:.4f}")
 
 
-def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path:
-    """--unlabeled-dir: the adapted folder written to out_dir."""
+def read_site(args, source: Path, require):
+    """(the source ScreeningModel, pictures found, SitePictures of the accepted ones) for --unlabeled-dir.
+
+    require(model) refuses a model the method cannot use, before minutes of reading pictures.
+    """
     paths = find_pictures(args.unlabeled_dir)
     problem = too_few(len(paths), "found")
     if problem:  # before loading the model: the input check can only lower the count
         raise SiteCalibrationError(problem)
     model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
-    require_batchnorm(model.model, model.model_id)  # before minutes of reading pictures
-    pixels, refused, unreadable, _, distances, _ = gather_pixels(model, paths, batch_size=args.batch_size)
-    problem = too_few(len(pixels), "accepted by the input check")
+    require(model)
+    pictures = gather_pixels(model, paths, batch_size=args.batch_size)
+    problem = too_few(len(pictures.pixels), "accepted by the input check")
     if problem:
         raise SiteCalibrationError(problem)
-    familiar = require_unfamiliar(model.config, distances)
-    network, rule, guard = adapt_to_site(model, pixels)
-    block = dict(adaptation_block(model, len(paths), unreadable, refused, len(pixels), rule, guard), familiarity=familiar)
-    written = write_adapted_model(source, out_dir, model, network, pixels, block, overwrite=overwrite, name=name)
+    return model, len(paths), pictures
+
+
+def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path:
+    """--unlabeled-dir with --method statistics: the adapted folder written to out_dir."""
+    model, n_found, pictures = read_site(args, source, lambda model: require_batchnorm(model.model, model.model_id))
+    familiar = require_unfamiliar(model.config, pictures.distances)
+    network, rule, guard = adapt_to_site(model, pictures.pixels)
+    block = dict(adaptation_block(model, n_found, pictures.unreadable, pictures.refused, len(pictures.pixels), rule,
+                                  guard), familiarity=familiar)
+    written = write_adapted_model(source, out_dir, model, network, pictures.pixels, block, overwrite=overwrite,
+                                  name=name)
     print_adaptation(json.loads((written / "config.json").read_text(encoding="utf-8"))["site_adaptation"])
     return written
 
 
 def shift(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path:
     """--unlabeled-dir with --method scores: the source folder with its thresholds moved, written to out_dir."""
-    paths = find_pictures(args.unlabeled_dir)
-    problem = too_few(len(paths), "found")
-    if problem:  # before loading the model: the input check can only lower the count
-        raise SiteCalibrationError(problem)
-    model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
-    reference = require_reference(model.config, model.model_id)  # before minutes of reading pictures
-    pictures = gather_pixels(model, paths, batch_size=args.batch_size)
-    problem = too_few(len(pictures.pixels), "accepted by the input check")
-    if problem:
-        raise SiteCalibrationError(problem)
-    fitted = fit_score_shift(pictures.probabilities, reference)
+    model, n_found, pictures = read_site(args, source, lambda model: require_reference(model.config, model.model_id))
+    fitted = fit_score_shift(pictures.probabilities, require_reference(model.config, model.model_id))
     require_shift(fitted)
     thresholds = shifted_thresholds(model.screening_threshold, model.high_risk_threshold, fitted["shift"])
-    block = shift_block(model, len(paths), pictures.unreadable, pictures.refused, len(pictures.pixels), fitted,
+    block = shift_block(model, n_found, pictures.unreadable, pictures.refused, len(pictures.pixels), fitted,
                         thresholds)
     written = write_shifted_model(source, out_dir, block, overwrite=overwrite, name=name)
     print_shift(block)

@@ -73,6 +73,9 @@ def parse_args(argv=None):
     parser.add_argument("--shares", type=float, nargs="*", default=[0.02, 0.05, 0.10, 0.30],
                         help="unlabeled mode: melanoma shares of those samples (default: 0.02 0.05 0.10 0.30)")
     parser.add_argument("--source", default=None, help="only this acquisition (labels.csv's source column)")
+    parser.add_argument("--benign-diagnoses", nargs="*", default=None,
+                        help="only these benign diagnoses (labels.csv's diagnosis column) beside every melanoma: a site "
+                             "the model ranks poorly, e.g. 'seborrheic keratosis' on derm7pt")
     parser.add_argument("--work-dir", default=str(REPO_ROOT / "runs" / "site_adaptation_benchmark"),
                         help="where the renamed copies and the adapted folders go (deleted after each fold)")
     return parser.parse_args(argv)
@@ -158,15 +161,18 @@ def score_folder(model, folder, what: str):
     return scores
 
 
-def labelled_pictures(folder, source: str | None = None) -> list[tuple[Path, int]]:
-    """[(path, 1 for malignant)] of a {benign,malignant}/ folder, one acquisition of it with `source`."""
+def labelled_pictures(folder, source: str | None = None, benign_diagnoses=None) -> list[tuple[Path, int]]:
+    """[(path, 1 for malignant)] of a {benign,malignant}/ folder, one acquisition of it with `source`, and only the
+    benign lesions whose labels.csv `diagnosis` is in benign_diagnoses when given (every melanoma is kept)."""
     import csv
 
     folder = Path(folder)
-    if source:
+    if source or benign_diagnoses:
         with open(folder / "labels.csv", newline="") as handle:
-            return [(folder / row["file"], int(row["label"] == "malignant")) for row in csv.DictReader(handle)
-                    if row["source"] == source]
+            rows = list(csv.DictReader(handle))
+        return [(folder / row["file"], int(row["label"] == "malignant")) for row in rows
+                if (not source or row["source"] == source)
+                and (not benign_diagnoses or row["label"] == "malignant" or row["diagnosis"] in benign_diagnoses)]
     return [(path, label) for label, name in enumerate(("benign", "malignant"))
             for path in find_pictures(folder / name)]
 
@@ -261,9 +267,10 @@ def adaptation_cell(args, items, first, samples, combined: bool, seed: int) -> d
         folder = work / "out"
         if status != 0 and "Not adapted" in config["refused"]:
             # The familiarity gate left the site alone: the clinic goes on with the input model as it is.
+            because = ("scores where validation's lie" if "validation scores" in config["refused"]
+                       else "as familiar as a training source")
             folder, config = Path(args.model), json.loads((Path(args.model) / "config.json").read_text())
-            guards.append({"not_adapted": "scores where validation's lie" if "validation scores" in config["refused"]
-                           else "as familiar as a training source"})
+            guards.append({"not_adapted": because})
         elif status != 0:
             refused.append(config["refused"])
             continue
@@ -299,11 +306,12 @@ def adaptation_cell(args, items, first, samples, combined: bool, seed: int) -> d
 
 
 def adaptation_main(args) -> int:
-    items = labelled_pictures(args.site_dir, args.source)
+    items = labelled_pictures(args.site_dir, args.source, args.benign_diagnoses)
     labels = np.asarray([label for _, label in items])
     first = halves(labels, args.seed)
     rng = np.random.default_rng(args.seed)
-    name = Path(args.site_dir).name + (f" {args.source}" if args.source else "")
+    name = (Path(args.site_dir).name + (f" {args.source}" if args.source else "")
+            + (f" (benign: {', '.join(args.benign_diagnoses)})" if args.benign_diagnoses else ""))
     # The baseline: the input model through pipeline on every picture, at its own threshold, as the folds pool.
     model_config = json.loads((Path(args.model) / "config.json").read_text())
     base_scores = pipeline_scores(Path(args.model), [path for path, _ in items])

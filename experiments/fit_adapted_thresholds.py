@@ -37,7 +37,7 @@ from melanoma_screen.inference import FAST, ScreeningModel  # noqa: E402
 from melanoma_screen.score_shift import REFERENCE_KEY, score_reference  # noqa: E402
 from melanoma_screen.site_adaptation import (ADAPTED_POINTS_KEY, FAMILIARITY_KEY,  # noqa: E402
                                              fit_adapted_operating_points, familiarity_bounds, gather_pixels,
-                                             require_batchnorm)
+                                             batchnorm_layers)
 
 
 def main(argv=None) -> int:
@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     for record in validation:
         by_source[record.source].append(record)
     model = ScreeningModel.load(str(folder), **FAST)
-    require_batchnorm(model.model, model.model_id)
+    # Without BatchNorm (a ViT) there is nothing to adapt, but the score shift only needs the scores.
+    with_batchnorm = bool(batchnorm_layers(model.model))
     sources, distances, scores = {}, {}, ([], [])
     for name, records in sorted(by_source.items()):
         if args.max_per_source and len(records) > args.max_per_source:
@@ -63,20 +64,20 @@ def main(argv=None) -> int:
         distances[name] = pictures.distances
         scores[0].append(pictures.probabilities)
         scores[1].append(sources[name][1])
-    points = fit_adapted_operating_points(model, sources, *stored_targets(model.config))
+    points = fit_adapted_operating_points(model, sources, *stored_targets(model.config)) if with_batchnorm else None
     familiar = familiarity_bounds(distances)
     reference = score_reference(np.concatenate(scores[0]), np.concatenate(scores[1]))
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
-    config[ADAPTED_POINTS_KEY] = points
+    if points:
+        config[ADAPTED_POINTS_KEY] = points
     config[FAMILIARITY_KEY] = familiar
     config[REFERENCE_KEY] = reference
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     print(f"source model: screening {model.screening_threshold:.4f}, high risk {model.high_risk_threshold:.4f}")
-    print(f"adapted folders: screening {points['screening_threshold']:.4f}, high risk {points['high_risk_threshold']:.4f} "
-          f"(validation, each source adapted on its own: sensitivity {points['validation_sensitivity_at_screening']:.3f}, "
-          f"specificity at high risk {points['validation_specificity_at_high_risk']:.3f})")
-    for name, entry in points["sources"].items():
+    if points is None:
+        print(f"{model.model_id} has no BatchNorm layer: no thresholds for adapted statistics")
+    for name, entry in (points or {}).get("sources", {}).items():
         print(f"  {name}: {entry['n']} pictures, {entry['n_malignant']} melanomas; "
               + (f"left out: {entry['left_out']}" if "left_out" in entry else
                  f"adapted with mix {entry['rule']['mix']:g}{'' if entry['rule']['variances'] else ', means only'}"))
@@ -84,9 +85,15 @@ def main(argv=None) -> int:
           + ", ".join(f"{size} pictures {bound:.2f}" for size, bound in familiar["bounds_by_sample_size"].items())
           + "; training sources' medians: "
           + ", ".join(f"{name} {median:.2f}" for name, median in familiar["source_medians"].items()))
+    if points:
+        print(f"adapted folders: screening {points['screening_threshold']:.4f}, high risk "
+              f"{points['high_risk_threshold']:.4f} (validation, each source adapted on its own: sensitivity "
+              f"{points['validation_sensitivity_at_screening']:.3f}, specificity at high risk "
+              f"{points['validation_specificity_at_high_risk']:.3f})")
     print(f"validation scores kept for the score shift: {reference['benign']['n']} benign, "
           f"{reference['malignant']['n']} malignant (as {reference['quantiles']} logit quantiles each)")
-    print(f"wrote {ADAPTED_POINTS_KEY}, {FAMILIARITY_KEY} and {REFERENCE_KEY} into {config_path}")
+    print(f"wrote {', '.join(([ADAPTED_POINTS_KEY] if points else []) + [FAMILIARITY_KEY, REFERENCE_KEY])} "
+          f"into {config_path}")
     return 0
 
 

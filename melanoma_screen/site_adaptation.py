@@ -117,7 +117,8 @@ def require_batchnorm(model, model_name: str) -> None:
     if not batchnorm_layers(model):
         raise SiteAdaptationError(
             f"{model_name} has no BatchNorm layer ({model.config.model_type}), so there are no statistics to adapt "
-            "to the site's pictures; refit its thresholds on the site's diagnosed images instead with --data-dir.")
+            "to the site's pictures; move its thresholds with --method scores, or refit them on the site's diagnosed "
+            "images with --data-dir.")
 
 
 def estimate_site_statistics(model, pixels: np.ndarray, batch_size: int = ESTIMATION_BATCH, seed: int = 0) -> dict:
