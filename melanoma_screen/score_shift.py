@@ -64,7 +64,8 @@ def require_reference(config, model_name: str) -> dict:
     if not reference:
         raise ScoreShiftError(
             f"{model_name} stores no validation scores to place a site's scores against; add them with "
-            f"`python experiments/fit_adapted_thresholds.py {model_name}` (the model's training folder is needed), "
+            f"`python experiments/fit_adapted_thresholds.py {model_name}` (it rebuilds the model's validation split, "
+            "so it needs the training data), "
             "or adapt its BatchNorm statistics instead with --method statistics.")
     return reference
 
