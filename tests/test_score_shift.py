@@ -29,8 +29,8 @@ SHIPPED = REPO_ROOT / "model"
 DERM7PT = SHARED_DATA / "derm7pt"
 
 
-def mixture(rng, n: int, share: float, shift: float = 0.0) -> np.ndarray:
-    """P(malignant) of n pictures: benign logits N(-2.5, 1.2), malignant N(1.0, 1.3), all moved by shift."""
+def mixture(rng, n: int, share: float, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(P(malignant), labels) of n pictures: benign logits N(-2.5, 1.2), malignant N(1.0, 1.3), all moved by shift."""
     malignant = rng.random(n) < share
     logits = np.where(malignant, rng.normal(1.0, 1.3, n), rng.normal(-2.5, 1.2, n)) + shift
     return 1 / (1 + np.exp(-logits)), malignant.astype(int)
