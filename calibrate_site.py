@@ -144,10 +144,15 @@ def print_report(report: dict) -> None:
                       for key, value in expected.items()))
 
 
-def print_adaptation(block: dict) -> None:
+def print_found(block: dict) -> None:
+    """The counts line both label-free methods print from their site_adaptation block."""
     refused = block["n_refused_by_input_check"]
     print(f"pictures found: {block['n_found']}; unreadable: {block['n_unreadable']}; refused by the input check: "
           + (", ".join(f"{reason} {n}" for reason, n in refused.items()) or "none"))
+
+
+def print_adaptation(block: dict) -> None:
+    print_found(block)
     familiar = block.get("familiarity")
     if familiar:
         print(f"median input-check distance {familiar['median_distance']:.2f}, above {familiar['bound']:.2f} for a "
@@ -164,7 +169,7 @@ def print_adaptation(block: dict) -> None:
 
 
 def read_site(args, source: Path, require):
-    """(the source ScreeningModel, pictures found, SitePictures of the accepted ones) for --unlabeled-dir.
+    """(the source ScreeningModel, pictures found, SitePictures of the accepted ones, what require returned).
 
     require(model) refuses a model the method cannot use, before minutes of reading pictures.
     """
@@ -173,17 +178,18 @@ def read_site(args, source: Path, require):
     if problem:  # before loading the model: the input check can only lower the count
         raise SiteCalibrationError(problem)
     model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
-    require(model)
+    required = require(model)
     pictures = gather_pixels(model, paths, batch_size=args.batch_size)
     problem = too_few(len(pictures.pixels), "accepted by the input check")
     if problem:
         raise SiteCalibrationError(problem)
-    return model, len(paths), pictures
+    return model, len(paths), pictures, required
 
 
 def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path:
     """--unlabeled-dir with --method statistics: the adapted folder written to out_dir."""
-    model, n_found, pictures = read_site(args, source, lambda model: require_batchnorm(model.model, model.model_id))
+    model, n_found, pictures, _ = read_site(args, source,
+                                            lambda model: require_batchnorm(model.model, model.model_id))
     familiar = require_unfamiliar(model.config, pictures.distances)
     network, rule, guard = adapt_to_site(model, pictures.pixels)
     block = dict(adaptation_block(model, n_found, pictures.unreadable, pictures.refused, len(pictures.pixels), rule,
@@ -196,8 +202,9 @@ def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path
 
 def shift(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path:
     """--unlabeled-dir with --method scores: the source folder with its thresholds moved, written to out_dir."""
-    model, n_found, pictures = read_site(args, source, lambda model: require_reference(model.config, model.model_id))
-    fitted = fit_score_shift(pictures.probabilities, require_reference(model.config, model.model_id))
+    model, n_found, pictures, reference = read_site(args, source,
+                                                    lambda model: require_reference(model.config, model.model_id))
+    fitted = fit_score_shift(pictures.probabilities, reference)
     require_shift(fitted)
     thresholds = shifted_thresholds(model.screening_threshold, model.high_risk_threshold, fitted["shift"])
     block = shift_block(model, n_found, pictures.unreadable, pictures.refused, len(pictures.pixels), fitted,
@@ -208,9 +215,8 @@ def shift(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path
 
 
 def print_shift(block: dict) -> None:
-    refused, fit = block["n_refused_by_input_check"], block["fit"]
-    print(f"pictures found: {block['n_found']}; unreadable: {block['n_unreadable']}; refused by the input check: "
-          + (", ".join(f"{reason} {n}" for reason, n in refused.items()) or "none"))
+    fit = block["fit"]
+    print_found(block)
     print(f"{block['n_adapted']} pictures scored: their scores lie {fit['most_likely_shift']:+.2f} logits from the "
           f"validation scores at best fit (melanoma share {fit['melanoma_share']:.0%}), {fit['shift']:+.2f} to "
           f"{fit['largest_shift']:+.2f} by a one-sided 95% bound; "

@@ -142,7 +142,7 @@ def _spectral(luminance: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # which a face was found, by smallest share and neighbours, and the cascade's cost a picture (one core):
 #   share 0.20 (20 ms): 4 neighbours 108, 6: 21, 8: 7
 #   share 0.25 (9 ms):  4 neighbours 54,  6: 14, 8: 3, 9: 3, 10: 1, 12: 1
-#   share 0.30 (4 ms):  4 neighbours 40,  6: 11, 8: 5, 9: 3 (0.075%), 10: 3, 12: 1   <- 0.30, 9
+#   share 0.30 (4 ms):  4 neighbours 40,  6: 11, 8: 5, 9: 3 (0.075%), 10: 3, 12: 1   <- 0.30, 9 (at first)
 # 0.30 (a face filling a good part of the frame) costs less than half of 0.25 (its ladder of window sizes
 # starts larger), which the live camera pays on every frame; 9 neighbours are then the fewest that find a
 # face in at most 0.1% of the training pictures (fewer find faces in pores and hair). A coarser search at

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .site_adaptation import CARD_SECTION, CONFIG_KEY, NothingToAdapt
 from .site_calibration import SiteCalibrationError, sha256_of, staged_output
 
 REFERENCE_KEY = "score_reference"
@@ -138,8 +139,6 @@ def require_shift(fitted: dict) -> None:
     distance's bound for small samples left most 30- and 100-picture derm7pt samples alone, while a shift of 0
     is simply what a training-like site's own scores show (the 10k test split: -0.2 to +0.3 logits).
     """
-    from .site_adaptation import NothingToAdapt
-
     if fitted["shift"] <= 0 <= fitted["largest_shift"]:
         raise NothingToAdapt(
             f"Not adapted: the site's scores lie where the model's validation scores do (any shift from "
@@ -164,8 +163,8 @@ def shifted_thresholds(screening: float, high_risk: float, shift: float) -> dict
 
 # ------------------------------------------------------------------ the shifted folder
 
-CONFIG_KEY = "site_adaptation"  # the key melanoma_screen.site_adaptation writes: the app reads either from there
-CARD_SECTION = "site_adaptation"
+# The block and the card section are site_adaptation's (CONFIG_KEY, CARD_SECTION), so the app reads either method
+# from one place; "method" tells them apart.
 METHOD = "score shift"
 
 

@@ -92,7 +92,8 @@ class SitePictures(NamedTuple):
 
 
 class NothingToAdapt(SiteCalibrationError):
-    """The site's pictures are as familiar to the model as its training sources' own: no shift to undo."""
+    """The site shows no device shift to undo: its pictures look like a training source's (require_unfamiliar), or
+    its scores lie where the validation scores do (score_shift.require_shift)."""
 
 
 class SiteAdaptationError(SiteCalibrationError):
@@ -255,7 +256,7 @@ def sensitivity_guard(source_scores, adapted_scores, means_only_scores=None, min
 def gather_pixels(screening_model, paths, batch_size: int = 32, progress: bool = True, desc: str = "Reading site pictures"):
     """The model inputs of the pictures the input check accepts, decoded and checked as the app does.
 
-    Only counts, inputs and distances leave this function: no name is kept.
+    Only counts, inputs, distances and scores leave this function: no name is kept.
     """
     from tqdm import tqdm
 
