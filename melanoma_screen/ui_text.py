@@ -112,7 +112,7 @@ TEXT = {
                                   "trained and no label was used."),
         "about_site_shift": ("**Adapted to one site's device:** its thresholds were moved to where {n} undiagnosed "
                              "pictures of that site lie, on {date}, from `{source}`; no weight was changed and no "
-                             "label was used."),
+                             "label was used. The test metrics above were measured at the thresholds of `{source}`."),
         "about_limits": ("Trained on dermoscopic images from the ISIC archive, mostly of light skin; its "
                          "performance on other skin types, cameras and clinics is not established. Not a "
                          "medical device."),
@@ -224,7 +224,8 @@ TEXT = {
                                   "`{source}` ; aucun poids n'a été entraîné et aucun diagnostic n'a été utilisé."),
         "about_site_shift": ("**Adapté à l'appareil d'un site :** ses seuils ont été déplacés là où se situent {n} "
                              "images non diagnostiquées de ce site, le {date}, à partir de `{source}` ; aucun poids "
-                             "n'a été modifié et aucun diagnostic n'a été utilisé."),
+                             "n'a été modifié et aucun diagnostic n'a été utilisé. Les mesures de test ci-dessus ont "
+                             "été faites aux seuils de `{source}`."),
         "about_limits": ("Entraîné sur des images dermoscopiques de l'archive ISIC, surtout de peaux claires ; "
                          "ses performances sur d'autres types de peau, appareils et cliniques ne sont pas "
                          "établies. Ce n'est pas un dispositif médical."),
