@@ -195,6 +195,13 @@ class ScreeningArguments:
                           f"{MIN_DIAGNOSIS_GROUP} images staying whole, so that the look-alike the model does worst on "
                           "is pushed hardest."},
     )
+    lookalike_ranking_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of a pairwise ranking loss (the logistic surrogate of ROC AUC) between each batch's "
+                          "melanomas and its benign look-alikes, the benign images whose labels.csv dx is a keratosis, "
+                          "lentigo, dermatofibroma or vascular lesion: every melanoma is pushed above every look-alike, "
+                          "the ranking the external sets need, whatever the class balance (0 = off)."},
+    )
     select_on: str = field(
         default="pooled",
         metadata={"help": "Validation figure that picks the checkpoint (and stops early): pooled ROC AUC, or the mean or "
@@ -357,9 +364,9 @@ def make_transforms(image_processor, data_args: DataArguments, color_constancy: 
                           field_of_view_mask, skin_reference)
                   for image, label in zip(batch["image"], batch["label"])]
         labels = batch["label"]
-        if "sample_weight" in batch:  # packed for screening_loss: (label, diagnosis id or -1, weight, group id)
-            labels = [[label, dx, weight, group] for label, dx, weight, group
-                      in zip(labels, batch["dx_id"], batch["sample_weight"], batch["group_id"])]
+        if "sample_weight" in batch:  # packed for screening_loss: (label, diagnosis id or -1, weight, group id, look-alike)
+            labels = [[label, dx, weight, group, lookalike] for label, dx, weight, group, lookalike
+                      in zip(labels, batch["dx_id"], batch["sample_weight"], batch["group_id"], batch["lookalike"])]
         return {"pixel_values": image_processor(images, return_tensors="pt")["pixel_values"], "labels": labels}
 
     # The app's own preprocessing, so validation scores what the app will.
@@ -499,14 +506,26 @@ def compute_validation_metrics(eval_prediction, sources):
     return validation_figures(labels, calibration.softmax_probs(logits)[:, LABEL2ID["malignant"]], sources)
 
 
-def screening_loss(class_weights, label_smoothing, diagnosis_weight: float = 0.0, group_names=(), group_dro_step: float = 0.0):
+LOOKALIKE_GROUPS = ("keratosis / lentigo / melanosis", "dermatofibroma / vascular")
+
+
+def is_lookalike(record) -> bool:
+    return record.label == LABEL2ID["benign"] and benign_diagnosis_group(record.dx) in LOOKALIKE_GROUPS
+
+
+def screening_loss(class_weights, label_smoothing, diagnosis_weight: float = 0.0, group_names=(), group_dro_step: float = 0.0,
+                   lookalike_ranking_weight: float = 0.0):
     """Cross-entropy on benign/malignant, weighted per class or per image, plus the diagnosis loss if asked.
 
     Training batches may carry labels packed as (label, diagnosis id or -1,
     image weight, group id) rows (make_transforms); validation's are plain
     labels. With group_dro_step, the screening term is group DRO's: the groups'
     weighted mean losses, mixed by weights that the function keeps between
-    batches (its group_weights attribute).
+    batches (its group_weights attribute). With lookalike_ranking_weight, a
+    pairwise term asks every melanoma of the batch to outscore every benign
+    look-alike of it: cross-entropy scores each image alone, and the look-alikes
+    are a few percent of a batch, so their ranking against melanoma barely
+    moves it.
     """
     class_weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     group_weight = torch.full((len(group_names),), 1.0 / max(1, len(group_names)))
@@ -542,6 +561,12 @@ def screening_loss(class_weights, label_smoothing, diagnosis_weight: float = 0.0
         if diagnosis_weight and known.any() and logits.shape[1] > len(ID2LABEL):
             per_dx = torch.nn.functional.cross_entropy(logits[known, len(ID2LABEL):], diagnosis[known], reduction="none")
             loss = loss + diagnosis_weight * (weight[known] * per_dx).sum() / weight[known].sum()
+        if lookalike_ranking_weight and labels.shape[1] > 4:
+            melanoma, lookalike = label == LABEL2ID["malignant"], labels[:, 4] > 0
+            if melanoma.any() and lookalike.any():
+                margin = screening_logits[:, LABEL2ID["malignant"]] - screening_logits[:, LABEL2ID["benign"]]
+                pairs = margin[lookalike][None, :] - margin[melanoma][:, None]
+                loss = loss + lookalike_ranking_weight * torch.nn.functional.softplus(pairs).mean()
         return loss
 
     return compute_loss
@@ -608,7 +633,8 @@ def build_trainer(model, image_processor, train_dataset, val_dataset, val_record
         processing_class=image_processor,
         compute_metrics=partial(compute_validation_metrics, sources=[record.source for record in val_records]),
         compute_loss_func=screening_loss(class_weights, training_args.label_smoothing_factor,
-                                         screening_args.diagnosis_head_weight, group_names, screening_args.group_dro_step),
+                                         screening_args.diagnosis_head_weight, group_names, screening_args.group_dro_step,
+                                         screening_args.lookalike_ranking_weight),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=screening_args.early_stopping_patience),
                    *([TimeLimitCallback(screening_args.max_train_minutes)] if screening_args.max_train_minutes else [])],
     )
@@ -776,11 +802,11 @@ def main(argv=None):
         add_diagnosis_outputs(model, diagnoses)
         logger.info("auxiliary diagnosis outputs (weight %g): %s", screening_args.diagnosis_head_weight, diagnoses)
     packed, group_names = {}, []
-    if data["sample_weights"] or diagnoses or screening_args.group_dro_step:
+    if data["sample_weights"] or diagnoses or screening_args.group_dro_step or screening_args.lookalike_ranking_weight:
         group_ids, group_names = source_class_groups(data["train"], by_diagnosis=screening_args.group_dro_by_diagnosis)
         packed = {"sample_weight": data["sample_weights"] or [1.0] * len(data["train"]),
                   "dx_id": [diagnoses.index(record.dx) if record.dx in diagnoses else -1 for record in data["train"]],
-                  "group_id": group_ids}
+                  "group_id": group_ids, "lookalike": [int(is_lookalike(record)) for record in data["train"]]}
         if screening_args.group_dro_step:
             logger.info("group DRO (step %g) over %s", screening_args.group_dro_step, group_names)
     train_dataset = to_dataset(data["train"], **packed).with_transform(train_transform)

@@ -65,6 +65,10 @@
 #   ft-ham-dro-dx-160-dxhead-seed7 the shipped recipe + the auxiliary diagnosis head (weight 0.3), alone
 #   ft-ham-dro-dx-160-lr5e5-seed7 the shipped recipe at half the learning rate: the 8-epoch run fitted the
 #                        training sources better and derm7pt worse, so a gentler move from the base may keep more
+#   ft-ham-dro-dx-160-rank-seed7 the shipped recipe + a pairwise ranking loss (weight 0.5) that pushes each
+#                        batch's melanomas above its keratoses, lentigines, dermatofibromas and vascular lesions
+#                        (--lookalike-ranking-weight): the look-alikes are ~5% of a batch, so cross-entropy hardly
+#                        sees their ranking against melanoma
 #   ft-ham-mimics-lodo   ft-ham-mimics with ham10000's vienna_dias acquisition left out of training and
 #                        validation, scored at the end like an external set (leave one source out)
 # derm7pt is scored after training to compare recipes, never to fit anything; choosing a
@@ -131,6 +135,7 @@ recipe_args() {
         ft-ham-dro-dx-160-acq-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --augment-acquisition 0.5" ;;
         ft-ham-dro-dx-160-dxhead-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --diagnosis-head-weight 0.3" ;;
         ft-ham-dro-dx-160-lr5e5-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --learning-rate 5e-5" ;;
+        ft-ham-dro-dx-160-rank-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --lookalike-ranking-weight 0.5" ;;
         ft-ham-dro-dx-160-seed11) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 11" ;;
         ft-ham-dro-192)       echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --image-size 192" ;;
         ft-ham-mimics-lodo)   echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5 --hold-out-source ham10000/vienna_dias" ;;
