@@ -29,6 +29,10 @@ decide whether the adapted model or the source ranks them better (ROC AUC), and
 the thresholds are then refitted through that one (a shift would be replaced by
 the refitted thresholds, so it is not tried).
 
+Exit status: 0 when the folder is written; 3 when the site was not adapted
+(nothing to undo: use the model as it is; no folder is written); 2 when the
+command is refused, with the reason.
+
 SITE holds benign/ and malignant/ folders of images diagnosed at the site (by
 histology or follow-up), taken with the site's own device. Each image is decoded
 and scored as the app does, through ScreeningModel and its input check; pictures
@@ -64,6 +68,8 @@ from melanoma_screen.score_shift import (fit_score_shift, require_reference, req
 from melanoma_screen.site_adaptation import (NothingToAdapt, adaptation_block, adapt_to_site, find_pictures,
                                              gather_pixels, require_batchnorm, require_unfamiliar, too_few,
                                              write_adapted_model)
+
+NOT_ADAPTED = 3  # the exit status of a site with nothing to undo
 
 
 def scan_site_folder(folder, progress: bool = True):
@@ -306,6 +312,10 @@ def main(argv=None) -> int:
             label_free(args, source, out_dir, args.overwrite, args.name or out_dir.name)
         else:
             report = refit_thresholds(args, source, out_dir)
+    except NothingToAdapt as outcome:
+        # Not an error: the clinic goes on with the model it has, and a script can tell this from a refusal.
+        print(str(outcome), file=sys.stderr)
+        return NOT_ADAPTED
     except (SiteCalibrationError, ModelLoadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

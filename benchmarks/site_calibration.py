@@ -37,6 +37,7 @@ import numpy as np
 
 from common import DATASET, REPO_ROOT, halves, write_json  # noqa: F401  (puts the repository on sys.path)
 
+import calibrate_site  # noqa: E402
 from calibrate_site import scan_site_folder  # noqa: E402
 from melanoma_screen import calibration  # noqa: E402
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel  # noqa: E402
@@ -192,8 +193,6 @@ def run_calibrate_site(args, fit_items, out_dir: Path, combined: bool) -> tuple[
     import io
     import shutil
 
-    import calibrate_site
-
     work = out_dir.parent / "site"
     shutil.rmtree(work, ignore_errors=True)
     (work / "pictures").mkdir(parents=True)
@@ -265,10 +264,10 @@ def adaptation_cell(args, items, first, samples, combined: bool, seed: int) -> d
         held = [item for item, chosen in zip(items, fit_mask) if not chosen]
         config, status = run_calibrate_site(args, fit_items, work / "out", combined)
         folder = work / "out"
-        if status != 0 and "Not adapted" in config["refused"]:
-            # The familiarity gate left the site alone: the clinic goes on with the input model as it is.
-            because = ("scores where validation's lie" if "validation scores" in config["refused"]
-                       else "as familiar as a training source")
+        if status == calibrate_site.NOT_ADAPTED:
+            # The method's gate left the site alone: the clinic goes on with the input model as it is.
+            because = {"scores": "scores where validation's lie", "statistics": "as familiar as a training source"}[
+                "statistics" if combined else args.method]
             folder, config = Path(args.model), json.loads((Path(args.model) / "config.json").read_text())
             guards.append({"not_adapted": because})
         elif status != 0:
