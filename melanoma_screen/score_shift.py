@@ -96,18 +96,19 @@ def _density(block: dict) -> np.ndarray:
     return values / (width * np.sqrt(2 * np.pi))
 
 
-def profile_likelihood(site_logits: np.ndarray, reference: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(log-likelihood, best melanoma share) of the site's logits at each shift of SHIFT_GRID."""
+def profile_likelihood(site_logits: np.ndarray, reference: dict, shares: np.ndarray = SHARE_GRID
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(log-likelihood, best melanoma share among `shares`) of the site's logits at each shift of SHIFT_GRID."""
     benign, malignant = _density(reference["benign"]), _density(reference["malignant"])
-    likelihood, shares = np.empty(len(SHIFT_GRID)), np.empty(len(SHIFT_GRID))
+    likelihood, best_shares = np.empty(len(SHIFT_GRID)), np.empty(len(SHIFT_GRID))
     for i, shift in enumerate(SHIFT_GRID):
         moved = site_logits - shift
         f_benign = np.interp(moved, DENSITY_GRID, benign, left=0.0, right=0.0)
         f_malignant = np.interp(moved, DENSITY_GRID, malignant, left=0.0, right=0.0)
-        per_share = np.log((1 - SHARE_GRID[:, None]) * f_benign + SHARE_GRID[:, None] * f_malignant + 1e-300).sum(axis=1)
+        per_share = np.log((1 - shares[:, None]) * f_benign + shares[:, None] * f_malignant + 1e-300).sum(axis=1)
         best = int(per_share.argmax())
-        likelihood[i], shares[i] = per_share[best], SHARE_GRID[best]
-    return likelihood, shares
+        likelihood[i], best_shares[i] = per_share[best], shares[best]
+    return likelihood, best_shares
 
 
 def fit_score_shift(site_probabilities, reference: dict) -> dict:
