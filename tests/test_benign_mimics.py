@@ -158,6 +158,30 @@ def test_screening_loss_weighs_each_image_and_adds_the_diagnosis_term():
     assert train_vit.screening_loss(None, 0.0, 0.5)({"logits": logits}, with_dx) == pytest.approx((plain + 0.5 * dx_term).item())
 
 
+def test_lookalike_ranking_term_pushes_melanomas_above_the_lookalikes_only():
+    # Rows: (label, diagnosis id or -1, weight, group id, look-alike). Image 1 is a keratosis, image 2 a nevus.
+    logits = torch.tensor([[-1.0, 1.0], [0.0, 2.0], [1.0, 0.0], [0.5, 0.0]], requires_grad=True)
+    packed = torch.tensor([[1, -1, 1.0, 0, 0], [0, -1, 1.0, 0, 1], [0, -1, 1.0, 0, 0], [1, -1, 1.0, 0, 0]])
+    plain = train_vit.screening_loss(None, 0.0)({"logits": logits}, packed)
+    ranked = train_vit.screening_loss(None, 0.0, lookalike_ranking_weight=0.5)({"logits": logits}, packed)
+    margin = logits[:, 1] - logits[:, 0]
+    pairs = torch.nn.functional.softplus(margin[1] - margin[[0, 3]]).mean()
+    assert ranked.item() == pytest.approx((plain + 0.5 * pairs).item())
+    (ranked - plain).backward()
+    # The keratosis' malignant score goes down, the melanomas' up; the nevus is not in any pair.
+    assert logits.grad[1, 1] > 0 and logits.grad[0, 1] < 0 and logits.grad[3, 1] < 0
+    assert torch.all(logits.grad[2] == 0)
+    # A batch without a look-alike, or packed without the column, gets plain cross-entropy.
+    no_lookalike = packed.clone()
+    no_lookalike[1, 4] = 0
+    loss = train_vit.screening_loss(None, 0.0, lookalike_ranking_weight=0.5)
+    assert loss({"logits": logits}, no_lookalike).item() == pytest.approx(plain.item())
+    assert loss({"logits": logits}, packed[:, :4]).item() == pytest.approx(plain.item())
+    records = _records(MIX)
+    flagged = {(record.label, record.dx) for record in records if train_vit.is_lookalike(record)}
+    assert flagged and all(label == 0 and dx in ("bkl", "df", "vasc") for label, dx in flagged)
+
+
 def test_group_dro_groups_are_sources_by_class_with_benign_only_sources_folded_in():
     records = _records(MIX)
     ids, names = source_class_groups(records)
