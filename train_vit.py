@@ -510,6 +510,7 @@ LOOKALIKE_GROUPS = ("keratosis / lentigo / melanosis", "dermatofibroma / vascula
 
 
 def is_lookalike(record) -> bool:
+    """A benign image whose diagnosis is one the model reads as melanoma (a keratosis, lentigo, DF or vascular lesion)."""
     return record.label == LABEL2ID["benign"] and benign_diagnosis_group(record.dx) in LOOKALIKE_GROUPS
 
 
@@ -518,7 +519,7 @@ def screening_loss(class_weights, label_smoothing, diagnosis_weight: float = 0.0
     """Cross-entropy on benign/malignant, weighted per class or per image, plus the diagnosis loss if asked.
 
     Training batches may carry labels packed as (label, diagnosis id or -1,
-    image weight, group id) rows (make_transforms); validation's are plain
+    image weight, group id, look-alike flag) rows (make_transforms); validation's are plain
     labels. With group_dro_step, the screening term is group DRO's: the groups'
     weighted mean losses, mixed by weights that the function keeps between
     batches (its group_weights attribute). With lookalike_ranking_weight, a

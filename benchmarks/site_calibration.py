@@ -265,9 +265,10 @@ def adaptation_cell(args, items, first, samples, combined: bool, seed: int) -> d
         config, status = run_calibrate_site(args, fit_items, work / "out", combined)
         folder = work / "out"
         if status == calibrate_site.NOT_ADAPTED:
-            # The method's gate left the site alone: the clinic goes on with the input model as it is.
+            # The method's gate left the site alone (combined mode refits on the source instead, status 0): the
+            # clinic goes on with the input model as it is.
             because = {"scores": "scores where validation's lie", "statistics": "as familiar as a training source"}[
-                "statistics" if combined else args.method]
+                args.method]
             folder, config = Path(args.model), json.loads((Path(args.model) / "config.json").read_text())
             guards.append({"not_adapted": because})
         elif status != 0:
