@@ -248,10 +248,11 @@ def scored_by(args, folder: Path, scan):
     return model, score_site(model, scan.records, skipped=scan.skipped, batch_size=args.batch_size)
 
 
-def refit_thresholds(args, source: Path, out_dir: Path, scored=None) -> dict:
+def refit_thresholds(args, source: Path, out_dir: Path, scored=None, label_free: dict | None = None) -> dict:
     """--data-dir: the thresholds refitted on the diagnosed images, into out_dir.
 
-    scored: (model, scores) of source on them, when already computed (better_ranking).
+    scored: (model, scores) of source on them, when already computed (better_ranking). label_free: what became of
+    the label-free adaptation in the combined mode, kept in the report (config.json and the card).
     """
     model, scores = scored or scored_by(args, source, diagnosed_images(args))
     stored_sensitivity, stored_specificity = stored_targets(model.config)
@@ -259,6 +260,8 @@ def refit_thresholds(args, source: Path, out_dir: Path, scored=None) -> dict:
     min_specificity = args.min_specificity or stored_specificity
     fit = fit_site(scores, min_sensitivity, min_specificity, fit_temperature=args.fit_temperature)
     report = site_report(scores, fit, model, site_name=args.site_name)
+    if label_free is not None:
+        report["label_free_adaptation"] = label_free
     print_report(report)
     write_site_model(source, out_dir, model, fit, report, overwrite=args.overwrite, name=args.name or out_dir.name)
     return report
@@ -266,7 +269,7 @@ def refit_thresholds(args, source: Path, out_dir: Path, scored=None) -> dict:
 
 def better_ranking(args, source: Path, adapted: Path):
     """Of the source and the adapted folder, the one that ranks the site's diagnosed images better (ROC AUC),
-    with its (model, scores) on them for refit_thresholds.
+    with its (model, scores) on them for refit_thresholds, and the comparison for the report.
 
     Adaptation moves the scores and can re-rank them; thresholds refitted on diagnosed images undo the move but
     not the re-ranking. On the model shipped on 2026-12-05 it cost derm7pt 0.07 of ROC AUC
@@ -282,7 +285,10 @@ def better_ranking(args, source: Path, adapted: Path):
     print(f"ROC AUC on the diagnosed images: source model {auc['source']:.3f}, adapted {auc['adapted']:.3f}; the "
           + ("adapted model is kept" if keep == "adapted" else "adaptation re-ranks them, so it is dropped and the "
              "thresholds are refitted on the source model"))
-    return folders[keep], scored[keep]
+    outcome = {"kept": keep == "adapted", "roc_auc_on_diagnosed": {name: round(value, 4) for name, value in auc.items()}}
+    if keep == "source":
+        outcome["because"] = "it ranked the diagnosed images worse than the source model"
+    return folders[keep], scored[keep], outcome
 
 
 def main(argv=None) -> int:
@@ -302,11 +308,12 @@ def main(argv=None) -> int:
             workspace = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-adapted-", dir=out_dir.parent))
             try:
                 adapted = adapt(args, source, workspace / "adapted", False, args.name or out_dir.name)
-                adapted, scored = better_ranking(args, source, adapted)
+                adapted, scored, outcome = better_ranking(args, source, adapted)
             except NothingToAdapt as reason:
                 print(f"{reason} The thresholds are refitted on the source model.")
-                adapted, scored = source, None
-            report = refit_thresholds(args, adapted, out_dir, scored)
+                adapted, scored, outcome = source, None, {"kept": False, "because": "the site's pictures are as "
+                                                           "familiar to the model as its training sources'"}
+            report = refit_thresholds(args, adapted, out_dir, scored, label_free=outcome)
         elif args.unlabeled_dir:
             label_free = shift if args.method == "scores" else adapt
             label_free(args, source, out_dir, args.overwrite, args.name or out_dir.name)

@@ -216,12 +216,7 @@ def run_calibrate_site(args, fit_items, out_dir: Path, combined: bool) -> tuple[
     shutil.rmtree(work, ignore_errors=True)
     if status != 0:
         return {"refused": printed.getvalue().strip().splitlines()[-1]}, status
-    config = json.loads((out_dir / "config.json").read_text())
-    # Combined, a folder without an adaptation block says why: the familiarity gate, or the diagnosed images.
-    config["_not_adapted_because"] = ("the diagnosed images ranked better unadapted"
-                                      if "adaptation re-ranks them" in printed.getvalue() else
-                                      "as familiar as a training source")
-    return config, status
+    return json.loads((out_dir / "config.json").read_text()), status
 
 
 def sample(items, size: int, share: float, rng) -> list:
@@ -275,7 +270,7 @@ def adaptation_cell(args, items, first, samples, combined: bool, seed: int) -> d
             refused.append(config["refused"])
             continue
         elif "site_adaptation" not in config:  # combined, adaptation left out: thresholds refitted on the source
-            guards.append({"not_adapted": config["_not_adapted_because"]})
+            guards.append({"not_adapted": config["site_calibration"]["label_free_adaptation"]["because"]})
         elif config["site_adaptation"].get("method") == "score shift":
             block = config["site_adaptation"]
             guards.append({"shift": block["fit"]["shift"], "most_likely_shift": block["fit"]["most_likely_shift"],

@@ -332,6 +332,13 @@ def card_markdown(report: dict) -> str:
     site, source = report["at_site_thresholds"], report["at_source_thresholds"]
     temperature = (f" The temperature was refitted too (a further factor of {report['site_temperature']:.3f}, folded "
                    "into the classifier)." if report["temperature_refitted"] else "")
+    label_free = report.get("label_free_adaptation")
+    if label_free and label_free["kept"]:
+        temperature += (" The thresholds were fitted through the model adapted to the site's undiagnosed pictures "
+                        "(its section below).")
+    elif label_free:
+        temperature += (f" Adapting the model to the site's undiagnosed pictures was tried and not kept: "
+                        f"{label_free['because']}; the thresholds were fitted on the source model.")
     rows = [
         f"| screening, sensitivity | {figure(source['at_screening_threshold'], 'sensitivity')} | "
         f"{figure(site['at_screening_threshold'], 'sensitivity')} | {expected('sensitivity_at_screening')} |",

@@ -318,7 +318,36 @@ def test_combined_adapts_then_refits_the_thresholds(tmp_path, capsys, monkeypatc
     assert ("site_adaptation" in config) == kept_adapted
     assert (config["model_version"] == weights_version(out) != weights_version(SHIPPED)) == kept_adapted
     assert config["model_version"] == weights_version(out)
+    # The folder says what became of the adaptation, with the comparison behind it, in its config and its card.
+    outcome = config["site_calibration"]["label_free_adaptation"]
+    assert outcome["kept"] == kept_adapted
+    assert outcome["roc_auc_on_diagnosed"] == {"source": pytest.approx(float(found.group(1)), abs=1e-3),
+                                               "adapted": pytest.approx(float(found.group(2)), abs=1e-3)}
+    card = (out / "README.md").read_text()
+    assert ("fitted through the model adapted" in card) == kept_adapted
+    assert ("was tried and not kept: it ranked the diagnosed images worse" in card) == (not kept_adapted)
     assert not list(tmp_path.glob(".out-adapted-*"))  # the intermediate folder is gone
+
+
+def test_combined_with_a_familiar_site_refits_on_the_source_and_says_why(tmp_path, capsys):
+    if site_adaptation.FAMILIARITY_KEY not in config_of(SHIPPED):
+        pytest.skip("the shipped model stores no familiarity bound (experiments/fit_adapted_thresholds.py)")
+    site, _ = ten_k_test_site(tmp_path)
+    diagnosed = tmp_path / "diagnosed"
+    for label in ("benign", "malignant"):
+        (diagnosed / label).mkdir(parents=True)
+        for path in sorted((SHARED_DATASET / "test" / label).glob("*.jpg"))[1::4][:60]:
+            shutil.copy(path, diagnosed / label / path.name)
+    status = calibrate_site.main([str(arg) for arg in ("--model", SHIPPED, "--unlabeled-dir", site, "--data-dir",
+                                                       diagnosed, "--out-dir", tmp_path / "out")])
+    printed = capsys.readouterr()
+    assert status == 0 and "Not adapted" in printed.out, printed.err
+    config = config_of(tmp_path / "out")
+    assert "site_adaptation" not in config and weights_version(tmp_path / "out") == weights_version(SHIPPED)
+    outcome = config["site_calibration"]["label_free_adaptation"]
+    assert outcome == {"kept": False, "because": "the site's pictures are as familiar to the model as its training "
+                                                 "sources'"}
+    assert "was tried and not kept: the site's pictures are as familiar" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_refusals(tmp_path, capsys, site, adapted):
