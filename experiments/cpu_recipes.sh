@@ -73,6 +73,8 @@
 #                        diagnosis groups, per-source selection) on a LeViT from random weights at 128 px, the full
 #                        16 epochs (EPOCHS=16): does a model that never learnt the 10k set's sources alone rank the
 #                        look-alikes better than a fine-tune of one that did?
+#   levit-ham-dro-dx-full the same without early stopping: from random weights the per-source validation AUC
+#                        swings by 0.1 between epochs, and a patience of 4 ended levit-ham-dro-dx after epoch 7
 #   ft-ham-mimics-lodo   ft-ham-mimics with ham10000's vienna_dias acquisition left out of training and
 #                        validation, scored at the end like an external set (leave one source out)
 # derm7pt is scored after training to compare recipes, never to fit anything; choosing a
@@ -144,6 +146,7 @@ recipe_args() {
         ft-ham-dro-192)       echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --image-size 192" ;;
         ft-ham-mimics-lodo)   echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5 --hold-out-source ham10000/vienna_dias" ;;
         levit-ham-dro-dx)     echo "--scratch-config levit --image-size 128 ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis" ;;
+        levit-ham-dro-dx-full) echo "--scratch-config levit --image-size 128 ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --early-stopping-patience 16" ;;
         levit-ham-mimics)     echo "--scratch-config levit --image-size 128 ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5" ;;
         mobilevitv2)          echo "--scratch-config mobilevitv2 --image-size 128 ${JOINT[*]} --augment-vignette 0.5 --crop-scale-min 0.25" ;;
         *) echo "unknown recipe $1" >&2; return 1 ;;
