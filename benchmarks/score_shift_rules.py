@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from pathlib import Path
 
 import numpy as np
 
@@ -38,9 +37,10 @@ from common import DATASET, halves, write_json  # noqa: F401  (puts the reposito
 
 from data_prep import ImageRecord  # noqa: E402
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ScreeningModel  # noqa: E402
-from melanoma_screen.score_shift import (SHARE_GRID, SHIFT_CHI2, SHIFT_GRID, logit, profile_likelihood,  # noqa: E402
-                                         require_reference, shifted_thresholds)
-from melanoma_screen.site_calibration import score_site  # noqa: E402
+from melanoma_screen.score_shift import (SHARE_GRID, SHIFT_CHI2, SHIFT_GRID, fit_score_shift, logit,  # noqa: E402
+                                         profile_likelihood, require_reference, require_shift, shifted_thresholds,
+                                         sigmoid)
+from melanoma_screen.site_calibration import SiteCalibrationError, score_site  # noqa: E402
 
 DERM7PT = DATASET.parent / "derm7pt"
 KERATOSIS_GROUP = ("seborrheic keratosis", "lentigo", "melanosis")
@@ -77,7 +77,17 @@ def test_records() -> list[ImageRecord]:
 
 
 def lower_shift(site_logits, reference, share_cap: float, joined: bool) -> float | None:
-    """The rule's shift to apply; None when zero is plausible (not adapted) or the fit is off the grid."""
+    """The rule's shift to apply; None when zero is plausible (not adapted) or the fit is off the grid.
+
+    The shipped rule is calibrate_site.py's own code (fit_score_shift, require_shift); the variants are written here.
+    """
+    if share_cap >= 1.0 and not joined:
+        try:
+            fitted = fit_score_shift(sigmoid(site_logits), reference)
+            require_shift(fitted)
+        except SiteCalibrationError:  # NothingToAdapt, or scores off the grid (ScoreShiftError)
+            return None
+        return fitted["shift"]
     likelihood, _ = profile_likelihood(site_logits, reference, SHARE_GRID[SHARE_GRID <= share_cap + 1e-9])
     best = int(likelihood.argmax())
     plausible = 2 * (likelihood[best] - likelihood) <= SHIFT_CHI2
@@ -108,12 +118,11 @@ def cell(labels, probabilities, first, size, share, reference, points, rng, draw
                                      rng.choice(benign, size - n_malignant, replace=False)])
             for rule, (share_cap, joined) in RULES.items():
                 shift = lower_shift(logits[sample], reference, share_cap, joined)
+                moved = shifted_thresholds(*points, 0.0 if shift is None else shift)
                 result = results[rule]
-                applied = 0.0 if shift is None else shifted_thresholds(*points, shift)["applied_shift"]
                 result["not_adapted"] += shift is None
-                result["shifts"].append(applied)
-                threshold = shifted_thresholds(*points, applied)["screening_threshold"]
-                result["flagged"].append(probabilities[~fit_half] >= threshold)
+                result["shifts"].append(moved["applied_shift"])
+                result["flagged"].append(probabilities[~fit_half] >= moved["screening_threshold"])
                 result["labels"].append(labels[~fit_half])
     figures = {}
     for rule, result in results.items():

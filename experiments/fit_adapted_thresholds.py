@@ -55,18 +55,17 @@ def main(argv=None) -> int:
     model = ScreeningModel.load(str(folder), **FAST)
     # Without BatchNorm (a ViT) there is nothing to adapt, but the score shift only needs the scores.
     with_batchnorm = bool(batchnorm_layers(model.model))
-    sources, distances, scores = {}, {}, ([], [])
+    sources, distances, probabilities = {}, {}, []
     for name, records in sorted(by_source.items()):
         if args.max_per_source and len(records) > args.max_per_source:
             records = records[:: len(records) // args.max_per_source][: args.max_per_source]
         pictures = gather_pixels(model, [record.path for record in records], desc=name)
         sources[name] = (pictures.pixels, np.asarray([record.label for record in records])[pictures.accepted])
         distances[name] = pictures.distances
-        scores[0].append(pictures.probabilities)
-        scores[1].append(sources[name][1])
+        probabilities.append(pictures.probabilities)
     points = fit_adapted_operating_points(model, sources, *stored_targets(model.config)) if with_batchnorm else None
     familiar = familiarity_bounds(distances)
-    reference = score_reference(np.concatenate(scores[0]), np.concatenate(scores[1]))
+    reference = score_reference(np.concatenate(probabilities), np.concatenate([labels for _, labels in sources.values()]))
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())
     if points:
