@@ -69,6 +69,8 @@
 #                        batch's melanomas above its keratoses, lentigines, dermatofibromas and vascular lesions
 #                        (--lookalike-ranking-weight): the look-alikes are ~5% of a batch, so cross-entropy hardly
 #                        sees their ranking against melanoma
+#   ft-ham-dro-dx-224-seed7 the shipped recipe at 224 px instead of 160: the structures that tell a keratosis from a
+#                        melanoma (milia-like cysts, comedo-like openings) are a few pixels wide at 160
 #   levit-ham-dro-dx     the shipped recipe's data levers (source x class and diagnosis balance, DRO over
 #                        diagnosis groups, per-source selection) on a LeViT from random weights at 128 px, the full
 #                        16 epochs (EPOCHS=16): does a model that never learnt the 10k set's sources alone rank the
@@ -142,6 +144,7 @@ recipe_args() {
         ft-ham-dro-dx-160-dxhead-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --diagnosis-head-weight 0.3" ;;
         ft-ham-dro-dx-160-lr5e5-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --learning-rate 5e-5" ;;
         ft-ham-dro-dx-160-rank-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --lookalike-ranking-weight 0.5" ;;
+        ft-ham-dro-dx-224-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 224 --seed 7" ;;
         ft-ham-dro-dx-160-seed11) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 11" ;;
         ft-ham-dro-192)       echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --image-size 192" ;;
         ft-ham-mimics-lodo)   echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --diagnosis-head-weight 0.3 --augment-acquisition 0.5 --hold-out-source ham10000/vienna_dias" ;;

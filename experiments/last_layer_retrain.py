@@ -44,6 +44,8 @@ def parse_args(argv=None):
     parser.add_argument("--external-dir", default="../shared/data/derm7pt", help="labelled set with a diagnosis column")
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.01, 0.1, 1.0], help="logistic regression's C")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--earlier-stages", action="store_true",
+                        help="also probe each earlier stage's tokens, averaged: is what the last stage lost there?")
     return parser.parse_args(argv)
 
 
@@ -51,13 +53,24 @@ MIN_SOURCE_IMAGES_PER_CLASS = 10  # as train_vit.py's checkpoint selection
 
 
 @torch.no_grad()
-def pooled_features(model: ScreeningModel, records, batch_size: int, desc: str) -> np.ndarray:
-    """What the classifier reads: the last stage's tokens, averaged (LevitForImageClassification.forward)."""
+def pooled_features(model: ScreeningModel, records, batch_size: int, desc: str) -> list[np.ndarray]:
+    """Each stage's tokens, averaged; the last is what the classifier reads (LevitForImageClassification.forward)."""
     network, features = model.model.eval(), []
     for start in tqdm(range(0, len(records), batch_size), desc=desc, unit="batch", leave=False):
         pixels = model.preprocess([load_rgb_image(record.path) for record in records[start:start + batch_size]])
-        features.append(network.levit(torch.as_tensor(pixels))[0].mean(1).numpy())
-    return np.concatenate(features)
+        output = network.levit(torch.as_tensor(pixels), output_hidden_states=True)
+        features.append([state.mean(1).numpy() for state in output.hidden_states[:-1]] + [output[0].mean(1).numpy()])
+    return [np.concatenate(stage) for stage in zip(*features)]
+
+
+def variance_shares(features: np.ndarray) -> str:
+    """Variance carried by the first 1 / 2 / 5 / 10 directions, of the features as they are and standardised."""
+    shares = []
+    for x in (features, features / (features.std(0) + 1e-8)):
+        variance = np.linalg.svd(x - x.mean(0), compute_uv=False) ** 2
+        share = np.cumsum(variance) / variance.sum()
+        shares.append(" / ".join(f"{share[k - 1]:.4f}" for k in (1, 2, 5, 10)))
+    return f"{shares[0]} (standardised: {shares[1]})"
 
 
 def figures(sets: dict, scores: dict) -> dict:
@@ -83,13 +96,10 @@ def main(argv=None) -> int:
     sets = {"train": data["train"], "validation": data["validation"], "test": data["test"],
             "external": next(iter(data["external"].values()))}
     model = ScreeningModel.load(args.model)
-    features = {name: pooled_features(model, records, args.batch_size, name) for name, records in sets.items()}
-
-    centred = features["train"] - features["train"].mean(0)
-    variance = np.linalg.svd(centred, compute_uv=False) ** 2
-    share = np.cumsum(variance) / variance.sum()
-    print(f"pooled features: {centred.shape[1]} dimensions; variance carried by the first 1 / 2 / 5 / 10 directions: "
-          + " / ".join(f"{share[k - 1]:.4f}" for k in (1, 2, 5, 10)))
+    stages = {name: pooled_features(model, records, args.batch_size, name) for name, records in sets.items()}
+    features = {name: stage[-1] for name, stage in stages.items()}
+    print(f"pooled features: {features['train'].shape[1]} dimensions; variance carried by the first 1 / 2 / 5 / 10 "
+          f"directions: {variance_shares(features['train'])}")
 
     rows = []
     with torch.no_grad():
@@ -109,6 +119,21 @@ def main(argv=None) -> int:
                     scaler.transform(features[fit_on]), [r.label for r in records], sample_weight=weight)
                 scores = {name: classifier.decision_function(scaler.transform(x)) for name, x in features.items()}
                 rows.append((f"refit on {fit_on}, {weighting}, C={strength:g}", figures(sets, scores)))
+    if args.earlier_stages:
+        groups = np.array([f"{r.source}|{r.label}|{r.dx}" for r in sets["train"]])
+        names, counts = np.unique(groups, return_counts=True)
+        group_weight = dict(zip(names, len(groups) / (len(names) * counts)))
+        weight = np.array([group_weight[g] for g in groups])
+        for index in range(len(stages["train"]) - 1):
+            earlier = {name: stage[index] for name, stage in stages.items()}
+            print(f"hidden state {index}: {earlier['train'].shape[1]} dimensions, variance carried by the first "
+                  f"1 / 2 / 5 / 10 directions: {variance_shares(earlier['train'])}")
+            scaler = StandardScaler().fit(earlier["train"])
+            for strength in args.strengths:
+                classifier = LogisticRegression(C=strength, max_iter=3000).fit(
+                    scaler.transform(earlier["train"]), [r.label for r in sets["train"]], sample_weight=weight)
+                scores = {name: classifier.decision_function(scaler.transform(x)) for name, x in earlier.items()}
+                rows.append((f"hidden state {index}, refit on train, each group alike, C={strength:g}", figures(sets, scores)))
 
     columns = list(rows[0][1])
     print("ROC AUC; the external set's melanomas against each benign group:")
