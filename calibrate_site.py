@@ -22,8 +22,8 @@ and as the same adaptation of the means alone does; when it trips, the means
 alone are moved, then a half mix is tried, then adaptation is refused. On the
 model shipped on 2026-12-05 the statistics re-order derm7pt's lesions (ROC AUC
 0.804 -> 0.731) where the shift keeps them: docs/site_calibration.md has both.
-No weight is trained and no label is used either way; at least 30 accepted
-pictures are needed. A model without BatchNorm (a ViT) can only be shifted.
+No weight is trained and no label is used either way; the shift needs at least
+60 accepted pictures, the statistics 30 (each the smallest sample measured to hold). A model without BatchNorm (a ViT) can only be shifted.
 With --data-dir too, the statistics are adapted first, the diagnosed images
 decide whether the adapted model or the source ranks them better (ROC AUC), and
 the thresholds are then refitted through that one (a shift would be replaced by
@@ -63,11 +63,11 @@ from melanoma_screen.calibration import stored_targets
 from melanoma_screen.inference import ENGINES, FAST, PRECISIONS, ModelLoadError, ScreeningModel
 from melanoma_screen.site_calibration import (SiteCalibrationError, check_output_folder, fit_site, score_site,
                                               shortfall, site_report, write_site_model)
-from melanoma_screen.score_shift import (fit_score_shift, require_reference, require_shift, shift_block,
-                                         shifted_thresholds, write_shifted_model)
-from melanoma_screen.site_adaptation import (NothingToAdapt, adaptation_block, adapt_to_site, find_pictures,
-                                             gather_pixels, require_batchnorm, require_unfamiliar, too_few,
-                                             write_adapted_model)
+from melanoma_screen.score_shift import (MIN_SHIFT_PICTURES, fit_score_shift, require_reference, require_shift,
+                                         shift_block, shifted_thresholds, write_shifted_model)
+from melanoma_screen.site_adaptation import (MIN_PICTURES, NothingToAdapt, adaptation_block, adapt_to_site,
+                                             find_pictures, gather_pixels, require_batchnorm, require_unfamiliar,
+                                             too_few, write_adapted_model)
 
 NOT_ADAPTED = 3  # the exit status of a site with nothing to undo
 
@@ -174,19 +174,20 @@ def print_adaptation(block: dict) -> None:
           f"{block['onnx_int8_parity_max_difference']:.4f}")
 
 
-def read_site(args, source: Path, require):
+def read_site(args, source: Path, require, minimum: int):
     """(the source ScreeningModel, pictures found, SitePictures of the accepted ones, what require returned).
 
-    require(model) refuses a model the method cannot use, before minutes of reading pictures.
+    require(model) refuses a model the method cannot use, before minutes of reading pictures; minimum is the
+    method's measured fewest accepted pictures.
     """
     paths = find_pictures(args.unlabeled_dir)
-    problem = too_few(len(paths), "found")
+    problem = too_few(len(paths), "found", minimum)
     if problem:  # before loading the model: the input check can only lower the count
         raise SiteCalibrationError(problem)
     model = ScreeningModel.load(str(source), engine=args.engine, precision=args.precision)
     required = require(model)
     pictures = gather_pixels(model, paths, batch_size=args.batch_size)
-    problem = too_few(len(pictures.pixels), "accepted by the input check")
+    problem = too_few(len(pictures.pixels), "accepted by the input check", minimum)
     if problem:
         raise SiteCalibrationError(problem)
     return model, len(paths), pictures, required
@@ -195,7 +196,7 @@ def read_site(args, source: Path, require):
 def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path:
     """--unlabeled-dir with --method statistics: the adapted folder written to out_dir."""
     model, n_found, pictures, _ = read_site(args, source,
-                                            lambda model: require_batchnorm(model.model, model.model_id))
+                                            lambda model: require_batchnorm(model.model, model.model_id), MIN_PICTURES)
     familiar = require_unfamiliar(model.config, pictures.distances)
     network, rule, guard = adapt_to_site(model, pictures.pixels)
     block = dict(adaptation_block(model, n_found, pictures.unreadable, pictures.refused, len(pictures.pixels), rule,
@@ -209,7 +210,8 @@ def adapt(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path
 def shift(args, source: Path, out_dir: Path, overwrite: bool, name: str) -> Path:
     """--unlabeled-dir with --method scores: the source folder with its thresholds moved, written to out_dir."""
     model, n_found, pictures, reference = read_site(args, source,
-                                                    lambda model: require_reference(model.config, model.model_id))
+                                                    lambda model: require_reference(model.config, model.model_id),
+                                                    MIN_SHIFT_PICTURES)
     fitted = fit_score_shift(pictures.probabilities, reference)
     require_shift(fitted)
     thresholds = shifted_thresholds(model.screening_threshold, model.high_risk_threshold, fitted["shift"])

@@ -58,6 +58,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=ENGINES, default=FAST["engine"])
     parser.add_argument("--precision", choices=PRECISIONS, default=FAST["precision"])
+    parser.add_argument("--sets", nargs="*", choices=list(SETS), default=list(SETS), help="default: all three")
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     return parser.parse_args(argv)
 
@@ -74,6 +75,11 @@ def test_records() -> list[ImageRecord]:
     return [ImageRecord(path=str(path), label=label, split="site")
             for label, name in enumerate(("benign", "malignant"))
             for path in sorted((DATASET / "test" / name).glob("*.jpg"))]
+
+
+SETS = {"derm7pt": derm7pt_records,
+        "derm7pt, melanomas and keratosis group only": lambda: derm7pt_records(KERATOSIS_GROUP),
+        "10k test split": test_records}
 
 
 def lower_shift(site_logits, reference, share_cap: float, joined: bool) -> float | None:
@@ -137,12 +143,9 @@ def main(argv=None) -> int:
     model = ScreeningModel.load(args.model, engine=args.engine, precision=args.precision)
     reference = require_reference(model.config, args.model)
     points = (float(model.config.screening_threshold), float(model.config.high_risk_threshold))
-    sets = {"derm7pt": derm7pt_records(),
-            "derm7pt, melanomas and keratosis group only": derm7pt_records(KERATOSIS_GROUP),
-            "10k test split": test_records()}
     results = {"model": args.model, "seed": args.seed, "draws": args.draws, "sets": {}}
-    for name, records in sets.items():
-        scores = score_site(model, records, progress=True)
+    for name in args.sets:
+        scores = score_site(model, SETS[name](), progress=True)
         labels, probabilities = scores.labels, scores.probabilities
         first = halves(labels, args.seed)
         rng = np.random.default_rng(args.seed)

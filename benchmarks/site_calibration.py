@@ -69,8 +69,8 @@ def parse_args(argv=None):
                         help="thresholds: --data-dir (default); unlabeled: --unlabeled-dir; combined: both")
     parser.add_argument("--method", choices=("scores", "statistics"), default="scores",
                         help="unlabeled mode: calibrate_site.py's --method (default: scores, the threshold shift)")
-    parser.add_argument("--sizes", type=int, nargs="*", default=[30, 100, 300],
-                        help="unlabeled mode: sample sizes drawn from the adaptation half (default: 30 100 300)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[30, 60, 100, 300],
+                        help="unlabeled mode: sample sizes drawn from the adaptation half (default: 30 60 100 300)")
     parser.add_argument("--shares", type=float, nargs="*", default=[0.02, 0.05, 0.10, 0.30],
                         help="unlabeled mode: melanoma shares of those samples (default: 0.02 0.05 0.10 0.30)")
     parser.add_argument("--source", default=None, help="only this acquisition (labels.csv's source column)")

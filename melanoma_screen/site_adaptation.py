@@ -372,11 +372,12 @@ def find_pictures(folder) -> list[Path]:
                   and not any(part.startswith(".") for part in path.relative_to(folder).parts))
 
 
-def too_few(n: int, what: str) -> str | None:
-    if n >= MIN_PICTURES:
+def too_few(n: int, what: str, minimum: int = MIN_PICTURES) -> str | None:
+    """The refusal when n pictures are fewer than minimum (each method's own measured minimum), else None."""
+    if n >= minimum:
         return None
-    return (f"Too few pictures to adapt to the site: {n} {what}, and adaptation needs at least {MIN_PICTURES} "
-            f"(the smallest sample measured to hold); add {MIN_PICTURES - n} more.")
+    return (f"Too few pictures to adapt to the site: {n} {what}, and adaptation needs at least {minimum} "
+            f"(the smallest sample measured to hold); add {minimum - n} more.")
 
 
 def adapt_to_site(screening_model, pictures: np.ndarray, rule: dict = ADAPTATION_RULE,

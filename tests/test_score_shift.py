@@ -189,8 +189,24 @@ def test_a_model_without_the_reference_is_refused_with_the_command_that_adds_it(
     config = config_of(folder)
     config.pop(REFERENCE_KEY, None)
     (folder / "config.json").write_text(json.dumps(config))
-    site = copy_pictures(derm7pt_pictures(20, 10), tmp_path / "pictures")
+    site = copy_pictures(derm7pt_pictures(45, 15), tmp_path / "pictures")
     status, err = run_cli(capsys, "--model", folder, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
     assert status == 2 and "fit_adapted_thresholds.py" in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
+
+
+@needs_data
+def test_a_sample_under_the_shifts_measured_minimum_is_refused_with_how_many_more(tmp_path, capsys):
+    # Enough pictures for the statistics' minimum, too few for the shift's: at 30-40 pictures its bound is so wide that
+    # the move falls short of the issue's specificity target (docs/site_calibration.md), so it asks for more.
+    from melanoma_screen.score_shift import MIN_SHIFT_PICTURES
+    from melanoma_screen.site_adaptation import MIN_PICTURES
+
+    n = MIN_SHIFT_PICTURES - 15
+    assert n >= MIN_PICTURES
+    site = copy_pictures(spread_pictures(n - 5, 5, start=1), tmp_path / "pictures")
+    status, err = run_cli(capsys, "--model", SHIPPED, "--unlabeled-dir", site, "--out-dir", tmp_path / "out")
+    assert status == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{n} found" in err and f"at least {MIN_SHIFT_PICTURES}" in err and "add 15 more" in err, err
+    assert not (tmp_path / "out").exists()
