@@ -23,7 +23,8 @@ alone are moved, then a half mix is tried, then adaptation is refused. On the
 model shipped on 2026-12-05 the statistics re-order derm7pt's lesions (ROC AUC
 0.804 -> 0.731) where the shift keeps them: docs/site_calibration.md has both.
 No weight is trained and no label is used either way; the shift needs at least
-60 accepted pictures, the statistics 30 (each the smallest sample measured to hold). A model without BatchNorm (a ViT) can only be shifted.
+60 accepted pictures, the statistics 30 (each the smallest sample measured to
+hold). A model without BatchNorm (a ViT) can only be shifted.
 With --data-dir too, the statistics are adapted first, the diagnosed images
 decide whether the adapted model or the source ranks them better (ROC AUC), and
 the thresholds are then refitted through that one (a shift would be replaced by

@@ -47,7 +47,7 @@ SHIFT_CHI2 = 2.706
 # The fewest accepted pictures a shift is fitted on. Fewer leave the bound so wide that little of the move is made:
 # over 40 draws a half of derm7pt (benchmarks/score_shift_rules.py, docs/site_calibration.md), samples with 2-10%
 # melanomas clear at least 40% of the held-out benign lesions at sensitivity 0.85 or more from 60 pictures on, on
-# two seeds of draws; at 30 and 40 pictures they clear 0.34-0.37. A sample size, not a fitted score or threshold.
+# two seeds of draws; at 30 and 40 pictures they clear 0.34-0.39. A sample size, not a fitted score or threshold.
 MIN_SHIFT_PICTURES = 60
 
 
