@@ -136,6 +136,12 @@ class ModelArguments:
         metadata={"help": "Input resolution: of the model --scratch-config builds (default 224), or a new one for a LeViT "
                           "fine-tuned from --model-name-or-path (its attention-bias tables are resized to the new token grid)."},
     )
+    train_last_stages: int = field(
+        default=0,
+        metadata={"help": "Fine-tune only the last N stages of a LeViT and its heads; the convolutional stem and the "
+                          "earlier stages keep their weights and normalisation statistics (surgical fine-tuning, Lee "
+                          "et al. 2023: a change in what the labels mean, not in the pixels, is learnt late). 0 = all."},
+    )
     patch_size: int = field(default=16, metadata={"help": "Patch size for --scratch-config."})
     dropout: float = field(default=0.1, metadata={"help": "Hidden and attention dropout for --scratch-config."})
     mimetic_init: bool = field(
@@ -408,6 +414,28 @@ def collate(examples):
 
 
 # ----------------------------------------------------------------------------- model
+
+
+def train_only_last_stages(model, stages: int) -> str:
+    """Freeze a LeViT's stem and all but its last `stages` stages, in place; a sentence for the card.
+
+    The frozen BatchNorm layers normalise with their stored statistics in training too, as they will at inference:
+    Trainer puts the whole model in training mode each step, and batch statistics of the new source mix would both
+    move the stored ones and feed the trained stages inputs they never see afterwards.
+    """
+    if not hasattr(model, "levit"):
+        raise SystemExit(f"--train-last-stages applies to a LeViT; this model is a {model.config.model_type}.")
+    encoder_stages = model.levit.encoder.stages
+    if not 0 < stages <= len(encoder_stages):
+        raise SystemExit(f"--train-last-stages takes 1 to {len(encoder_stages)} for this LeViT, not {stages}.")
+    frozen = [model.levit.patch_embeddings, *encoder_stages[:len(encoder_stages) - stages]]
+    for part in frozen:
+        for parameter in part.parameters():
+            parameter.requires_grad_(False)
+        for module in part.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.register_forward_pre_hook(lambda layer, _: setattr(layer, "training", False))
+    return f", only its last {stages} of {len(encoder_stages)} stages and heads trained"
 
 
 def build_model(model_args: ModelArguments, seed: int):
@@ -770,6 +798,8 @@ def main(argv=None):
     if not data["train"] or not data["validation"]:
         raise SystemExit("Not enough valid training images to carve a validation split.")
     model, image_processor, base_model, init_description = build_model(model_args, training_args.seed)
+    if model_args.train_last_stages:
+        init_description += train_only_last_stages(model, model_args.train_last_stages)
     model.config.color_constancy = model_args.color_constancy
     model.config.field_of_view_mask = model_args.field_of_view_mask
     skin_reference = None

@@ -385,3 +385,26 @@ def test_fine_tuning_a_run_folder_keeps_its_split_and_a_hub_id_does_not(tiny_mod
     assert train_vit.base_split_settings(train_vit.ModelArguments(model_name_or_path="google/vit-base-patch16-224-in21k")) is None
     assert train_vit.base_split_settings(train_vit.ModelArguments(model_name_or_path=str(tiny_model_dir),
                                                                   scratch_config="tiny")) is None
+
+
+def test_training_only_the_last_stage_leaves_the_stem_and_earlier_stages_and_their_statistics_as_they_were():
+    model, processor, _, _ = train_vit.build_model(train_vit.ModelArguments(model_name_or_path=str(REPO_ROOT / "model")), seed=0)
+    sentence = train_vit.train_only_last_stages(model, 1)
+    assert sentence == ", only its last 1 of 3 stages and heads trained"
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    images = [Image.open(path).convert("RGB") for label in ("benign", "malignant") for path in real_images("train", label, 4)]
+    pixels = processor(images, return_tensors="pt")["pixel_values"]
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    for _ in range(2):
+        loss = torch.nn.functional.cross_entropy(model(pixel_values=pixels).logits, torch.tensor([0] * 4 + [1] * 4))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    after = model.state_dict()
+    last = "levit.encoder.stages.2."
+    changed = {name for name, tensor in after.items() if tensor.dtype.is_floating_point and not torch.equal(tensor, before[name])}
+    assert changed and all(name.startswith((last, "classifier")) for name in changed), sorted(changed)[:5]
+    assert any(name.startswith(last) and name.endswith("running_mean") for name in changed)  # the trained stage's move
+    with pytest.raises(SystemExit, match="1 to 3"):
+        train_vit.train_only_last_stages(model, 4)
