@@ -142,6 +142,12 @@ class ModelArguments:
                           "earlier stages keep their weights and normalisation statistics (surgical fine-tuning, Lee "
                           "et al. 2023: a change in what the labels mean, not in the pixels, is learnt late). 0 = all."},
     )
+    early_learning_rate_scale: float = field(
+        default=1.0,
+        metadata={"help": "Multiply the learning rate of a LeViT's convolutional stem and first stage by this: "
+                          "fine-tunes that froze them gained nothing on the benign look-alikes (docs/model.md), so "
+                          "that is where they are learnt (1 = one rate for every layer)."},
+    )
     patch_size: int = field(default=16, metadata={"help": "Patch size for --scratch-config."})
     dropout: float = field(default=0.1, metadata={"help": "Hidden and attention dropout for --scratch-config."})
     mimetic_init: bool = field(
@@ -438,6 +444,26 @@ def train_only_last_stages(model, stages: int) -> str:
     return f", only its last {stages} of {len(encoder_stages)} stages and heads trained"
 
 
+def early_layer_optimizer(model, training_args, scale: float) -> torch.optim.Optimizer:
+    """AdamW as Trainer builds it (biases not decayed), with a LeViT's stem and first stage at scale times the rate.
+
+    Trainer's schedule multiplies each group's own rate, so the ratio holds through warm-up and decay.
+    """
+    if not hasattr(model, "levit"):
+        raise SystemExit(f"--early-learning-rate-scale applies to a LeViT; this model is a {model.config.model_type}.")
+    early = {id(parameter) for part in (model.levit.patch_embeddings, model.levit.encoder.stages[0])
+             for parameter in part.parameters()}
+    groups: dict = {}
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            groups.setdefault((id(parameter) in early, not name.endswith(".bias")), []).append(parameter)
+    rate, decay = training_args.learning_rate, training_args.weight_decay
+    return torch.optim.AdamW(
+        [{"params": parameters, "lr": rate * (scale if is_early else 1.0), "weight_decay": decay if decayed else 0.0}
+         for (is_early, decayed), parameters in groups.items()],
+        lr=rate, betas=(training_args.adam_beta1, training_args.adam_beta2), eps=training_args.adam_epsilon)
+
+
 def build_model(model_args: ModelArguments, seed: int):
     """Returns (model, image_processor, base_model id or None, a sentence on the initialisation)."""
     label_kwargs = dict(num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID)
@@ -647,7 +673,7 @@ def select_checkpoint_or_average(trainer, val_dataset, data, screening_args) -> 
 
 
 def build_trainer(model, image_processor, train_dataset, val_dataset, val_records, class_weights, screening_args, training_args,
-                  group_names=()):
+                  group_names=(), optimizer=None):
     """A Trainer that validates by ROC AUC each epoch (or as --eval_strategy says) and ends on the best checkpoint."""
     if training_args.save_total_limit is None:
         # Trainer counts a kept older best checkpoint against the limit: +1 leaves the last N.
@@ -666,6 +692,7 @@ def build_trainer(model, image_processor, train_dataset, val_dataset, val_record
                                          screening_args.lookalike_ranking_weight),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=screening_args.early_stopping_patience),
                    *([TimeLimitCallback(screening_args.max_train_minutes)] if screening_args.max_train_minutes else [])],
+        optimizers=(optimizer, None),
     )
 
 
@@ -844,8 +871,12 @@ def main(argv=None):
     val_dataset = to_dataset(data["validation"]).with_transform(eval_transform)
     test_dataset = to_dataset(data["test"]).with_transform(eval_transform) if data["test"] else None
 
+    optimizer = None
+    if model_args.early_learning_rate_scale != 1.0:
+        optimizer = early_layer_optimizer(model, training_args, model_args.early_learning_rate_scale)
+        init_description += f", its stem and first stage at {model_args.early_learning_rate_scale:g} times the learning rate"
     trainer = build_trainer(model, image_processor, train_dataset, val_dataset, data["validation"], data["class_weights"],
-                            screening_args, training_args, group_names if screening_args.group_dro_step else ())
+                            screening_args, training_args, group_names if screening_args.group_dro_step else (), optimizer)
     resume_from = training_args.resume_from_checkpoint
     if resume_from == "last":
         resume_from = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None

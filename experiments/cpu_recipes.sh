@@ -75,6 +75,8 @@
 #                        (--train-last-stages 1): the look-alikes are a change in what the labels mean, which
 #                        surgical fine-tuning (Lee et al. 2023) learns late, and the stem keeps what it tells apart
 #   ft-ham-dro-dx-160-last2-seed7 the same, the last two stages trained
+#   ft-ham-dro-dx-160-early5-seed7 the shipped recipe with the stem and first stage at 5x the learning rate
+#                        (--early-learning-rate-scale 5): runs that froze them learnt nothing of the look-alikes
 #   levit-ham-dro-dx     the shipped recipe's data levers (source x class and diagnosis balance, DRO over
 #                        diagnosis groups, per-source selection) on a LeViT from random weights at 128 px, the full
 #                        16 epochs (EPOCHS=16): does a model that never learnt the 10k set's sources alone rank the
@@ -150,6 +152,7 @@ recipe_args() {
         ft-ham-dro-dx-160-rank-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --lookalike-ranking-weight 0.5" ;;
         ft-ham-dro-dx-160-last1-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --train-last-stages 1" ;;
         ft-ham-dro-dx-160-last2-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --train-last-stages 2" ;;
+        ft-ham-dro-dx-160-early5-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 7 --early-learning-rate-scale 5" ;;
         ft-ham-dro-dx-224-seed7) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 224 --seed 7" ;;
         ft-ham-dro-dx-160-seed11) echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --group-dro-by-diagnosis --image-size 160 --seed 11" ;;
         ft-ham-dro-192)       echo "$FINE_TUNE ${HAM[*]} --augment-vignette 0.5 --crop-scale-min 0.25 --average_last 3 $MIMICS --group-dro-step 0.01 --image-size 192" ;;

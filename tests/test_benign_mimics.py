@@ -9,6 +9,7 @@ import json
 import random
 import shutil
 from collections import defaultdict
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -408,3 +409,27 @@ def test_training_only_the_last_stage_leaves_the_stem_and_earlier_stages_and_the
     assert any(name.startswith(last) and name.endswith("running_mean") for name in changed)  # the trained stage's move
     with pytest.raises(SystemExit, match="1 to 3"):
         train_vit.train_only_last_stages(model, 4)
+
+
+def test_the_stem_and_first_stage_learn_at_their_own_rate_through_warm_up_and_decay():
+    from transformers import TrainingArguments, get_scheduler
+
+    model, _, _, _ = train_vit.build_model(train_vit.ModelArguments(model_name_or_path=str(REPO_ROOT / "model")), seed=0)
+    arguments = TrainingArguments(output_dir="unused", learning_rate=1e-4, weight_decay=0.05, report_to=[])
+    optimiser = train_vit.early_layer_optimizer(model, arguments, 5.0)
+    grouped = [id(parameter) for group in optimiser.param_groups for parameter in group["params"]]
+    assert sorted(grouped) == sorted(id(parameter) for parameter in model.parameters())  # each weight once
+    early = {id(parameter) for part in (model.levit.patch_embeddings, model.levit.encoder.stages[0]) for parameter in part.parameters()}
+    for group in optimiser.param_groups:
+        assert group["lr"] == pytest.approx(5e-4 if id(group["params"][0]) in early else 1e-4)
+        assert all((id(parameter) in early) == (id(group["params"][0]) in early) for parameter in group["params"])
+    schedule = get_scheduler("cosine", optimiser, num_warmup_steps=10, num_training_steps=100)
+    for _ in range(40):
+        optimiser.step()
+        schedule.step()
+    rates = {id(group["params"][0]) in early: group["lr"] for group in optimiser.param_groups}
+    assert 0 < rates[False] < 1e-4 and rates[True] == pytest.approx(5 * rates[False])
+    vit = torch.nn.Linear(2, 2)
+    vit.config = SimpleNamespace(model_type="vit")
+    with pytest.raises(SystemExit, match="applies to a LeViT; this model is a vit"):
+        train_vit.early_layer_optimizer(vit, arguments, 5.0)
