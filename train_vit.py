@@ -47,7 +47,7 @@ from melanoma_screen import calibration, metrics, plots
 from melanoma_screen.hub import HubPushError, push_folder_to_hub
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.labels import benign_diagnosis_group, malignant_index
-from melanoma_screen.architectures import ADAPTERS, display_name, resizable
+from melanoma_screen.architectures import ADAPTERS, adapter_for, display_name, resizable
 from melanoma_screen.model_card import write_model_card
 from melanoma_screen.model_folder import load_network, load_processor
 from melanoma_screen.skin import lesion_extent, reference_skin_colour
@@ -422,6 +422,14 @@ def collate(examples):
 # ----------------------------------------------------------------------------- model
 
 
+def stem_and_stages(model, option: str):
+    """(stem, stages) of a model the staged options apply to (a LeViT); a clear exit for any other."""
+    adapter = adapter_for(model)
+    if adapter is None or adapter.stem_and_stages is None:
+        raise SystemExit(f"{option} applies to a LeViT; this model is a {model.config.model_type}.")
+    return adapter.stem_and_stages(model)
+
+
 def train_only_last_stages(model, stages: int) -> str:
     """Freeze a LeViT's stem and all but its last `stages` stages, in place; a sentence for the card.
 
@@ -429,12 +437,10 @@ def train_only_last_stages(model, stages: int) -> str:
     Trainer puts the whole model in training mode each step, and batch statistics of the new source mix would both
     move the stored ones and feed the trained stages inputs they never see afterwards.
     """
-    if not hasattr(model, "levit"):
-        raise SystemExit(f"--train-last-stages applies to a LeViT; this model is a {model.config.model_type}.")
-    encoder_stages = model.levit.encoder.stages
+    stem, encoder_stages = stem_and_stages(model, "--train-last-stages")
     if not 0 < stages <= len(encoder_stages):
         raise SystemExit(f"--train-last-stages takes 1 to {len(encoder_stages)} for this LeViT, not {stages}.")
-    frozen = [model.levit.patch_embeddings, *encoder_stages[:len(encoder_stages) - stages]]
+    frozen = [stem, *encoder_stages[:len(encoder_stages) - stages]]
     for part in frozen:
         for parameter in part.parameters():
             parameter.requires_grad_(False)
@@ -449,10 +455,8 @@ def early_layer_optimizer(model, training_args, scale: float) -> torch.optim.Opt
 
     Trainer's schedule multiplies each group's own rate, so the ratio holds through warm-up and decay.
     """
-    if not hasattr(model, "levit"):
-        raise SystemExit(f"--early-learning-rate-scale applies to a LeViT; this model is a {model.config.model_type}.")
-    early = {id(parameter) for part in (model.levit.patch_embeddings, model.levit.encoder.stages[0])
-             for parameter in part.parameters()}
+    stem, encoder_stages = stem_and_stages(model, "--early-learning-rate-scale")
+    early = {id(parameter) for part in (stem, encoder_stages[0]) for parameter in part.parameters()}
     groups: dict = {}
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:

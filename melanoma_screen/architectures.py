@@ -34,11 +34,18 @@ class Architecture:
     # biases are resized over the new grid of offsets (modeling.levit_at_resolution). A ViT's position embeddings
     # would need the same and have no code for it here.
     resizable: bool = False
+    # (model) -> (its stem, its stages in order): what train_vit.py's --train-last-stages freezes and
+    # --early-learning-rate-scale speeds up; None: neither option applies.
+    stem_and_stages: Callable | None = None
 
     @property
     def servable(self) -> bool:
         """Whether the app serves it: the ONNX graph, the input check and the heat-map all need feature tokens."""
         return self.logits_and_tokens is not None
+
+
+def levit_stem_and_stages(model):
+    return model.levit.patch_embeddings, list(model.levit.encoder.stages)
 
 
 def embedding_layer(config) -> int:
@@ -113,6 +120,7 @@ ADAPTERS = {architecture.model_type: architecture for architecture in (
                  export_attention="eager"),
     Architecture("levit", "LeViT (a vision transformer with a convolutional stem, Graham et al. 2021)", "LeViT-128S",
                  "levit", levit_logits_and_tokens, "token_attribution", resizable=True,
+                 stem_and_stages=levit_stem_and_stages,
                  scratch=("LevitConfig", "LevitForImageClassification",
                           dict(hidden_sizes=[128, 256, 384], num_attention_heads=[4, 6, 8], depths=[2, 3, 3],
                                key_dim=[16, 16, 16]))),
