@@ -140,7 +140,8 @@ class ModelArguments:
         default=0,
         metadata={"help": "Fine-tune only the last N stages of a LeViT and its heads; the convolutional stem and the "
                           "earlier stages keep their weights and normalisation statistics (surgical fine-tuning, Lee "
-                          "et al. 2023: a change in what the labels mean, not in the pixels, is learnt late). 0 = all."},
+                          "et al. 2023). On the benign look-alikes it gained nothing: they are learnt in the early "
+                          "layers (docs/model.md). 0 = all."},
     )
     early_learning_rate_scale: float = field(
         default=1.0,
