@@ -89,6 +89,22 @@ def figures(sets: dict, scores: dict) -> dict:
     return result
 
 
+def group_balanced_weights(records) -> np.ndarray:
+    """Each (source, class, diagnosis) group weighing the same in all, whatever its size."""
+    groups = np.array([f"{r.source}|{r.label}|{r.dx}" for r in records])
+    names, counts = np.unique(groups, return_counts=True)
+    group_weight = dict(zip(names, len(groups) / (len(names) * counts)))
+    return np.array([group_weight[g] for g in groups])
+
+
+def refit_scores(features: dict, fit_on: str, labels, weight, strength: float) -> dict:
+    """Every set's scores from a logistic regression fitted on features[fit_on], standardised."""
+    scaler = StandardScaler().fit(features[fit_on])
+    classifier = LogisticRegression(C=strength, max_iter=3000).fit(scaler.transform(features[fit_on]), labels,
+                                                                   sample_weight=weight)
+    return {name: classifier.decision_function(scaler.transform(x)) for name, x in features.items()}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     settings = json.loads((Path(args.model) / "eval_results.json").read_text())["settings"]
@@ -107,32 +123,20 @@ def main(argv=None) -> int:
     margin = {name: x[:, LABEL2ID["malignant"]] - x[:, LABEL2ID["benign"]] for name, x in logits.items()}
     rows.append(("the model's own classifier", figures(sets, margin)))
     for fit_on in ("train", "validation"):
-        records = sets[fit_on]
-        groups = np.array([f"{r.source}|{r.label}|{r.dx}" for r in records])
-        names, counts = np.unique(groups, return_counts=True)
-        group_weight = dict(zip(names, len(groups) / (len(names) * counts)))
-        weights = {"each group alike": np.array([group_weight[g] for g in groups]), "each image alike": None}
-        scaler = StandardScaler().fit(features[fit_on])
+        labels = [r.label for r in sets[fit_on]]
+        weights = {"each group alike": group_balanced_weights(sets[fit_on]), "each image alike": None}
         for weighting, weight in weights.items():
             for strength in args.strengths:
-                classifier = LogisticRegression(C=strength, max_iter=3000).fit(
-                    scaler.transform(features[fit_on]), [r.label for r in records], sample_weight=weight)
-                scores = {name: classifier.decision_function(scaler.transform(x)) for name, x in features.items()}
+                scores = refit_scores(features, fit_on, labels, weight, strength)
                 rows.append((f"refit on {fit_on}, {weighting}, C={strength:g}", figures(sets, scores)))
     if args.earlier_stages:
-        groups = np.array([f"{r.source}|{r.label}|{r.dx}" for r in sets["train"]])
-        names, counts = np.unique(groups, return_counts=True)
-        group_weight = dict(zip(names, len(groups) / (len(names) * counts)))
-        weight = np.array([group_weight[g] for g in groups])
+        labels, weight = [r.label for r in sets["train"]], group_balanced_weights(sets["train"])
         for index in range(len(stages["train"]) - 1):
             earlier = {name: stage[index] for name, stage in stages.items()}
             print(f"hidden state {index}: {earlier['train'].shape[1]} dimensions, variance carried by the first "
                   f"1 / 2 / 5 / 10 directions: {variance_shares(earlier['train'])}")
-            scaler = StandardScaler().fit(earlier["train"])
             for strength in args.strengths:
-                classifier = LogisticRegression(C=strength, max_iter=3000).fit(
-                    scaler.transform(earlier["train"]), [r.label for r in sets["train"]], sample_weight=weight)
-                scores = {name: classifier.decision_function(scaler.transform(x)) for name, x in earlier.items()}
+                scores = refit_scores(earlier, "train", labels, weight, strength)
                 rows.append((f"hidden state {index}, refit on train, each group alike, C={strength:g}", figures(sets, scores)))
 
     columns = list(rows[0][1])

@@ -332,13 +332,13 @@ def card_markdown(report: dict) -> str:
     site, source = report["at_site_thresholds"], report["at_source_thresholds"]
     temperature = (f" The temperature was refitted too (a further factor of {report['site_temperature']:.3f}, folded "
                    "into the classifier)." if report["temperature_refitted"] else "")
-    label_free = report.get("label_free_adaptation")
+    label_free, adaptation = report.get("label_free_adaptation"), ""
     if label_free and label_free["kept"]:
-        temperature += (" The thresholds were fitted through the model adapted to the site's undiagnosed pictures "
-                        "(its section below).")
+        adaptation = (" The thresholds were fitted through the model adapted to the site's undiagnosed pictures "
+                      "(its section below).")
     elif label_free:
-        temperature += (f" Adapting the model to the site's undiagnosed pictures was tried and not kept: "
-                        f"{label_free['because']}; the thresholds were fitted on the source model.")
+        adaptation = (f" Adapting the model to the site's undiagnosed pictures was tried and not kept: "
+                      f"{label_free['because']}; the thresholds were fitted on the source model.")
     rows = [
         f"| screening, sensitivity | {figure(source['at_screening_threshold'], 'sensitivity')} | "
         f"{figure(site['at_screening_threshold'], 'sensitivity')} | {expected('sensitivity_at_screening')} |",
@@ -358,7 +358,7 @@ def card_markdown(report: dict) -> str:
         f"on {fitted['malignant'] + fitted['benign']} diagnosed images of one site ({report['site']}): "
         f"{fitted['malignant']} melanomas and {fitted['benign']} benign lesions, scored with {report['scored_with']} as "
         f"the app scores them. {found['malignant'] + found['benign']} images were found; {unreadable} could not be read "
-        f"and {refused} were refused by the input check ({reasons or 'none'}), and were not fitted on.{temperature}",
+        f"and {refused} were refused by the input check ({reasons or 'none'}), and were not fitted on.{temperature}{adaptation}",
         "",
         f"Targets, as in training: sensitivity {report['min_sensitivity']:g} at the screening threshold, specificity "
         f"{report['min_specificity']:g} at the high-risk threshold. Screening threshold "
