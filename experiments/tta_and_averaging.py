@@ -3,6 +3,8 @@
     python experiments/tta_and_averaging.py runs/vit-tiny-vig-isic-scale \
         --data-dir ../shared/data/melanoma_cancer_dataset --extra-train-dir ../shared/data/isic2017 \
         --audit-file runs/audit_joint.json --external-dir ../shared/data/derm7pt
+    python experiments/tta_and_averaging.py model --external-dir ../shared/data/derm7pt \
+        --interpolate-with runs/compare/shipped-8f561268f2b5 --alphas 0.8 1.2 1.5   # the split the run stored
 
 Variants: the run's model as saved; the mean P(malignant) over the horizontal
 flip, or over all four flips; the weights averaged over the run's saved
@@ -10,13 +12,15 @@ checkpoints (with and without the four flips); with --interpolate-with BASE,
 the weights alpha * run + (1 - alpha) * BASE for each --alphas (WiSE-FT,
 Wortsman et al., CVPR 2022: a fine-tuned model interpolated with the model it
 was fine-tuned from often keeps the in-distribution ranking of one and the
-robustness of the other); with --soup RUN..., the weights averaged over this run
+robustness of the other; an alpha above 1 goes past the run, along what
+fine-tuning changed, "task arithmetic", Ilharco et al., ICLR 2023; a LeViT base
+at another input size is resized to the run's first); with --soup RUN..., the weights averaged over this run
 and other runs fine-tuned from the same base (a uniform "model soup", Wortsman
 et al., ICML 2022), and for comparison the mean of their probabilities (the
 ensemble a distilled student would copy). Each variant gets its own
 screening and high-risk thresholds fitted on the run's validation split (the
 split training made, rebuilt by data_prep.training_data with the same seed and
-audit), and is then scored on the 10k test split and the external set at those
+audit, or without --data-dir the settings the run stored), and is then scored on the 10k test split and the external set at those
 thresholds. The external set fits nothing; choosing a variant by it makes its
 figures slightly optimistic.
 """
@@ -41,7 +45,7 @@ from melanoma_screen.images import load_rgb_image  # noqa: E402
 from melanoma_screen.inference import ScreeningModel  # noqa: E402
 from melanoma_screen.labels import malignant_index  # noqa: E402
 from melanoma_screen.model_folder import load_network  # noqa: E402
-from melanoma_screen.modeling import averaged_state_dict  # noqa: E402
+from melanoma_screen.modeling import averaged_state_dict, levit_at_resolution  # noqa: E402
 
 FLIPS = {"none": [()], "hflip": [(), (3,)], "4 flips": [(), (3,), (2,), (2, 3)]}
 
@@ -73,8 +77,21 @@ def interpolated_network(run_network, base_folder: Path, alpha: float):
     base = load_network(base_folder).eval()
     if base.config.to_diff_dict().get("hidden_size") != run_network.config.to_diff_dict().get("hidden_size"):
         raise SystemExit(f"{base_folder} is not the run's architecture; weights cannot be interpolated")
+    run_size = int(getattr(run_network.config, "image_size", 0) or 0)
+    if base.config.model_type == "levit" and int(base.config.image_size) != run_size:
+        # A run fine-tuned at another resolution started from the base with its bias tables resized the same way.
+        base = levit_at_resolution(base, run_size).eval()
     run_state, base_state = run_network.state_dict(), base.state_dict()
-    base.load_state_dict({key: alpha * run_state[key].float() + (1 - alpha) * base_state[key].float() for key in run_state})
+    mixed = {}
+    for key, run_value in run_state.items():
+        if not run_value.is_floating_point():
+            mixed[key] = run_value
+        elif alpha > 1 and key.endswith(("running_mean", "running_var")):
+            # Past the run (task-vector extrapolation), running variances can turn negative; keep the run's.
+            mixed[key] = run_value
+        else:
+            mixed[key] = alpha * run_value.float() + (1 - alpha) * base_state[key].float()
+    base.load_state_dict(mixed)
     base.config = copy.deepcopy(run_network.config)
     return base
 
@@ -89,9 +106,9 @@ def save_variant(network, run: Path, folder: Path, points: dict) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="train_vit.py output folder, with its checkpoints/ kept")
-    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--data-dir", help="the run's data; without it, the split settings the run stored in eval_results.json")
     parser.add_argument("--extra-train-dir", action="append", default=[])
-    parser.add_argument("--audit-file", required=True, help="the audit the run was trained with (its split depends on it)")
+    parser.add_argument("--audit-file", help="the audit the run was trained with (its split depends on it); with --data-dir")
     parser.add_argument("--external-dir", action="append", default=[])
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -103,7 +120,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     run = Path(args.run)
-    data = training_data(SplitSettings.from_namespace(args, drop_duplicates=True), external_dirs=args.external_dir)
+    if args.data_dir:
+        settings = SplitSettings.from_namespace(args, drop_duplicates=True)
+    else:
+        # The stored settings carry what the flags cannot, such as the kept split of the base a fine-tune started from.
+        settings = SplitSettings.from_stored(json.loads((run / "eval_results.json").read_text())["settings"])
+    data = training_data(settings, external_dirs=args.external_dir)
     sets = {"validation": data["validation"], "test": data["test"], **data["external"]}
     model = ScreeningModel.load(str(run))
     pixels = {name: pixel_batches(model, [r.path for r in records], args.batch_size, name) for name, records in sets.items()}

@@ -433,3 +433,61 @@ def test_the_stem_and_first_stage_learn_at_their_own_rate_through_warm_up_and_de
     vit.config = SimpleNamespace(model_type="vit")
     with pytest.raises(SystemExit, match="applies to a LeViT; this model is a vit"):
         train_vit.early_layer_optimizer(vit, arguments, 5.0)
+
+
+def _experiment(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_weights_of_a_levit_run_at_another_size_mix_with_its_resized_base_and_extrapolate_safely(tmp_path):
+    """tta_and_averaging.py --interpolate-with on a LeViT fine-tuned at a larger size than its base, alpha past 1 included."""
+    from melanoma_screen.modeling import levit_at_resolution
+
+    experiment = _experiment("tta_and_averaging")
+    torch.manual_seed(0)
+    base = build_other_architecture("levit", 64, num_labels=2, id2label={0: "benign", 1: "malignant"},
+                                    label2id={"benign": 0, "malignant": 1}).eval()
+    base.save_pretrained(tmp_path / "base")
+    resized_base = levit_at_resolution(base, 80).eval()
+    run = levit_at_resolution(base, 80).eval()
+    with torch.no_grad():
+        for parameter in run.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+        for name, buffer in run.named_buffers():
+            if name.endswith("running_var"):
+                buffer.mul_(3.0)  # unlike the base's, so which variances the mix keeps shows
+    run_state, base_state = run.state_dict(), resized_base.state_dict()
+    for alpha in (0.5, 3.0):
+        mixed = experiment.interpolated_network(run, tmp_path / "base", alpha)
+        assert mixed.config.image_size == 80
+        state = mixed.state_dict()
+        table = next(name for name in state if name.endswith("attention_biases"))
+        torch.testing.assert_close(state[table], alpha * run_state[table] + (1 - alpha) * base_state[table])
+        counter = next(name for name in state if name.endswith("num_batches_tracked"))
+        assert torch.equal(state[counter], run_state[counter])
+        variance = next(name for name in state if name.endswith("running_var"))
+        expected = run_state[variance] if alpha > 1 else alpha * run_state[variance] + (1 - alpha) * base_state[variance]
+        torch.testing.assert_close(state[variance], expected)
+        with torch.no_grad():
+            assert torch.isfinite(mixed(pixel_values=torch.randn(2, 3, 80, 80)).logits).all()
+
+
+def test_a_copy_of_the_shipped_model_at_a_larger_size_scores_real_lesions_like_it(tiny_model_dir, tmp_path):
+    """experiments/at_resolution.py: the folder it writes loads, reads pictures at the new size and ranks as the model does."""
+    from melanoma_screen.inference import ScreeningModel
+
+    at_resolution = _experiment("at_resolution")
+    shipped_size = json.loads((REPO_ROOT / "model" / "config.json").read_text())["image_size"]
+    at_resolution.main(["--model", str(REPO_ROOT / "model"), "--image-size", str(shipped_size + 32), "--out", str(tmp_path / "larger")])
+    assert load_processor(tmp_path / "larger").size == {"height": shipped_size + 32, "width": shipped_size + 32}
+    images = [Image.open(path).convert("RGB") for label in ("benign", "malignant") for path in real_images("test", label, 10)]
+    scores = {name: [prediction.malignant_probability for prediction in ScreeningModel.load(str(folder)).predict_batch(images)]
+              for name, folder in (("shipped", REPO_ROOT / "model"), ("larger", tmp_path / "larger"))}
+    assert np.corrcoef(scores["shipped"], scores["larger"])[0, 1] > 0.8
+    with pytest.raises(SystemExit, match="only a LeViT's resolution"):
+        at_resolution.main(["--model", str(tiny_model_dir), "--image-size", "64", "--out", str(tmp_path / "vit")])
