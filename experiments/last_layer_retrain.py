@@ -46,6 +46,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--earlier-stages", action="store_true",
                         help="also probe each earlier stage's tokens, averaged: is what the last stage lost there?")
+    parser.add_argument("--stages-together", action="store_true",
+                        help="also probe every stage's averaged tokens side by side, then with their spread over the "
+                             "picture too: do the stages together tell the look-alikes apart where none does alone?")
     return parser.parse_args(argv)
 
 
@@ -53,14 +56,19 @@ MIN_SOURCE_IMAGES_PER_CLASS = 10  # as train_vit.py's checkpoint selection
 
 
 @torch.no_grad()
-def pooled_features(model: ScreeningModel, records, batch_size: int, desc: str) -> list[np.ndarray]:
-    """Each stage's tokens, averaged; the last is what the classifier reads (LevitForImageClassification.forward)."""
-    network, features = model.model.eval(), []
+def pooled_features(model: ScreeningModel, records, batch_size: int, desc: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each stage's tokens averaged, and their standard deviation over the picture (texture, which the mean hides).
+
+    The last stage's average is what the classifier reads (LevitForImageClassification.forward).
+    """
+    network, means, spreads = model.model.eval(), [], []
     for start in tqdm(range(0, len(records), batch_size), desc=desc, unit="batch", leave=False):
         pixels = model.preprocess([load_rgb_image(record.path) for record in records[start:start + batch_size]])
         output = network.levit(torch.as_tensor(pixels), output_hidden_states=True)
-        features.append([state.mean(1).numpy() for state in output.hidden_states[:-1]] + [output[0].mean(1).numpy()])
-    return [np.concatenate(stage) for stage in zip(*features)]
+        states = [*output.hidden_states[:-1], output[0]]
+        means.append([state.mean(1).numpy() for state in states])
+        spreads.append([state.std(1).numpy() for state in states])
+    return [np.concatenate(stage) for stage in zip(*means)], [np.concatenate(stage) for stage in zip(*spreads)]
 
 
 def variance_shares(features: np.ndarray) -> str:
@@ -112,7 +120,8 @@ def main(argv=None) -> int:
     sets = {"train": data["train"], "validation": data["validation"], "test": data["test"],
             "external": next(iter(data["external"].values()))}
     model = ScreeningModel.load(args.model)
-    stages = {name: pooled_features(model, records, args.batch_size, name) for name, records in sets.items()}
+    pooled = {name: pooled_features(model, records, args.batch_size, name) for name, records in sets.items()}
+    stages = {name: means for name, (means, _) in pooled.items()}
     features = {name: stage[-1] for name, stage in stages.items()}
     print(f"pooled features: {features['train'].shape[1]} dimensions; variance carried by the first 1 / 2 / 5 / 10 "
           f"directions: {variance_shares(features['train'])}")
@@ -138,6 +147,16 @@ def main(argv=None) -> int:
             for strength in args.strengths:
                 scores = refit_scores(earlier, "train", labels, weight, strength)
                 rows.append((f"hidden state {index}, refit on train, each group alike, C={strength:g}", figures(sets, scores)))
+    if args.stages_together:
+        labels, weight = [r.label for r in sets["train"]], group_balanced_weights(sets["train"])
+        together = {"every stage's mean": {name: np.concatenate(means, 1) for name, (means, _) in pooled.items()},
+                    "every stage's mean and spread": {name: np.concatenate(means + spreads, 1)
+                                                      for name, (means, spreads) in pooled.items()}}
+        for what, combined in together.items():
+            print(f"{what}: {combined['train'].shape[1]} dimensions")
+            for strength in args.strengths:
+                scores = refit_scores(combined, "train", labels, weight, strength)
+                rows.append((f"{what}, refit on train, each group alike, C={strength:g}", figures(sets, scores)))
 
     columns = list(rows[0][1])
     print("ROC AUC; the external set's melanomas against each benign group:")

@@ -491,3 +491,22 @@ def test_a_copy_of_the_shipped_model_at_a_larger_size_scores_real_lesions_like_i
     assert np.corrcoef(scores["shipped"], scores["larger"])[0, 1] > 0.8
     with pytest.raises(SystemExit, match="only a LeViT's resolution"):
         at_resolution.main(["--model", str(tiny_model_dir), "--image-size", "64", "--out", str(tmp_path / "vit")])
+
+
+def test_the_stage_probe_reads_what_the_classifier_reads_and_each_stages_spread():
+    """experiments/last_layer_retrain.py: the last stage's averaged tokens give the model's own logits; spreads match each stage."""
+    from melanoma_screen.inference import ScreeningModel
+
+    probe = _experiment("last_layer_retrain")
+    model = ScreeningModel.load(str(REPO_ROOT / "model"))
+    records = [ImageRecord(path=str(path), label=label, split="test")
+               for label, name in enumerate(("benign", "malignant")) for path in real_images("test", name, 3)]
+    means, spreads = probe.pooled_features(model, records, batch_size=4, desc="probe")
+    assert len(means) == len(spreads) >= 3
+    assert [m.shape for m in means] == [s.shape for s in spreads] and all(m.shape[0] == len(records) for m in means)
+    assert all((s > 0).all() for s in spreads)  # tokens differ over a real lesion picture
+    pixels = torch.as_tensor(model.preprocess([Image.open(r.path).convert("RGB") for r in records]))
+    with torch.no_grad():
+        expected = model.model(pixel_values=pixels).logits
+        from_probe = model.model.classifier(torch.as_tensor(means[-1]))
+    torch.testing.assert_close(from_probe, expected, rtol=1e-4, atol=1e-4)
