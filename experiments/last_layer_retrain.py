@@ -113,6 +113,13 @@ def refit_scores(features: dict, fit_on: str, labels, weight, strength: float) -
     return {name: classifier.decision_function(scaler.transform(x)) for name, x in features.items()}
 
 
+def mixed_scores(own: dict, other: dict, share: float) -> dict:
+    """(1 - share) of one score and share of another, each standardised on the validation split so that neither wins by scale."""
+    def standardised(scores, name):
+        return (scores[name] - scores["validation"].mean()) / scores["validation"].std()
+    return {name: (1 - share) * standardised(own, name) + share * standardised(other, name) for name in own}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     settings = json.loads((Path(args.model) / "eval_results.json").read_text())["settings"]
@@ -157,6 +164,10 @@ def main(argv=None) -> int:
             for strength in args.strengths:
                 scores = refit_scores(combined, "train", labels, weight, strength)
                 rows.append((f"{what}, refit on train, each group alike, C={strength:g}", figures(sets, scores)))
+                if what == "every stage's mean":
+                    for share in (0.3, 0.5, 0.7):
+                        mixed = mixed_scores(margin, scores, share)
+                        rows.append((f"{1 - share:g} the model + {share:g} {what}, C={strength:g}", figures(sets, mixed)))
 
     columns = list(rows[0][1])
     print("ROC AUC; the external set's melanomas against each benign group:")
