@@ -14,13 +14,14 @@ Wortsman et al., CVPR 2022: a fine-tuned model interpolated with the model it
 was fine-tuned from often keeps the in-distribution ranking of one and the
 robustness of the other; an alpha above 1 goes past the run, along what
 fine-tuning changed, "task arithmetic", Ilharco et al., ICLR 2023; a LeViT base
-at another input size is resized to the run's first); with --soup RUN..., the weights averaged over this run
-and other runs fine-tuned from the same base (a uniform "model soup", Wortsman
-et al., ICML 2022), and for comparison the mean of their probabilities (the
-ensemble a distilled student would copy). Each variant gets its own
-screening and high-risk thresholds fitted on the run's validation split (the
-split training made, rebuilt by data_prep.training_data with the same seed and
-audit, or without --data-dir the settings the run stored), and is then scored on the 10k test split and the external set at those
+at another input size is first resized to the run's); with --soup RUN..., the
+weights averaged over this run and other runs fine-tuned from the same base (a
+uniform "model soup", Wortsman et al., ICML 2022), and for comparison the mean
+of their probabilities (the ensemble a distilled student would copy). Each
+variant gets its own screening and high-risk thresholds fitted on the run's
+validation split (the split training made, rebuilt by data_prep.training_data
+with the same seed and audit, or without --data-dir from the settings the run
+stored), and is then scored on the 10k test split and the external set at those
 thresholds. The external set fits nothing; choosing a variant by it makes its
 figures slightly optimistic.
 """
@@ -39,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python experiments/x.py` puts experiments/ on the path
-from data_prep import SplitSettings, training_data  # noqa: E402
+from data_prep import DataSourceError, SplitSettings, training_data  # noqa: E402
 from melanoma_screen import calibration, metrics  # noqa: E402
 from melanoma_screen.images import load_rgb_image  # noqa: E402
 from melanoma_screen.inference import ScreeningModel  # noqa: E402
@@ -124,8 +125,14 @@ def main(argv=None) -> None:
         settings = SplitSettings.from_namespace(args, drop_duplicates=True)
     else:
         # The stored settings carry what the flags cannot, such as the kept split of the base a fine-tune started from.
-        settings = SplitSettings.from_stored(json.loads((run / "eval_results.json").read_text())["settings"])
-    data = training_data(settings, external_dirs=args.external_dir)
+        stored = run / "eval_results.json"
+        if not stored.is_file() or "settings" not in json.loads(stored.read_text()):
+            raise SystemExit(f"{run} has no split settings in eval_results.json: give --data-dir and --audit-file")
+        settings = SplitSettings.from_stored(json.loads(stored.read_text())["settings"])
+    try:
+        data = training_data(settings, external_dirs=args.external_dir)
+    except (ValueError, DataSourceError) as error:
+        raise SystemExit(f"error: {error}") from error
     sets = {"validation": data["validation"], "test": data["test"], **data["external"]}
     model = ScreeningModel.load(str(run))
     pixels = {name: pixel_batches(model, [r.path for r in records], args.batch_size, name) for name, records in sets.items()}
