@@ -16,14 +16,14 @@ fitted for the original size: it is for comparing rankings, not for serving.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from melanoma_screen.model_folder import load_network  # noqa: E402
+from melanoma_screen.model_folder import load_network, load_processor  # noqa: E402
 from melanoma_screen.modeling import levit_at_resolution  # noqa: E402
+from melanoma_screen.transforms import build_image_processor  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -41,9 +41,8 @@ def main(argv=None) -> None:
         raise SystemExit(f"error: {error}") from error
     out.mkdir(parents=True, exist_ok=True)
     resized.save_pretrained(out)
-    processor = json.loads((source / "preprocessor_config.json").read_text())
-    processor["size"] = {"height": args.image_size, "width": args.image_size}
-    (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n")
+    processor = load_processor(source)  # its normalisation kept, as train_vit.py's --image-size keeps it
+    build_image_processor(args.image_size, processor.image_mean, processor.image_std).save_pretrained(out)
     if (source / "eval_results.json").is_file():
         shutil.copy(source / "eval_results.json", out / "eval_results.json")
     print(f"{out}: {source} at {args.image_size} px")

@@ -138,31 +138,31 @@ def main(argv=None) -> int:
         logits = {name: model.model.classifier(torch.as_tensor(x)).numpy() for name, x in features.items()}
     margin = {name: x[:, LABEL2ID["malignant"]] - x[:, LABEL2ID["benign"]] for name, x in logits.items()}
     rows.append(("the model's own classifier", figures(sets, margin)))
-    for fit_on in ("train", "validation"):
-        labels = [r.label for r in sets[fit_on]]
-        weights = {"each group alike": group_balanced_weights(sets[fit_on]), "each image alike": None}
-        for weighting, weight in weights.items():
+    fit_splits = {fit_on: ([r.label for r in sets[fit_on]], group_balanced_weights(sets[fit_on]))
+                  for fit_on in ("train", "validation")}
+    for fit_on, (labels, group_weight) in fit_splits.items():
+        for weighting, weight in {"each group alike": group_weight, "each image alike": None}.items():
             for strength in args.strengths:
                 scores = refit_scores(features, fit_on, labels, weight, strength)
                 rows.append((f"refit on {fit_on}, {weighting}, C={strength:g}", figures(sets, scores)))
+    # The earlier-stage and every-stage probes fit on the training split, each group alike.
+    train_labels, train_weight = fit_splits["train"]
     if args.earlier_stages:
-        labels, weight = [r.label for r in sets["train"]], group_balanced_weights(sets["train"])
         for index in range(len(stages["train"]) - 1):
             earlier = {name: stage[index] for name, stage in stages.items()}
             print(f"hidden state {index}: {earlier['train'].shape[1]} dimensions, variance carried by the first "
                   f"1 / 2 / 5 / 10 directions: {variance_shares(earlier['train'])}")
             for strength in args.strengths:
-                scores = refit_scores(earlier, "train", labels, weight, strength)
+                scores = refit_scores(earlier, "train", train_labels, train_weight, strength)
                 rows.append((f"hidden state {index}, refit on train, each group alike, C={strength:g}", figures(sets, scores)))
     if args.stages_together:
-        labels, weight = [r.label for r in sets["train"]], group_balanced_weights(sets["train"])
         together = {"every stage's mean": {name: np.concatenate(means, 1) for name, (means, _) in pooled.items()},
                     "every stage's mean and spread": {name: np.concatenate(means + spreads, 1)
                                                       for name, (means, spreads) in pooled.items()}}
         for what, combined in together.items():
             print(f"{what}: {combined['train'].shape[1]} dimensions")
             for strength in args.strengths:
-                scores = refit_scores(combined, "train", labels, weight, strength)
+                scores = refit_scores(combined, "train", train_labels, train_weight, strength)
                 rows.append((f"{what}, refit on train, each group alike, C={strength:g}", figures(sets, scores)))
                 if what == "every stage's mean":
                     for share in (0.3, 0.5, 0.7):

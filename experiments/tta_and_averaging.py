@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python experiments/x.py` puts experiments/ on the path
 from data_prep import DataSourceError, SplitSettings, training_data  # noqa: E402
 from melanoma_screen import calibration, metrics  # noqa: E402
+from melanoma_screen.architectures import resizable  # noqa: E402
 from melanoma_screen.images import load_rgb_image  # noqa: E402
 from melanoma_screen.inference import ScreeningModel  # noqa: E402
 from melanoma_screen.labels import malignant_index  # noqa: E402
@@ -78,10 +79,9 @@ def interpolated_network(run_network, base_folder: Path, alpha: float):
     base = load_network(base_folder).eval()
     if base.config.to_diff_dict().get("hidden_size") != run_network.config.to_diff_dict().get("hidden_size"):
         raise SystemExit(f"{base_folder} is not the run's architecture; weights cannot be interpolated")
-    run_size = int(getattr(run_network.config, "image_size", 0) or 0)
-    if base.config.model_type == "levit" and int(base.config.image_size) != run_size:
+    if resizable(base) and int(base.config.image_size) != int(run_network.config.image_size):
         # A run fine-tuned at another resolution started from the base with its bias tables resized the same way.
-        base = levit_at_resolution(base, run_size).eval()
+        base = levit_at_resolution(base, int(run_network.config.image_size)).eval()
     run_state, base_state = run_network.state_dict(), base.state_dict()
     mixed = {}
     for key, run_value in run_state.items():
@@ -125,10 +125,10 @@ def main(argv=None) -> None:
         settings = SplitSettings.from_namespace(args, drop_duplicates=True)
     else:
         # The stored settings carry what the flags cannot, such as the kept split of the base a fine-tune started from.
-        stored = run / "eval_results.json"
-        if not stored.is_file() or "settings" not in json.loads(stored.read_text()):
+        stored = json.loads((run / "eval_results.json").read_text()) if (run / "eval_results.json").is_file() else {}
+        if "settings" not in stored:
             raise SystemExit(f"{run} has no split settings in eval_results.json: give --data-dir and --audit-file")
-        settings = SplitSettings.from_stored(json.loads(stored.read_text())["settings"])
+        settings = SplitSettings.from_stored(stored["settings"])
     try:
         data = training_data(settings, external_dirs=args.external_dir)
     except (ValueError, DataSourceError) as error:

@@ -54,6 +54,16 @@ def real_images(split: str, label: str, count: int) -> list[Path]:
     return examples[:count]
 
 
+def experiment_script(name: str):
+    """A script of experiments/ (not a package) as a module, for tests to call its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def image_count(folder: Path) -> int:
     return sum(1 for path in folder.rglob("*") if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
 

@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import pipeline
 
 import train_vit
-from conftest import REPO_ROOT, SHARED_DATA, real_images
+from conftest import REPO_ROOT, SHARED_DATA, experiment_script, real_images
 from data_prep import ImageRecord, sample_weights, scan_label_folder, source_class_groups
 from melanoma_screen import metrics
 from melanoma_screen.labels import benign_diagnosis_group
@@ -435,20 +435,11 @@ def test_the_stem_and_first_stage_learn_at_their_own_rate_through_warm_up_and_de
         train_vit.early_layer_optimizer(vit, arguments, 5.0)
 
 
-def _experiment(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_weights_of_a_levit_run_at_another_size_mix_with_its_resized_base_and_extrapolate_safely(tmp_path):
     """tta_and_averaging.py --interpolate-with on a LeViT fine-tuned at a larger size than its base, alpha past 1 included."""
     from melanoma_screen.modeling import levit_at_resolution
 
-    experiment = _experiment("tta_and_averaging")
+    experiment = experiment_script("tta_and_averaging")
     torch.manual_seed(0)
     base = build_other_architecture("levit", 64, num_labels=2, id2label={0: "benign", 1: "malignant"},
                                     label2id={"benign": 0, "malignant": 1}).eval()
@@ -481,7 +472,7 @@ def test_a_copy_of_the_shipped_model_at_a_larger_size_scores_real_lesions_like_i
     """experiments/at_resolution.py: the folder it writes loads, reads pictures at the new size and ranks as the model does."""
     from melanoma_screen.inference import ScreeningModel
 
-    at_resolution = _experiment("at_resolution")
+    at_resolution = experiment_script("at_resolution")
     shipped_size = json.loads((REPO_ROOT / "model" / "config.json").read_text())["image_size"]
     at_resolution.main(["--model", str(REPO_ROOT / "model"), "--image-size", str(shipped_size + 32), "--out", str(tmp_path / "larger")])
     assert load_processor(tmp_path / "larger").size == {"height": shipped_size + 32, "width": shipped_size + 32}
@@ -497,7 +488,7 @@ def test_the_stage_probe_reads_what_the_classifier_reads_and_each_stages_spread(
     """experiments/last_layer_retrain.py: the last stage's averaged tokens give the model's own logits; spreads match each stage."""
     from melanoma_screen.inference import ScreeningModel
 
-    probe = _experiment("last_layer_retrain")
+    probe = experiment_script("last_layer_retrain")
     model = ScreeningModel.load(str(REPO_ROOT / "model"))
     records = [ImageRecord(path=str(path), label=label, split="test")
                for label, name in enumerate(("benign", "malignant")) for path in real_images("test", name, 3)]

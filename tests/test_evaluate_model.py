@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 
@@ -11,12 +10,10 @@ import pytest
 from PIL import Image
 
 import evaluate_model
-from conftest import REPO_ROOT, image_count, real_images
+from conftest import experiment_script, image_count, real_images
 from melanoma_screen.metrics import OPERATING_POINTS
 
-_spec = importlib.util.spec_from_file_location("compare_runs", REPO_ROOT / "experiments" / "compare_runs.py")
-compare_runs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compare_runs)
+compare_runs = experiment_script("compare_runs")
 
 
 def test_rerun_on_the_test_split_matches_the_stored_report(tiny_model_dir, tiny_image_folder, tmp_path):

@@ -19,7 +19,7 @@ from transformers import TrainerControl, TrainerState, ViTConfig, ViTForImageCla
 
 import evaluate_model
 import train_vit
-from conftest import REPO_ROOT, SHARED_DATA, image_count, real_images
+from conftest import REPO_ROOT, SHARED_DATA, experiment_script, image_count, real_images
 from melanoma_screen import modeling
 from melanoma_screen.images import load_rgb_image
 from melanoma_screen.inference import ModelLoadError, ScreeningModel
@@ -453,11 +453,7 @@ def test_fine_tuning_does_not_inherit_the_base_models_name_and_version(tiny_mode
 
 def test_weight_interpolation_experiment_mixes_the_two_models(tiny_model_dir, tmp_path):
     """experiments/tta_and_averaging.py --interpolate-with: alpha * run + (1 - alpha) * base, per tensor."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tta_and_averaging", REPO_ROOT / "experiments" / "tta_and_averaging.py")
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
+    experiment = experiment_script("tta_and_averaging")
     base = ViTForImageClassification.from_pretrained(str(tiny_model_dir)).eval()
     run = ViTForImageClassification.from_pretrained(str(tiny_model_dir)).eval()
     with torch.no_grad():
